@@ -1,0 +1,236 @@
+"""The VAE family as a Keras 3 subclassed model with a custom `train_step` / `test_step`.
+
+One class, `VAE`, covers the standard VAE, cVAE, bcVAE and every crVAE variant: the variant is the
+latent head (`crvae_tf.layers`). Gin-free.
+
+Objective, per image, in nats (`crvae_tf.bounds`):
+    loss = distortion + kl_weight * sum_t kl_step_weights[t] * KL_t
+where distortion = -log p(x|z) with one reparameterised sample z = loc + exp(log_variance/2) * eps,
+and KL_t the analytic KL of time step t. The batch loss is the mean over images.
+
+Map from the paper's symbols to the names used here (also in README.md):
+    alpha (KL weight, Eq. 4 / App. H)        -> kl_weight (per image, against a per-image summed
+                                                reconstruction; the code's alpha = 0.001 on a
+                                                per-pixel-mean BCE is kl_weight = 0.784 on MNIST)
+    alpha_1, alpha_2 (per-time-step weights) -> kl_weight * kl_step_weights[t]
+    T (time steps / channel blocks)           -> latent_head.num_time_steps
+    beta (adversarial weight)                -> adversarial_weight (the adversarial family)
+
+Parameter groups and optimizers: the trainable variables are split into `encoder` (conv encoder and
+the mean path), `latent_head` (the recurrent / block modules of the latent head: the authors'
+var_encoder and var_decoder) and `decoder` (generation entry and deconv net). `compile` takes one
+optimizer per non-empty group and an optional element-wise gradient clamp per group (the original
+clamps the LSTM modules to [-5, 5] and trains them at LR / T).
+"""
+
+import keras
+import tensorflow as tf
+
+from crvae_tf import bounds
+
+GROUPS = ("encoder", "latent_head", "decoder")
+
+
+@keras.saving.register_keras_serializable("crvae_tf")
+class VAE(keras.Model):
+    """A VAE with Bernoulli likelihood over binary images and a pluggable latent head.
+
+    Args:
+      encoder: network `[batch, H, W, C] -> [batch, h, w, c_feat]`.
+      latent_head: a `crvae_tf.layers.LatentHead` for features of shape (h, w, c_feat).
+      decoder: network `[batch, h, w, c_feat] -> [batch, H, W, C]` logits.
+      image_shape: (H, W, C).
+      kl_weight: weight of the KL term per image (1.0 = the ELBO).
+      kl_step_weights: optional list of T per-time-step KL weights (default all 1).
+      seed: seed of the model's `keras.random.SeedGenerator`, the source of every random draw.
+    """
+
+    def __init__(self, encoder, latent_head, decoder, image_shape=(28, 28, 1), kl_weight: float = 1.0,
+                 kl_step_weights=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.latent_head = latent_head
+        self.decoder = decoder
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.kl_weight = float(kl_weight)
+        self.num_time_steps = latent_head.num_time_steps
+        if kl_step_weights is not None:
+            kl_step_weights = [float(w) for w in kl_step_weights]
+            if len(kl_step_weights) != self.num_time_steps:
+                raise ValueError(f"kl_step_weights has {len(kl_step_weights)} entries; the latent head has "
+                                 f"num_time_steps={self.num_time_steps}. Give one weight per time step.")
+        self.kl_step_weights = kl_step_weights
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+        names = ["loss", "distortion", "rate", "elbo", "active_units"] + [
+            f"kl_step_{t + 1}" for t in range(self.num_time_steps)]
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.group_optimizers = {}
+        self.group_clip_values = {}
+
+    @property
+    def latent_dim(self) -> int:
+        return self.latent_head.latent_dim
+
+    # ------------------------------------------------------------------ structure
+    def build(self, input_shape=None):
+        """Creates every weight by calling the sub-networks on zeros (subclassed models must be called)."""
+        features = self.encoder(keras.ops.zeros((1,) + self.image_shape))
+        self.latent_head.infer(features)
+        self.decoder(self.latent_head.generate(keras.ops.zeros((1, self.latent_dim))))
+        self.latent_head.built = True
+        self.built = True
+
+    def variable_groups(self):
+        """Maps group name -> trainable variables. Every trainable variable is in exactly one group."""
+        if not self.built:
+            self.build()
+        groups = self.latent_head.variable_groups()
+        groups["encoder"] = list(self.encoder.trainable_variables) + groups["encoder"]
+        groups["decoder"] = groups["decoder"] + list(self.decoder.trainable_variables)
+        return groups
+
+    # ------------------------------------------------------------------ inference / generation
+    def encode(self, images, training=False):
+        """`[batch, H, W, C]` -> (loc, log_variance), each `[batch, latent_dim]`."""
+        return self.latent_head.infer(self.encoder(images, training=training), training=training)
+
+    def decode(self, z, training=False):
+        """`[batch, latent_dim]` -> Bernoulli logits `[batch, H, W, C]`."""
+        return self.decoder(self.latent_head.generate(z, training=training), training=training)
+
+    def call(self, images, training=False):
+        """Reconstruction logits from the posterior mean (deterministic)."""
+        loc, _ = self.encode(images, training=training)
+        return self.decode(loc, training=training)
+
+    def sample_posterior(self, loc, log_variance, num_samples=None):
+        """Reparameterised z = loc + exp(log_variance / 2) * eps, eps from the model's SeedGenerator.
+
+        Returns `[batch, latent_dim]`, or `[num_samples, batch, latent_dim]` when `num_samples` is given.
+        """
+        shape = tf.shape(loc) if num_samples is None else tf.concat([[num_samples], tf.shape(loc)], 0)
+        eps = keras.random.normal(shape, seed=self.seed_generator, dtype=loc.dtype)
+        return loc + tf.exp(0.5 * log_variance) * eps
+
+    def generate(self, z):
+        """Prior samples' Bernoulli means in [0, 1] for given z `[batch, latent_dim]`."""
+        return tf.sigmoid(self.decode(z, training=False))
+
+    # ------------------------------------------------------------------ objective
+    def compute_terms(self, images, training=False):
+        """Per-image objective terms for a batch `[batch, H, W, C]` of binary images.
+
+        Returns a dict of `[batch]` tensors `loss`, `distortion`, `rate`, `elbo`, plus `kl_steps`
+        `[batch, T]` and the posterior `loc` `[batch, latent_dim]`.
+        """
+        loc, log_variance = self.encode(images, training=training)
+        z = self.sample_posterior(loc, log_variance)
+        logits = self.decode(z, training=training)
+        distortion = bounds.bernoulli_distortion(images, logits)
+        kl_steps = bounds.kl_per_time_step(loc, log_variance, self.num_time_steps)
+        rate = tf.reduce_sum(kl_steps, axis=-1)
+        loss = distortion + bounds.weighted_rate(kl_steps, self.kl_weight, self.kl_step_weights)
+        return {"loss": loss, "distortion": distortion, "rate": rate, "elbo": -(distortion + rate),
+                "kl_steps": kl_steps, "loc": loc}
+
+    # ------------------------------------------------------------------ training
+    def compile(self, optimizers=None, clip_values=None, **kwargs):
+        """Attaches one optimizer per parameter group.
+
+        Args:
+          optimizers: dict group -> `keras.optimizers.Optimizer`, for every non-empty group in
+            `GROUPS`, or a single optimizer used for all groups.
+          clip_values: optional dict group -> c: gradients of that group are clamped element-wise to
+            [-c, c] before its optimizer step (the original's +-5 clamp on the recurrent modules).
+          **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`).
+        """
+        groups = {name: variables for name, variables in self.variable_groups().items() if variables}
+        if optimizers is None:
+            optimizers = keras.optimizers.Adam()
+        if isinstance(optimizers, keras.optimizers.Optimizer):
+            if len(groups) > 1:
+                raise ValueError("Give one optimizer per parameter group (a dict); an optimizer instance can "
+                                 "only be applied to the variables it was built with.")
+            optimizers = {next(iter(groups)): optimizers}
+        missing = sorted(set(groups) - set(optimizers))
+        unknown = sorted(set(optimizers) - set(GROUPS))
+        if missing or unknown:
+            raise ValueError(f"optimizers must cover the groups {sorted(groups)}; missing {missing}, unknown {unknown}")
+        self.group_optimizers = {name: optimizers[name] for name in GROUPS if name in groups}
+        self.group_clip_values = dict(clip_values or {})
+        for name, optimizer in self.group_optimizers.items():
+            optimizer.build(groups[name])
+        super().compile(optimizer=self.group_optimizers.get("encoder", next(iter(self.group_optimizers.values()))),
+                        **kwargs)
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def _update_trackers(self, terms):
+        for key in ("loss", "distortion", "rate", "elbo"):
+            self._trackers[key].update_state(terms[key])
+        kl_means = tf.reduce_mean(terms["kl_steps"], axis=0)
+        for t in range(self.num_time_steps):
+            self._trackers[f"kl_step_{t + 1}"].update_state(kl_means[t])
+        # Active units (Burda et al. 2016): dimensions whose posterior mean varies across inputs,
+        # Var_x(E_q[z_d]) > 0.01, estimated on the batch.
+        variance = tf.math.reduce_variance(terms["loc"], axis=0)
+        self._trackers["active_units"].update_state(tf.reduce_sum(tf.cast(variance > 0.01, tf.float32)))
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    @staticmethod
+    def _images(data):
+        return data[0] if isinstance(data, (tuple, list)) else data
+
+    def train_step(self, data):
+        images = self._images(data)
+        names = list(self.group_optimizers)
+        groups = self.variable_groups()  # Python-side, evaluated once at trace time
+        variables = [v for name in names for v in groups[name]]
+        with tf.GradientTape() as tape:
+            terms = self.compute_terms(images, training=True)
+            # Mean over the batch; divided by the replica count so that strategies sum correctly.
+            loss = tf.reduce_mean(terms["loss"]) / tf.distribute.get_strategy().num_replicas_in_sync
+        gradients = tape.gradient(loss, variables)
+        start = 0
+        for name in names:
+            group_vars = groups[name]
+            grads = gradients[start:start + len(group_vars)]
+            start += len(group_vars)
+            clip = self.group_clip_values.get(name)
+            if clip:
+                grads = [tf.clip_by_value(g, -clip, clip) for g in grads]
+            self.group_optimizers[name].apply(grads, group_vars)
+        return self._update_trackers(terms)
+
+    def test_step(self, data):
+        return self._update_trackers(self.compute_terms(self._images(data), training=False))
+
+    # ------------------------------------------------------------------ serialization
+    def get_config(self):
+        return {**super().get_config(),
+                "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "latent_head": keras.saving.serialize_keras_object(self.latent_head),
+                "decoder": keras.saving.serialize_keras_object(self.decoder),
+                "image_shape": self.image_shape, "kl_weight": self.kl_weight,
+                "kl_step_weights": self.kl_step_weights, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "latent_head", "decoder"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def parameter_counts(model: VAE) -> dict:
+    """Trainable parameter counts per group and in total."""
+    counts = {name: int(sum(v.numpy().size for v in variables))
+              for name, variables in model.variable_groups().items()}
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+__all__ = ["VAE", "GROUPS", "parameter_counts"]

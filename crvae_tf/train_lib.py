@@ -1,0 +1,228 @@
+"""The training loop: builders -> compiled model -> train steps, with checkpoints and TensorBoard.
+
+`train(model_dir)` is the one gin-configurable entry point (`train.*`). It drives the model's own
+Keras `train_step` through `tf.function`, step by step, which gives exact control over resumption:
+the data order and binarization noise are functions of (seed, epoch, batch index), and the checkpoint
+holds the weights, every optimizer's state, the step, the epoch and the model's RNG state, so a run
+that is killed and restarted with the same command continues as if it had never stopped.
+
+Output directory (the contract, also in README.md):
+    model_dir/config.gin                 the full parsed config, written before training
+    model_dir/operative_config.gin       the parameters actually used (rewritten at each checkpoint)
+    model_dir/checkpoints/ckpt-<step>.*  TF checkpoints (+ `checkpoint` state file)
+    model_dir/tb/train, tb/validation    TensorBoard events: scalars, images, the operative config text
+    model_dir/images/<kind>-<step>.png   inputs / reconstructions / prior samples on a fixed batch / fixed z
+    model_dir/nonfinite_batch-<step>.npy the offending batch when a loss became non-finite
+"""
+
+import logging
+import os
+import time
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from crvae_tf import artifacts
+from crvae_tf import builders
+from crvae_tf import data as data_lib
+
+
+def parse_gin(gin_files, gin_bindings, finalize=True):
+    """Parses recipes and bindings. `include` lines resolve relative to each recipe's folder.
+
+    A recipe's header says how to run it; `gin/common/*.gin` hold shared settings.
+    """
+    for path in gin_files:
+        gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
+    if finalize:
+        gin.finalize()
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss becomes NaN or Inf."""
+
+
+def restore_or_initialize(model_dir, model, optimizers, max_to_keep=3):
+    """Creates the checkpoint objects and restores the latest checkpoint in `model_dir`, if any.
+
+    Returns:
+      (checkpoint, manager, step variable, epoch variable); the variables hold the restored values.
+    """
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, step=step, epoch=epoch, rng_state=model.seed_generator.state,
+                                     **{f"{name}_optimizer": opt for name, opt in optimizers.items()})
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+                                         max_to_keep=max_to_keep, checkpoint_name="ckpt")
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("Restored %s (step %d)", manager.latest_checkpoint, int(step.numpy()))
+    return checkpoint, manager, step, epoch
+
+
+@gin.configurable("train", denylist=["model_dir"])
+def train(model_dir: str,
+          # The loop.
+          max_steps: int = gin.REQUIRED,
+          batch_size: int = 128,
+          seed: int = 0,
+          jit_compile: bool = False,
+          # Logging and evaluation.
+          log_every_steps: int = 50,
+          image_every_steps: int = 500,
+          validation_every_steps=None,
+          num_validation_images=None,
+          num_image_samples: int = 64,
+          progress_bar: bool = True,
+          # Checkpoints.
+          checkpoint_every_steps: int = 500,
+          keep_checkpoints: int = 3):
+    """Trains the configured model, resuming from the latest checkpoint in `model_dir`.
+
+    Args:
+      model_dir: output directory (see the module docstring); resumed when it holds a checkpoint.
+      max_steps: total optimizer steps (an MNIST epoch at batch 128 is 390 steps of the 50k training
+        images after holding out 10k for validation).
+      batch_size: images per step (paper: 128).
+      seed: the one seed: weight init, data order, binarization noise, the model's SeedGenerator.
+      jit_compile: XLA-compile the train step (slower on CPU; for GPUs).
+      log_every_steps: scalar summaries cadence (means over the interval).
+      image_every_steps: image grids cadence (TensorBoard + PNG).
+      validation_every_steps: validation cadence; default: the end of every epoch.
+      num_validation_images: cap on validation images per evaluation (default: all of them).
+      num_image_samples: images per grid.
+      progress_bar: show a Keras progress bar.
+      checkpoint_every_steps: checkpoint cadence (a checkpoint is also written at the end).
+      keep_checkpoints: how many checkpoints to keep.
+
+    Returns:
+      dict with the final `step` and the last `train` and `validation` metrics.
+    """
+    if max_steps is None or int(max_steps) < 1:
+        raise ValueError(f"train.max_steps must be a positive integer, got {max_steps}")
+    for name, value in (("batch_size", batch_size), ("log_every_steps", log_every_steps),
+                        ("image_every_steps", image_every_steps),
+                        ("checkpoint_every_steps", checkpoint_every_steps)):
+        if int(value) < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {value}")
+    os.makedirs(model_dir, exist_ok=True)
+    artifacts.atomic_write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
+    keras.utils.set_random_seed(seed)
+
+    splits = builders.build_dataset(seed=seed)
+    steps_per_epoch = data_lib.steps_per_epoch(len(splits.train), batch_size)
+    model = builders.build_model(image_shape=splits.train.shape[1:], seed=seed)
+    optimizers, clip_values = builders.build_optimizers(model, steps_per_epoch)
+    model.compile(optimizers=optimizers, clip_values=clip_values, jit_compile=jit_compile)
+    checkpoint, manager, step_var, epoch_var = restore_or_initialize(model_dir, model, optimizers,
+                                                                     keep_checkpoints)
+    validation_every_steps = validation_every_steps or steps_per_epoch
+
+    train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb", "train"))
+    validation_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb", "validation"))
+    operative = gin.operative_config_str()
+    artifacts.atomic_write_text(os.path.join(model_dir, "operative_config.gin"), operative)
+    with train_writer.as_default():
+        tf.summary.text("gin/operative_config", gin.markdown(operative), step=int(step_var.numpy()))
+
+    train_step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True)
+    test_step = tf.function(model.test_step, reduce_retracing=True)
+
+    # Fixed inputs for the image grids: the first validation images (fixed binarization) and a fixed z.
+    fixed_images = next(iter(data_lib.make_dataset(
+        splits.validation[:num_image_samples], batch_size=num_image_samples,
+        binarization=splits.binarization, seed=seed, training=False)))
+    fixed_z = tf.constant(np.random.default_rng(seed).standard_normal((num_image_samples, model.latent_dim)),
+                          tf.float32)
+    validation_images = splits.validation[:num_validation_images] if num_validation_images else splits.validation
+
+    def log_scalars(writer, logs, step):
+        with writer.as_default():
+            for key, value in logs.items():
+                tag = f"kl/step_{key[len('kl_step_'):]}" if key.startswith("kl_step_") else key
+                tf.summary.scalar(tag, value, step=step)
+            if writer is train_writer:
+                for name, optimizer in optimizers.items():
+                    tf.summary.scalar(f"learning_rate/{name}", builders.current_learning_rate(optimizer),
+                                      step=step)
+                tf.summary.scalar("epoch", step / steps_per_epoch, step=step)
+        writer.flush()
+
+    def log_images(step):
+        reconstructions = tf.sigmoid(model(fixed_images, training=False))
+        samples = model.generate(fixed_z)
+        for kind, images in (("inputs", fixed_images), ("reconstructions", reconstructions),
+                             ("prior_samples", samples)):
+            grid = artifacts.image_grid(images.numpy())
+            artifacts.write_png(os.path.join(model_dir, "images", f"{kind}-{step:08d}.png"), grid)
+            with train_writer.as_default():
+                tf.summary.image(kind, grid[None], step=step)
+        train_writer.flush()
+
+    def validate(step):
+        model.reset_metrics()
+        logs = {}
+        for batch in data_lib.make_dataset(validation_images, batch_size=batch_size,
+                                           binarization=splits.binarization, seed=seed, training=False):
+            logs = test_step(batch)
+        logs = {k: float(v) for k, v in logs.items()}
+        model.reset_metrics()
+        log_scalars(validation_writer, logs, step)
+        return logs
+
+    def save(step):
+        manager.save(checkpoint_number=step)
+        artifacts.atomic_write_text(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
+
+    step = int(step_var.numpy())
+    if step == 0:
+        log_images(0)
+    progbar = keras.utils.Progbar(max_steps, interval=5.0, unit_name="step",
+                                  stateful_metrics=[m.name for m in model.metrics]) if progress_bar else None
+    train_logs, validation_logs = {}, {}
+    start_time, start_step = time.time(), step
+    while step < max_steps:
+        epoch, skip = divmod(step, steps_per_epoch)
+        dataset = data_lib.make_dataset(splits.train, batch_size=batch_size, binarization=splits.binarization,
+                                        seed=seed, training=True, epoch=epoch, skip_batches=skip)
+        for batch in dataset:
+            logs = train_step(batch)
+            step += 1
+            step_var.assign(step)
+            epoch_var.assign(step // steps_per_epoch)
+            loss = float(logs["loss"])
+            if not np.isfinite(loss):
+                bad = os.path.join(model_dir, f"nonfinite_batch-{step:08d}.npy")
+                with open(bad, "wb") as f:
+                    np.save(f, batch.numpy())
+                raise NonFiniteLossError(
+                    f"The training loss became {loss} at step {step}. The last good checkpoint "
+                    f"({manager.latest_checkpoint}) was kept and the offending batch saved to {bad}. "
+                    "Lower optimizer.learning_rate or set optimizer.group_gradient_clip.")
+            if progbar is not None:
+                progbar.update(step, [(k, float(v)) for k, v in logs.items()
+                                      if k in ("loss", "distortion", "rate", "active_units")])
+            if step % log_every_steps == 0 or step % validation_every_steps == 0 or step == max_steps:
+                train_logs = {k: float(v) for k, v in logs.items()}
+                log_scalars(train_writer, train_logs, step)
+                with train_writer.as_default():
+                    tf.summary.scalar("images_per_second",
+                                      (step - start_step) * batch_size / max(time.time() - start_time, 1e-9),
+                                      step=step)
+                model.reset_metrics()
+            if step % validation_every_steps == 0 or step == max_steps:
+                validation_logs = validate(step)
+            if step % image_every_steps == 0 or step == max_steps:
+                log_images(step)
+            if step % checkpoint_every_steps == 0 or step == max_steps:
+                save(step)
+            if step >= max_steps:
+                break
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
+        save(step)
+    train_writer.close()
+    validation_writer.close()
+    return {"step": step, "train": train_logs, "validation": validation_logs, "checkpoint": manager.latest_checkpoint}

@@ -1,0 +1,125 @@
+"""Component contracts of the layers and networks: shapes, ordering, oracles, config round trips."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from scipy import special
+
+from crvae_tf import layers
+from crvae_tf import networks
+
+
+def numpy_lstm(x, kernels, recurrent_kernels, biases):
+    """Independent LSTM oracle, gates (i, f, g, o), zero initial state."""
+    for w, u, b in zip(kernels, recurrent_kernels, biases):
+        batch, steps, _ = x.shape
+        units = u.shape[0]
+        h = np.zeros((batch, units))
+        c = np.zeros((batch, units))
+        outputs = []
+        for t in range(steps):
+            z = x[:, t] @ w + h @ u + b
+            i, f, g, o = np.split(z, 4, axis=-1)
+            c = special.expit(f) * c + special.expit(i) * np.tanh(g)
+            h = special.expit(o) * np.tanh(c)
+            outputs.append(h)
+        x = np.stack(outputs, 1)
+    return x
+
+
+class LayersTest(tf.test.TestCase):
+
+    def test_channel_blocks_are_contiguous_channel_groups_in_chw_order(self):
+        x = np.arange(2 * 3 * 3 * 8, dtype=np.float32).reshape(2, 3, 3, 8)  # NHWC
+        blocks = layers.to_channel_blocks(x, 4).numpy()
+        nchw = x.transpose(0, 3, 1, 2)
+        self.assertEqual(blocks.shape, (2, 4, 2 * 9))
+        for t in range(4):
+            self.assertAllEqual(blocks[:, t], nchw[:, 2 * t:2 * t + 2].reshape(2, -1))
+        flat = layers.nhwc_to_flat(x)
+        self.assertAllEqual(layers.flat_to_nhwc(flat, 8, 3, 3), x)
+        self.assertAllEqual(tf.reshape(flat, (2, 4, 18)), blocks)  # step t == slice t of the flat code
+        with self.assertRaisesRegex(ValueError, "channel blocks"):
+            layers.to_channel_blocks(x, 3)
+
+    def test_stacked_lstm_matches_numpy_oracle(self):
+        layer = layers.StackedLSTM(6, num_layers=2)
+        x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
+        out = layer(x).numpy()
+        oracle = numpy_lstm(x.astype(np.float64), [k.numpy() for k in layer.kernels],
+                            [u.numpy() for u in layer.recurrent_kernels], [b.numpy() for b in layer.biases])
+        self.assertEqual(out.shape, (3, 5, 6))
+        self.assertAllClose(out, oracle, atol=1e-5)
+
+    def test_stacked_lstm_forget_bias_init(self):
+        layer = layers.StackedLSTM(64, num_layers=1)
+        layer.build((None, 8, 16))
+        bias = layer.biases[0].numpy()
+        bound = 1 / 8.0
+        self.assertAllInRange(bias[64:128], 1 - bound, 1 + bound)
+        self.assertAllInRange(np.concatenate([bias[:64], bias[128:]]), -bound, bound)
+
+    def test_block_dense_is_independent_per_block(self):
+        layer = layers.BlockDense(3)
+        x = np.random.default_rng(1).normal(size=(2, 4, 5)).astype(np.float32)
+        out = layer(x).numpy()
+        kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+        for t in range(4):
+            self.assertAllClose(out[:, t], x[:, t] @ kernel[t] + bias[t], atol=1e-5)
+
+    def test_mnist_network_shapes(self):
+        for kernel in (3, 5):
+            encoder = networks.mnist_encoder(last_stride2_kernel=kernel)
+            self.assertEqual(encoder.output_shape, (None, 4, 4, 256))
+            # 15x15 after the first stride-2 conv, as the authors' code.
+            self.assertEqual(encoder.get_layer("conv1_crelu").output.shape[1:], (15, 15, 64))
+        decoder = networks.mnist_decoder()
+        self.assertEqual(decoder.get_layer("deconv3_crop").output.shape[1:], (30, 30, 64))
+        self.assertEqual(decoder.output_shape, (None, 28, 28, 1))
+
+    def test_heads_shapes_and_round_trip(self):
+        feature_shape = (4, 4, 32)
+        cases = [layers.FCHead(feature_shape, latent_dim=16),
+                 layers.ConvHead(feature_shape, latent_channels=8, num_time_steps=4),
+                 layers.BlockFCHead(feature_shape, latent_channels=8, num_time_steps=4),
+                 layers.ChannelRecurrentHead(feature_shape, latent_channels=8, num_time_steps=4, hidden_units=8,
+                                             loc_path="dense"),
+                 layers.ChannelRecurrentHead(feature_shape, latent_channels=8, num_time_steps=4, hidden_units=8,
+                                             recurrent_generation=False, inference_batchnorm=True),
+                 layers.ChannelRecurrentHead(feature_shape, latent_channels=8, num_time_steps=4, hidden_units=8,
+                                             recurrent_inference=False)]
+        features = np.random.default_rng(0).normal(size=(3,) + feature_shape).astype(np.float32)
+        for head in cases:
+            loc, log_var = head.infer(features)
+            self.assertEqual(loc.shape, (3, head.latent_dim))
+            self.assertEqual(log_var.shape, (3, head.latent_dim))
+            self.assertEqual(head.generate(loc).shape, (3,) + feature_shape)
+            config = head.get_config()
+            clone = type(head).from_config(config)
+            self.assertEqual(clone.get_config(), config)
+            clone.build(None)
+            self.assertEqual(len(clone.trainable_variables), len(head.trainable_variables))
+            # Every head variable is in exactly one parameter group.
+            groups = head.variable_groups()
+            grouped = [id(v) for vs in groups.values() for v in vs]
+            self.assertCountEqual(grouped, [id(v) for v in head.trainable_variables])
+
+    def test_recurrence_switches_pick_the_modules(self):
+        head = layers.ChannelRecurrentHead((4, 4, 32), latent_channels=8, num_time_steps=4, hidden_units=8,
+                                           recurrent_generation=False)
+        self.assertTrue(hasattr(head, "inference_lstm"))
+        self.assertFalse(hasattr(head, "generation_lstm"))
+        self.assertIsInstance(head.generation_blocks, layers.BlockDense)
+
+    def test_crelu_and_learned_bias(self):
+        x = np.array([[[[1.0, -2.0]]]], np.float32)
+        self.assertAllEqual(layers.CReLU()(x), [[[[1.0, 0.0, 0.0, 2.0]]]])
+        bias = layers.LearnedBias()
+        out = bias(np.zeros((2, 3), np.float32))
+        self.assertAllInRange(out, -0.0174, 0.0174)
+        self.assertAllEqual(out[0], out[1])
+
+    def test_sequential_networks_round_trip(self):
+        encoder = networks.mnist_encoder(base_channels=4)
+        clone = keras.Sequential.from_config(encoder.get_config())
+        self.assertEqual(clone.count_params(), encoder.count_params())
