@@ -62,6 +62,12 @@ class VAE(keras.Model):
         self.kl_step_weights = kl_step_weights
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+        # Evaluation draws from its own stream, restarted before every evaluation pass
+        # (`reset_evaluation_rng`): validating never perturbs the training stream, so a resumed run
+        # matches an uninterrupted one, and every checkpoint is scored with the same noise.
+        self.eval_seed_generator = keras.random.SeedGenerator(
+            None if seed is None else seed + 1, name="eval_seed_generator")
+        self._eval_initial_state = keras.ops.convert_to_numpy(self.eval_seed_generator.state)
         names = ["loss", "distortion", "rate", "elbo", "active_units"] + [
             f"kl_step_{t + 1}" for t in range(self.num_time_steps)]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
@@ -104,13 +110,19 @@ class VAE(keras.Model):
         loc, _ = self.encode(images, training=training)
         return self.decode(loc, training=training)
 
-    def sample_posterior(self, loc, log_variance, num_samples=None):
-        """Reparameterised z = loc + exp(log_variance / 2) * eps, eps from the model's SeedGenerator.
+    def reset_evaluation_rng(self):
+        """Restarts the evaluation noise stream (call before each evaluation pass)."""
+        self.eval_seed_generator.state.assign(self._eval_initial_state)
 
+    def sample_posterior(self, loc, log_variance, num_samples=None, training=True):
+        """Reparameterised z = loc + exp(log_variance / 2) * eps.
+
+        eps comes from the training SeedGenerator when `training`, else from the evaluation one.
         Returns `[batch, latent_dim]`, or `[num_samples, batch, latent_dim]` when `num_samples` is given.
         """
         shape = tf.shape(loc) if num_samples is None else tf.concat([[num_samples], tf.shape(loc)], 0)
-        eps = keras.random.normal(shape, seed=self.seed_generator, dtype=loc.dtype)
+        generator = self.seed_generator if training else self.eval_seed_generator
+        eps = keras.random.normal(shape, seed=generator, dtype=loc.dtype)
         return loc + tf.exp(0.5 * log_variance) * eps
 
     def generate(self, z):
@@ -125,7 +137,7 @@ class VAE(keras.Model):
         `[batch, T]` and the posterior `loc` `[batch, latent_dim]`.
         """
         loc, log_variance = self.encode(images, training=training)
-        z = self.sample_posterior(loc, log_variance)
+        z = self.sample_posterior(loc, log_variance, training=training)
         logits = self.decode(z, training=training)
         distortion = bounds.bernoulli_distortion(images, logits)
         kl_steps = bounds.kl_per_time_step(loc, log_variance, self.num_time_steps)

@@ -15,10 +15,11 @@ Output directory (the contract, also in README.md):
     model_dir/nonfinite_batch-<step>.npy the offending batch when a loss became non-finite
 """
 
-import logging
+import logging as logging_std
 import os
 import time
 
+from absl import logging
 import gin
 import keras
 import numpy as np
@@ -29,16 +30,27 @@ from crvae_tf import builders
 from crvae_tf import data as data_lib
 
 
-def parse_gin(gin_files, gin_bindings, finalize=True):
-    """Parses recipes and bindings. `include` lines resolve relative to each recipe's folder.
+class _GinResourceProbeFilter(logging_std.Filter):
+    """Drops gin's "Path not found" log lines: gin probes `include` paths as Python packages first."""
 
-    A recipe's header says how to run it; `gin/common/*.gin` hold shared settings.
+    def filter(self, record):
+        return not (record.pathname.endswith("resource_reader.py") and "Path not found" in str(record.msg))
+
+
+def parse_gin(gin_files, gin_bindings, finalize=True):
+    """Parses recipes, then bindings (bindings win), and optionally locks the config.
+
+    `include` lines resolve relative to each recipe's folder (`gin/common/*.gin` hold shared settings).
     """
     for path in gin_files:
         gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
-    if finalize:
-        gin.finalize()
+    probe_filter = _GinResourceProbeFilter()
+    root = logging_std.getLogger()
+    root.addFilter(probe_filter)
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings), finalize_config=finalize)
+    finally:
+        root.removeFilter(probe_filter)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -164,6 +176,7 @@ def train(model_dir: str,
 
     def validate(step):
         model.reset_metrics()
+        model.reset_evaluation_rng()
         logs = {}
         for batch in data_lib.make_dataset(validation_images, batch_size=batch_size,
                                            binarization=splits.binarization, seed=seed, training=False):
@@ -177,8 +190,10 @@ def train(model_dir: str,
         manager.save(checkpoint_number=step)
         artifacts.atomic_write_text(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
 
-    step = int(step_var.numpy())
-    if step == 0:
+    step = initial_step = int(step_var.numpy())
+    if step:
+        print(f"Resuming from step {step} ({manager.latest_checkpoint})", flush=True)
+    else:
         log_images(0)
     progbar = keras.utils.Progbar(max_steps, interval=5.0, unit_name="step",
                                   stateful_metrics=[m.name for m in model.metrics]) if progress_bar else None
@@ -225,4 +240,4 @@ def train(model_dir: str,
         save(step)
     train_writer.close()
     validation_writer.close()
-    return {"step": step, "train": train_logs, "validation": validation_logs, "checkpoint": manager.latest_checkpoint}
+    return {"step": step, "initial_step": initial_step, "train": train_logs, "validation": validation_logs, "checkpoint": manager.latest_checkpoint}

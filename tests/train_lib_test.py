@@ -1,0 +1,157 @@
+"""The trainer: every recipe parses and trains 2 steps; outputs exist; resume continues exactly."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from crvae_tf import train_lib
+
+import testing_utils
+
+RECIPES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(testing_utils.GIN_DIR, "*.gin")))
+KIND = {"mnist_vae.gin": "fc", "mnist_cvae.gin": "conv", "mnist_bcvae.gin": "block_fc"}
+
+
+def _kind(recipe):
+    return KIND.get(recipe, "channel_recurrent")
+
+
+class RecipesTest(testing_utils.GinTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.mnist = testing_utils.write_fake_mnist(os.path.join(self.get_temp_dir(), "mnist.npz"))
+
+    def _bindings(self, recipe, max_steps=2):
+        bindings = testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings(_kind(recipe)) + [
+            f"train.max_steps = {max_steps}"]
+        if recipe.startswith("mnist"):
+            bindings += [f"dataset.local_path = '{self.mnist}'", "dataset.validation_size = 40"]
+        return bindings
+
+    def test_every_recipe_is_listed(self):
+        self.assertIn("quickstart.gin", RECIPES)
+        for name in ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae"):
+            self.assertIn(f"mnist_{name}.gin", RECIPES)
+
+    def test_every_recipe_header_is_a_recipe(self):
+        for recipe in RECIPES:
+            with open(os.path.join(testing_utils.GIN_DIR, recipe)) as f:
+                header = f.read().split("\n\n")[0]
+            for word in ("Command:", "Hardware:", "Wall time:", "Target:"):
+                self.assertIn(word, header, msg=f"{recipe} header lacks {word}")
+
+    def test_every_recipe_trains_two_steps(self):
+        for recipe in RECIPES:
+            with self.subTest(recipe=recipe):
+                gin.clear_config()
+                model_dir = os.path.join(self.get_temp_dir(), recipe)
+                train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, recipe)], self._bindings(recipe),
+                                    finalize=False)
+                result = train_lib.train(model_dir)
+                self.assertEqual(result["step"], 2)
+                self.assertTrue(np.isfinite(result["train"]["loss"]))
+                self.assertTrue(os.path.exists(os.path.join(model_dir, "operative_config.gin")))
+                self.assertTrue(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
+
+    def test_outputs_of_a_run(self):
+        model_dir = os.path.join(self.get_temp_dir(), "run")
+        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
+                            self._bindings("mnist_crvae.gin", max_steps=4), finalize=False)
+        train_lib.train(model_dir)
+        operative = open(os.path.join(model_dir, "operative_config.gin")).read()
+        self.assertIn("latent_head.kind = 'channel_recurrent'", operative)
+        self.assertIn("train.max_steps = 4", operative)
+        self.assertTrue(os.path.exists(os.path.join(model_dir, "config.gin")))
+        for kind in ("inputs", "reconstructions", "prior_samples"):
+            for step in (0, 2, 4):
+                self.assertTrue(os.path.exists(os.path.join(model_dir, "images", f"{kind}-{step:08d}.png")))
+        tags = set()
+        for event_file in glob.glob(os.path.join(model_dir, "tb", "*", "events.*")):
+            for event in tf.compat.v1.train.summary_iterator(event_file):
+                for value in event.summary.value:
+                    tags.add(value.tag)
+        for tag in ("loss", "distortion", "rate", "elbo", "active_units", "kl/step_1", "kl/step_8",
+                    "learning_rate/encoder", "learning_rate/latent_head", "inputs", "reconstructions",
+                    "prior_samples", "gin/operative_config"):
+            self.assertIn(tag, tags)
+
+    def test_resume_matches_a_straight_run(self):
+        recipe = [os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")]
+        straight = os.path.join(self.get_temp_dir(), "straight")
+        train_lib.parse_gin(recipe, self._bindings("mnist_crvae.gin", max_steps=6), finalize=False)
+        expected = train_lib.train(straight)
+
+        resumed = os.path.join(self.get_temp_dir(), "resumed")
+        gin.clear_config()
+        train_lib.parse_gin(recipe, self._bindings("mnist_crvae.gin", max_steps=3), finalize=False)
+        first = train_lib.train(resumed)
+        self.assertEqual(first["step"], 3)
+        gin.clear_config()
+        train_lib.parse_gin(recipe, self._bindings("mnist_crvae.gin", max_steps=6), finalize=False)
+        second = train_lib.train(resumed)
+        self.assertEqual(second["step"], 6)
+        self.assertEqual(second["initial_step"], 3)
+        self.assertTrue(second["checkpoint"].endswith("ckpt-6"))
+        self.assertAllClose(second["train"]["loss"], expected["train"]["loss"], rtol=1e-4)
+        self.assertAllClose(second["validation"]["elbo"], expected["validation"]["elbo"], rtol=1e-4)
+        # Optimizer state and the step counter were restored from the checkpoint.
+        reader = tf.train.load_checkpoint(second["checkpoint"])
+        names = reader.get_variable_to_shape_map()
+        iterations = [n for n in names if "encoder_optimizer" in n and "iterations" in n]
+        self.assertTrue(iterations)
+        self.assertEqual(int(reader.get_tensor(iterations[0])), 6)
+        self.assertEqual(int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")), 6)
+
+    def test_bad_bindings_give_clear_errors(self):
+        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "mnist_vae.gin")],
+                            self._bindings("mnist_vae.gin") + ["latent_head.hidden_units = 8"], finalize=False)
+        with self.assertRaisesRegex(ValueError, "does not use"):
+            train_lib.train(os.path.join(self.get_temp_dir(), "bad"))
+
+
+class KillAndResumeTest(testing_utils.GinTestCase):
+    """SIGKILL the training binary after its first checkpoint; the same command continues from it."""
+
+    def test_sigkill_then_rerun_continues(self):
+        tmp = self.get_temp_dir()
+        mnist = testing_utils.write_fake_mnist(os.path.join(tmp, "mnist.npz"))
+        model_dir = os.path.join(tmp, "killed")
+        command = [sys.executable, "-m", "crvae_tf.train", "--gin_file", os.path.join(testing_utils.GIN_DIR,
+                                                                                      "mnist_crvae.gin"),
+                   "--model_dir", model_dir]
+        bindings = testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("channel_recurrent") + [
+            f"dataset.local_path = '{mnist}'", "dataset.validation_size = 40", "train.image_every_steps = 1000"]
+        env = dict(os.environ, PYTHONPATH=testing_utils.REPO)
+        log_path = os.path.join(tmp, "first_run.log")
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                command + [f"--gin_bindings={b}" for b in bindings + ["train.max_steps=100000"]],
+                env=env, stdout=log, stderr=subprocess.STDOUT)
+            checkpoints = os.path.join(model_dir, "checkpoints")
+            deadline = time.time() + 240
+            while (time.time() < deadline and process.poll() is None
+                   and not tf.train.latest_checkpoint(checkpoints)):
+                time.sleep(0.2)
+            exited = process.poll()
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        self.assertIsNone(exited, msg="the first run exited before it was killed:\n" + open(log_path).read()[-3000:])
+        latest = tf.train.latest_checkpoint(checkpoints)
+        self.assertIsNotNone(latest, msg="no checkpoint within 240 s:\n" + open(log_path).read()[-3000:])
+        killed_at = int(latest.rsplit("-", 1)[1])
+        self.assertGreaterEqual(killed_at, 2)
+        target = killed_at + 2
+        rerun = subprocess.run(command + [f"--gin_bindings={b}" for b in bindings + [f"train.max_steps={target}"]],
+                               env=env, capture_output=True, text=True, timeout=300)
+        self.assertEqual(rerun.returncode, 0, msg=rerun.stderr[-3000:])
+        self.assertIn(f"Resuming from step {killed_at}", rerun.stdout)
+        self.assertIn(f"Finished at step {target}", rerun.stdout)
+        self.assertTrue(tf.train.latest_checkpoint(checkpoints).endswith(f"ckpt-{target}"))
