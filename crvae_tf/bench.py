@@ -94,7 +94,8 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
     median = statistics.median(times)
     flops = 3 * 2 * forward_macs(model)
     params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-    return {"model": name, "batch_size": batch_size, "img_per_s": round(batch_size / median, 1),
+    return {"model": name, "batch_size": batch_size, "precision": model.dtype_policy.name,
+            "img_per_s": round(batch_size / median, 1),
             "step_s_median": round(median, 4), "step_s_min": round(min(times), 4),
             "flops_per_image": flops, "gflop_per_s": round(flops * batch_size / median / 1e9, 1),
             "params": params, "steps": steps, "threads": os.cpu_count(),

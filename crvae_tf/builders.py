@@ -108,8 +108,12 @@ def build_latent_head(feature_shape, kind: str = gin.REQUIRED, latent_dim=None, 
                               batchnorm_epsilon=batchnorm_epsilon, name="latent_head", **given)
 
 
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
 @gin.configurable("model", denylist=["image_shape", "seed"])
-def build_model(image_shape=(28, 28, 1), kl_weight: float = 1.0, kl_step_weights=None, seed=None):
+def build_model(image_shape=(28, 28, 1), kl_weight: float = 1.0, kl_step_weights=None, seed=None,
+                precision: str = "float32"):
     """Builds (and builds the weights of) the VAE with the configured encoder, latent head and decoder.
 
     Args:
@@ -117,13 +121,23 @@ def build_model(image_shape=(28, 28, 1), kl_weight: float = 1.0, kl_step_weights
       kl_weight: alpha, per image (see `crvae_tf.models`).
       kl_step_weights: optional per-time-step KL weights, one per time step.
       seed: from `train.seed`.
+      precision: 'float32', or 'mixed_bfloat16' (float32 weights, bfloat16 convolutions, matmuls and
+        activations, float32 losses): about 1.5x the training throughput on CPUs with AVX512-BF16 and
+        on GPUs (`python -m crvae_tf.bench --gin_bindings="model.precision='mixed_bfloat16'"`).
     """
-    encoder = build_encoder(image_shape)
-    decoder = build_decoder(image_shape)
-    feature_shape = tuple(encoder.output_shape[1:])
-    head = build_latent_head(feature_shape)
-    model = models.VAE(encoder, head, decoder, image_shape=image_shape, kl_weight=kl_weight,
-                       kl_step_weights=kl_step_weights, seed=seed, name="vae")
+    if precision not in PRECISIONS:
+        raise ValueError(f"model.precision={precision!r} is not one of {list(PRECISIONS)}.")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)   # captured by every layer built below
+    try:
+        encoder = build_encoder(image_shape)
+        decoder = build_decoder(image_shape)
+        feature_shape = tuple(encoder.output_shape[1:])
+        head = build_latent_head(feature_shape)
+        model = models.VAE(encoder, head, decoder, image_shape=image_shape, kl_weight=kl_weight,
+                           kl_step_weights=kl_step_weights, seed=seed, name="vae")
+    finally:
+        keras.config.set_dtype_policy(previous)
     model.build()
     return model
 

@@ -36,6 +36,7 @@ import math
 
 import keras
 from keras import ops
+import tensorflow as tf
 
 PACKAGE = "crvae_tf"
 
@@ -89,6 +90,33 @@ class CReLU(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (2 * input_shape[-1],)
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class BatchNorm(keras.layers.BatchNormalization):
+    """BatchNormalization over the channels of NHWC maps, using TensorFlow's fused kernel when training.
+
+    Training on `[batch, H, W, C]` computes y = gamma * (x - mean_B) / sqrt(var_B + eps) + beta with
+    `tf.compat.v1.nn.fused_batch_norm` (one pass for the statistics, one for the output, float32 statistics
+    for bfloat16 inputs) instead of Keras' generic moments + normalisation (five elementwise passes, and
+    an upcast of bfloat16 maps to float32): about 7% of a crVAE training step on a 2-core CPU
+    (`python -m crvae_tf.bench`). Moving averages: moving = momentum * moving + (1 - momentum) * batch, with
+    the *unbiased* batch variance, as Torch's SpatialBatchNormalization (notes 1). Any other rank or
+    axis, and inference, use the Keras implementation (identical maths).
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable and mask is None and len(inputs.shape) == 4
+                and self.axis in (-1, 3) and self.center and self.scale and not self.renorm):
+            return super().call(inputs, training=training, mask=mask)
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+            epsilon=self.epsilon, data_format="NHWC", is_training=True,
+            exponential_avg_factor=1.0 - self.momentum)
+        # With exponential_avg_factor < 1 the kernel returns the updated moving statistics.
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
+        return outputs
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -223,8 +251,8 @@ def conv(filters, kernel_size, name=None, init_out=None):
 
 
 def batch_norm(momentum, epsilon, name=None):
-    """BatchNorm with Keras momentum (= 1 - Torch momentum; notes 1)."""
-    return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)
+    """Fused NHWC `BatchNorm` with Keras momentum (= 1 - Torch momentum; notes 1)."""
+    return BatchNorm(momentum=momentum, epsilon=epsilon, name=name)
 
 
 class LatentHead(keras.layers.Layer):

@@ -98,12 +98,18 @@ class VAE(keras.Model):
 
     # ------------------------------------------------------------------ inference / generation
     def encode(self, images, training=False):
-        """`[batch, H, W, C]` -> (loc, log_variance), each `[batch, latent_dim]`."""
-        return self.latent_head.infer(self.encoder(images, training=training), training=training)
+        """`[batch, H, W, C]` -> (loc, log_variance), each float32 `[batch, latent_dim]`.
+
+        Under a mixed-precision policy the networks compute in bfloat16; the posterior parameters, the
+        logits and hence every loss and bound are float32.
+        """
+        loc, log_variance = self.latent_head.infer(self.encoder(images, training=training), training=training)
+        return tf.cast(loc, tf.float32), tf.cast(log_variance, tf.float32)
 
     def decode(self, z, training=False):
-        """`[batch, latent_dim]` -> Bernoulli logits `[batch, H, W, C]`."""
-        return self.decoder(self.latent_head.generate(z, training=training), training=training)
+        """`[batch, latent_dim]` -> float32 Bernoulli logits `[batch, H, W, C]`."""
+        return tf.cast(self.decoder(self.latent_head.generate(z, training=training), training=training),
+                       tf.float32)
 
     def call(self, images, training=False):
         """Reconstruction logits from the posterior mean (deterministic)."""

@@ -38,7 +38,7 @@ def _conv_block(filters, kernel_size, stride, padding, activation, momentum, eps
     block += [
         keras.layers.Conv2D(filters, kernel_size, strides=stride, padding="valid", name=f"{name}_conv",
                             kernel_initializer=L.conv_init(kernel_size, filters)),
-        keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=f"{name}_bn"),
+        L.batch_norm(momentum, epsilon, name=f"{name}_bn"),
         L.CReLU(name=f"{name}_crelu") if activation == "crelu"
         else keras.layers.LeakyReLU(negative_slope=0.1, name=f"{name}_leaky"),
     ]
@@ -79,7 +79,7 @@ def _deconv_block(filters, padding, momentum, epsilon, name):
         deconv = [keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="valid", name=f"{name}_deconv",
                                                kernel_initializer=L.conv_init(4, filters)),
                   keras.layers.Cropping2D(padding, name=f"{name}_crop")]
-    return deconv + [keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=f"{name}_bn"),
+    return deconv + [L.batch_norm(momentum, epsilon, name=f"{name}_bn"),
                      keras.layers.LeakyReLU(negative_slope=0.1, name=f"{name}_leaky")]
 
 

@@ -70,6 +70,17 @@ class BuildersTest(testing_utils.GinTestCase):
         self.assertAlmostEqual(float(encoder_opt._learning_rate(50 * 390)), 1.5e-3, places=8)  # halved at epoch 50
         self.assertAlmostEqual(float(encoder_opt._learning_rate(50 * 390 - 1)), 3e-3, places=8)
 
+    def test_precision_binding(self):
+        parse("mnist_crvae", ["encoder.base_channels = 4", "decoder.base_channels = 4",
+                              "latent_head.latent_channels = 8", "latent_head.hidden_units = 8",
+                              "model.precision = 'mixed_bfloat16'"])
+        model = builders.build_model(seed=0)
+        self.assertEqual(model.latent_head.inference_lstm.compute_dtype, "bfloat16")
+        self.assertEqual(keras.config.dtype_policy().name, "float32")   # the global policy is restored
+        parse("mnist_crvae", ["model.precision = 'float16'"])
+        with self.assertRaisesRegex(ValueError, "model.precision"):
+            builders.build_model(seed=0)
+
     def test_unused_head_arguments_are_rejected(self):
         parse("mnist_vae", ["latent_head.recurrent_inference = False"])
         with self.assertRaisesRegex(ValueError, "does not use"):

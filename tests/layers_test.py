@@ -111,6 +111,28 @@ class LayersTest(tf.test.TestCase):
         self.assertFalse(hasattr(head, "generation_lstm"))
         self.assertIsInstance(head.generation_blocks, layers.BlockDense)
 
+    def test_fused_batch_norm_matches_keras_and_torch_running_stats(self):
+        x = np.random.default_rng(2).normal(1.5, 2.0, size=(6, 5, 5, 3)).astype(np.float32)
+        fused = layers.BatchNorm(momentum=0.9, epsilon=1e-5)
+        reference = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+        for layer in (fused, reference):
+            layer.build(x.shape)
+            layer.gamma.assign([0.5, 1.0, 2.0])
+            layer.beta.assign([0.1, -0.2, 0.3])
+        self.assertAllClose(fused(x, training=True), reference(x, training=True), atol=1e-5)
+        # Running statistics: momentum 0.9 (Torch 0.1), unbiased batch variance as Torch.
+        flat = x.reshape(-1, 3).astype(np.float64)
+        self.assertAllClose(fused.moving_mean, 0.1 * flat.mean(0), rtol=1e-5)
+        self.assertAllClose(fused.moving_variance, 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+        inference = ((x - fused.moving_mean.numpy()) / np.sqrt(fused.moving_variance.numpy() + 1e-5)
+                     * [0.5, 1.0, 2.0] + [0.1, -0.2, 0.3])
+        self.assertAllClose(fused(x, training=False), inference, atol=1e-5)
+        # Gradients flow to the input, gamma and beta.
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(fused(x, training=True) ** 2)
+        grads = tape.gradient(loss, fused.trainable_variables)
+        self.assertTrue(all(g is not None for g in grads))
+
     def test_crelu_and_learned_bias(self):
         x = np.array([[[[1.0, -2.0]]]], np.float32)
         self.assertAllEqual(layers.CReLU()(x), [[[[1.0, 0.0, 0.0, 2.0]]]])

@@ -119,6 +119,24 @@ class ModelTest(testing_utils.GinTestCase):
         result = model.evaluate(tf.data.Dataset.from_tensors(fixed_batch()), verbose=0, return_dict=True)
         self.assertTrue(np.isfinite(result["elbo"]))
 
+    def test_mixed_bfloat16_computes_in_bf16_and_reports_float32(self):
+        keras.config.set_dtype_policy("mixed_bfloat16")
+        try:
+            model = tiny_model()
+        finally:
+            keras.config.set_dtype_policy("float32")
+        self.assertEqual(model.encoder.layers[1].compute_dtype, "bfloat16")
+        self.assertEqual(model.encoder.layers[1].kernel.dtype, "float32")
+        model.compile(optimizers=adam_groups(model))
+        logs = tf.function(model.train_step)(fixed_batch())
+        self.assertEqual(logs["loss"].dtype, tf.float32)
+        self.assertTrue(np.isfinite(float(logs["loss"])))
+        loc, log_variance = model.encode(fixed_batch())
+        self.assertEqual((loc.dtype, log_variance.dtype), (tf.float32, tf.float32))
+        clone = models.VAE.from_config(model.get_config())
+        clone.build()
+        self.assertEqual(clone.decoder.layers[0].compute_dtype, "bfloat16")
+
     def test_model_config_round_trip(self):
         model = tiny_model(kl_weight=0.784)
         config = model.get_config()
