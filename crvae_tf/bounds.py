@@ -16,9 +16,17 @@ BCE_sum + 784 * 0.001 * KL, i.e. kl_weight = 0.784 (notes 5.1).
 
 IWAE_K(x) = log (1/K) sum_k p(x, z_k) / q(z_k|x),  z_k ~ q(z|x)   (Burda et al. 2016), over the leading
 sample axis of `log_weights: [num_samples, batch]`.
+
+For test-set log-likelihoods with large K, `importance_sampled_log_likelihood` draws the K samples in chunks
+and folds them into an online log-sum-exp in float64, so peak memory is that of one chunk, not of K:
+
+    m_j = max(m_{j-1}, max_{k in chunk j} w_k)
+    s_j = s_{j-1} exp(m_{j-1} - m_j) + sum_{k in chunk j} exp(w_k - m_j)
+    IWAE_K = m_J + log s_J - log K,    ELBO_K = (1/K) sum_k w_k   (the same K samples)
 """
 
 import math
+from typing import NamedTuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -85,6 +93,80 @@ def log_importance_weights(images, logits, z, loc, log_variance):
 def iwae_bound(log_weights):
     """log-mean-exp over the sample axis: `[num_samples, batch]` -> `[batch]` (IWAE_K; K=1 is the ELBO)."""
     return tfp.math.reduce_logmeanexp(log_weights, axis=0)
+
+
+class LikelihoodEstimate(NamedTuple):
+    """Per-example estimates from one set of K importance samples; `[batch]` float64, nats per image."""
+    log_likelihood: tf.Tensor  # IWAE_K = log (1/K) sum_k exp(w_k), a stochastic lower bound on log p(x)
+    elbo: tf.Tensor  # (1/K) sum_k w_k, an unbiased estimate of the ELBO; <= log_likelihood by Jensen
+
+
+def streaming_log_mean_exp(log_weight_chunks) -> LikelihoodEstimate:
+    """Online log-mean-exp and mean over the sample axis of a stream of chunks, in float64.
+
+    Args:
+      log_weight_chunks: an iterable of `[n_j, batch]` log importance weights, consumed one chunk at a time;
+        together they hold the K = sum_j n_j samples.
+
+    Returns:
+      `LikelihoodEstimate` with `log_likelihood = log (1/K) sum_k exp(w_k)` and `elbo = (1/K) sum_k w_k`. The
+      running max is shifted to 0 while it is not finite, so chunks that are entirely -inf give no NaN (all -inf
+      gives -inf).
+    """
+    running_max = running_sum = weight_sum = None
+    count = tf.constant(0.0, tf.float64)
+    for chunk in log_weight_chunks:
+        w = tf.cast(chunk, tf.float64)
+        del chunk  # keep only one chunk alive while the next one is drawn
+        if running_max is None:
+            running_max = tf.fill(tf.shape(w)[1:], tf.constant(-math.inf, tf.float64))
+            running_sum = weight_sum = tf.zeros_like(running_max)
+        new_max = tf.maximum(running_max, tf.reduce_max(w, axis=0))
+        shift = tf.where(tf.math.is_finite(new_max), new_max, tf.zeros_like(new_max))
+        # exp(-inf - shift) = 0 rescales an empty (all -inf) running sum without forming inf * 0.
+        running_sum = running_sum * tf.exp(running_max - shift) + tf.reduce_sum(tf.exp(w - shift), axis=0)
+        running_max = new_max
+        weight_sum += tf.reduce_sum(w, axis=0)
+        count += tf.cast(tf.shape(w)[0], tf.float64)
+        del w
+    if running_max is None:
+        raise ValueError("log_weight_chunks is empty; need at least one sample")
+    shift = tf.where(tf.math.is_finite(running_max), running_max, tf.zeros_like(running_max))
+    return LikelihoodEstimate(log_likelihood=tf.math.log(running_sum) + shift - tf.math.log(count),
+                              elbo=weight_sum / count)
+
+
+def importance_sampled_log_likelihood(log_weights_fn, num_samples: int, chunk_size: int) -> LikelihoodEstimate:
+    """IWAE_K estimate of log p(x) (and the ELBO from the same samples) with memory flat in K.
+
+    Args:
+      log_weights_fn: `n -> [n, batch]` log importance weights log p(x, z_k) - log q(z_k|x) for n fresh samples
+        z_k ~ q(z|x) (e.g. a `tf.function` around the encoder, decoder and `log_importance_weights`). Call this
+        function eagerly: its Python loop over chunks keeps one chunk alive at a time.
+      num_samples: K >= 1.
+      chunk_size: samples per call, >= 1; the last chunk holds the remainder when it does not divide K.
+
+    Returns:
+      `LikelihoodEstimate` of `[batch]` float64 tensors in nats per image; the caller reduces over images.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+    def chunks():
+        for start in range(0, num_samples, chunk_size):
+            n = min(chunk_size, num_samples - start)
+            yield _check_num_rows(log_weights_fn(n), n)
+
+    return streaming_log_mean_exp(chunks())
+
+
+def _check_num_rows(log_weights, n):
+    shape = tf.TensorShape(getattr(log_weights, "shape", None))
+    if shape.rank is not None and (shape.rank < 1 or shape[0] not in (None, n)):
+        raise ValueError(f"log_weights_fn({n}) returned shape {shape}; expected [{n}, batch]")
+    return log_weights
 
 
 def nats_to_bits_per_dim(nats, num_dims: int):
