@@ -91,6 +91,7 @@ def train(model_dir: str,
           progress_bar: bool = True,
           # Checkpoints.
           checkpoint_every_steps: int = 500,
+          checkpoint_every_secs: float = 300.0,
           keep_checkpoints: int = 3):
     """Trains the configured model, resuming from the latest checkpoint in `model_dir`.
 
@@ -108,6 +109,8 @@ def train(model_dir: str,
       num_image_samples: images per grid.
       progress_bar: show a Keras progress bar.
       checkpoint_every_steps: checkpoint cadence (a checkpoint is also written at the end).
+      checkpoint_every_secs: also checkpoint when this many seconds passed since the last one, so a
+        killed run loses at most this much work whatever the step cadence (None: steps only).
       keep_checkpoints: how many checkpoints to keep.
 
     Returns:
@@ -186,7 +189,11 @@ def train(model_dir: str,
         log_scalars(validation_writer, logs, step)
         return logs
 
+    last_save = time.time()
+
     def save(step):
+        nonlocal last_save
+        last_save = time.time()
         manager.save(checkpoint_number=step)
         artifacts.atomic_write_text(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
 
@@ -232,7 +239,8 @@ def train(model_dir: str,
                 validation_logs = validate(step)
             if step % image_every_steps == 0 or step == max_steps:
                 log_images(step)
-            if step % checkpoint_every_steps == 0 or step == max_steps:
+            if (step % checkpoint_every_steps == 0 or step == max_steps
+                    or (checkpoint_every_secs and time.time() - last_save >= checkpoint_every_secs)):
                 save(step)
             if step >= max_steps:
                 break

@@ -1,16 +1,21 @@
 """The trainer: every recipe parses and trains 2 steps; outputs exist; resume continues exactly."""
 
+import contextlib
 import glob
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+from absl import flags
 import gin
 import numpy as np
 import tensorflow as tf
 
+from crvae_tf import train as train_binary
 from crvae_tf import train_lib
 
 import testing_utils
@@ -48,18 +53,25 @@ class RecipesTest(testing_utils.GinTestCase):
             for word in ("Command:", "Hardware:", "Wall time:", "Target:"):
                 self.assertIn(word, header, msg=f"{recipe} header lacks {word}")
 
-    def test_every_recipe_trains_two_steps(self):
+    def test_every_recipe_trains_two_steps_through_the_binary(self):
+        """`python -m crvae_tf.train` for every recipe, run in-process (its flags parsed, then `main`)."""
         for recipe in RECIPES:
             with self.subTest(recipe=recipe):
                 gin.clear_config()
                 model_dir = os.path.join(self.get_temp_dir(), recipe)
-                train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, recipe)], self._bindings(recipe),
-                                    finalize=False)
-                result = train_lib.train(model_dir)
-                self.assertEqual(result["step"], 2)
-                self.assertTrue(np.isfinite(result["train"]["loss"]))
+                argv = ["train", f"--gin_file={os.path.join(testing_utils.GIN_DIR, recipe)}",
+                        f"--model_dir={model_dir}"] + [f"--gin_bindings={b}" for b in self._bindings(recipe)]
+                flags.FLAGS.unparse_flags()
+                flags.FLAGS(argv)
+                output = io.StringIO()
+                with contextlib.redirect_stdout(output):
+                    train_binary.main(["train"])
+                self.assertIn("Finished at step 2:", output.getvalue())
+                loss = float(re.search(r"train \{'loss': ([^,]+),", output.getvalue()).group(1))
+                self.assertTrue(np.isfinite(loss))
                 self.assertTrue(os.path.exists(os.path.join(model_dir, "operative_config.gin")))
-                self.assertTrue(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
+                self.assertTrue(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("-2"))
+        flags.FLAGS.unparse_flags()
 
     def test_outputs_of_a_run(self):
         model_dir = os.path.join(self.get_temp_dir(), "run")
@@ -109,6 +121,16 @@ class RecipesTest(testing_utils.GinTestCase):
         self.assertTrue(iterations)
         self.assertEqual(int(reader.get_tensor(iterations[0])), 6)
         self.assertEqual(int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")), 6)
+
+    def test_time_based_checkpoints(self):
+        model_dir = os.path.join(self.get_temp_dir(), "timed")
+        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "mnist_vae.gin")],
+                            self._bindings("mnist_vae.gin", max_steps=3) + [
+                                "train.checkpoint_every_steps = 1000", "train.checkpoint_every_secs = 1e-9"],
+                            finalize=False)
+        train_lib.train(model_dir)
+        state = tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
+        self.assertEqual([int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths], [1, 2, 3])
 
     def test_bad_bindings_give_clear_errors(self):
         train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "mnist_vae.gin")],
