@@ -191,12 +191,15 @@ class StackedLSTM(keras.layers.Layer):
         bias_init = ForgetBiasOne(self.units)
         for layer in range(self.num_layers):
             fan_in = features if layer == 0 else self.units
-            self.kernels.append(self.add_weight(name=f"kernel_{layer}", shape=(fan_in, 4 * self.units),
-                                                                                    initializer=init))
-            self.recurrent_kernels.append(self.add_weight(
-                    name=f"recurrent_kernel_{layer}", shape=(self.units, 4 * self.units), initializer=init))
-            self.biases.append(self.add_weight(name=f"bias_{layer}", shape=(4 * self.units,),
-                                                                                  initializer=bias_init))
+            weights = {f"kernel_{layer}": ((fan_in, 4 * self.units), init),
+                       f"recurrent_kernel_{layer}": ((self.units, 4 * self.units), init),
+                       f"bias_{layer}": ((4 * self.units,), bias_init)}
+            for name, (shape, initializer) in weights.items():
+                # One attribute per weight: TF checkpoints track attributes, not the contents of lists.
+                setattr(self, name, self.add_weight(name=name, shape=shape, initializer=initializer))
+            self.kernels.append(getattr(self, f"kernel_{layer}"))
+            self.recurrent_kernels.append(getattr(self, f"recurrent_kernel_{layer}"))
+            self.biases.append(getattr(self, f"bias_{layer}"))
 
     def call(self, x):
         steps = x.shape[1]

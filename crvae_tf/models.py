@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from crvae_tf import bounds
+from crvae_tf import distributions
 
 GROUPS = ("encoder", "latent_head", "decoder")
 
@@ -43,10 +44,15 @@ class VAE(keras.Model):
       kl_weight: weight of the KL term per image (1.0 = the ELBO).
       kl_step_weights: optional list of T per-time-step KL weights (default all 1).
       seed: seed of the model's `keras.random.SeedGenerator`, the source of every random draw.
+      num_importance_samples: k. 1 trains on the (weighted) ELBO; k > 1 trains on the IWAE_k bound
+        (Burda et al. 2016; Table 1's "IWAE k=40" row), which has no KL weight.
+      num_validation_samples: k of the IWAE_k bound that `test_step` reports as `iwae_<k>` (the authors
+        selected models on IWAE-5, notes 7).
     """
 
     def __init__(self, encoder, latent_head, decoder, image_shape=(28, 28, 1), kl_weight: float = 1.0,
-                 kl_step_weights=None, seed=None, **kwargs):
+                 kl_step_weights=None, seed=None, num_importance_samples: int = 1,
+                 num_validation_samples: int = 5, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.latent_head = latent_head
@@ -60,6 +66,16 @@ class VAE(keras.Model):
                 raise ValueError(f"kl_step_weights has {len(kl_step_weights)} entries; the latent head has "
                                  f"num_time_steps={self.num_time_steps}. Give one weight per time step.")
         self.kl_step_weights = kl_step_weights
+        self.num_importance_samples = int(num_importance_samples)
+        self.num_validation_samples = int(num_validation_samples)
+        if self.num_importance_samples < 1 or self.num_validation_samples < 1:
+            raise ValueError(f"num_importance_samples ({num_importance_samples}) and num_validation_samples "
+                             f"({num_validation_samples}) must be >= 1.")
+        if self.num_importance_samples > 1 and (self.kl_weight != 1.0 or any(
+                w != 1.0 for w in (kl_step_weights or []))):
+            raise ValueError(f"IWAE training (num_importance_samples={self.num_importance_samples}) optimises a bound "
+                             f"on log p(x) and has no KL weight; set kl_weight=1 and no kl_step_weights (got "
+                             f"kl_weight={kl_weight}, kl_step_weights={kl_step_weights}).")
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         # Evaluation draws from its own stream, restarted before every evaluation pass
@@ -68,7 +84,7 @@ class VAE(keras.Model):
         self.eval_seed_generator = keras.random.SeedGenerator(
             None if seed is None else seed + 1, name="eval_seed_generator")
         self._eval_initial_state = keras.ops.convert_to_numpy(self.eval_seed_generator.state)
-        names = ["loss", "distortion", "rate", "elbo", "active_units"] + [
+        names = ["loss", "distortion", "rate", "elbo", "active_units", f"iwae_{self.num_validation_samples}"] + [
             f"kl_step_{t + 1}" for t in range(self.num_time_steps)]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.group_optimizers = {}
@@ -136,19 +152,55 @@ class VAE(keras.Model):
         return tf.sigmoid(self.decode(z, training=False))
 
     # ------------------------------------------------------------------ objective
+    def log_importance_weights(self, images, num_samples: int, training=False):
+        """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x), for K = `num_samples` samples.
+
+        The encoder runs once; the K samples of the whole batch go through the generation path together.
+
+        Args:
+          images: `[batch, H, W, C]` binary images.
+          num_samples: K.
+          training: network mode and noise stream (training or evaluation `SeedGenerator`).
+
+        Returns:
+          `[K, batch]` float32 log weights in nats; `bounds.iwae_bound` of them is IWAE_K, their mean the ELBO.
+        """
+        loc, log_variance = self.encode(images, training=training)
+        return self._log_weights(images, loc, log_variance, num_samples, training)
+
+    def _log_weights(self, images, loc, log_variance, num_samples, training):
+        z = self.sample_posterior(loc, log_variance, num_samples=num_samples, training=training)  # [K, B, D]
+        logits = self.decode(tf.reshape(z, [-1, self.latent_dim]), training=training)              # [K*B, H, W, C]
+        logits = tf.reshape(logits, tf.concat([[num_samples], tf.shape(images)], 0))
+        return bounds.log_importance_weights(images, logits, z, loc, log_variance)
+
     def compute_terms(self, images, training=False):
         """Per-image objective terms for a batch `[batch, H, W, C]` of binary images.
+
+        With one importance sample: loss = distortion + kl_weight * sum_t kl_step_weights[t] * KL_t, one
+        reparameterised z. With k = `num_importance_samples` > 1: loss = -IWAE_k, and `distortion` is the mean
+        over the k samples of -log p(x|z_k). `rate` and `kl_steps` are always the analytic KL.
 
         Returns a dict of `[batch]` tensors `loss`, `distortion`, `rate`, `elbo`, plus `kl_steps`
         `[batch, T]` and the posterior `loc` `[batch, latent_dim]`.
         """
         loc, log_variance = self.encode(images, training=training)
-        z = self.sample_posterior(loc, log_variance, training=training)
-        logits = self.decode(z, training=training)
-        distortion = bounds.bernoulli_distortion(images, logits)
         kl_steps = bounds.kl_per_time_step(loc, log_variance, self.num_time_steps)
         rate = tf.reduce_sum(kl_steps, axis=-1)
-        loss = distortion + bounds.weighted_rate(kl_steps, self.kl_weight, self.kl_step_weights)
+        k = self.num_importance_samples if training else 1
+        if k == 1:
+            z = self.sample_posterior(loc, log_variance, training=training)
+            distortion = bounds.bernoulli_distortion(images, self.decode(z, training=training))
+            loss = distortion + bounds.weighted_rate(kl_steps, self.kl_weight, self.kl_step_weights)
+        else:
+            z = self.sample_posterior(loc, log_variance, num_samples=k, training=training)
+            logits = tf.reshape(self.decode(tf.reshape(z, [-1, self.latent_dim]), training=training),
+                                tf.concat([[k], tf.shape(images)], 0))
+            log_likelihood = -bounds.bernoulli_distortion(images, logits)                      # [k, B]
+            q = distributions.posterior(loc, log_variance)
+            log_weights = log_likelihood + distributions.prior(z).log_prob(z) - q.log_prob(z)
+            distortion = -tf.reduce_mean(log_likelihood, axis=0)
+            loss = -bounds.iwae_bound(log_weights)
         return {"loss": loss, "distortion": distortion, "rate": rate, "elbo": -(distortion + rate),
                 "kl_steps": kl_steps, "loc": loc}
 
@@ -186,7 +238,11 @@ class VAE(keras.Model):
     def metrics(self):
         return list(self._trackers.values())
 
-    def _update_trackers(self, terms):
+    def _update_trackers(self, terms, iwae=None):
+        """Updates the trackers with a batch's terms (and IWAE_k, when given); returns their running means."""
+        iwae_name = f"iwae_{self.num_validation_samples}"
+        if iwae is not None:
+            self._trackers[iwae_name].update_state(iwae)
         for key in ("loss", "distortion", "rate", "elbo"):
             self._trackers[key].update_state(terms[key])
         kl_means = tf.reduce_mean(terms["kl_steps"], axis=0)
@@ -196,7 +252,8 @@ class VAE(keras.Model):
         # Var_x(E_q[z_d]) > 0.01, estimated on the batch.
         variance = tf.math.reduce_variance(terms["loc"], axis=0)
         self._trackers["active_units"].update_state(tf.reduce_sum(tf.cast(variance > 0.01, tf.float32)))
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
+        return {name: tracker.result() for name, tracker in self._trackers.items()
+                if name != iwae_name or iwae is not None}
 
     @staticmethod
     def _images(data):
@@ -224,7 +281,10 @@ class VAE(keras.Model):
         return self._update_trackers(terms)
 
     def test_step(self, data):
-        return self._update_trackers(self.compute_terms(self._images(data), training=False))
+        """ELBO terms (one sample, analytic KL) and IWAE_k (k = `num_validation_samples`), evaluation mode."""
+        images = self._images(data)
+        iwae = bounds.iwae_bound(self.log_importance_weights(images, self.num_validation_samples))
+        return self._update_trackers(self.compute_terms(images, training=False), iwae)
 
     # ------------------------------------------------------------------ serialization
     def get_config(self):
@@ -233,7 +293,9 @@ class VAE(keras.Model):
                 "latent_head": keras.saving.serialize_keras_object(self.latent_head),
                 "decoder": keras.saving.serialize_keras_object(self.decoder),
                 "image_shape": self.image_shape, "kl_weight": self.kl_weight,
-                "kl_step_weights": self.kl_step_weights, "seed": self.seed}
+                "kl_step_weights": self.kl_step_weights, "seed": self.seed,
+                "num_importance_samples": self.num_importance_samples,
+                "num_validation_samples": self.num_validation_samples}
 
     @classmethod
     def from_config(cls, config):

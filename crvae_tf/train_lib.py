@@ -15,9 +15,11 @@ Output directory (the contract, also in README.md):
     model_dir/nonfinite_batch-<step>.npy the offending batch when a loss became non-finite
 """
 
+import json
 import logging as logging_std
 import os
 import time
+from typing import NamedTuple
 
 from absl import logging
 import gin
@@ -57,22 +59,97 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss becomes NaN or Inf."""
 
 
-def restore_or_initialize(model_dir, model, optimizers, max_to_keep=3):
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = os.path.join("checkpoints", "best")
+
+
+class Checkpoints(NamedTuple):
+    """The checkpoint objects of a run (see `restore_or_initialize`)."""
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    best_manager: tf.train.CheckpointManager
+    step: tf.Variable
+    epoch: tf.Variable
+    best_score: tf.Variable
+
+
+def restore_or_initialize(model_dir, model, optimizers, max_to_keep=3) -> Checkpoints:
     """Creates the checkpoint objects and restores the latest checkpoint in `model_dir`, if any.
 
-    Returns:
-      (checkpoint, manager, step variable, epoch variable); the variables hold the restored values.
+    A checkpoint holds the model (weights, BatchNorm statistics, both noise streams), every optimizer, the
+    step, the epoch, the training RNG state and the best validation score so far. `checkpoints/best/` holds
+    the one checkpoint with the best validation IWAE_k (model selection on the validation split).
     """
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    best_score = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_validation_score")
     checkpoint = tf.train.Checkpoint(model=model, step=step, epoch=epoch, rng_state=model.seed_generator.state,
+                                     best_validation_score=best_score,
                                      **{f"{name}_optimizer": opt for name, opt in optimizers.items()})
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINT_DIR),
                                          max_to_keep=max_to_keep, checkpoint_name="ckpt")
+    best_manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, BEST_DIR), max_to_keep=1,
+                                              checkpoint_name="ckpt")
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("Restored %s (step %d)", manager.latest_checkpoint, int(step.numpy()))
-    return checkpoint, manager, step, epoch
+    return Checkpoints(checkpoint, manager, best_manager, step, epoch, best_score)
+
+
+class Run(NamedTuple):
+    """A trained run rebuilt by `load_run`."""
+    model: object          # crvae_tf.models.VAE, weights restored, in evaluation use
+    step: int              # the training step of the restored checkpoint
+    checkpoint_path: str
+    splits: data_lib.ImageSplits   # the run's training dataset (train / validation / test)
+    seed: int              # train.seed of the run
+
+
+def resolve_checkpoint(model_dir: str, checkpoint="latest") -> str:
+    """Path prefix of a run's checkpoint: 'latest', 'best' (best validation IWAE_k), or a step number."""
+    folder = os.path.join(model_dir, CHECKPOINT_DIR)
+    if checkpoint in ("latest", "best"):
+        path = tf.train.latest_checkpoint(os.path.join(model_dir, BEST_DIR) if checkpoint == "best" else folder)
+        if path is None:
+            what = ("no best checkpoint (written after the first validation pass)" if checkpoint == "best"
+                    else "no checkpoint")
+            raise FileNotFoundError(f"{model_dir} has {what} under {folder}. Train it with "
+                                    f"python -m crvae_tf.train --model_dir={model_dir} ...")
+        return path
+    try:
+        number = int(checkpoint)
+    except (TypeError, ValueError):
+        raise ValueError(f"checkpoint={checkpoint!r} must be 'latest', 'best' or a step number") from None
+    state = tf.train.get_checkpoint_state(folder)
+    available = [] if state is None else list(state.all_model_checkpoint_paths)
+    for path in available:
+        if path.endswith(f"ckpt-{number}"):
+            return path
+    steps = [int(p.rsplit("-", 1)[1]) for p in available]
+    raise FileNotFoundError(f"{model_dir} has no checkpoint for step {number}; kept steps: {steps}, plus 'best'.")
+
+
+def load_run(model_dir: str, checkpoint="latest", gin_bindings=()) -> Run:
+    """Rebuilds a run's model from its saved config (+ `gin_bindings`) and restores a checkpoint.
+
+    Parses `operative_config.gin` (every parameter the run used, defaults included), then `config.gin`
+    (everything the recipe bound, e.g. `eval_dataset.*`, which training never calls), then `gin_bindings`.
+    Leaves that config parsed (unlocked), so callers can build more configurables from it (for example
+    `builders.build_eval_dataset`). Only the model is restored (optimizer state is not needed).
+    """
+    configs = [os.path.join(model_dir, name) for name in ("operative_config.gin", "config.gin")]
+    if not os.path.isfile(configs[0]):
+        raise FileNotFoundError(f"{model_dir} has no operative_config.gin: it is not a crvae_tf run directory "
+                                "(train one with python -m crvae_tf.train --model_dir=...).")
+    path = resolve_checkpoint(model_dir, checkpoint)
+    gin.clear_config()
+    parse_gin([c for c in configs if os.path.isfile(c)], list(gin_bindings), finalize=False)
+    seed = gin.query_parameter("train.seed")
+    splits = builders.build_dataset(seed=seed)
+    model = builders.build_model(image_shape=splits.train.shape[1:], seed=seed)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    tf.train.Checkpoint(model=model, step=step).restore(path).expect_partial().assert_existing_objects_matched()
+    return Run(model, int(step.numpy()), path, splits, seed)
 
 
 @gin.configurable("train", denylist=["model_dir"])
@@ -132,8 +209,9 @@ def train(model_dir: str,
     model = builders.build_model(image_shape=splits.train.shape[1:], seed=seed)
     optimizers, clip_values = builders.build_optimizers(model, steps_per_epoch)
     model.compile(optimizers=optimizers, clip_values=clip_values, jit_compile=jit_compile)
-    checkpoint, manager, step_var, epoch_var = restore_or_initialize(model_dir, model, optimizers,
-                                                                     keep_checkpoints)
+    checkpoints = restore_or_initialize(model_dir, model, optimizers, keep_checkpoints)
+    manager, step_var, epoch_var = checkpoints.manager, checkpoints.step, checkpoints.epoch
+    selection_metric = f"iwae_{model.num_validation_samples}"
     validation_every_steps = validation_every_steps or steps_per_epoch
 
     train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb", "train"))
@@ -187,6 +265,12 @@ def train(model_dir: str,
         logs = {k: float(v) for k, v in logs.items()}
         model.reset_metrics()
         log_scalars(validation_writer, logs, step)
+        if logs[selection_metric] > float(checkpoints.best_score.numpy()):
+            # Model selection on the validation split (never the test split): keep the best IWAE_k.
+            checkpoints.best_score.assign(logs[selection_metric])
+            checkpoints.best_manager.save(checkpoint_number=step)
+            artifacts.atomic_write_text(os.path.join(model_dir, BEST_DIR, "best.json"), json.dumps(
+                {"step": step, "metric": selection_metric, "value": logs[selection_metric], "split": "validation"}))
         return logs
 
     last_save = time.time()

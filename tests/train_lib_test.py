@@ -3,6 +3,7 @@
 import contextlib
 import glob
 import io
+import json
 import os
 import re
 import signal
@@ -22,6 +23,8 @@ import testing_utils
 
 RECIPES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(testing_utils.GIN_DIR, "*.gin")))
 KIND = {"mnist_vae.gin": "fc", "mnist_cvae.gin": "conv", "mnist_bcvae.gin": "block_fc"}
+# Recipe-specific overrides that keep the smoke run tiny.
+TINY_OVERRIDES = {"mnist_crvae_iwae40.gin": ["model.num_importance_samples = 3"]}
 
 
 def _kind(recipe):
@@ -39,11 +42,11 @@ class RecipesTest(testing_utils.GinTestCase):
             f"train.max_steps = {max_steps}"]
         if recipe.startswith("mnist"):
             bindings += [f"dataset.local_path = '{self.mnist}'", "dataset.validation_size = 40"]
-        return bindings
+        return bindings + TINY_OVERRIDES.get(recipe, [])
 
     def test_every_recipe_is_listed(self):
         self.assertIn("quickstart.gin", RECIPES)
-        for name in ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae"):
+        for name in ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae", "crvae_iwae40"):
             self.assertIn(f"mnist_{name}.gin", RECIPES)
 
     def test_every_recipe_header_is_a_recipe(self):
@@ -121,6 +124,31 @@ class RecipesTest(testing_utils.GinTestCase):
         self.assertTrue(iterations)
         self.assertEqual(int(reader.get_tensor(iterations[0])), 6)
         self.assertEqual(int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")), 6)
+
+    def test_best_checkpoint_and_load_run(self):
+        model_dir = os.path.join(self.get_temp_dir(), "selected")
+        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
+                            self._bindings("mnist_crvae.gin", max_steps=4) + ["train.validation_every_steps = 2"],
+                            finalize=False)
+        result = train_lib.train(model_dir)
+        best = json.load(open(os.path.join(model_dir, "checkpoints", "best", "best.json")))
+        self.assertIn(best["step"], (2, 4))
+        self.assertEqual((best["metric"], best["split"]), ("iwae_5", "validation"))
+        self.assertIn("iwae_5", result["validation"])
+        # load_run rebuilds the model from the saved config and restores exactly the trained weights.
+        trained = [v.numpy() for v in train_lib.load_run(model_dir).model.trainable_variables]
+        run = train_lib.load_run(model_dir, checkpoint="latest")
+        self.assertEqual(run.step, 4)
+        for a, b in zip(trained, run.model.trainable_variables):
+            self.assertAllEqual(a, b.numpy())
+        self.assertEqual(train_lib.load_run(model_dir, checkpoint="best").step, best["step"])
+        self.assertEqual(train_lib.load_run(model_dir, checkpoint=2).step, 2)
+        with self.assertRaisesRegex(FileNotFoundError, "kept steps"):
+            train_lib.resolve_checkpoint(model_dir, 3)
+        with self.assertRaisesRegex(ValueError, "'latest', 'best' or a step"):
+            train_lib.resolve_checkpoint(model_dir, "first")
+        with self.assertRaisesRegex(FileNotFoundError, "not a crvae_tf run directory"):
+            train_lib.load_run(self.get_temp_dir())
 
     def test_time_based_checkpoints(self):
         model_dir = os.path.join(self.get_temp_dir(), "timed")
