@@ -36,6 +36,7 @@ import os
 from typing import Iterable, Optional, Tuple, Union
 
 import numpy as np
+import tensorflow as tf
 
 from crvae_tf import artifacts
 
@@ -299,8 +300,6 @@ class EmpiricalPrior:
         Returns:
           The fitted `EmpiricalPrior` (`num_images` = images used, `seed` = `seed`).
         """
-        import tensorflow as tf  # deferred: the rest of the module is NumPy-only
-
         latent_shape = latent_shape_of(model)
         seed = _check_seed(seed)
         if max_images is not None and int(max_images) < 2:

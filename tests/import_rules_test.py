@@ -8,9 +8,9 @@ import testing_utils
 
 PACKAGE = os.path.join(testing_utils.REPO, "crvae_tf")
 # Modules that must be importable in a notebook or a serving job without gin or absl flags.
-GIN_FREE = ("layers", "networks", "models", "bounds", "distributions", "data", "artifacts")
+GIN_FREE = ("layers", "networks", "models", "bounds", "distributions", "data", "artifacts", "empirical_prior")
 # Binaries: the only modules that may define absl flags.
-BINARIES = ("train", "bench", "evaluate", "export")
+BINARIES = ("train", "bench", "evaluate", "export", "explore")
 
 
 def imported_modules(module):
