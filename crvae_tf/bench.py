@@ -11,11 +11,27 @@ timed with `perf_counter` after `--warmup` untimed steps; `img_per_s = batch_siz
 `flops_per_image` counts the multiply-accumulates of every conv, transposed conv, Dense and LSTM gate
 matmul of one forward pass (elementwise ops, BN, activations and the loss are ignored), times 2 for
 FLOPs and times 3 for forward + backward, the twin's convention.
+
+NLL mode (`--nll`): importance samples per second of the evaluation estimator, the very code path of
+`python -m crvae_tf.evaluate` (`eval_lib.ImportanceSampler`: encoder once per batch, `chunk_size` samples per
+decoder pass, float64 streaming log-mean-exp), on `--nll_images` random binary images with the recipe's
+freshly initialised weights (random weights: the throughput does not depend on them; the printed `nll` is
+meaningless). Each K of `--nll_samples` runs in a fresh subprocess, so its peak resident memory (`VmHWM`) is
+not masked by an earlier, larger run:
+
+    python -m crvae_tf.bench --nll                                   # crvae, K = 1,000 and 10,000, 16 images
+    python -m crvae_tf.bench --nll --nll_samples=1000 --models=crvae,vae
+
+Timing rule (the twin's `nll`): one untimed warm-up chunk (tracing), then the whole estimate is timed;
+`samples_per_s = images * K / seconds`. `peak_rss_growth_mb` is the high-water mark's growth from after the
+model build to the end, i.e. what the estimator itself needs: it should not grow with K.
 """
 
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,6 +44,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from crvae_tf import builders  # noqa: E402
+from crvae_tf import data as data_lib  # noqa: E402
+from crvae_tf import eval_lib  # noqa: E402
 from crvae_tf import layers  # noqa: E402
 from crvae_tf import train_lib  # noqa: E402
 
@@ -39,6 +57,17 @@ WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, alloca
 BATCH = flags.DEFINE_integer("batch_size", 128, "Images per step.")
 GIN_DIR = flags.DEFINE_string("gin_dir", "gin", "Folder holding the mnist_*.gin recipes.")
 GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings applied after the recipe.")
+
+NLL = flags.DEFINE_boolean("nll", False, "Time the NLL estimator (importance samples/s, peak memory) instead of "
+                           "training; --models then defaults to crvae.")
+NLL_SAMPLES = flags.DEFINE_list("nll_samples", ["1000", "10000"], "--nll: K values, each in a fresh subprocess.")
+NLL_IMAGES = flags.DEFINE_integer("nll_images", 16, "--nll: random binary images estimated.")
+NLL_BATCH = flags.DEFINE_integer("nll_batch_size", eval_lib.DEFAULT_BATCH_SIZE,
+                                 "--nll: images per encoder pass (as evaluate; capped at --nll_images).")
+NLL_CHUNK = flags.DEFINE_integer("nll_chunk_size", None, "--nll: samples per decoder pass (default: evaluate's, "
+                                 f"about {eval_lib.TARGET_DECODER_ROWS} decoder rows per pass).")
+NLL_SUBPROCESS = flags.DEFINE_boolean("nll_subprocess", True, "--nll: run each (model, K) in a fresh process "
+                                      "(false: in this one; what each subprocess does).")
 
 
 def forward_macs(model) -> int:
@@ -102,11 +131,83 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
             "tf": tf.__version__, "keras": keras.__version__}
 
 
+def _memory_mb(field: str) -> float:
+    """A `/proc/self/status` memory field (VmHWM: peak resident set; VmRSS: current) in MiB (0 if unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def bench_nll(name, num_samples, num_images, batch_size, chunk_size, gin_dir, bindings):
+    """Times `eval_lib.ImportanceSampler` (the evaluation binary's estimator) on random binary images."""
+    gin.clear_config()
+    train_lib.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
+    keras.utils.set_random_seed(0)
+    model = builders.build_model(image_shape=(28, 28, 1), seed=0)
+    batch_size = min(batch_size, num_images)
+    images = (np.random.default_rng(0).random((num_images, 28, 28, 1)) < 0.13).astype(np.float32)
+    sampler = eval_lib.ImportanceSampler(model, num_samples, chunk_size, seed=0, batch_size=batch_size)
+    baseline_mb = _memory_mb("VmHWM")
+    sampler.warm_up(images[:batch_size])
+    start, cpu_start = time.perf_counter(), time.process_time()
+    estimates = sampler.estimate(data_lib.make_dataset(images, batch_size=batch_size, binarization="static", seed=0,
+                                                       training=False), log_every_secs=1e9)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    peak_mb = _memory_mb("VmHWM")
+    return {"model": name, "mode": "nll", "num_importance_samples": num_samples, "images": num_images,
+            "batch_size": batch_size, "chunk_size": sampler.chunk_size,
+            "decoder_rows_per_pass": sampler.chunk_size * batch_size, "precision": model.dtype_policy.name,
+            "samples_per_s": round(num_images * num_samples / seconds, 1), "estimation_s": round(seconds, 2),
+            # CPU seconds of this process over wall seconds: about --threads when the machine is not shared.
+            "cpu_utilization": round(cpu_seconds / seconds, 2),
+            "peak_rss_mb": round(peak_mb, 1), "peak_rss_growth_mb": round(peak_mb - baseline_mb, 1),
+            "weights": "random (recipe initialisation, seed 0)",
+            "nll": round(-float(np.mean(estimates.log_likelihood)), 3),
+            "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)), "threads": os.cpu_count(),
+            "tf": tf.__version__, "keras": keras.__version__}
+
+
+def _nll_main(models):
+    try:
+        samples = [int(k) for k in NLL_SAMPLES.value]
+    except ValueError:
+        raise app.UsageError(f"--nll_samples={','.join(NLL_SAMPLES.value)} must be a list of integers.") from None
+    if not samples or min(samples) < 1 or NLL_IMAGES.value < 1 or NLL_BATCH.value < 1 or (
+            NLL_CHUNK.value is not None and NLL_CHUNK.value < 1):
+        raise app.UsageError("--nll_samples, --nll_images, --nll_batch_size and --nll_chunk_size must be positive.")
+    for name in models:
+        for k in samples:
+            if not NLL_SUBPROCESS.value:
+                result = bench_nll(name, k, NLL_IMAGES.value, NLL_BATCH.value, NLL_CHUNK.value, GIN_DIR.value,
+                                   GIN_BINDINGS.value)
+                print(json.dumps(result), flush=True)
+                continue
+            command = [sys.executable, "-m", "crvae_tf.bench", "--nll", "--nonll_subprocess", f"--models={name}",
+                       f"--nll_samples={k}", f"--nll_images={NLL_IMAGES.value}",
+                       f"--nll_batch_size={NLL_BATCH.value}", f"--gin_dir={GIN_DIR.value}"]
+            command += [f"--nll_chunk_size={NLL_CHUNK.value}"] if NLL_CHUNK.value is not None else []
+            command += [f"--gin_bindings={b}" for b in GIN_BINDINGS.value]
+            child = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+            lines = child.stdout.strip().splitlines()
+            if child.returncode or not lines:
+                raise RuntimeError(f"The NLL benchmark of {name} at K={k} failed (exit {child.returncode}); its "
+                                   f"stderr is above. Command: {' '.join(command)}")
+            print(lines[-1], flush=True)
+
+
 def main(argv):
     del argv
     unknown = sorted(set(MODELS.value) - set(VARIANTS))
     if unknown:
         raise app.UsageError(f"--models has unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if NLL.value:
+        _nll_main(MODELS.value if flags.FLAGS["models"].present else ["crvae"])
+        return
     for name in MODELS.value:
         result = bench_variant(name, STEPS.value, WARMUP.value, BATCH.value, GIN_DIR.value, GIN_BINDINGS.value)
         print(json.dumps(result), flush=True)

@@ -72,7 +72,10 @@ class LocalFilesTest(tf.test.TestCase):
                             np.sort(raw["x_train"].reshape(100, -1).astype(np.float32), axis=0))
         self.assertAllClose(splits.test[..., 0] * 255, raw["x_test"], atol=1e-3)
         train = {image.tobytes() for image in splits.train}
-        self.assertFalse(train & {image.tobytes() for image in splits.validation})
+        validation = {image.tobytes() for image in splits.validation}
+        test = {image.tobytes() for image in splits.test}
+        self.assertFalse(train & validation)
+        self.assertFalse((train | validation) & test)
         # A folder holding mnist.npz works too, and the hold-out is a function of the seed.
         same = data.load_image_splits("mnist", local_path=self.get_temp_dir(), validation_size=30, seed=5)
         self.assertAllEqual(same.validation, splits.validation)
