@@ -30,15 +30,15 @@ MODEL_DIR = flags.DEFINE_string("model_dir", None, "The training run's directory
 BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings applied after the run's config, e.g. "
                                      "\"eval_dataset.local_path='/path/binarized_mnist.npz'\".", allow_override=True)
 flags.mark_flag_as_required("model_dir")
-CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' (best validation IWAE) or a step number.")
+CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' (best validation IWAE) or a step number.", allow_override=True)
 NUM_SAMPLES = flags.DEFINE_integer("num_importance_samples", eval_lib.DEFAULT_NUM_IMPORTANCE_SAMPLES,
                                    "K, importance samples per image (Table 1: 10,000).")
 SPLIT = flags.DEFINE_enum("split", "test", list(eval_lib.SPLITS),
                           "'test' (the eval_dataset.* test split when the recipe sets one, else the run's) or "
                           "'validation' (the run's own).")
-MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Evaluate only the first N images (a budget cap).")
-SEED = flags.DEFINE_integer("seed", 0, "Noise seed in [0, 2^31): the same command gives the same numbers.")
-BATCH_SIZE = flags.DEFINE_integer("batch_size", eval_lib.DEFAULT_BATCH_SIZE, "Images per encoder pass.")
+MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Evaluate only the first N images (a budget cap).", allow_override=True)
+SEED = flags.DEFINE_integer("seed", 0, "Noise seed in [0, 2^31): the same command gives the same numbers.", allow_override=True)
+BATCH_SIZE = flags.DEFINE_integer("batch_size", eval_lib.DEFAULT_BATCH_SIZE, "Images per encoder pass.", allow_override=True)
 CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Importance samples per decoder pass (default: about "
                                   f"{eval_lib.TARGET_DECODER_ROWS} decoder rows per pass). Speed and memory only.")
 POLL = flags.DEFINE_boolean("poll", False, "Evaluate each checkpoint of the run once as it appears (one JSON line "

@@ -58,8 +58,8 @@ CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' (best
                                  allow_override=True)
 MODE = flags.DEFINE_string("mode", "empirical_prior", f"What to explore, one of {list(MODES)}.")
 NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Latents decoded from each prior.")
-SEED = flags.DEFINE_integer("seed", 0, "Seed of the prior samples (the same eps for both priors).")
-MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Fit on the first N training images (default: all).")
+SEED = flags.DEFINE_integer("seed", 0, "Seed of the prior samples (the same eps for both priors).", allow_override=True)
+MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Fit on the first N training images (default: all).", allow_override=True)
 
 
 def fit_or_load_prior(run: train_lib.Run, model_dir: str, max_images=None):
