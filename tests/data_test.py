@@ -10,14 +10,6 @@ from crvae_tf import data
 import testing_utils
 
 
-def write_packed_binarized(path, sizes=(40, 12, 10), seed=0):
-    """A bit-packed binarized_mnist.npz (MANIFEST format); returns the 0/1 pixels that were packed."""
-    rng = np.random.default_rng(seed)
-    bits = {name: (rng.random((n, 784)) < 0.2).astype(np.uint8) for name, n in zip(("train", "valid", "test"), sizes)}
-    np.savez(path, **{name: np.packbits(b, axis=1) for name, b in bits.items()})
-    return bits
-
-
 class SpritesTest(tf.test.TestCase):
 
     def test_deterministic_ranged_and_factored(self):
@@ -82,7 +74,7 @@ class LocalFilesTest(tf.test.TestCase):
 
     def test_packed_binarized_mnist_loads_the_stored_bits(self):
         path = os.path.join(self.get_temp_dir(), "binarized_mnist.npz")
-        bits = write_packed_binarized(path)
+        bits = testing_utils.write_fake_binarized_mnist(path)
         splits = data.load_image_splits("binarized_mnist", local_path=path)
         self.assertEqual(splits.binarization, "static")
         for split, key in (("train", "train"), ("validation", "valid"), ("test", "test")):
@@ -94,7 +86,7 @@ class LocalFilesTest(tf.test.TestCase):
         with self.assertRaisesRegex(data.DataUnavailableError, "without 'mnist.npz'"):
             data.load_image_splits("mnist", local_path=self.get_temp_dir())
         packed = os.path.join(self.get_temp_dir(), "binarized_mnist.npz")
-        write_packed_binarized(packed)
+        testing_utils.write_fake_binarized_mnist(packed)
         with self.assertRaisesRegex(data.DataUnavailableError, "dataset.name='binarized_mnist'"):
             data.load_image_splits("mnist", local_path=packed)
         garbage = os.path.join(self.get_temp_dir(), "garbage.npz")

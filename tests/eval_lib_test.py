@@ -29,19 +29,10 @@ BATCH = 8         # 21 test images: batches of 8, 8, 5
 NUM_TEST = 21
 
 
-def write_fake_binarized_mnist(path, num_test=NUM_TEST, seed=0, flip_pixel=None):
-    """A bit-packed binarized_mnist.npz (keys train, valid, test: uint8 [N, 98] = np.packbits of 784 0/1 pixels)
-    of thresholded blobs. Returns the test images as uint8 0/1 `[N, 28, 28, 1]`."""
-    scratch = testing_utils.write_fake_mnist(path + ".keras.npz", num_train=40, num_test=num_test, seed=seed)
-    with np.load(scratch) as keras_layout:
-        train = (keras_layout["x_train"] > 100).astype(np.uint8).reshape(-1, 784)
-        test = (keras_layout["x_test"] > 100).astype(np.uint8).reshape(-1, 784)
-    os.remove(scratch)
-    if flip_pixel is not None:
-        test[flip_pixel] ^= 1
-    np.savez(path, train=np.packbits(train[:30], axis=1), valid=np.packbits(train[30:], axis=1),
-             test=np.packbits(test, axis=1))
-    return test.reshape(-1, 28, 28, 1)
+def write_fake_binarized_mnist(path, flip_pixel=None):
+    """The fake static test set of these tests: returns its test images as uint8 0/1 `[N, 28, 28, 1]`."""
+    bits = testing_utils.write_fake_binarized_mnist(path, num_test=NUM_TEST, flip_pixel=flip_pixel)
+    return bits["test"].reshape(-1, 28, 28, 1)
 
 
 class EvalLibTest(testing_utils.GinTestCase):
@@ -68,9 +59,9 @@ class EvalLibTest(testing_utils.GinTestCase):
         super().tearDownClass()
 
     def fresh_run(self):
-        """A copy of the trained run, so each test sees only its own eval/ outputs."""
+        """A copy of the trained run without any evaluation outputs, so each test sees only its own."""
         model_dir = os.path.join(self.get_temp_dir(), self.id().rsplit(".", 1)[1])
-        shutil.copytree(self.run_dir, model_dir)
+        shutil.copytree(self.run_dir, model_dir, ignore=shutil.ignore_patterns("eval", "eval_*"))
         return model_dir
 
     def evaluate(self, model_dir=None, data=None, extra_bindings=(), **kwargs):

@@ -59,3 +59,22 @@ def write_fake_mnist(path, num_train=300, num_test=60, seed=0):
     np.savez(path, x_train=images(num_train), y_train=rng.integers(0, 10, num_train).astype(np.uint8),
              x_test=images(num_test), y_test=rng.integers(0, 10, num_test).astype(np.uint8))
     return path
+
+
+def write_fake_binarized_mnist(path, num_train=30, num_valid=10, num_test=21, seed=0, flip_pixel=None):
+    """A bit-packed binarized_mnist.npz (keys train, valid, test: uint8 [N, 98] = np.packbits of the 784
+    row-major 0/1 pixels, ../shared/data/MANIFEST.md) of thresholded blobs.
+
+    `flip_pixel=(image, pixel)` flips one test pixel (a changed dataset). Returns the packed 0/1 pixels,
+    uint8 `[N, 784]` per key.
+    """
+    scratch = write_fake_mnist(path + ".keras.npz", num_train=num_train + num_valid, num_test=num_test, seed=seed)
+    with np.load(scratch) as keras_layout:
+        train = (keras_layout["x_train"] > 100).astype(np.uint8).reshape(-1, 784)
+        test = (keras_layout["x_test"] > 100).astype(np.uint8).reshape(-1, 784)
+    os.remove(scratch)
+    if flip_pixel is not None:
+        test[flip_pixel] ^= 1
+    bits = {"train": train[:num_train], "valid": train[num_train:], "test": test}
+    np.savez(path, **{key: np.packbits(value, axis=1) for key, value in bits.items()})
+    return bits
