@@ -141,8 +141,8 @@ def build_model(image_shape=(28, 28, 1), kl_weight: float = 1.0, kl_step_weights
       kl_step_weights: optional per-time-step KL weights, one per time step.
       seed: from `train.seed`.
       precision: 'float32', or 'mixed_bfloat16' (float32 weights, bfloat16 convolutions, matmuls and
-        activations, float32 losses): about 1.5x the training throughput on CPUs with AVX512-BF16 and
-        on GPUs (`python -m crvae_tf.bench --gin_bindings="model.precision='mixed_bfloat16'"`).
+        activations, float32 losses): 1.5-1.6x the float32 training throughput measured on a 2-core
+        AVX512-BF16 CPU (`python -m crvae_tf.bench --gin_bindings="model.precision='mixed_bfloat16'"`).
       num_importance_samples: k; > 1 trains on the IWAE_k bound (needs kl_weight = 1).
       num_validation_samples: k of the IWAE_k bound reported on the validation split and used to keep
         the best checkpoint (authors: 5).

@@ -167,10 +167,7 @@ class ImportanceSampler:
         """`[n, b]` float32 log weights of samples `sample_indices` for a batch whose posterior is given."""
         eps = self.noise(image_indices, sample_indices)                                  # [n, b, D]
         z = loc + tf.exp(0.5 * log_variance) * eps
-        num_samples = tf.shape(sample_indices)[0]
-        logits = self.model.decode(tf.reshape(z, [-1, self.model.latent_dim]), training=False)  # [n*b, H, W, C]
-        logits = tf.reshape(logits, tf.concat([[num_samples], tf.shape(images)], 0))
-        return bounds.log_importance_weights(images, logits, z, loc, log_variance)
+        return self.model.log_importance_weights_at(images, loc, log_variance, z, training=False)
 
     # ------------------------------------------------------------------ estimation
     def estimate_batch(self, images, image_indices):

@@ -27,7 +27,6 @@ import keras
 import tensorflow as tf
 
 from crvae_tf import bounds
-from crvae_tf import distributions
 
 GROUPS = ("encoder", "latent_head", "decoder")
 
@@ -166,13 +165,17 @@ class VAE(keras.Model):
           `[K, batch]` float32 log weights in nats; `bounds.iwae_bound` of them is IWAE_K, their mean the ELBO.
         """
         loc, log_variance = self.encode(images, training=training)
-        return self._log_weights(images, loc, log_variance, num_samples, training)
+        z = self.sample_posterior(loc, log_variance, num_samples=num_samples, training=training)
+        return self.log_importance_weights_at(images, loc, log_variance, z, training=training)
 
-    def _log_weights(self, images, loc, log_variance, num_samples, training):
-        z = self.sample_posterior(loc, log_variance, num_samples=num_samples, training=training)  # [K, B, D]
-        logits = self.decode(tf.reshape(z, [-1, self.latent_dim]), training=training)              # [K*B, H, W, C]
-        logits = tf.reshape(logits, tf.concat([[num_samples], tf.shape(images)], 0))
-        return bounds.log_importance_weights(images, logits, z, loc, log_variance)
+    def decode_samples(self, z, training=False):
+        """Samples on a leading axis: z `[K, batch, latent_dim]` -> logits `[K, batch, H, W, C]` (one decoder pass)."""
+        logits = self.decode(tf.reshape(z, [-1, self.latent_dim]), training=training)
+        return tf.reshape(logits, tf.concat([tf.shape(z)[:2], self.image_shape], 0))
+
+    def log_importance_weights_at(self, images, loc, log_variance, z, training=False):
+        """log w_k of given samples z `[K, batch, latent_dim]` of the posterior (loc, log_variance) -> `[K, batch]`."""
+        return bounds.log_importance_weights(images, self.decode_samples(z, training=training), z, loc, log_variance)
 
     def compute_terms(self, images, training=False):
         """Per-image objective terms for a batch `[batch, H, W, C]` of binary images.
@@ -185,6 +188,9 @@ class VAE(keras.Model):
         `[batch, T]` and the posterior `loc` `[batch, latent_dim]`.
         """
         loc, log_variance = self.encode(images, training=training)
+        return self._terms(images, loc, log_variance, training)
+
+    def _terms(self, images, loc, log_variance, training):
         kl_steps = bounds.kl_per_time_step(loc, log_variance, self.num_time_steps)
         rate = tf.reduce_sum(kl_steps, axis=-1)
         k = self.num_importance_samples if training else 1
@@ -193,14 +199,10 @@ class VAE(keras.Model):
             distortion = bounds.bernoulli_distortion(images, self.decode(z, training=training))
             loss = distortion + bounds.weighted_rate(kl_steps, self.kl_weight, self.kl_step_weights)
         else:
-            z = self.sample_posterior(loc, log_variance, num_samples=k, training=training)
-            logits = tf.reshape(self.decode(tf.reshape(z, [-1, self.latent_dim]), training=training),
-                                tf.concat([[k], tf.shape(images)], 0))
-            log_likelihood = -bounds.bernoulli_distortion(images, logits)                      # [k, B]
-            q = distributions.posterior(loc, log_variance)
-            log_weights = log_likelihood + distributions.prior(z).log_prob(z) - q.log_prob(z)
-            distortion = -tf.reduce_mean(log_likelihood, axis=0)
-            loss = -bounds.iwae_bound(log_weights)
+            z = self.sample_posterior(loc, log_variance, num_samples=k, training=training)     # [k, B, D]
+            logits = self.decode_samples(z, training=training)
+            distortion = tf.reduce_mean(bounds.bernoulli_distortion(images, logits), axis=0)
+            loss = -bounds.iwae_bound(bounds.log_importance_weights(images, logits, z, loc, log_variance))
         return {"loss": loss, "distortion": distortion, "rate": rate, "elbo": -(distortion + rate),
                 "kl_steps": kl_steps, "loc": loc}
 
@@ -283,8 +285,10 @@ class VAE(keras.Model):
     def test_step(self, data):
         """ELBO terms (one sample, analytic KL) and IWAE_k (k = `num_validation_samples`), evaluation mode."""
         images = self._images(data)
-        iwae = bounds.iwae_bound(self.log_importance_weights(images, self.num_validation_samples))
-        return self._update_trackers(self.compute_terms(images, training=False), iwae)
+        loc, log_variance = self.encode(images, training=False)          # once for both
+        z = self.sample_posterior(loc, log_variance, num_samples=self.num_validation_samples, training=False)
+        iwae = bounds.iwae_bound(self.log_importance_weights_at(images, loc, log_variance, z))
+        return self._update_trackers(self._terms(images, loc, log_variance, training=False), iwae)
 
     # ------------------------------------------------------------------ serialization
     def get_config(self):
