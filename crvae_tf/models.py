@@ -49,6 +49,10 @@ class VAE(keras.Model):
         selected models on IWAE-5, notes 7).
     """
 
+    # Range of the pixels `encode` takes (`generate` always returns [0, 1]). The adversarial family
+    # trains on [-1, 1]; exporters and image grids map through this.
+    input_range = (0.0, 1.0)
+
     def __init__(self, encoder, latent_head, decoder, image_shape=(28, 28, 1), kl_weight: float = 1.0,
                  kl_step_weights=None, seed=None, num_importance_samples: int = 1,
                  num_validation_samples: int = 5, **kwargs):
