@@ -93,9 +93,16 @@ class VAE(keras.Model):
         self.group_optimizers = {}
         self.group_clip_values = {}
 
+    GROUPS = GROUPS
+
     @property
     def latent_dim(self) -> int:
         return self.latent_head.latent_dim
+
+    @property
+    def selection_metric(self):
+        """(validation metric, 'max' | 'min') that picks the best checkpoint: IWAE_k, higher is better."""
+        return f"iwae_{self.num_validation_samples}", "max"
 
     # ------------------------------------------------------------------ structure
     def build(self, input_shape=None):
@@ -134,6 +141,10 @@ class VAE(keras.Model):
         """Reconstruction logits from the posterior mean (deterministic)."""
         loc, _ = self.encode(images, training=training)
         return self.decode(loc, training=training)
+
+    def reconstruct(self, images):
+        """Bernoulli means in [0, 1] of the reconstructions from the posterior mean, for images in [0, 1]."""
+        return tf.sigmoid(self(images, training=False))
 
     def reset_evaluation_rng(self):
         """Restarts the evaluation noise stream (call before each evaluation pass)."""

@@ -1,4 +1,11 @@
-"""Encoder and decoder networks for 28x28 binary images, following the authors' Torch code.
+"""Encoder, decoder and discriminator networks, following the authors' Torch code.
+
+* `mnist_encoder` / `mnist_decoder`: 28x28 binary images (VAE, cVAE, bcVAE, crVAE); described below.
+* `rgb_encoder` / `rgb_decoder`: CelebA / Birds RGB images in [-1, 1] at 64x64 or 128x128 (VAE-GAN,
+  crVAE-GAN), 4x4 features in and out.
+* `discriminator_trunk`, `discriminator_head`, `q_head`: the adversarial discriminator, split as in the
+  code into three modules with their own optimizers (trunk LR/2, head LR with warm-up, Q LR; notes 10.1).
+  The RGB builders' docstrings carry their architecture tables.
 
 Gin-free; each builder returns a `keras.Sequential` (serializable, `get_config` included).
 
@@ -96,4 +103,320 @@ def mnist_decoder(base_channels: int = 32, batchnorm_momentum: float = 0.9, batc
     net += _conv_block(2 * b, 3, 1, 1, "leaky", *bn, "conv3")
     net += [keras.layers.Conv2D(1, 3, padding="valid", name="logits",   # 30 -> 28
                                 kernel_initializer=L.conv_init(3, 1))]
+    return keras.Sequential(net, name=name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RGB networks of the adversarial models (crVAE-GAN, VAE-GAN): CelebA / Birds at 64x64 and 128x128.
+# ---------------------------------------------------------------------------------------------------------
+
+RGB_RESOLUTIONS = (64, 128)
+
+
+def _check_resolution(resolution, what):
+    if resolution not in RGB_RESOLUTIONS:
+        raise ValueError(f"{what}: resolution must be one of {RGB_RESOLUTIONS} (the paper's CelebA / Birds sizes), "
+                         f"got {resolution!r}; other sizes need their own stage list")
+
+
+def _torch_conv(filters, kernel_size, fan_in, name):
+    """Stride-1 same-padded conv with Torch's default init: weights and bias U(+-1/sqrt(k*k*C_in)) (notes 10.2).
+
+    For odd kernels at stride 1 Keras `same` padding is symmetric, i.e. Torch padding k // 2.
+    """
+    init = L.torch_uniform(kernel_size * kernel_size * fan_in)
+    return keras.layers.Conv2D(filters, kernel_size, padding="same", kernel_initializer=init,
+                               bias_initializer=init, name=name)
+
+
+def _dropout(rate, spatial, torch_dropout, seed, name):
+    """Torch7 v1 dropout (`L.TorchDropout`) or the Keras layer with the usual rescaling semantics."""
+    if torch_dropout:
+        return L.TorchDropout(rate, spatial=spatial, stochastic_inference=spatial, seed=seed, name=name)
+    if spatial:
+        return keras.layers.SpatialDropout2D(rate, seed=seed, name=name)
+    return keras.layers.Dropout(rate, seed=seed, name=name)
+
+
+def _seed(seed, index):
+    return None if seed is None else int(seed) + index
+
+
+def rgb_encoder(resolution: int = 64, base_channels: int = 32, batchnorm_momentum: float = 0.1,
+                batchnorm_epsilon: float = 1e-6, name: str = "encoder") -> keras.Sequential:
+    """The authors' RGB inference network: `[batch, R, R, 3]` (pixels in [-1, 1]) -> `[batch, 4, 4, 8b]`.
+
+    Code `models/allconv_lstm.lua` L28-67 (crVAE-GAN) = `allconv_baseline.lua` L23-62 (VAE-GAN); notes 2.2.
+    Shapes H x W x C for base width b (b = 32: the code's `baseChannels`, 256 output channels); every conv
+    has the authors' ConvInit (U(+-1/sqrt(k*k*C_out)), zero bias), every BN gamma 1 / beta 0:
+
+        layer                                        64x64 input       128x128 input
+        input CReLU ([x, -x] -> ReLU)                64x64x6           128x128x6
+        conv0  C2_b  5x5 p2 -> BN -> CReLU           (absent)          64x64x2b
+        conv1  C2_b  5x5 p2 -> BN -> CReLU           32x32x2b          32x32x2b
+        conv2  C2_2b 3x3 p1 -> BN -> CReLU           16x16x4b          16x16x4b
+        conv3  C2_4b 3x3 p1 -> BN -> CReLU           8x8x8b            8x8x8b
+        conv4  C1_8b 3x3 p1 -> BN -> LeakyReLU(0.1)  8x8x8b            8x8x8b
+        conv5  C2_8b 3x3 p1 -> BN -> CReLU           4x4x16b           4x4x16b
+        conv6  C1_8b 3x3 p1 -> BN -> LeakyReLU(0.1)  4x4x8b            4x4x8b
+
+    Paper vs code: the paper's G.1 64x64 list has three stride-2 convs, no input CReLU and would end at
+    8x8; the code's list above (four stride-2 convs at 64, ending at 4x4) is used (notes 2.2, 11).
+
+    128x128 (our choice, notes 2.3 [n/v]): the authors' 128x128 results came from an unreleased Stage-2
+    upsampling network applied to Stage-1 64x64 samples; this port trains directly at 128 and keeps the
+    4x4 feature map (and so the 64x4x4 latent) by prepending one stride-2 stage, `conv0` (C2_b 5x5 p2 -> BN
+    -> CReLU), in front of the unchanged 64x64 network. The first two convolutions are then 5x5, as
+    paper G.1 states for 128x128. Layer names of the 64x64 part are identical at both resolutions.
+
+    Args:
+      resolution: 64 or 128.
+      base_channels: b; 32 reproduces the code.
+      batchnorm_momentum: Keras momentum (= 1 - Torch momentum): the README's `-mom 0.9` is Keras 0.1.
+      batchnorm_epsilon: the README's `-eps 1e-6`.
+      name: Keras name.
+    """
+    _check_resolution(resolution, "rgb_encoder")
+    b, bn = base_channels, (batchnorm_momentum, batchnorm_epsilon)
+    net = [keras.Input((resolution, resolution, 3)), L.CReLU(name="input_crelu")]
+    if resolution == 128:
+        net += _conv_block(b, 5, 2, 2, "crelu", *bn, "conv0")
+    net += _conv_block(b, 5, 2, 2, "crelu", *bn, "conv1")
+    net += _conv_block(2 * b, 3, 2, 1, "crelu", *bn, "conv2")
+    net += _conv_block(4 * b, 3, 2, 1, "crelu", *bn, "conv3")
+    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv4")
+    net += _conv_block(8 * b, 3, 2, 1, "crelu", *bn, "conv5")
+    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv6")
+    return keras.Sequential(net, name=name)
+
+
+def rgb_decoder(resolution: int = 64, base_channels: int = 32, feature_channels=None,
+                batchnorm_momentum: float = 0.1, batchnorm_epsilon: float = 1e-6,
+                name: str = "decoder") -> keras.Sequential:
+    """The authors' RGB generation network: `[batch, 4, 4, F]` -> `[batch, R, R, 3]`, tanh outputs in [-1, 1].
+
+    Code `models/allconv_lstm.lua` L142-172 = `allconv_baseline.lua` L79-109; notes 4.2. F is the latent
+    head's output channels (`feature_channels`, default 8b = 256). Dk is a 4x4 stride-2 transposed conv with
+    Torch padding 1 (exactly 2x upsampling); ConvInit everywhere (U(+-1/sqrt(k*k*C_out)), zero bias):
+
+        layer                                        64x64 output      128x128 output
+        deconv1 D_8b -> BN -> LeakyReLU(0.1)         8x8x8b            8x8x8b
+        conv1   C1_8b 3x3 p1 -> BN -> LeakyReLU      8x8x8b            8x8x8b
+        deconv2 D_4b -> BN -> LeakyReLU              16x16x4b          16x16x4b
+        deconv3 D_2b -> BN -> LeakyReLU              32x32x2b          32x32x2b
+        deconv4 D_2b -> BN -> LeakyReLU              64x64x2b          64x64x2b
+        deconv5 D_b  -> BN -> LeakyReLU              (absent)          128x128xb
+        conv2   C1_c 3x3 p1 -> BN -> LeakyReLU       64x64x2b          128x128xb   (c = channels before it)
+        output  C1_3 3x3 p1 -> tanh                  64x64x3           128x128x3
+
+    Widths: the code's decoder widths are 256, 256, 128, 64, 64, 64 (b = 32), i.e. 8b, 8b, 4b, 2b, 2b, 2b, so
+    `base_channels` shrinks them uniformly for tests. The tanh is part of the network (the MSE
+    reconstruction loss compares with pixels in [-1, 1]).
+
+    Paper vs code: paper G.2 lists D32 as the last deconv, no C1_64, a 1x1 output conv and BN + Leaky before
+    the tanh; the code's layers above are used (notes 4.2, 11).
+
+    128x128 (our choice, notes 2.3 [n/v]; the authors used an unreleased Stage-2 upsampler): one more
+    D-block, `deconv5` D_b (half the channels, like the paper's final D32), after `deconv4`; the
+    following 3x3 conv keeps b channels. The 64x64 layer names are unchanged.
+
+    Args:
+      resolution: 64 or 128.
+      base_channels: b; 32 reproduces the code.
+      feature_channels: channels of the input features; None means 8b.
+      batchnorm_momentum, batchnorm_epsilon: as `rgb_encoder` (Keras 0.1 = Torch 0.9; 1e-6).
+      name: Keras name.
+    """
+    _check_resolution(resolution, "rgb_decoder")
+    b, bn = base_channels, (batchnorm_momentum, batchnorm_epsilon)
+    feature_channels = 8 * b if feature_channels is None else int(feature_channels)
+    net = [keras.Input((4, 4, feature_channels))]
+    net += _deconv_block(8 * b, 1, *bn, "deconv1")
+    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv1")
+    net += _deconv_block(4 * b, 1, *bn, "deconv2")
+    net += _deconv_block(2 * b, 1, *bn, "deconv3")
+    net += _deconv_block(2 * b, 1, *bn, "deconv4")
+    last = 2 * b
+    if resolution == 128:
+        last = b
+        net += _deconv_block(last, 1, *bn, "deconv5")
+    net += _conv_block(last, 3, 1, 1, "leaky", *bn, "conv2")
+    net += [keras.layers.Conv2D(3, 3, padding="same", name="output_conv", kernel_initializer=L.conv_init(3, 3)),
+            keras.layers.Activation("tanh", name="tanh")]
+    return keras.Sequential(net, name=name)
+
+
+def discriminator_trunk(resolution: int = 64, widths=(64, 128, 256, 256), dropout_rate: float = 0.5,
+                        torch_dropout: bool = True, seed=None,
+                        name: str = "discriminator_trunk") -> keras.Sequential:
+    """The discriminator's conv trunk ("Dfeat"): `[batch, R, R, 3]` -> `[batch, 4, 4, widths[-1]]`.
+
+    Code `models/allconv_lstm.lua` L178-200 (crVAE-GAN) and `allconv_baseline.lua` L115-140 (VAE-GAN);
+    notes 6.1, 6.2. Shared by the GAN head (`discriminator_head`) and the MI head (`q_head`); it has its own
+    optimizer in the code (LR/2). Per stage s with width w_s, no batch norm:
+
+        conv k x k stride 1, same padding (Torch p = k//2) -> MaxPool 2x2 -> ReLU -> SpatialDropout(0.5)
+
+    with k = 5 except the last stage (k = 3). Shapes H x W x C (crVAE-GAN widths 64, 128, 256, 256):
+
+        stage     64x64 input       128x128 input
+        stage0    (absent)          64x64x64      (5x5, width widths[0])
+        stage1    32x32x64          32x32x64
+        stage2    16x16x128         16x16x128
+        stage3    8x8x256           8x8x256
+        stage4    4x4x256           4x4x256       (3x3)
+
+    Widths: crVAE-GAN code 64-128-256-256 (the default); VAE-GAN baseline code 32-64-128-256. Paper G.4
+    (32-64-128-128, "stride 2" convs) matches neither; the code is used (notes 6.2, 11).
+
+    Init: Torch defaults, weights AND biases U(+-1/sqrt(k*k*C_in)) (the code applies ConvInit to the
+    encoder/decoder/D head only; notes 10.2).
+
+    Dropout: `torch_dropout=True` is Torch `nn.SpatialDropout(0.5, true)`: whole channels dropped with no
+    rescaling, in training AND inference (stochastic inference; `L.TorchDropout`). `torch_dropout=False`
+    uses Keras `SpatialDropout2D` (1/(1-p) rescale in training, identity in inference).
+
+    128x128 (our choice; no 128 training code exists, notes 2.3): one more 5x5 stage, `stage0`, in front,
+    repeating the first width, so the trunk still ends at 4x4. `widths` may also give all 5 widths.
+
+    Args:
+      resolution: 64 or 128.
+      widths: 4 stage widths (at 128 the first one is repeated for stage0), or 5 widths at 128.
+      dropout_rate: p of every SpatialDropout.
+      torch_dropout: Torch (True) or Keras (False) dropout semantics.
+      seed: base seed of the dropout layers (stage i uses seed + i), or None.
+      name: Keras name.
+    """
+    _check_resolution(resolution, "discriminator_trunk")
+    widths = tuple(int(w) for w in widths)
+    num_stages = 4 if resolution == 64 else 5
+    if resolution == 128 and len(widths) == 4:
+        widths = (widths[0],) + widths
+    if len(widths) != num_stages:
+        raise ValueError(f"discriminator_trunk at {resolution}x{resolution} needs {num_stages} widths "
+                         f"(4 at 64, 4 or 5 at 128), got {len(widths)}: {widths}")
+    first = 1 if resolution == 64 else 0
+    net = [keras.Input((resolution, resolution, 3))]
+    fan_in = 3
+    for index, width in enumerate(widths):
+        stage = f"stage{first + index}"
+        kernel = 3 if index == num_stages - 1 else 5
+        net += [_torch_conv(width, kernel, fan_in, f"{stage}_conv"),
+                keras.layers.MaxPooling2D(2, name=f"{stage}_pool"),
+                keras.layers.ReLU(name=f"{stage}_relu"),
+                _dropout(dropout_rate, True, torch_dropout, _seed(seed, index), f"{stage}_dropout")]
+        fan_in = width
+    return keras.Sequential(net, name=name)
+
+
+def discriminator_head(feature_shape, units: int = 1024, num_kernels: int = 100, kernel_dim: int = 5,
+                       dropout_rate: float = 0.5, torch_dropout: bool = True, seed=None,
+                       name: str = "discriminator") -> keras.Sequential:
+    """The GAN head of the discriminator: trunk features `[batch, H, W, C]` -> `[batch, 1]` LOGITS.
+
+    Code `models/allconv_lstm.lua` L222-229 (crVAE-GAN) = `allconv_baseline.lua` L141-148; notes 6.1, 6.3:
+
+        layer                                              output (H x W x C = 4x4x256, defaults)
+        to_chw + flatten (Torch nn.View, (C, H, W) order)  H*W*C = 4096
+        dense       Dense(units), bias 0                   1024
+        normalize   x / sqrt(sum x^2 + 1e-10)              1024   (`L.RowL2Normalize`)
+        dropout     Dropout(0.5), Torch v1                 1024   (no train rescale; x(1-p) in inference)
+        relu        ReLU                                   1024
+        minibatch   MinibatchDiscrimination(100, 5)        1124   (`L.MinibatchDiscrimination`)
+        logits      Dense(1), bias 0                       1
+
+    The code ends with a Sigmoid and BCE on probabilities; here the head returns logits and the sigmoid lives
+    in the loss (`sigmoid_cross_entropy_with_logits`), which is the same function but numerically stable.
+    Init (notes 10.2): Dense and minibatch weights Torch default U(+-1/sqrt(fan_in)), all biases zero (the
+    code zeroes every Linear bias of the D head). The channel-major flatten only fixes the order of the
+    first Dense's input rows, so weights port 1:1 from Torch. Paper G.4 has FC512; the code's 1024 is used.
+    The Torch head dropout is plain `nn.Dropout(0.5, true)` (no stochastic inference); `torch_dropout=False`
+    uses Keras `Dropout` instead. The minibatch features depend on the whole batch: feed real and fake
+    images in ONE batch, as the code does (notes 5.3 phase C).
+
+    Args:
+      feature_shape: (H, W, C) of the trunk output, e.g. `trunk.output_shape[1:]`.
+      units: width of the first Dense (1024 in the code).
+      num_kernels, kernel_dim: B and C of the minibatch discrimination (100 and 5 in the code).
+      dropout_rate: p of the dropout.
+      torch_dropout: Torch (True) or Keras (False) dropout semantics.
+      seed: seed of the dropout layer, or None.
+      name: Keras name.
+    """
+    feature_shape = tuple(int(d) for d in feature_shape)
+    if len(feature_shape) != 3:
+        raise ValueError(f"discriminator_head: feature_shape must be (height, width, channels), got {feature_shape}")
+    fan_in = feature_shape[0] * feature_shape[1] * feature_shape[2]
+    net = [keras.Input(feature_shape),
+           keras.layers.Permute((3, 1, 2), name="to_chw"),
+           keras.layers.Flatten(name="flatten"),
+           keras.layers.Dense(units, kernel_initializer=L.torch_uniform(fan_in), bias_initializer="zeros",
+                              name="dense"),
+           L.RowL2Normalize(1e-10, name="normalize"),
+           _dropout(dropout_rate, False, torch_dropout, seed, "dropout"),
+           keras.layers.ReLU(name="relu"),
+           L.MinibatchDiscrimination(num_kernels, kernel_dim, name="minibatch"),
+           keras.layers.Dense(1, kernel_initializer=L.torch_uniform(units + num_kernels), bias_initializer="zeros",
+                              name="logits")]
+    return keras.Sequential(net, name=name)
+
+
+def q_head(feature_shape, latent_shape=(4, 4, 64), hidden_channels: int = 64, batchnorm_momentum: float = 0.1,
+           batchnorm_epsilon: float = 1e-6, name: str = "q_head") -> keras.Sequential:
+    """The MI head "Q" (code `recon`): trunk features `[batch, H, W, C]` -> predicted u, `[batch, latent_dim]`.
+
+    Code `models/allconv_lstm.lua` L203-217; notes 6.1 (the WACV mutual-information regulariser: Q predicts
+    u = `ChannelRecurrentHead.transform(z)`, the generation path output before b_dec, from the trunk
+    features of the generated image). Shapes for the defaults (trunk 4x4x256, latent 4x4x64):
+
+        layer                                                     output
+        conv1   C1_hidden 3x3 p1 -> BN -> LeakyReLU(0.2)          4x4x64
+        conv2   C1_Clat 1x1 -> BN -> LeakyReLU(0.1)               4x4x64
+        to_chw + flatten (Torch nn.View, (C, H, W) order)         H*W*C_lat = 1024
+        dense   Dense(prod(latent_shape))                         1024
+        offset  + learned bias (`L.LearnedBias`, U(+-0.01*sqrt(3)))  1024
+
+    Output layout: the flat channel-major (C, H, W) vector of the module docstring of `layers` ("Latent
+    layout"), i.e. the same layout as `ChannelRecurrentHead.transform(z)`, so the MI loss is a plain MSE
+    and the per-time-step weights apply to contiguous slices. Dense unit k is element (c, h, w) with
+    k = c*H*W + h*W + w, exactly Torch's `nn.View(z, w, w)` of the Linear output; the code's 64x4x4
+    `nn.Add` is the same per-element bias on that view, so no reshape is needed here.
+
+    Init (notes 10.2): convs keep Torch defaults (weights and biases U(+-1/sqrt(k*k*C_in))); BN gamma
+    ~ U(0, 1), beta 0 (the code only resets encoder/decoder BN to 1); Dense weights and bias U(+-1/sqrt(fan_in))
+    (the Q Linear bias is not zeroed). BN uses the model options (README eps 1e-6, Torch momentum 0.9 =
+    Keras 0.1), as in the code. `hidden_channels` is the code's D base width (64) and the second conv
+    has the latent channel count `nf` (64).
+
+    Args:
+      feature_shape: (H, W, C) of the trunk output.
+      latent_shape: (H, W, C_lat) of u; the output has prod(latent_shape) units.
+      hidden_channels: width of the first conv.
+      batchnorm_momentum, batchnorm_epsilon: Keras momentum (= 1 - Torch) and epsilon of both BN layers.
+      name: Keras name.
+    """
+    feature_shape = tuple(int(d) for d in feature_shape)
+    latent_shape = tuple(int(d) for d in latent_shape)
+    if len(feature_shape) != 3 or len(latent_shape) != 3:
+        raise ValueError(f"q_head: feature_shape and latent_shape must be (height, width, channels), got "
+                         f"{feature_shape} and {latent_shape}")
+    height, width, channels = feature_shape
+    latent_channels = latent_shape[-1]
+    latent_dim = latent_shape[0] * latent_shape[1] * latent_channels
+    fan_in = height * width * latent_channels
+
+    def bn(bn_name):
+        return L.BatchNorm(momentum=batchnorm_momentum, epsilon=batchnorm_epsilon, name=bn_name,
+                           gamma_initializer=keras.initializers.RandomUniform(0.0, 1.0))
+
+    net = [keras.Input(feature_shape),
+           _torch_conv(hidden_channels, 3, channels, "conv1_conv"), bn("conv1_bn"),
+           keras.layers.LeakyReLU(negative_slope=0.2, name="conv1_leaky"),
+           _torch_conv(latent_channels, 1, hidden_channels, "conv2_conv"), bn("conv2_bn"),
+           keras.layers.LeakyReLU(negative_slope=0.1, name="conv2_leaky"),
+           keras.layers.Permute((3, 1, 2), name="to_chw"),
+           keras.layers.Flatten(name="flatten"),
+           keras.layers.Dense(latent_dim, kernel_initializer=L.torch_uniform(fan_in),
+                              bias_initializer=L.torch_uniform(fan_in), name="dense"),
+           L.LearnedBias(name="offset")]
     return keras.Sequential(net, name=name)

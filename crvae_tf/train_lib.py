@@ -13,8 +13,10 @@ Output directory (the contract, also in README.md):
     model_dir/tb/train, tb/validation    TensorBoard events: scalars, images, the operative config text
     model_dir/images/<kind>-<step>.png   inputs / reconstructions / prior samples on a fixed batch / fixed z
     model_dir/nonfinite_batch-<step>.npy the offending batch when a loss became non-finite
+    model_dir/collapse_batch-<step>.npy  the last batch when an adversarial run stopped on discriminator collapse
 """
 
+import io
 import json
 import logging as logging_std
 import os
@@ -53,6 +55,10 @@ def parse_gin(gin_files, gin_bindings, finalize=True):
         gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings), finalize_config=finalize)
     finally:
         root.removeFilter(probe_filter)
+
+
+class DiscriminatorCollapseError(RuntimeError):
+    """The discriminator's batch accuracy stayed pinned at 0 or 1; the message says what to change."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -152,6 +158,26 @@ def load_run(model_dir: str, checkpoint="latest", gin_bindings=()) -> Run:
     return Run(model, int(step.numpy()), path, splits, seed)
 
 
+PROGRESS_KEYS = ("loss", "distortion", "rate", "active_units", "reconstruction", "discriminator_accuracy",
+                 "discriminator_skip_rate")
+_TAG_PREFIXES = (("kl_step_", "kl/step_"), ("discriminator_", "discriminator/"), ("generator_", "generator/"))
+
+
+def summary_tag(key: str) -> str:
+    """TensorBoard tag of a metric: 'kl_step_3' -> 'kl/step_3', 'discriminator_loss_real' ->
+    'discriminator/loss_real', 'generator_adversarial' -> 'generator/adversarial'; others unchanged."""
+    for prefix, tag in _TAG_PREFIXES:
+        if key.startswith(prefix):
+            return tag + key[len(prefix):]
+    return key
+
+
+def _npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
 @gin.configurable("train", denylist=["model_dir"])
 def train(model_dir: str,
           # The loop.
@@ -169,7 +195,9 @@ def train(model_dir: str,
           # Checkpoints.
           checkpoint_every_steps: int = 500,
           checkpoint_every_secs: float = 300.0,
-          keep_checkpoints: int = 3):
+          keep_checkpoints: int = 3,
+          # Adversarial family.
+          discriminator_collapse_steps=1000):
     """Trains the configured model, resuming from the latest checkpoint in `model_dir`.
 
     Args:
@@ -189,6 +217,9 @@ def train(model_dir: str,
       checkpoint_every_secs: also checkpoint when this many seconds passed since the last one, so a
         killed run loses at most this much work whatever the step cadence (None: steps only).
       keep_checkpoints: how many checkpoints to keep.
+      discriminator_collapse_steps: adversarial models: stop (DiscriminatorCollapseError) when the
+        discriminator's batch accuracy is exactly 0 or exactly 1 for this many consecutive steps (it
+        has lost or won outright). None disables the check.
 
     Returns:
       dict with the final `step` and the last `train` and `validation` metrics.
@@ -211,7 +242,8 @@ def train(model_dir: str,
     model.compile(optimizers=optimizers, clip_values=clip_values, jit_compile=jit_compile)
     checkpoints = restore_or_initialize(model_dir, model, optimizers, keep_checkpoints)
     manager, step_var, epoch_var = checkpoints.manager, checkpoints.step, checkpoints.epoch
-    selection_metric = f"iwae_{model.num_validation_samples}"
+    selection_metric, selection_mode = model.selection_metric
+    sign = 1.0 if selection_mode == "max" else -1.0     # best_score holds sign * metric: higher is better
     validation_every_steps = validation_every_steps or steps_per_epoch
 
     train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb", "train"))
@@ -235,8 +267,7 @@ def train(model_dir: str,
     def log_scalars(writer, logs, step):
         with writer.as_default():
             for key, value in logs.items():
-                tag = f"kl/step_{key[len('kl_step_'):]}" if key.startswith("kl_step_") else key
-                tf.summary.scalar(tag, value, step=step)
+                tf.summary.scalar(summary_tag(key), value, step=step)
             if writer is train_writer:
                 for name, optimizer in optimizers.items():
                     tf.summary.scalar(f"learning_rate/{name}", builders.current_learning_rate(optimizer),
@@ -245,7 +276,7 @@ def train(model_dir: str,
         writer.flush()
 
     def log_images(step):
-        reconstructions = tf.sigmoid(model(fixed_images, training=False))
+        reconstructions = model.reconstruct(fixed_images)
         samples = model.generate(fixed_z)
         for kind, images in (("inputs", fixed_images), ("reconstructions", reconstructions),
                              ("prior_samples", samples)):
@@ -265,12 +296,14 @@ def train(model_dir: str,
         logs = {k: float(v) for k, v in logs.items()}
         model.reset_metrics()
         log_scalars(validation_writer, logs, step)
-        if logs[selection_metric] > float(checkpoints.best_score.numpy()):
-            # Model selection on the validation split (never the test split): keep the best IWAE_k.
-            checkpoints.best_score.assign(logs[selection_metric])
+        if sign * logs[selection_metric] > float(checkpoints.best_score.numpy()):
+            # Model selection on the validation split (never the test split): keep the best checkpoint by
+            # the model's selection metric (IWAE_k for the VAE family).
+            checkpoints.best_score.assign(sign * logs[selection_metric])
             checkpoints.best_manager.save(checkpoint_number=step)
             artifacts.atomic_write_text(os.path.join(model_dir, BEST_DIR, "best.json"), json.dumps(
-                {"step": step, "metric": selection_metric, "value": logs[selection_metric], "split": "validation"}))
+                {"step": step, "metric": selection_metric, "mode": selection_mode, "value": logs[selection_metric],
+                 "split": "validation"}))
         return logs
 
     last_save = time.time()
@@ -290,6 +323,13 @@ def train(model_dir: str,
                                   stateful_metrics=[m.name for m in model.metrics]) if progress_bar else None
     train_logs, validation_logs = {}, {}
     start_time, start_step = time.time(), step
+    pinned_steps = 0        # consecutive steps with the discriminator's batch accuracy at exactly 0 or 1
+
+    def save_batch(batch, what):
+        path = os.path.join(model_dir, f"{what}_batch-{step:08d}.npy")
+        artifacts.atomic_write_bytes(path, _npy_bytes(batch.numpy()))
+        return path
+
     while step < max_steps:
         epoch, skip = divmod(step, steps_per_epoch)
         dataset = data_lib.make_dataset(splits.train, batch_size=batch_size, binarization=splits.binarization,
@@ -299,18 +339,28 @@ def train(model_dir: str,
             step += 1
             step_var.assign(step)
             epoch_var.assign(step // steps_per_epoch)
-            loss = float(logs["loss"])
-            if not np.isfinite(loss):
-                bad = os.path.join(model_dir, f"nonfinite_batch-{step:08d}.npy")
-                with open(bad, "wb") as f:
-                    np.save(f, batch.numpy())
+            nonfinite = {k: float(logs[k]) for k in ("loss", "discriminator_loss")
+                         if k in logs and not np.isfinite(float(logs[k]))}
+            if nonfinite:
+                bad = save_batch(batch, "nonfinite")
                 raise NonFiniteLossError(
-                    f"The training loss became {loss} at step {step}. The last good checkpoint "
+                    f"The training loss became non-finite at step {step} ({nonfinite}). The last good checkpoint "
                     f"({manager.latest_checkpoint}) was kept and the offending batch saved to {bad}. "
                     "Lower optimizer.learning_rate or set optimizer.group_gradient_clip.")
+            if "discriminator_batch_accuracy" in logs and discriminator_collapse_steps:
+                accuracy = float(logs["discriminator_batch_accuracy"])
+                pinned_steps = pinned_steps + 1 if accuracy in (0.0, 1.0) else 0
+                if pinned_steps >= discriminator_collapse_steps:
+                    bad = save_batch(batch, "collapse")
+                    raise DiscriminatorCollapseError(
+                        f"The discriminator's batch accuracy has been {accuracy:.0f} for {pinned_steps} consecutive "
+                        f"steps (step {step}): it {'wins' if accuracy else 'loses'} outright and the generator gets "
+                        f"no useful signal. The last good checkpoint ({manager.latest_checkpoint}) was kept and the "
+                        f"last batch saved to {bad}. Adjust model.adversarial_weight, "
+                        "model.discriminator_accuracy_threshold or the discriminator learning rate "
+                        "(optimizer.group_learning_rate_scale), or raise train.discriminator_collapse_steps.")
             if progbar is not None:
-                progbar.update(step, [(k, float(v)) for k, v in logs.items()
-                                      if k in ("loss", "distortion", "rate", "active_units")])
+                progbar.update(step, [(k, float(v)) for k, v in logs.items() if k in PROGRESS_KEYS])
             if step % log_every_steps == 0 or step % validation_every_steps == 0 or step == max_steps:
                 train_logs = {k: float(v) for k, v in logs.items()}
                 log_scalars(train_writer, train_logs, step)

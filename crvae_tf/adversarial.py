@@ -1,0 +1,507 @@
+"""The adversarial family: VAE-GAN (Larsen et al. 2016) and crVAE-GAN (paper Sec. 4.2, Eq. 4).
+
+One Keras 3 subclassed model, `VAEGAN`, with a custom `train_step` and one optimizer per parameter group.
+The variant is the latent head: `FCHead` gives the VAE-GAN baseline, `ChannelRecurrentHead` the crVAE-GAN.
+Gin-free.
+
+Objective (Eq. 4, with the authors' code where the paper is silent or disagrees; notes 5.2-5.5, 6, 11)
+------------------------------------------------------------------------------------------------
+Pixels are mapped from [0, 1] to [-1, 1] (`input_range`); the decoder ends in tanh. For a batch x with
+posterior samples z ~ q(z|x), reconstructions x_rec = G(z), prior samples z_p ~ N(0, I), x_p = G(z_p), and
+discriminator logits l(.) (D = sigmoid(l)), per image:
+
+    reconstruction(x) = mean_{pixels} (x_rec - x)^2        ('per_pixel': the paper's division by C*H*W (H),
+                                                            the code's MSECriterion; 'per_image': the sum)
+    rate_weighted(x)  = kl_weight * sum_t kl_step_weights[t] * KL_t(x)       (alpha_t = kl_weight * w_t)
+    adversarial(y)    = softplus(-l(y))       ('non_saturating': -log D(y), the code's BCE(D(y), 1))
+                      = -softplus(l(y))       ('minimax': log(1 - D(y)), the paper's App. H)
+    mi(y, u)          = mean_d mi_step_weights[t(d)] * (Q(y)_d - u_d)^2    (WACV regulariser: Q predicts the
+                                                            generation-path output u = transform(z))
+
+    generator  = reconstruction + rate_weighted + beta * [adversarial(x_rec) + adversarial(x_p)]
+                 + kappa * [mi(x_rec, u) + mi(x_p, u_p)]
+    Q, trunk   : kappa * [mi(x_rec, u) + mi(x_p, u_p)]          (u is a constant target)
+    D (trunk, head): mean BCE over a batch of B/2 real images (label 1), B/4 reconstructions and B/4 prior
+                 samples (label 0), skipped when that batch's accuracy exceeds `discriminator_accuracy_threshold`.
+
+The batch loss of each group is the mean over the batch of the per-image values above (the code's Torch
+reductions: MSE mean over B*C*H*W, KL sum / B, BCE mean over B).
+
+Map to the paper's symbols: alpha -> kl_weight * kl_step_weights (alpha_1 steps 1-3, alpha_2 steps 4-8 in the
+code's reading of "0.0003 progressively reduced to 0.0002"), beta -> adversarial_weight, kappa ->
+mutual_information_weight, T -> latent_head.num_time_steps.
+
+Update structure
+----------------
+The authors update each Torch module in sequence, the decoder and var_decoder twice per iteration (once on
+reconstructions, once on prior samples) and the discriminator trunk up to three times (notes 5.3). Here each
+group takes ONE Adam step per iteration on the sum of the gradients of its terms, computed with the same
+pre-update weights (the joint-step approximation of notes 12.5). Gradients per group:
+
+    encoder              reconstruction + rate + [beta adversarial(x_rec) + kappa mi(x_rec)]
+                         (bracket only with encoder_adversarial_gradient=True: crVAE-GAN; the VAE-GAN
+                         baseline's encoder sees reconstruction + rate only, notes 5.5)
+    latent_head, decoder the generator objective
+    q_head               kappa * mi
+    discriminator_trunk  kappa * mi + [D loss, unless skipped]
+    discriminator        D loss, unless skipped (the step is skipped exactly: `tf.cond` around `apply`)
+
+The discriminator runs in training mode (dropout on) for every term, as in the code.
+
+Defects of the original crVAE-GAN loop (notes 5.4) are options that default to the corrected behaviour:
+  legacy_swapped_prior_weights: the prior-sample pass scales the adversarial term by kappa and the MI term by
+    beta (the code's L251).
+  legacy_unweighted_prior_mutual_information: the prior-sample MI term ignores the per-step weights (L219-223).
+"""
+
+import keras
+import tensorflow as tf
+
+from crvae_tf import bounds
+
+GROUPS = ("encoder", "latent_head", "decoder", "discriminator_trunk", "discriminator", "q_head")
+ADVERSARIAL_LOSSES = ("non_saturating", "minimax")
+RECONSTRUCTION_NORMALIZATIONS = ("per_pixel", "per_image")
+
+
+@keras.saving.register_keras_serializable("crvae_tf")
+class VAEGAN(keras.Model):
+    """VAE-GAN / crVAE-GAN with a discriminator, minibatch discrimination and an optional Q head.
+
+    Args:
+      encoder: `[batch, H, W, C]` pixels in [-1, 1] -> features `[batch, h, w, c]`.
+      latent_head: a `crvae_tf.layers.LatentHead` (`ChannelRecurrentHead`: crVAE-GAN; `FCHead`: VAE-GAN).
+      decoder: features -> `[batch, H, W, C]` in [-1, 1] (ends in tanh).
+      discriminator_trunk: `[batch, H, W, C]` -> features `[batch, h', w', c']` (Dfeat of the code).
+      discriminator: trunk features -> real/fake logits `[batch, 1]` (the head; sigmoid in the loss).
+      q_head: trunk features -> prediction of u `[batch, latent_dim]`, or None (no MI term).
+      image_shape: (H, W, C).
+      kl_weight, kl_step_weights: alpha_t = kl_weight * kl_step_weights[t].
+      adversarial_weight: beta.
+      adversarial_loss: 'non_saturating' (code) or 'minimax' (paper App. H's log(1 - D)).
+      mutual_information_weight: kappa (needs a q_head and a head with `transform`, i.e. crVAE).
+      mutual_information_step_weights: per-time-step weights of the MI error (code: 0.1, 1.5, 1.5, 1.25, 0.1,
+        0.1, 1, 1).
+      reconstruction_normalization: 'per_pixel' (mean squared error over C*H*W, paper/code) or 'per_image'
+        (sum of squared errors).
+      discriminator_accuracy_threshold: the discriminator step is skipped when its batch accuracy is above
+        this (code: margin 0.1 -> 0.9).
+      encoder_adversarial_gradient: whether the adversarial and MI terms of reconstructions reach the encoder
+        (crVAE-GAN code and Eq. 4: True; the VAE-GAN baseline code: False).
+      legacy_swapped_prior_weights, legacy_unweighted_prior_mutual_information: the code's defects (above).
+      seed: seed of the model's noise streams.
+    """
+
+    input_range = (-1.0, 1.0)
+
+    def __init__(self, encoder, latent_head, decoder, discriminator_trunk, discriminator, q_head=None,
+                 image_shape=(64, 64, 3), kl_weight: float = 1e-4, kl_step_weights=None,
+                 adversarial_weight: float = 0.0125, adversarial_loss: str = "non_saturating",
+                 mutual_information_weight: float = 0.0, mutual_information_step_weights=None,
+                 reconstruction_normalization: str = "per_pixel",
+                 discriminator_accuracy_threshold: float = 0.9, encoder_adversarial_gradient: bool = True,
+                 legacy_swapped_prior_weights: bool = False,
+                 legacy_unweighted_prior_mutual_information: bool = False, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.latent_head = latent_head
+        self.decoder = decoder
+        self.discriminator_trunk = discriminator_trunk
+        self.discriminator = discriminator
+        self.q_head = q_head
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.num_time_steps = latent_head.num_time_steps
+        self.kl_weight = float(kl_weight)
+        self.kl_step_weights = _per_step(kl_step_weights, self.num_time_steps, "kl_step_weights")
+        self.adversarial_weight = float(adversarial_weight)
+        if adversarial_loss not in ADVERSARIAL_LOSSES:
+            raise ValueError(f"adversarial_loss={adversarial_loss!r} is not one of {list(ADVERSARIAL_LOSSES)}.")
+        self.adversarial_loss = adversarial_loss
+        self.mutual_information_weight = float(mutual_information_weight)
+        self.mutual_information_step_weights = _per_step(
+            mutual_information_step_weights, self.num_time_steps, "mutual_information_step_weights")
+        if self.mutual_information_weight and (q_head is None or not hasattr(latent_head, "transform")):
+            raise ValueError(
+                f"mutual_information_weight={mutual_information_weight} needs a Q head and a latent head with a "
+                f"generation path u = transform(z) (channel_recurrent); got q_head={q_head is not None}, "
+                f"latent head {type(latent_head).__name__}. Set model.mutual_information_weight = 0 for the "
+                "VAE-GAN baseline.")
+        if reconstruction_normalization not in RECONSTRUCTION_NORMALIZATIONS:
+            raise ValueError(f"reconstruction_normalization={reconstruction_normalization!r} is not one of "
+                             f"{list(RECONSTRUCTION_NORMALIZATIONS)}.")
+        self.reconstruction_normalization = reconstruction_normalization
+        if not 0.0 < float(discriminator_accuracy_threshold) <= 1.0:
+            raise ValueError(f"discriminator_accuracy_threshold={discriminator_accuracy_threshold} must be in (0, 1] "
+                             "(1 never skips the discriminator step).")
+        self.discriminator_accuracy_threshold = float(discriminator_accuracy_threshold)
+        self.encoder_adversarial_gradient = bool(encoder_adversarial_gradient)
+        self.legacy_swapped_prior_weights = bool(legacy_swapped_prior_weights)
+        self.legacy_unweighted_prior_mutual_information = bool(legacy_unweighted_prior_mutual_information)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+        self.eval_seed_generator = keras.random.SeedGenerator(
+            None if seed is None else seed + 1, name="eval_seed_generator")
+        self._eval_initial_state = keras.ops.convert_to_numpy(self.eval_seed_generator.state)
+        names = ["loss", "reconstruction", "rate", "generator_adversarial", "mutual_information",
+                 "discriminator_loss", "discriminator_loss_real", "discriminator_loss_reconstruction",
+                 "discriminator_loss_prior", "discriminator_accuracy", "discriminator_accuracy_real",
+                 "discriminator_accuracy_reconstruction", "discriminator_accuracy_prior",
+                 "discriminator_skip_rate", "active_units"] + [f"kl_step_{t + 1}" for t in range(self.num_time_steps)]
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.group_optimizers = {}
+        self.group_clip_values = {}
+
+    GROUPS = GROUPS
+    # Model selection on the validation split: the lowest VAE objective (reconstruction + weighted KL).
+    selection_metric = ("loss", "min")
+
+    @property
+    def latent_dim(self) -> int:
+        return self.latent_head.latent_dim
+
+    # ------------------------------------------------------------------ structure
+    def build(self, input_shape=None):
+        """Creates every weight by calling the sub-networks on zeros."""
+        zeros = keras.ops.zeros((2,) + self.image_shape)
+        self.latent_head.infer(self.encoder(zeros))
+        self.decoder(self.latent_head.generate(keras.ops.zeros((2, self.latent_dim))))
+        self.latent_head.built = True
+        features = self.discriminator_trunk(zeros)
+        self.discriminator(features)
+        if self.q_head is not None:
+            self.q_head(features)
+        self.built = True
+
+    def variable_groups(self):
+        """Maps group name -> trainable variables; every trainable variable is in exactly one group."""
+        if not self.built:
+            self.build()
+        groups = self.latent_head.variable_groups()
+        groups["encoder"] = list(self.encoder.trainable_variables) + groups["encoder"]
+        groups["decoder"] = groups["decoder"] + list(self.decoder.trainable_variables)
+        groups["discriminator_trunk"] = list(self.discriminator_trunk.trainable_variables)
+        groups["discriminator"] = list(self.discriminator.trainable_variables)
+        groups["q_head"] = list(self.q_head.trainable_variables) if self.q_head is not None else []
+        return groups
+
+    # ------------------------------------------------------------------ inference / generation
+    def to_model_range(self, images):
+        """Dataset pixels in [0, 1] -> the model's [-1, 1]."""
+        return tf.cast(images, tf.float32) * 2.0 - 1.0
+
+    def encode(self, images, training=False):
+        """`[batch, H, W, C]` pixels in [-1, 1] -> (loc, log_variance), float32 `[batch, latent_dim]`."""
+        loc, log_variance = self.latent_head.infer(self.encoder(images, training=training), training=training)
+        return tf.cast(loc, tf.float32), tf.cast(log_variance, tf.float32)
+
+    def decode(self, z, training=False):
+        """`[batch, latent_dim]` -> float32 images in [-1, 1] `[batch, H, W, C]`."""
+        return tf.cast(self.decoder(self.latent_head.generate(z, training=training), training=training),
+                       tf.float32)
+
+    def call(self, images, training=False):
+        """Reconstruction in [-1, 1] from the posterior mean, for pixels in [-1, 1]."""
+        loc, _ = self.encode(images, training=training)
+        return self.decode(loc, training=training)
+
+    def generate(self, z):
+        """Images in [0, 1] for latents z `[batch, latent_dim]` (evaluation mode)."""
+        return (self.decode(z, training=False) + 1.0) / 2.0
+
+    def reconstruct(self, images):
+        """Dataset pixels in [0, 1] -> reconstructions from the posterior mean, in [0, 1]."""
+        return (self(self.to_model_range(images), training=False) + 1.0) / 2.0
+
+    def reset_evaluation_rng(self):
+        """Restarts the evaluation noise stream (call before each evaluation pass)."""
+        self.eval_seed_generator.state.assign(self._eval_initial_state)
+
+    def _normal(self, shape, training):
+        generator = self.seed_generator if training else self.eval_seed_generator
+        return keras.random.normal(shape, seed=generator, dtype="float32")
+
+    def transform(self, z):
+        """u, the generation-path output that Q predicts (`latent_head.transform`); float32 `[batch, latent_dim]`."""
+        return tf.cast(self.latent_head.transform(z), tf.float32)
+
+    # ------------------------------------------------------------------ loss terms (per image)
+    def reconstruction_error(self, images, reconstructions):
+        """Squared error per image `[batch]`: mean over pixels ('per_pixel') or sum ('per_image')."""
+        squared = tf.reshape(tf.square(reconstructions - images), [tf.shape(images)[0], -1])
+        if self.reconstruction_normalization == "per_pixel":
+            return tf.reduce_mean(squared, axis=-1)
+        return tf.reduce_sum(squared, axis=-1)
+
+    def adversarial_term(self, logits):
+        """The generator's adversarial loss per image `[batch]` from discriminator logits `[batch, 1]`."""
+        logits = tf.cast(logits[:, 0], tf.float32)
+        if self.adversarial_loss == "non_saturating":
+            return tf.nn.softplus(-logits)        # -log D(y)
+        return -tf.nn.softplus(logits)            # log(1 - D(y))
+
+    def mutual_information_term(self, predictions, u, weighted=True):
+        """Per-step weighted mean squared error of Q's prediction of u `[batch]` (u is a constant target)."""
+        squared = tf.square(tf.cast(predictions, tf.float32) - tf.stop_gradient(u))
+        steps = tf.reshape(squared, [-1, self.num_time_steps, self.latent_dim // self.num_time_steps])
+        per_step = tf.reduce_mean(steps, axis=-1)                                     # [batch, T]
+        if weighted and self.mutual_information_step_weights is not None:
+            per_step = per_step * tf.constant(self.mutual_information_step_weights, tf.float32)
+        return tf.reduce_sum(per_step, axis=-1) / self.num_time_steps               # mean over dims
+
+    @staticmethod
+    def discriminator_batch(real, reconstructions, prior_samples):
+        """The code's discriminator batch: every other real image, every 4th reconstruction and prior sample.
+
+        For a batch of B (divisible by 4): positions i = 0, 2, 4, ... real (B/2, label 1), i = 1, 5, ...
+        reconstructions (B/4, label 0), i = 3, 7, ... prior samples (B/4, label 0) — the 1-based
+        i = 0 / 3 (mod 4) rule of notes 5.3 shifted to 0-based indices.
+
+        Returns (images `[B, H, W, C]`, labels float32 `[B]`, kind int32 `[B]`: 0 real, 1 rec., 2 prior).
+        """
+        images = tf.concat([real[0::2], reconstructions[1::4], prior_samples[3::4]], axis=0)
+        num_real, num_rec = tf.shape(real[0::2])[0], tf.shape(reconstructions[1::4])[0]
+        num_prior = tf.shape(prior_samples[3::4])[0]
+        labels = tf.concat([tf.ones([num_real]), tf.zeros([num_rec + num_prior])], axis=0)
+        kind = tf.concat([tf.zeros([num_real], tf.int32), tf.ones([num_rec], tf.int32),
+                          tf.fill([num_prior], 2)], axis=0)
+        return images, labels, kind
+
+    # ------------------------------------------------------------------ training
+    def compile(self, optimizers, clip_values=None, **kwargs):
+        """Attaches one optimizer per non-empty parameter group (`GROUPS`) and optional element-wise clamps."""
+        groups = {name: variables for name, variables in self.variable_groups().items() if variables}
+        missing = sorted(set(groups) - set(optimizers))
+        unknown = sorted(set(optimizers) - set(GROUPS))
+        if missing or unknown:
+            raise ValueError(f"optimizers must cover the groups {sorted(groups)}; missing {missing}, unknown {unknown}")
+        self.group_optimizers = {name: optimizers[name] for name in GROUPS if name in groups}
+        self.group_clip_values = dict(clip_values or {})
+        for name, optimizer in self.group_optimizers.items():
+            optimizer.build(groups[name])
+        super().compile(optimizer=self.group_optimizers["encoder"], **kwargs)
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    @staticmethod
+    def _images(data):
+        return data[0] if isinstance(data, (tuple, list)) else data
+
+    def _apply(self, name, gradients, variables):
+        clip = self.group_clip_values.get(name)
+        if clip:
+            gradients = [tf.clip_by_value(g, -clip, clip) for g in gradients]
+        self.group_optimizers[name].apply(gradients, variables)
+
+    def _apply_split(self, names, groups, gradients):
+        start = 0
+        for name in names:
+            size = len(groups[name])
+            self._apply(name, gradients[start:start + size], groups[name])
+            start += size
+
+    def _forward(self, x, training):
+        """Everything the losses need for a batch x `[B, H, W, C]` in [-1, 1]."""
+        batch = tf.shape(x)[0]
+        loc, log_variance = self.encode(x, training=training)
+        z = loc + tf.exp(0.5 * log_variance) * self._normal(tf.shape(loc), training)
+        z_prior = self._normal([batch, self.latent_dim], training)
+        out = {"loc": loc, "log_variance": log_variance, "z": z, "z_prior": z_prior,
+               "reconstructions": self.decode(z, training=training),
+               "prior_samples": self.decode(z_prior, training=training)}
+        if self.mutual_information_weight:
+            out["u"], out["u_prior"] = self.transform(z), self.transform(z_prior)
+        return out
+
+    def train_step(self, data):
+        x = self.to_model_range(self._images(data))
+        groups = self.variable_groups()
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        beta, kappa = self.adversarial_weight, self.mutual_information_weight
+        prior_beta, prior_kappa = (kappa, beta) if self.legacy_swapped_prior_weights else (beta, kappa)
+        with tf.GradientTape(persistent=True) as tape:
+            out = self._forward(x, training=True)
+            kl_steps = bounds.kl_per_time_step(out["loc"], out["log_variance"], self.num_time_steps)
+            reconstruction = self.reconstruction_error(x, out["reconstructions"])
+            weighted_rate = bounds.weighted_rate(kl_steps, self.kl_weight, self.kl_step_weights)
+            features_rec = self.discriminator_trunk(out["reconstructions"], training=True)
+            features_prior = self.discriminator_trunk(out["prior_samples"], training=True)
+            adversarial_rec = self.adversarial_term(self.discriminator(features_rec, training=True))
+            adversarial_prior = self.adversarial_term(self.discriminator(features_prior, training=True))
+            zeros = tf.zeros_like(reconstruction)
+            mi_rec = mi_prior = zeros
+            if kappa:
+                mi_rec = self.mutual_information_term(self.q_head(features_rec, training=True), out["u"])
+                mi_prior = self.mutual_information_term(
+                    self.q_head(features_prior, training=True), out["u_prior"],
+                    weighted=not self.legacy_unweighted_prior_mutual_information)
+            vae = reconstruction + weighted_rate
+            generator = (vae + beta * adversarial_rec + prior_beta * adversarial_prior
+                         + kappa * mi_rec + prior_kappa * mi_prior)
+            encoder_loss = generator if self.encoder_adversarial_gradient else vae
+            mi_loss = kappa * mi_rec + prior_kappa * mi_prior
+
+            d_images, labels, kind = self.discriminator_batch(
+                x, tf.stop_gradient(out["reconstructions"]), tf.stop_gradient(out["prior_samples"]))
+            d_logits = tf.cast(self.discriminator(self.discriminator_trunk(d_images, training=True),
+                                                  training=True)[:, 0], tf.float32)
+            d_losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=d_logits)
+            mean = lambda v: tf.reduce_mean(v) / replicas
+            losses = {"encoder": mean(encoder_loss), "generator": mean(generator), "mi": mean(mi_loss),
+                      "discriminator": mean(d_losses)}
+
+        correct = tf.cast(tf.equal(tf.cast(d_logits > 0.0, tf.float32), labels), tf.float32)
+        accuracy = tf.reduce_mean(correct)
+        update = accuracy <= self.discriminator_accuracy_threshold
+
+        # One backward pass per loss, over every group that loss trains.
+        generator_groups = [name for name in ("encoder", "latent_head", "decoder") if groups[name]
+                            and (name != "encoder" or self.encoder_adversarial_gradient)]
+        generator_vars = [v for name in generator_groups for v in groups[name]]
+        self._apply_split(generator_groups, groups, tape.gradient(losses["generator"], generator_vars))
+        if not self.encoder_adversarial_gradient:
+            self._apply("encoder", tape.gradient(losses["encoder"], groups["encoder"]), groups["encoder"])
+        if groups["q_head"] and kappa:
+            self._apply("q_head", tape.gradient(losses["mi"], groups["q_head"]), groups["q_head"])
+        trunk, head = groups["discriminator_trunk"], groups["discriminator"]
+        d_gradients = tape.gradient(losses["discriminator"], trunk + head)
+        d_trunk, d_head = d_gradients[:len(trunk)], d_gradients[len(trunk):]
+        if kappa and groups["q_head"]:
+            # The trunk always learns from the MI term (the code's phases A and B) and from the real/fake loss
+            # only when the discriminator step is not skipped.
+            gate = tf.cast(update, tf.float32)
+            mi_trunk = tape.gradient(losses["mi"], trunk, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            self._apply("discriminator_trunk", [m + gate * g for m, g in zip(mi_trunk, d_trunk)], trunk)
+
+            def step_discriminator():
+                self._apply("discriminator", d_head, head)
+                return tf.constant(True)
+        else:
+            def step_discriminator():
+                self._apply("discriminator_trunk", d_trunk, trunk)
+                self._apply("discriminator", d_head, head)
+                return tf.constant(True)
+        tf.cond(update, step_discriminator, lambda: tf.constant(False))
+        del tape
+
+        terms = {"loss": vae, "reconstruction": reconstruction, "rate": tf.reduce_sum(kl_steps, -1),
+                 "generator_adversarial": adversarial_rec + adversarial_prior,
+                 "mutual_information": mi_rec + mi_prior, "kl_steps": kl_steps, "loc": out["loc"]}
+        logs = self._update_trackers(terms, d_losses, correct, kind, update)
+        logs["discriminator_batch_accuracy"] = accuracy
+        return logs
+
+    def _update_trackers(self, terms, d_losses=None, correct=None, kind=None, update=None):
+        t = self._trackers
+        for key in ("loss", "reconstruction", "rate", "generator_adversarial", "mutual_information"):
+            t[key].update_state(terms[key])
+        kl_means = tf.reduce_mean(terms["kl_steps"], axis=0)
+        for step in range(self.num_time_steps):
+            t[f"kl_step_{step + 1}"].update_state(kl_means[step])
+        variance = tf.math.reduce_variance(terms["loc"], axis=0)
+        t["active_units"].update_state(tf.reduce_sum(tf.cast(variance > 0.01, tf.float32)))
+        if d_losses is not None:
+            t["discriminator_loss"].update_state(d_losses)
+            t["discriminator_accuracy"].update_state(correct)
+            for index, name in enumerate(("real", "reconstruction", "prior")):
+                mask = tf.equal(kind, index)
+                t[f"discriminator_loss_{name}"].update_state(tf.boolean_mask(d_losses, mask))
+                t[f"discriminator_accuracy_{name}"].update_state(tf.boolean_mask(correct, mask))
+            if update is not None:
+                t["discriminator_skip_rate"].update_state(1.0 - tf.cast(update, tf.float32))
+        return {name: tracker.result() for name, tracker in t.items()}
+
+    def test_step(self, data):
+        """Validation: VAE objective (posterior sample from the evaluation stream) and the discriminator's
+        accuracy on real images, reconstructions and prior samples (no dropout-free pass: the code's D keeps
+        stochastic dropout at inference)."""
+        x = self.to_model_range(self._images(data))
+        out = self._forward(x, training=False)
+        kl_steps = bounds.kl_per_time_step(out["loc"], out["log_variance"], self.num_time_steps)
+        reconstruction = self.reconstruction_error(x, out["reconstructions"])
+        vae = reconstruction + bounds.weighted_rate(kl_steps, self.kl_weight, self.kl_step_weights)
+        d_images, labels, kind = self.discriminator_batch(x, out["reconstructions"], out["prior_samples"])
+        d_logits = tf.cast(self.discriminator(self.discriminator_trunk(d_images))[:, 0], tf.float32)
+        d_losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=d_logits)
+        correct = tf.cast(tf.equal(tf.cast(d_logits > 0.0, tf.float32), labels), tf.float32)
+        adversarial = (self.adversarial_term(self.discriminator(self.discriminator_trunk(out["reconstructions"])))
+                       + self.adversarial_term(self.discriminator(self.discriminator_trunk(out["prior_samples"]))))
+        zeros = tf.zeros_like(vae)
+        terms = {"loss": vae, "reconstruction": reconstruction, "rate": tf.reduce_sum(kl_steps, -1),
+                 "generator_adversarial": adversarial, "mutual_information": zeros, "kl_steps": kl_steps,
+                 "loc": out["loc"]}
+        logs = self._update_trackers(terms, d_losses, correct, kind)
+        return {k: v for k, v in logs.items() if k not in ("discriminator_skip_rate", "mutual_information")}
+
+    # ------------------------------------------------------------------ serialization
+    def get_config(self):
+        networks = ("encoder", "latent_head", "decoder", "discriminator_trunk", "discriminator", "q_head")
+        config = {key: (keras.saving.serialize_keras_object(getattr(self, key))
+                        if getattr(self, key) is not None else None) for key in networks}
+        return {**super().get_config(), **config,
+                "image_shape": self.image_shape, "kl_weight": self.kl_weight, "kl_step_weights": self.kl_step_weights,
+                "adversarial_weight": self.adversarial_weight, "adversarial_loss": self.adversarial_loss,
+                "mutual_information_weight": self.mutual_information_weight,
+                "mutual_information_step_weights": self.mutual_information_step_weights,
+                "reconstruction_normalization": self.reconstruction_normalization,
+                "discriminator_accuracy_threshold": self.discriminator_accuracy_threshold,
+                "encoder_adversarial_gradient": self.encoder_adversarial_gradient,
+                "legacy_swapped_prior_weights": self.legacy_swapped_prior_weights,
+                "legacy_unweighted_prior_mutual_information": self.legacy_unweighted_prior_mutual_information,
+                "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "latent_head", "decoder", "discriminator_trunk", "discriminator", "q_head"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def _per_step(weights, num_time_steps, what):
+    if weights is None:
+        return None
+    weights = [float(w) for w in weights]
+    if len(weights) != num_time_steps:
+        raise ValueError(f"{what} has {len(weights)} entries; the latent head has num_time_steps={num_time_steps}. "
+                         "Give one weight per time step.")
+    return weights
+
+
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning rate scaled by `factor_i` while the optimizer's step count is below `until_i`.
+
+    The code's `adam_gan` (notes 6.4) runs the discriminator head at LR/50 for its first 10 calls and LR/5
+    until call 30: `warmup=((10, 0.02), (30, 0.2))`. The count here is of discriminator steps actually taken
+    (the code counts skipped calls too; skips are rare while the discriminator is still warming up).
+    """
+
+    def __init__(self, schedule, warmup):
+        self.schedule = schedule
+        self.warmup = tuple((int(until), float(factor)) for until, factor in warmup)
+        if any(b[0] <= a[0] for a, b in zip(self.warmup, self.warmup[1:])):
+            raise ValueError(f"warmup boundaries must increase, got {warmup}")
+
+    def __call__(self, step):
+        rate = self.schedule(step) if callable(self.schedule) else tf.constant(self.schedule, tf.float32)
+        factor = tf.constant(1.0, tf.float32)
+        for until, scale in reversed(self.warmup):
+            factor = tf.where(tf.cast(step, tf.int64) < until, tf.constant(scale, tf.float32), factor)
+        return tf.cast(rate, tf.float32) * factor
+
+    def get_config(self):
+        schedule = (keras.saving.serialize_keras_object(self.schedule)
+                    if isinstance(self.schedule, keras.optimizers.schedules.LearningRateSchedule) else self.schedule)
+        return {"schedule": schedule, "warmup": [list(w) for w in self.warmup]}
+
+    @classmethod
+    def from_config(cls, config):
+        schedule = config["schedule"]
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        return cls(schedule, config["warmup"])
+
+
+__all__ = ["VAEGAN", "GROUPS", "WarmupSchedule", "ADVERSARIAL_LOSSES", "RECONSTRUCTION_NORMALIZATIONS"]
