@@ -7,14 +7,17 @@ the same for every model variant:
     encoder.*      the inference conv net (`base_channels`, `last_stride2_kernel`, batch-norm settings)
     latent_head.*  the variant: `kind` in {fc, conv, block_fc, channel_recurrent} and its sizes/switches
     decoder.*      the generation deconv net
-    model.*        the objective (`kl_weight`, `kl_step_weights`)
-    optimizer.*    Adam per parameter group, per-group LR scale and gradient clamp, LR halving
+    discriminator.* the adversarial family's discriminator trunk, real/fake head and Q head
+    model.*        the family ('vae' | 'vae_gan') and objective (`kl_weight`, `kl_step_weights`,
+                   `adversarial_weight`, `mutual_information_weight`, ...)
+    optimizer.*    Adam per parameter group, per-group LR scale, gradient clamp and warm-up, LR halving
     train.*        the loop (`max_steps`, `batch_size`, `seed`, logging/checkpoint cadence)
 """
 
 import gin
 import keras
 
+from crvae_tf import adversarial
 from crvae_tf import data as data_lib
 from crvae_tf import layers
 from crvae_tf import models
@@ -23,21 +26,43 @@ from crvae_tf import networks
 
 @gin.configurable("dataset", denylist=["seed"])
 def build_dataset(name: str = "sprites", local_path=None, data_dir=None, download: bool = True,
-                  validation_size: int = 10000, seed: int = 0) -> data_lib.ImageSplits:
-    """Loads the train/validation/test images.
+                  validation_size=None, seed: int = 0, resolution=None, crop=None, box_scale=None, cub_path=None,
+                  birdsnap_path=None, nabirds_path=None, manual_dir=None, cache_dir=None, flip=None,
+                  max_corrupt_fraction: float = 0.01) -> data_lib.ImageSplits:
+    """Loads the train/validation/test images (`data_lib.load_image_splits`; RGB details in `image_data`).
 
     Args:
-      name: 'sprites' (embedded, generated in code), 'mnist' (dynamically binarized per batch) or
-        'binarized_mnist' (static, Larochelle).
+      name: 'sprites' (embedded, generated in code), 'mnist' (dynamically binarized per batch),
+        'binarized_mnist' (static, Larochelle), 'celeba' or 'birds' (RGB, uint8, for the adversarial models).
       local_path: a local file or folder replacing the tfds download (keras-layout `mnist.npz` for
-        'mnist'; the bit-packed `binarized_mnist.npz` for 'binarized_mnist').
-      data_dir: tfds data directory.
-      download: let tfds download when the data is not prepared.
-      validation_size: images held out from the training set for validation ('mnist').
-      seed: set by `train.seed` (not a binding of its own).
+        'mnist'; the bit-packed `binarized_mnist.npz` for 'binarized_mnist'; for 'celeba' a folder of
+        aligned CelebA images 000001.jpg ... at any resolution, e.g. img_align_celeba/).
+      data_dir: tfds data directory (also the default cache root of 'celeba' / 'birds').
+      download: let tfds download when the data is not prepared (never for tfds celeb_a: see manual_dir).
+      validation_size: images held out from the training set for validation: 'mnist' (None: 10000); 'birds'
+        and a partial CelebA copy (as many again for test) as a count or a fraction in (0, 1) (None: 0.05).
+      seed: set by `train.seed` (not a binding of its own); seeds the hold-outs.
+      resolution: 'celeba' / 'birds': 64 or 128 (required).
+      crop: 'celeba': None (face crop rows 40:188, columns 15:163 of the 178x218 image, scaled to the
+        image's size), 'none' (pre-cropped images) or (top, left, height, width) in 178x218 coordinates.
+      box_scale: 'birds': square ROI side / longer bounding-box side (None: 1.0).
+      cub_path: 'birds': a CUB_200_2011 folder (images.txt, bounding_boxes.txt, train_test_split.txt,
+        images/), or 'tfds' for tensorflow-datasets caltech_birds2011.
+      birdsnap_path: 'birds': a Birdsnap folder (images.txt with bb_x1..bb_y2, test_images.txt, images/ or
+        download/images/).
+      nabirds_path: 'birds': a NABirds folder (images.txt, bounding_boxes.txt, train_test_split.txt, images/).
+      manual_dir: tfds manual_dir with the original archives (tfds celeb_a: its five files).
+      cache_dir: where 'celeba' / 'birds' are preprocessed to (None: <data_dir>/crvae_tf_cache or
+        ~/.cache/crvae_tf).
+      flip: 'celeba' / 'birds': random horizontal flips of training batches (None: True); `splits.flip`.
+      max_corrupt_fraction: 'celeba' / 'birds': the largest fraction of corrupt images skipped (and listed
+        in the cache manifest) before loading fails.
     """
-    return data_lib.load_image_splits(name, local_path=local_path, data_dir=data_dir, download=download,
-                                      validation_size=validation_size, seed=seed)
+    return data_lib.load_image_splits(
+        name, local_path=local_path, data_dir=data_dir, download=download, validation_size=validation_size,
+        seed=seed, resolution=resolution, crop=crop, box_scale=box_scale, cub_path=cub_path,
+        birdsnap_path=birdsnap_path, nabirds_path=nabirds_path, manual_dir=manual_dir, cache_dir=cache_dir,
+        flip=flip, max_corrupt_fraction=max_corrupt_fraction)
 
 
 @gin.configurable("eval_dataset")
@@ -60,24 +85,95 @@ def build_eval_dataset(name=None, local_path=None, data_dir=None, download: bool
 
 
 @gin.configurable("encoder", denylist=["image_shape"])
-def build_encoder(image_shape=(28, 28, 1), base_channels: int = 32, last_stride2_kernel: int = 3,
-                  batchnorm_momentum: float = 0.9, batchnorm_epsilon: float = 1e-5):
-    """The inference network (`networks.mnist_encoder`); see its docstring for the layers."""
-    _check_mnist_shape(image_shape)
-    return networks.mnist_encoder(base_channels, last_stride2_kernel, batchnorm_momentum, batchnorm_epsilon)
+def build_encoder(image_shape=(28, 28, 1), base_channels: int = 32, last_stride2_kernel=None,
+                  batchnorm_momentum=None, batchnorm_epsilon=None):
+    """The inference network for the image shape: `networks.mnist_encoder` (28x28x1) or
+    `networks.rgb_encoder` (64x64x3, 128x128x3); see their docstrings for the layers.
+
+    Args:
+      image_shape: from the dataset.
+      base_channels: b (32 in the paper and the code).
+      last_stride2_kernel: MNIST only: 3 (crVAE code, the default) or 5 (the code's VAE and cVAE).
+      batchnorm_momentum: Keras momentum (= 1 - Torch momentum). Default: 0.9 for MNIST (Torch 0.1, the
+        MNIST crVAE code), 0.1 for RGB (Torch `-mom 0.9`, the code's README).
+      batchnorm_epsilon: default 1e-5 for MNIST, 1e-6 for RGB (README `-eps 1e-6`).
+    """
+    image_shape = tuple(image_shape)
+    if image_shape == MNIST_SHAPE:
+        return networks.mnist_encoder(base_channels, 3 if last_stride2_kernel is None else last_stride2_kernel,
+                                      _default(batchnorm_momentum, 0.9), _default(batchnorm_epsilon, 1e-5))
+    resolution = _rgb_resolution(image_shape)
+    if last_stride2_kernel is not None:
+        raise ValueError("encoder.last_stride2_kernel applies to the 28x28 MNIST encoder only; remove the binding.")
+    return networks.rgb_encoder(resolution, base_channels, _default(batchnorm_momentum, 0.1),
+                                _default(batchnorm_epsilon, 1e-6))
 
 
 @gin.configurable("decoder", denylist=["image_shape"])
-def build_decoder(image_shape=(28, 28, 1), base_channels: int = 32, batchnorm_momentum: float = 0.9,
-                  batchnorm_epsilon: float = 1e-5):
-    """The generation network (`networks.mnist_decoder`)."""
-    _check_mnist_shape(image_shape)
-    return networks.mnist_decoder(base_channels, batchnorm_momentum, batchnorm_epsilon)
+def build_decoder(image_shape=(28, 28, 1), base_channels: int = 32, batchnorm_momentum=None,
+                  batchnorm_epsilon=None):
+    """The generation network: `networks.mnist_decoder` (Bernoulli logits) or `networks.rgb_decoder`
+    (tanh, [-1, 1]). Batch-norm defaults as `encoder.*`."""
+    image_shape = tuple(image_shape)
+    if image_shape == MNIST_SHAPE:
+        return networks.mnist_decoder(base_channels, _default(batchnorm_momentum, 0.9),
+                                      _default(batchnorm_epsilon, 1e-5))
+    return networks.rgb_decoder(_rgb_resolution(image_shape), base_channels,
+                                batchnorm_momentum=_default(batchnorm_momentum, 0.1),
+                                batchnorm_epsilon=_default(batchnorm_epsilon, 1e-6))
 
 
-def _check_mnist_shape(image_shape):
-    if tuple(image_shape) != (28, 28, 1):
-        raise ValueError(f"The MNIST networks take 28x28x1 images, got {tuple(image_shape)}.")
+MNIST_SHAPE = (28, 28, 1)
+RGB_RESOLUTIONS = (64, 128)
+
+
+def _default(value, default):
+    return default if value is None else value
+
+
+def _rgb_resolution(image_shape) -> int:
+    height, width, channels = image_shape
+    if channels != 3 or height != width or height not in RGB_RESOLUTIONS:
+        raise ValueError(f"No network for images of shape {tuple(image_shape)}: the networks take 28x28x1 (MNIST) "
+                         f"or square RGB at {RGB_RESOLUTIONS} (set dataset.resolution).")
+    return int(height)
+
+
+# Baseline VAE-GAN discriminator widths (notes 6.2); the crVAE-GAN's are (64, 128, 256, 256) (notes 6.1).
+BASELINE_DISCRIMINATOR_WIDTHS = (32, 64, 128, 256)
+
+
+@gin.configurable("discriminator", denylist=["image_shape", "latent_shape", "with_q_head", "seed"])
+def build_discriminator(image_shape, latent_shape=None, with_q_head: bool = False, seed=None,
+                        widths=(64, 128, 256, 256), units: int = 1024, num_kernels: int = 100, kernel_dim: int = 5,
+                        dropout_rate: float = 0.5, torch_dropout: bool = True):
+    """The discriminator trunk, its real/fake head and (for the MI term) the Q head (notes 6).
+
+    Args:
+      image_shape: from the dataset.
+      latent_shape: (h, w, c) of the conv latent that Q predicts (from the latent head).
+      with_q_head: build Q (when model.mutual_information_weight > 0).
+      seed: seeds the dropout masks (from `train.seed`).
+      widths: conv widths of the trunk, one per stride-1 conv + 2x2 max-pool stage (crVAE-GAN code:
+        64, 128, 256, 256; the VAE-GAN baseline code: 32, 64, 128, 256; 128x128 adds one stage).
+      units: the head's Dense width (1024).
+      num_kernels, kernel_dim: minibatch discrimination (100 kernels x 5 dims).
+      dropout_rate: the trunk's spatial dropout and the head's dropout (0.5).
+      torch_dropout: the code's Torch dropout semantics (no train-time rescale; spatial dropout also at
+        inference) instead of Keras' inverted dropout.
+
+    Returns:
+      (trunk, head, q_head or None).
+    """
+    resolution = _rgb_resolution(tuple(image_shape))
+    trunk = networks.discriminator_trunk(resolution, tuple(widths), dropout_rate=dropout_rate,
+                                         torch_dropout=torch_dropout, seed=seed)
+    feature_shape = tuple(trunk.output_shape[1:])
+    head = networks.discriminator_head(feature_shape, units=units, num_kernels=num_kernels, kernel_dim=kernel_dim,
+                                       dropout_rate=dropout_rate, torch_dropout=torch_dropout,
+                                       seed=None if seed is None else seed + 100)
+    q_head = networks.q_head(feature_shape, latent_shape=tuple(latent_shape)) if with_q_head else None
+    return trunk, head, q_head
 
 
 # Which latent_head.* arguments each kind accepts (None = not given).
@@ -128,27 +224,71 @@ def build_latent_head(feature_shape, kind: str = gin.REQUIRED, latent_dim=None, 
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+FAMILIES = ("vae", "vae_gan")
+# model.* arguments of the adversarial family only (None = not given).
+_ADVERSARIAL_ARGS = ("adversarial_weight", "adversarial_loss", "mutual_information_weight",
+                     "mutual_information_step_weights", "reconstruction_normalization",
+                     "discriminator_accuracy_threshold", "encoder_adversarial_gradient",
+                     "legacy_swapped_prior_weights", "legacy_unweighted_prior_mutual_information")
 
 
 @gin.configurable("model", denylist=["image_shape", "seed"])
-def build_model(image_shape=(28, 28, 1), kl_weight: float = 1.0, kl_step_weights=None, seed=None,
-                precision: str = "float32", num_importance_samples: int = 1, num_validation_samples: int = 5):
-    """Builds (and builds the weights of) the VAE with the configured encoder, latent head and decoder.
+def build_model(image_shape=(28, 28, 1), family: str = "vae", kl_weight: float = 1.0, kl_step_weights=None,
+                seed=None, precision: str = "float32", num_importance_samples: int = 1,
+                num_validation_samples: int = 5, adversarial_weight=None, adversarial_loss=None,
+                mutual_information_weight=None, mutual_information_step_weights=None,
+                reconstruction_normalization=None, discriminator_accuracy_threshold=None,
+                encoder_adversarial_gradient=None, legacy_swapped_prior_weights=None,
+                legacy_unweighted_prior_mutual_information=None):
+    """Builds (and builds the weights of) the model with the configured encoder, latent head and decoder.
 
     Args:
       image_shape: from the dataset.
-      kl_weight: alpha, per image (see `crvae_tf.models`).
-      kl_step_weights: optional per-time-step KL weights, one per time step.
+      family: 'vae' (`models.VAE`: Bernoulli likelihood, binary images) or 'vae_gan'
+        (`adversarial.VAEGAN`: MSE reconstruction + discriminator, RGB images; the latent head picks
+        the VAE-GAN baseline ('fc') or the crVAE-GAN ('channel_recurrent')).
+      kl_weight: alpha, per image (see `crvae_tf.models` / `crvae_tf.adversarial`).
+      kl_step_weights: optional per-time-step KL weights, one per time step (alpha_t = kl_weight * w_t).
       seed: from `train.seed`.
       precision: 'float32', or 'mixed_bfloat16' (float32 weights, bfloat16 convolutions, matmuls and
         activations, float32 losses): 1.5-1.6x the float32 training throughput measured on a 2-core
         AVX512-BF16 CPU (`python -m crvae_tf.bench --gin_bindings="model.precision='mixed_bfloat16'"`).
-      num_importance_samples: k; > 1 trains on the IWAE_k bound (needs kl_weight = 1).
-      num_validation_samples: k of the IWAE_k bound reported on the validation split and used to keep
-        the best checkpoint (authors: 5).
+      num_importance_samples: 'vae': k; > 1 trains on the IWAE_k bound (needs kl_weight = 1).
+      num_validation_samples: 'vae': k of the IWAE_k bound reported on the validation split and used to
+        keep the best checkpoint (authors: 5).
+      adversarial_weight: 'vae_gan': beta (default 0.0125, the code's Birds crVAE-GAN).
+      adversarial_loss: 'vae_gan': 'non_saturating' (default, code) or 'minimax' (paper App. H).
+      mutual_information_weight: 'vae_gan': kappa of the MI term (default 0; code: 0.02 for crVAE-GAN).
+      mutual_information_step_weights: 'vae_gan': per-time-step MI weights (code: 0.1 1.5 1.5 1.25 0.1 0.1 1 1).
+      reconstruction_normalization: 'vae_gan': 'per_pixel' (default; the paper's division by C*H*W)
+        or 'per_image'.
+      discriminator_accuracy_threshold: 'vae_gan': skip the discriminator step above this batch
+        accuracy (default 0.9, paper H / code margin 0.1).
+      encoder_adversarial_gradient: 'vae_gan': the encoder also minimises the adversarial and MI terms
+        (default True: Eq. 4 and the crVAE-GAN code; the VAE-GAN baseline code: False).
+      legacy_swapped_prior_weights, legacy_unweighted_prior_mutual_information: 'vae_gan': reproduce
+        the two defects of the original crVAE-GAN loop (default False; see `crvae_tf.adversarial`).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"model.precision={precision!r} is not one of {list(PRECISIONS)}.")
+    if family not in FAMILIES:
+        raise ValueError(f"model.family={family!r} is not one of {list(FAMILIES)}.")
+    adversarial_args = {name: value for name, value in dict(
+        adversarial_weight=adversarial_weight, adversarial_loss=adversarial_loss,
+        mutual_information_weight=mutual_information_weight,
+        mutual_information_step_weights=mutual_information_step_weights,
+        reconstruction_normalization=reconstruction_normalization,
+        discriminator_accuracy_threshold=discriminator_accuracy_threshold,
+        encoder_adversarial_gradient=encoder_adversarial_gradient,
+        legacy_swapped_prior_weights=legacy_swapped_prior_weights,
+        legacy_unweighted_prior_mutual_information=legacy_unweighted_prior_mutual_information).items()
+        if value is not None}
+    if family == "vae" and adversarial_args:
+        raise ValueError(f"model.{sorted(adversarial_args)} apply to model.family='vae_gan' only; remove them or "
+                         "set model.family = 'vae_gan'.")
+    if family == "vae_gan" and (num_importance_samples != 1 or tuple(image_shape) == MNIST_SHAPE):
+        raise ValueError("model.family='vae_gan' trains RGB images (dataset 'celeba' or 'birds') with one posterior "
+                         f"sample; got image_shape={tuple(image_shape)}, num_importance_samples={num_importance_samples}.")
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)   # captured by every layer built below
     try:
@@ -156,10 +296,20 @@ def build_model(image_shape=(28, 28, 1), kl_weight: float = 1.0, kl_step_weights
         decoder = build_decoder(image_shape)
         feature_shape = tuple(encoder.output_shape[1:])
         head = build_latent_head(feature_shape)
-        model = models.VAE(encoder, head, decoder, image_shape=image_shape, kl_weight=kl_weight,
-                           kl_step_weights=kl_step_weights, seed=seed,
-                           num_importance_samples=num_importance_samples,
-                           num_validation_samples=num_validation_samples, name="vae")
+        if family == "vae":
+            model = models.VAE(encoder, head, decoder, image_shape=image_shape, kl_weight=kl_weight,
+                               kl_step_weights=kl_step_weights, seed=seed,
+                               num_importance_samples=num_importance_samples,
+                               num_validation_samples=num_validation_samples, name="vae")
+        else:
+            with_q = bool(adversarial_args.get("mutual_information_weight"))
+            latent_shape = (feature_shape[:2] + (head.latent_channels,)) if hasattr(head, "latent_channels") else None
+            trunk, discriminator, q_head = build_discriminator(image_shape, latent_shape, with_q_head=with_q,
+                                                                 seed=seed)
+            model = adversarial.VAEGAN(encoder, head, decoder, trunk, discriminator, q_head,
+                                       image_shape=image_shape, kl_weight=kl_weight,
+                                       kl_step_weights=kl_step_weights, seed=seed, name="vae_gan",
+                                       **adversarial_args)
     finally:
         keras.config.set_dtype_policy(previous)
     model.build()
@@ -168,16 +318,21 @@ def build_model(image_shape=(28, 28, 1), kl_weight: float = 1.0, kl_step_weights
 
 @gin.configurable("optimizer", denylist=["model", "steps_per_epoch"])
 def build_optimizers(model, steps_per_epoch: int, learning_rate: float = 3e-4,
-                     group_learning_rate_scale=None, group_gradient_clip=None,
+                     group_learning_rate_scale=None, group_gradient_clip=None, group_warmup=None,
                      lr_halving_epochs=50, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8):
     """One Adam per parameter group, each with a step-wise halving schedule.
 
     Args:
-      model: the built VAE.
+      model: the built model (its `GROUPS`: encoder, latent_head, decoder, and for the adversarial family
+        discriminator_trunk, discriminator (the real/fake head), q_head).
       steps_per_epoch: optimizer steps per training epoch (for the schedule).
       learning_rate: base learning rate (paper: 0.003 crVAE, 0.0003 otherwise).
-      group_learning_rate_scale: dict group -> factor on the base rate (original: latent_head 1/T).
+      group_learning_rate_scale: dict group -> factor on the base rate (original: latent_head 1/T; the
+        crVAE-GAN's discriminator trunk 1/2; the VAE-GAN baseline's whole discriminator 1/2).
       group_gradient_clip: dict group -> c, element-wise clamp to [-c, c] (original: latent_head 5).
+      group_warmup: dict group -> [[until_step, factor], ...]: the rate is multiplied by `factor` while that
+        optimizer has taken fewer than `until_step` steps (the code's adam_gan: {'discriminator':
+        [[10, 0.02], [30, 0.2]]}, `adversarial.WarmupSchedule`).
       lr_halving_epochs: halve every this many epochs (paper: 50); None keeps the rate constant.
       beta_1, beta_2, epsilon: Adam (the Torch code's epsilon is 1e-8).
 
@@ -186,10 +341,13 @@ def build_optimizers(model, steps_per_epoch: int, learning_rate: float = 3e-4,
     """
     scales = dict(group_learning_rate_scale or {})
     clips = dict(group_gradient_clip or {})
-    for mapping, what in ((scales, "group_learning_rate_scale"), (clips, "group_gradient_clip")):
-        unknown = sorted(set(mapping) - set(models.GROUPS))
+    warmups = dict(group_warmup or {})
+    for mapping, what in ((scales, "group_learning_rate_scale"), (clips, "group_gradient_clip"),
+                          (warmups, "group_warmup")):
+        unknown = sorted(set(mapping) - set(model.GROUPS))
         if unknown:
-            raise ValueError(f"optimizer.{what} has unknown groups {unknown}; groups are {list(models.GROUPS)}")
+            raise ValueError(f"optimizer.{what} has unknown groups {unknown}; this model's groups are "
+                             f"{list(model.GROUPS)}")
     optimizers = {}
     for name, variables in model.variable_groups().items():
         if not variables:
@@ -198,6 +356,8 @@ def build_optimizers(model, steps_per_epoch: int, learning_rate: float = 3e-4,
         if lr_halving_epochs:
             rate = keras.optimizers.schedules.ExponentialDecay(
                 rate, decay_steps=max(1, int(lr_halving_epochs * steps_per_epoch)), decay_rate=0.5, staircase=True)
+        if warmups.get(name):
+            rate = adversarial.WarmupSchedule(rate, warmups[name])
         optimizers[name] = keras.optimizers.Adam(rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
                                                  name=f"{name}_adam")
     return optimizers, {name: c for name, c in clips.items() if c}
@@ -209,5 +369,5 @@ def current_learning_rate(optimizer) -> float:
     return float(rate.numpy() if hasattr(rate, "numpy") else rate)
 
 
-__all__ = ["build_dataset", "build_encoder", "build_decoder", "build_latent_head", "build_model",
+__all__ = ["build_dataset", "build_encoder", "build_decoder", "build_discriminator", "build_latent_head", "build_model",
            "build_optimizers", "current_learning_rate"]

@@ -1,7 +1,7 @@
 """Image datasets and tf.data input pipelines for the channel-recurrent VAE experiments.
 
-Three datasets are supported, all as 28x28 grayscale images of shape `[num_images, 28, 28, 1]`,
-float32 in [0, 1]:
+Three MNIST-family datasets are 28x28 grayscale images of shape `[num_images, 28, 28, 1]`, float32 in
+[0, 1], held in memory:
 
 * `'mnist'`: LeCun MNIST, intensities / 255, `binarization='dynamic'` (every training batch is
   re-binarized with fresh Bernoulli noise, x_bin = 1[u < p]). The validation split is HELD OUT FROM THE
@@ -22,14 +22,20 @@ float32 in [0, 1]:
   (the default 8192 + 1024 + 1024 images take about 1.5 s on one CPU core). Train, validation and test are
   drawn from disjoint random streams (`[seed, 0]`, `[seed, 1]`, `[seed, 2]`).
 
+Two RGB datasets for the adversarial (VAE-GAN / crVAE-GAN) experiments, `'celeba'` and `'birds'`, are
+preprocessed once (decode, crop, resize to `resolution` x `resolution`, R = 64 or 128) into a cache of uint8
+`.npy` files and returned as read-only memory maps `[num_images, R, R, 3]` in [0, 255], `binarization='none'`,
+`flip=True`; `crvae_tf/image_data.py` documents their sources, crop rules, splits, cache and validation.
+
 No code path ever falls back silently to other data: if the requested data cannot be found a
 `DataUnavailableError` says exactly which binding to set. tensorflow-datasets is only imported when
 it is actually used (it is slow to import), and on an offline machine `tfds.load(..., download=True)`
 retries the network for minutes before failing; pass `download=False` (or a `local_path`) there.
 
 The tf.data pipeline (`make_dataset`) yields one epoch at a time. Training order is a deterministic
-function of `(seed, epoch)` and the dynamic-binarization noise of `(seed, epoch, batch index)`, so a
-run resumed with `skip_batches` continues mid-epoch exactly where it stopped.
+function of `(seed, epoch)`, and the dynamic-binarization noise and the horizontal flips of
+`(seed, epoch, batch index)`, so a run resumed with `skip_batches` continues mid-epoch exactly where it
+stopped.
 """
 
 import dataclasses
@@ -41,8 +47,11 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-DATASET_NAMES = ("mnist", "binarized_mnist", "sprites")
-BINARIZATIONS = ("dynamic", "static")
+DATASET_NAMES = ("mnist", "binarized_mnist", "sprites", "celeba", "birds")
+RGB_DATASET_NAMES = ("celeba", "birds")
+# 'dynamic': re-binarized every batch; 'static': already 0/1; 'none': continuous pixels passed through
+# (the RGB datasets; the adversarial models take intensities, not bits).
+BINARIZATIONS = ("dynamic", "static", "none")
 SPLIT_NAMES = ("train", "validation", "test")
 SPRITE_SHAPES = ("square", "ellipse", "triangle", "heart")
 
@@ -60,6 +69,8 @@ _DATA_DIR_BINDING = "dataset.data_dir"
 # Tags that separate the stateless-binarization key streams of training and evaluation.
 _TRAIN_NOISE_TAG = 1
 _EVAL_NOISE_TAG = 2
+_FLIP_TAG = 3  # The horizontal-flip key stream of training batches.
+_DEFAULT_MNIST_VALIDATION_SIZE = 10000
 
 _logger = logging.getLogger(__name__)
 
@@ -70,17 +81,26 @@ class DataUnavailableError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class ImageSplits:
-    """In-memory splits of one dataset.
+    """The train / validation / test images of one dataset.
+
+    Two pixel formats (see `pixel_format`), both accepted by `make_dataset`:
+      * float32 `[num_images, H, W, C]` in [0, 1], in memory: the MNIST family (H = W = 28, C = 1).
+      * uint8 `[num_images, R, R, 3]` in [0, 255], read-only `np.memmap`s of the preprocessed cache: 'celeba'
+        and 'birds' (R = `resolution`); `make_dataset` divides each batch by 255, never the whole array.
 
     Attributes:
-      name: dataset name, one of `DATASET_NAMES` ('mnist' | 'binarized_mnist' | 'sprites').
-      binarization: 'dynamic' (pixels are intensities in [0, 1], re-binarized every batch) or
-        'static' (pixels are already 0/1).
-      train: float32 `[num_train, 28, 28, 1]` in [0, 1].
-      validation: float32 `[num_validation, 28, 28, 1]` in [0, 1].
-      test: float32 `[num_test, 28, 28, 1]` in [0, 1].
+      name: dataset name, one of `DATASET_NAMES`.
+      binarization: 'dynamic' (intensities in [0, 1], re-binarized every batch), 'static' (pixels are
+        already 0/1) or 'none' (continuous pixels, passed through: the RGB datasets).
+      train: `[num_train, H, W, C]` images.
+      validation: `[num_validation, H, W, C]` images.
+      test: `[num_test, H, W, C]` images.
       source: human-readable description of where the pixels came from, e.g. "tfds:mnist",
-        "file:/path/mnist.npz" or "generated:sprites(seed=0)".
+        "file:/path/mnist.npz", "generated:sprites(seed=0)", or for the RGB datasets the sources, per-source
+        counts, crop rule, split rule and cache manifest.
+      flip: whether training batches should be flipped horizontally at random (p = 0.5); pass it on as
+        `make_dataset(..., flip=splits.flip)`. True for 'celeba' and 'birds' unless `dataset.flip=False`.
+      manifest_path: the RGB datasets' cache `manifest.json` (sources, counts, crop, rejected files), else None.
     """
 
     name: str
@@ -89,12 +109,26 @@ class ImageSplits:
     validation: np.ndarray
     test: np.ndarray
     source: str
+    flip: bool = False
+    manifest_path: Optional[str] = None
 
     def __post_init__(self):
         _check_binarization(self.binarization)
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"flip={self.flip!r} must be a bool.")
+
+    @property
+    def image_shape(self) -> Tuple[int, ...]:
+        """`(H, W, C)` of every image."""
+        return tuple(self.train.shape[1:])
+
+    @property
+    def pixel_format(self) -> str:
+        """'uint8 [0, 255]' (divide by 255, as `make_dataset` does per batch) or 'float32 [0, 1]'."""
+        return "uint8 [0, 255]" if self.train.dtype == np.uint8 else f"{self.train.dtype} [0, 1]"
 
     def split(self, name: str) -> np.ndarray:
-        """Returns the split `name` ('train' | 'validation' | 'test') as float32 `[num_images, 28, 28, 1]`."""
+        """Returns the split `name` ('train' | 'validation' | 'test'): `[num_images, H, W, C]` in `pixel_format`."""
         if name not in SPLIT_NAMES:
             raise ValueError(f"Unknown split {name!r}; valid split names are {', '.join(map(repr, SPLIT_NAMES))}.")
         return getattr(self, name)
@@ -102,7 +136,7 @@ class ImageSplits:
     def __repr__(self) -> str:
         shapes = ", ".join(f"{s}={getattr(self, s).shape}" for s in SPLIT_NAMES)
         return (f"ImageSplits(name={self.name!r}, binarization={self.binarization!r}, {shapes}, "
-                f"source={self.source!r})")
+                f"pixels={self.pixel_format!r}, flip={self.flip}, source={self.source!r})")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -111,38 +145,96 @@ class ImageSplits:
 
 
 def load_image_splits(name: str, *, local_path: Optional[str] = None, data_dir: Optional[str] = None,
-                      download: bool = True, validation_size: int = 10000, seed: int = 0,
-                      num_sprites: Tuple[int, int, int] = (8192, 1024, 1024)) -> ImageSplits:
-    """Loads the train / validation / test splits of one dataset into memory.
+                      download: bool = True, validation_size: Optional[Union[int, float]] = None, seed: int = 0,
+                      num_sprites: Tuple[int, int, int] = (8192, 1024, 1024), resolution: Optional[int] = None,
+                      crop=None, box_scale: Optional[float] = None, cub_path: Optional[str] = None,
+                      birdsnap_path: Optional[str] = None, nabirds_path: Optional[str] = None,
+                      manual_dir: Optional[str] = None, cache_dir: Optional[str] = None, flip: Optional[bool] = None,
+                      max_corrupt_fraction: float = 0.01, num_workers: Optional[int] = None) -> ImageSplits:
+    """Loads the train / validation / test splits of one dataset.
 
     Args:
-      name: 'mnist', 'binarized_mnist' or 'sprites' (see the module docstring).
+      name: 'mnist', 'binarized_mnist', 'sprites', 'celeba' or 'birds' (see the module docstring and, for
+        the last two, `crvae_tf/image_data.py`).
       local_path: for 'mnist' a keras-layout `mnist.npz` (or a folder containing one); for
-        'binarized_mnist' a bit-packed `binarized_mnist.npz` (or a folder containing one). When None
-        the data come from tensorflow-datasets. Must be None for 'sprites'.
+        'binarized_mnist' a bit-packed `binarized_mnist.npz` (or a folder containing one); for 'celeba' a
+        folder of aligned CelebA images at any resolution. When None the data come from
+        tensorflow-datasets. Must be None for 'sprites' and 'birds'.
       data_dir: tensorflow-datasets data directory (None: the tfds default). Unused with `local_path`.
+        For the RGB datasets also the default cache root (`<data_dir>/crvae_tf_cache`).
       download: whether tensorflow-datasets may download and prepare missing data. Offline, use
-        False: a download attempt then retries the network for minutes before failing.
-      validation_size: 'mnist' only: how many of the 60,000 training images are held out (at
-        random, seeded by `seed`) as the validation split. Ignored for 'binarized_mnist', which has
-        its own validation split, and for 'sprites' (see `num_sprites`).
-      seed: non-negative int; seeds the MNIST validation hold-out and the sprite generator.
+        False: a download attempt then retries the network for minutes before failing. (tfds celeb_a is
+        never downloaded, only prepared from `manual_dir`.)
+      validation_size: 'mnist': how many of the 60,000 training images are held out (at random, seeded by
+        `seed`) as the validation split (None: 10,000). 'birds', and 'celeba' when its official split leaves
+        validation or test empty: the seeded hold-out, as a count (int) or a fraction of the pool (float in
+        (0, 1)); None: 5%. CelebA's hold-out takes this many images for validation and as many for test.
+        Ignored for 'binarized_mnist' and CelebA with its own split, which have their own validation
+        splits, and for 'sprites' (see `num_sprites`).
+      seed: non-negative int; seeds the validation hold-outs and the sprite generator.
       num_sprites: 'sprites' only: `(num_train, num_validation, num_test)`.
+      resolution: 'celeba' / 'birds' only, required: 64 or 128 (output images are R x R).
+      crop: 'celeba' only: None (face crop rows 40:188, columns 15:163 of the 178x218 image, scaled to the
+        image size), 'none' (whole image, for pre-cropped faces) or `(top, left, height, width)` in 178x218
+        coordinates.
+      box_scale: 'birds' only: the square ROI's side over the longer bounding-box side (None: 1.0).
+      cub_path, birdsnap_path, nabirds_path: 'birds' only, at least one: the local CUB_200_2011 folder (or
+        'tfds' for tensorflow-datasets caltech_birds2011), Birdsnap folder and NABirds folder.
+      manual_dir: tfds `manual_dir` with the original files ('celeba': the five CelebA files; 'birds' with
+        `cub_path='tfds'`: the CUB archive), used to prepare the tfds dataset when it is not prepared yet.
+      cache_dir: 'celeba' / 'birds': where the preprocessed cache goes (None: `<data_dir>/crvae_tf_cache`,
+        else `~/.cache/crvae_tf`).
+      flip: 'celeba' / 'birds': random horizontal flips of training batches (None: True); recorded as
+        `ImageSplits.flip`.
+      max_corrupt_fraction: 'celeba' / 'birds': the largest fraction of present images that may be
+        rejected (corrupt, undecodable, blank, bad box) and skipped before loading fails.
+      num_workers: 'celeba' / 'birds': preprocessing threads (None: min(8, 2 x CPU cores)).
 
     Returns:
-      An `ImageSplits` with float32 `[num_images, 28, 28, 1]` arrays in [0, 1].
+      An `ImageSplits`: float32 `[num_images, 28, 28, 1]` arrays in [0, 1] for the MNIST family; uint8
+      `[num_images, R, R, 3]` memory maps in [0, 255] for 'celeba' / 'birds'.
 
     Raises:
-      ValueError: unknown `name`, bad `validation_size`, `seed` or `num_sprites`, or a `local_path`
-        given for 'sprites'.
-      DataUnavailableError: `local_path` does not exist or has the wrong format, or tensorflow-datasets
-        could not provide the data (not prepared, offline, ...).
+      ValueError: unknown `name`, bad `validation_size`, `seed`, `num_sprites`, `resolution`, `crop`, ..., a
+        `local_path` given for 'sprites' or 'birds', or an RGB-only argument given for the MNIST family.
+      DataUnavailableError: the files are missing, in the wrong format or too many are corrupt, or
+        tensorflow-datasets could not provide the data (not prepared, offline, ...); the message names the
+        expected files and the binding to set.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"Unknown dataset name {name!r}; supported names are "
                          f"{', '.join(map(repr, DATASET_NAMES))} (set dataset.name).")
     _check_seed(seed, "seed")
     start = time.perf_counter()
+    rgb_only = dict(resolution=resolution, crop=crop, box_scale=box_scale, cub_path=cub_path,
+                    birdsnap_path=birdsnap_path, nabirds_path=nabirds_path, manual_dir=manual_dir, flip=flip)
+    if name in RGB_DATASET_NAMES:
+        from crvae_tf import image_data  # pylint: disable=g-import-not-at-top  (image_data imports this module)
+        common = dict(data_dir=data_dir, download=download, manual_dir=manual_dir, resolution=resolution,
+                      validation_size=validation_size, seed=seed, cache_dir=cache_dir,
+                      flip=True if flip is None else flip, max_corrupt_fraction=max_corrupt_fraction,
+                      num_workers=num_workers)
+        if name == "celeba":
+            for key in ("box_scale", "cub_path", "birdsnap_path", "nabirds_path"):
+                if rgb_only[key] is not None:
+                    raise ValueError(f"dataset.{key}={rgb_only[key]!r} is a 'birds' setting; dataset.name='celeba' "
+                                     "reads dataset.local_path (a folder of aligned images) or tfds celeb_a.")
+            splits = image_data.load_celeba(local_path=local_path, crop=crop, **common)
+        else:
+            if local_path is not None or crop is not None:
+                raise ValueError(f"dataset.name='birds' takes its sources from dataset.cub_path, dataset.birdsnap_path "
+                                 f"and dataset.nabirds_path, and crops bounding boxes (dataset.box_scale); unset "
+                                 f"dataset.local_path ({local_path!r}) and dataset.crop ({crop!r}).")
+            splits = image_data.load_birds(cub_path=cub_path, birdsnap_path=birdsnap_path, nabirds_path=nabirds_path,
+                                           box_scale=box_scale, **common)
+        _logger.info("Loaded %r in %.2f s.", splits, time.perf_counter() - start)
+        return splits
+    given = sorted(key for key, value in rgb_only.items() if value is not None)
+    if given:
+        raise ValueError(f"{', '.join(f'dataset.{key}' for key in given)} only apply to the RGB datasets "
+                         f"{RGB_DATASET_NAMES}, not to dataset.name={name!r}; unset them.")
+    if validation_size is None:
+        validation_size = _DEFAULT_MNIST_VALIDATION_SIZE
     if name == "sprites":
         splits = _load_sprites(local_path, seed, num_sprites)
     elif name == "mnist":
@@ -488,48 +580,69 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
 
 
 def make_dataset(images: np.ndarray, *, batch_size: int, binarization: str, seed: int, training: bool,
-                 epoch: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
+                 epoch: int = 0, skip_batches: int = 0, flip: Optional[bool] = None) -> tf.data.Dataset:
     """Builds the input pipeline for one pass over `images`.
 
     Training (`training=True`): ONE epoch, shuffled with the permutation
     `np.random.default_rng([seed, epoch]).permutation(N)`, batched dropping the last partial batch,
     then `.skip(skip_batches)`. With 'dynamic' binarization batch i (absolute index within the epoch)
-    is binarized with a stateless seed derived from `(seed, epoch, i)`, so a run resumed with
-    `skip_batches=k` sees exactly batches k, k+1, ... of the uninterrupted epoch, pixels included.
+    is binarized with a stateless seed derived from `(seed, epoch, i)`; with `flip` each image of batch i
+    is mirrored left-right when `u < 0.5`, `u ~ U(0, 1)` from another stateless seed derived from
+    `(seed, epoch, i)`. So a run resumed with `skip_batches=k` sees exactly batches k, k+1, ... of the
+    uninterrupted epoch, pixels included.
 
-    Evaluation (`training=False`): every image once, in order, the last batch possibly smaller;
-    'dynamic' binarization uses a fixed seed derived from `(seed, batch index)`, so the evaluated
+    Evaluation (`training=False`): every image once, in order, the last batch possibly smaller, never
+    flipped; 'dynamic' binarization uses a fixed seed derived from `(seed, batch index)`, so the evaluated
     binary set is identical across calls.
 
-    'static' binarization passes the pixels through unchanged in both modes.
+    'static' and 'none' binarization pass the pixels through unchanged in both modes. With 'none' the
+    images may be uint8 in [0, 255] (e.g. the memory-mapped `ImageSplits` of 'celeba' / 'birds'): each
+    batch is gathered from the array in numpy (`tf.numpy_function`; the array is never copied into one
+    tensor) and divided by 255.
 
     Args:
-      images: float `[N, H, W, C]` intensities in [0, 1] (e.g. `ImageSplits.train`).
+      images: float `[N, H, W, C]` intensities in [0, 1], or with binarization 'none' also uint8
+        `[N, H, W, C]` in [0, 255] (e.g. `ImageSplits.train`, possibly an `np.memmap`).
       batch_size: B >= 1; for training also B <= N.
-      binarization: 'dynamic' or 'static' (`ImageSplits.binarization`).
+      binarization: 'dynamic', 'static' or 'none' (`ImageSplits.binarization`).
       seed: non-negative int.
       training: selects the training or evaluation pipeline.
       epoch: non-negative int; training only.
       skip_batches: batches of this epoch already consumed, in [0, N // B]; training only.
+      flip: random horizontal flips of training batches (p = 0.5 per image); pass `ImageSplits.flip`. None:
+        flip exactly when `binarization == 'none'` (the RGB datasets). Ignored in evaluation.
 
     Returns:
-      A prefetched `tf.data.Dataset` of float32 `[B, H, W, C]` batches (static batch dimension B when
-      training; evaluation batches have an unknown batch dimension, the last one holding N mod B).
+      A prefetched `tf.data.Dataset` of float32 `[B, H, W, C]` batches in [0, 1] (static batch dimension B
+      when training; evaluation batches have an unknown batch dimension, the last one holding N mod B).
     """
     _check_binarization(binarization)
     _check_batch_size(batch_size)
     _check_seed(seed, "seed")
     _check_seed(epoch, "epoch")
-    images = np.asarray(images)
+    if flip is None:
+        flip = binarization == "none"
+    if not isinstance(flip, (bool, np.bool_)):
+        raise ValueError(f"flip={flip!r} must be a bool or None.")
+    if not isinstance(images, np.ndarray):
+        images = np.asarray(images)
     if images.ndim < 2 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty [num_images, height, width, channels] array, got shape "
                          f"{images.shape}.")
-    if not np.issubdtype(images.dtype, np.floating):
+    passthrough = binarization == "none"
+    if passthrough and images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images have dtype {images.dtype}; binarization='none' takes uint8 in [0, 255] or float "
+                         "intensities in [0, 1].")
+    if not passthrough and not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"images have dtype {images.dtype}; expected float intensities in [0, 1] (use the arrays "
                          "of load_image_splits, or divide uint8 images by 255).")
     num_images = images.shape[0]
     dynamic = binarization == "dynamic"
-    pixels = tf.convert_to_tensor(images, dtype=tf.float32)
+    if passthrough:
+        pixels = None
+        gather_batch = _numpy_batch_gatherer(images)
+    else:
+        pixels = tf.convert_to_tensor(images, dtype=tf.float32)
 
     if training:
         steps = steps_per_epoch(num_images, batch_size)
@@ -541,11 +654,15 @@ def make_dataset(images: np.ndarray, *, batch_size: int, binarization: str, seed
         batch_indices = order[:steps * batch_size].reshape(steps, batch_size).astype(np.int64)
         epoch_key = tf.random.experimental.stateless_fold_in(
             tf.constant([seed, _TRAIN_NOISE_TAG], tf.int64), tf.constant(epoch, tf.int64))
+        flip_key = tf.random.experimental.stateless_fold_in(
+            tf.constant([seed, _FLIP_TAG], tf.int64), tf.constant(epoch, tf.int64))
 
         def make_batch(index, indices):
-            batch = tf.gather(pixels, indices)
+            batch = gather_batch(indices) if passthrough else tf.gather(pixels, indices)
             if dynamic:
                 batch = binarize(batch, tf.random.experimental.stateless_fold_in(epoch_key, index))
+            if flip:
+                batch = random_flip_left_right(batch, tf.random.experimental.stateless_fold_in(flip_key, index))
             return batch
 
         dataset = tf.data.Dataset.from_tensor_slices(batch_indices).enumerate().skip(int(skip_batches))
@@ -554,7 +671,8 @@ def make_dataset(images: np.ndarray, *, batch_size: int, binarization: str, seed
         eval_key = tf.constant([seed, _EVAL_NOISE_TAG], tf.int64)
 
         def make_batch(index, start):
-            batch = pixels[start:tf.minimum(start + batch_size, num_images)]
+            stop = tf.minimum(start + batch_size, num_images)
+            batch = gather_batch(tf.range(start, stop)) if passthrough else pixels[start:stop]
             if dynamic:
                 batch = binarize(batch, tf.random.experimental.stateless_fold_in(eval_key, index))
             return batch
@@ -563,6 +681,33 @@ def make_dataset(images: np.ndarray, *, batch_size: int, binarization: str, seed
         dataset = starts.enumerate()
     dataset = dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def random_flip_left_right(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Mirrors each image of `[B, H, W, C]` along W when `u < 0.5`, `u ~ U(0, 1)` stateless in `seed` (int `[2]`)."""
+    flips = tf.random.stateless_uniform(tf.shape(images)[:1], seed=seed, dtype=tf.float32) < 0.5
+    return tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
+def _numpy_batch_gatherer(images: np.ndarray):
+    """A graph function `indices [b] int64 -> float32 [b, H, W, C] in [0, 1]` reading `images[indices]` in numpy.
+
+    uint8 images are divided by 255; only the b gathered images are read (memory maps stay on disk).
+    """
+    is_uint8 = images.dtype == np.uint8
+    shape = images.shape[1:]
+
+    def gather(indices):
+        batch = np.asarray(images[np.asarray(indices, np.int64)], dtype=np.float32)
+        if is_uint8:
+            np.divide(batch, 255.0, out=batch)
+        return batch
+
+    def gather_batch(indices):
+        batch = tf.numpy_function(gather, [indices], tf.float32, stateful=False)
+        return tf.ensure_shape(batch, [indices.shape[0]] + list(shape))
+
+    return gather_batch
 
 
 def _check_batch_size(batch_size) -> None:

@@ -415,6 +415,10 @@ def evaluate(model_dir: str, checkpoint="latest", num_importance_samples: int = 
     # Scores are computed in float32 whatever precision the run trained in (its weights are float32; a
     # bfloat16 decoder shifts the NLL by ~0.1 nat, the size of Table 1's gaps). A binding can override it.
     run = train_lib.load_run(model_dir, checkpoint, [EVAL_PRECISION_BINDING] + list(gin_bindings))
+    if not isinstance(run.model, models.VAE):
+        raise ValueError(f"{model_dir} is a {type(run.model).__name__} run: the importance-sampled NLL needs the VAE "
+                         "family's Bernoulli likelihood; an adversarial model (MSE reconstruction + discriminator) "
+                         "defines no likelihood. Export its generator with python -m crvae_tf.export instead.")
     splits, images, role = select_split(run, split)
     num_in_split = int(images.shape[0])
     subset = None

@@ -89,8 +89,10 @@ def restore_or_initialize(model_dir, model, optimizers, max_to_keep=3) -> Checkp
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     best_score = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_validation_score")
+    layer_states = layer_rng_states(model)
     checkpoint = tf.train.Checkpoint(model=model, step=step, epoch=epoch, rng_state=model.seed_generator.state,
                                      best_validation_score=best_score,
+                                     **({"layer_rng_states": layer_states} if layer_states else {}),
                                      **{f"{name}_optimizer": opt for name, opt in optimizers.items()})
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINT_DIR),
                                          max_to_keep=max_to_keep, checkpoint_name="ckpt")
@@ -100,6 +102,14 @@ def restore_or_initialize(model_dir, model, optimizers, max_to_keep=3) -> Checkp
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("Restored %s (step %d)", manager.latest_checkpoint, int(step.numpy()))
     return Checkpoints(checkpoint, manager, best_manager, step, epoch, best_score)
+
+
+def layer_rng_states(model) -> list:
+    """State variables of the `keras.random.SeedGenerator`s owned by layers (e.g. the discriminator's dropout),
+    which TF checkpoints do not reach through the model (a SeedGenerator is not trackable). The model's own
+    training stream is checkpointed as `rng_state`; its evaluation stream is reset before every pass."""
+    own = {id(model.seed_generator.state), id(model.eval_seed_generator.state)}
+    return [v for v in model.variables if v.path.endswith("seed_generator_state") and id(v) not in own]
 
 
 class Run(NamedTuple):
@@ -170,6 +180,28 @@ def summary_tag(key: str) -> str:
         if key.startswith(prefix):
             return tag + key[len(prefix):]
     return key
+
+
+class CollapseMonitor:
+    """Counts consecutive steps whose discriminator batch accuracy is exactly 0 or exactly 1.
+
+    `update(accuracy)` returns True once `patience` consecutive steps were pinned (None or 0: never).
+    """
+
+    def __init__(self, patience):
+        self.patience = int(patience) if patience else 0
+        self.pinned = 0
+        self.value = None
+
+    def update(self, accuracy: float) -> bool:
+        self.pinned = self.pinned + 1 if accuracy in (0.0, 1.0) else 0
+        self.value = accuracy
+        return bool(self.patience) and self.pinned >= self.patience
+
+    def describe(self, step: int) -> str:
+        verdict = "wins" if self.value == 1.0 else "loses"
+        return (f"The discriminator's batch accuracy has been {self.value:.0f} for {self.pinned} consecutive steps "
+                f"(step {step}): it {verdict} outright and the generator gets no useful signal.")
 
 
 def _npy_bytes(array) -> bytes:
@@ -286,14 +318,21 @@ def train(model_dir: str,
                 tf.summary.image(kind, grid[None], step=step)
         train_writer.flush()
 
+    # Noise streams of layers that draw in evaluation too (the discriminator's Torch spatial dropout keeps
+    # dropping at inference): validation must not advance them, or a resumed run would diverge.
+    seed_states = layer_rng_states(model)
+
     def validate(step):
         model.reset_metrics()
         model.reset_evaluation_rng()
+        saved_states = [v.numpy() for v in seed_states]
         logs = {}
         for batch in data_lib.make_dataset(validation_images, batch_size=batch_size,
                                            binarization=splits.binarization, seed=seed, training=False):
             logs = test_step(batch)
         logs = {k: float(v) for k, v in logs.items()}
+        for variable, state in zip(seed_states, saved_states):
+            variable.assign(state)
         model.reset_metrics()
         log_scalars(validation_writer, logs, step)
         if sign * logs[selection_metric] > float(checkpoints.best_score.numpy()):
@@ -323,7 +362,7 @@ def train(model_dir: str,
                                   stateful_metrics=[m.name for m in model.metrics]) if progress_bar else None
     train_logs, validation_logs = {}, {}
     start_time, start_step = time.time(), step
-    pinned_steps = 0        # consecutive steps with the discriminator's batch accuracy at exactly 0 or 1
+    collapse_monitor = CollapseMonitor(discriminator_collapse_steps)
 
     def save_batch(batch, what):
         path = os.path.join(model_dir, f"{what}_batch-{step:08d}.npy")
@@ -333,7 +372,7 @@ def train(model_dir: str,
     while step < max_steps:
         epoch, skip = divmod(step, steps_per_epoch)
         dataset = data_lib.make_dataset(splits.train, batch_size=batch_size, binarization=splits.binarization,
-                                        seed=seed, training=True, epoch=epoch, skip_batches=skip)
+                                        seed=seed, training=True, epoch=epoch, skip_batches=skip, flip=splits.flip)
         for batch in dataset:
             logs = train_step(batch)
             step += 1
@@ -347,18 +386,14 @@ def train(model_dir: str,
                     f"The training loss became non-finite at step {step} ({nonfinite}). The last good checkpoint "
                     f"({manager.latest_checkpoint}) was kept and the offending batch saved to {bad}. "
                     "Lower optimizer.learning_rate or set optimizer.group_gradient_clip.")
-            if "discriminator_batch_accuracy" in logs and discriminator_collapse_steps:
-                accuracy = float(logs["discriminator_batch_accuracy"])
-                pinned_steps = pinned_steps + 1 if accuracy in (0.0, 1.0) else 0
-                if pinned_steps >= discriminator_collapse_steps:
-                    bad = save_batch(batch, "collapse")
-                    raise DiscriminatorCollapseError(
-                        f"The discriminator's batch accuracy has been {accuracy:.0f} for {pinned_steps} consecutive "
-                        f"steps (step {step}): it {'wins' if accuracy else 'loses'} outright and the generator gets "
-                        f"no useful signal. The last good checkpoint ({manager.latest_checkpoint}) was kept and the "
-                        f"last batch saved to {bad}. Adjust model.adversarial_weight, "
-                        "model.discriminator_accuracy_threshold or the discriminator learning rate "
-                        "(optimizer.group_learning_rate_scale), or raise train.discriminator_collapse_steps.")
+            if "discriminator_batch_accuracy" in logs and collapse_monitor.update(
+                    float(logs["discriminator_batch_accuracy"])):
+                bad = save_batch(batch, "collapse")
+                raise DiscriminatorCollapseError(
+                    f"{collapse_monitor.describe(step)} The last good checkpoint ({manager.latest_checkpoint}) was kept "
+                    f"and the last batch saved to {bad}. Adjust model.adversarial_weight, "
+                    "model.discriminator_accuracy_threshold or the discriminator learning rate "
+                    "(optimizer.group_learning_rate_scale), or raise train.discriminator_collapse_steps.")
             if progbar is not None:
                 progbar.update(step, [(k, float(v)) for k, v in logs.items() if k in PROGRESS_KEYS])
             if step % log_every_steps == 0 or step % validation_every_steps == 0 or step == max_steps:

@@ -8,7 +8,8 @@ import testing_utils
 
 PACKAGE = os.path.join(testing_utils.REPO, "crvae_tf")
 # Modules that must be importable in a notebook or a serving job without gin or absl flags.
-GIN_FREE = ("layers", "networks", "models", "bounds", "distributions", "data", "artifacts", "empirical_prior")
+GIN_FREE = ("layers", "networks", "models", "adversarial", "bounds", "distributions", "data", "image_data", "artifacts",
+            "empirical_prior")
 # Binaries: the only modules that may define absl flags.
 BINARIES = ("train", "bench", "evaluate", "export", "explore")
 

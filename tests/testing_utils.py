@@ -36,6 +36,15 @@ TINY_BINDINGS = [
 ]
 
 
+# The adversarial recipes' discriminator, shrunk (on top of TINY_BINDINGS and tiny_head_bindings).
+TINY_ADVERSARIAL_BINDINGS = [
+    "discriminator.widths = [4, 8, 8, 8]",
+    "discriminator.units = 16",
+    "discriminator.num_kernels = 6",
+    "discriminator.kernel_dim = 3",
+]
+
+
 def tiny_head_bindings(kind):
     if kind == "fc":
         return ["latent_head.latent_dim = 16"]
@@ -78,3 +87,90 @@ def write_fake_binarized_mnist(path, num_train=30, num_valid=10, num_test=21, se
     bits = {"train": train[:num_train], "valid": train[num_train:], "test": test}
     np.savez(path, **{key: np.packbits(value, axis=1) for key, value in bits.items()})
     return bits
+
+
+# ---------------------------------------------------------------- fake RGB image folders (CelebA, CUB-style)
+
+# The marker of the fake faces: a square in the face window at these fractions of the window
+# (top, left, height, width); its centre lands at ((0.25 + 0.05) R, (0.6 + 0.05) R) of the R x R output.
+FACE_MARK = (0.25, 0.6, 0.1, 0.1)
+
+
+def write_image(path, pixels, fmt="jpeg"):
+    pixels = tf.constant(pixels, tf.uint8)
+    if fmt == "png":
+        payload = tf.io.encode_png(pixels)
+    else:
+        payload = tf.io.encode_jpeg(pixels, quality=100, chroma_downsampling=False)
+    with open(path, "wb") as f:
+        f.write(payload.numpy())
+
+
+def fake_face(height, width, tag):
+    """uint8 [height, width, 3]: green = 255 inside the scaled face window (+1 px), 0 outside; a red marker at
+    `FACE_MARK` of the window; red also carries a horizontal ramp (no image is blank); blue = `tag` (identity)."""
+    scale_y, scale_x = height / 218.0, width / 178.0
+    top, left, size = 40 * scale_y, 15 * scale_x, (148 * scale_y, 148 * scale_x)
+    image = np.zeros((height, width, 3), np.uint8)
+    image[..., 0] = np.linspace(0, 60, width, dtype=np.uint8)[None, :]
+    rows = slice(int(np.floor(top)) - 1, int(np.ceil(top + size[0])) + 1)
+    cols = slice(int(np.floor(left)) - 1, int(np.ceil(left + size[1])) + 1)
+    image[rows, cols, 1] = 255
+    mark_rows = slice(int(round(top + FACE_MARK[0] * size[0])), int(round(top + (FACE_MARK[0] + FACE_MARK[2]) * size[0])))
+    mark_cols = slice(int(round(left + FACE_MARK[1] * size[1])), int(round(left + (FACE_MARK[1] + FACE_MARK[3]) * size[1])))
+    image[mark_rows, mark_cols, 0] = 255
+    image[..., 2] = tag
+    return image
+
+
+def write_faces(folder, height, width, ids, fmt="jpeg"):
+    os.makedirs(folder, exist_ok=True)
+    for image_id in ids:
+        ext = "png" if fmt == "png" else "jpg"
+        write_image(os.path.join(folder, f"{image_id:06d}.{ext}"), fake_face(height, width, image_id % 250),
+                     fmt)
+    return folder
+
+
+def write_cub_style(root, entries, ids_are_uuids=False):
+    """entries: (relative path, image or None (listed but absent), (x, y, w, h), is_train)."""
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    with open(os.path.join(root, "images.txt"), "w") as images, \
+            open(os.path.join(root, "bounding_boxes.txt"), "w") as boxes, \
+            open(os.path.join(root, "train_test_split.txt"), "w") as split:
+        for number, (relative, pixels, box, is_train) in enumerate(entries, 1):
+            image_id = f"{number:08x}-0000-4000-8000-{number:012x}" if ids_are_uuids else str(number)
+            images.write(f"{image_id} {relative}\n")
+            boxes.write(f"{image_id} {' '.join(str(v) for v in box)}\n")
+            split.write(f"{image_id} {int(is_train)}\n")
+            if pixels is not None:
+                os.makedirs(os.path.dirname(os.path.join(root, "images", relative)), exist_ok=True)
+                write_image(os.path.join(root, "images", relative), pixels, "png")
+    return root
+
+
+def fake_bird(height, width, box, tag):
+    """uint8 [height, width, 3]: green = 255 inside the (x, y, w, h) box and a vertical ramp in [0, 100] outside,
+    red a horizontal ramp, blue = tag."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[..., 0] = np.linspace(0, 90, width, dtype=np.uint8)[None, :]
+    image[..., 1] = np.linspace(0, 100, height, dtype=np.uint8)[:, None]
+    x, y, w, h = (int(v) for v in box)
+    image[y:y + h, x:x + w, 1] = 255
+    image[..., 2] = tag
+    return image
+
+
+def write_fake_cub(root, num_images, seed=0):
+    """A CUB_200_2011-style folder of `num_images` synthetic birds (boxes in bounding_boxes.txt), 3 in 4 for
+    training; returns `root`."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for index in range(num_images):
+        height, width = rng.integers(60, 100, 2)
+        w, h = rng.integers(20, int(min(height, width)) - 10, 2)
+        x, y = rng.integers(0, width - w), rng.integers(0, height - h)
+        box = (int(x), int(y), int(w), int(h))
+        entries.append((f"{index % 3:03d}.Bird/bird_{index:04d}.png", fake_bird(int(height), int(width), box, index),
+                        box, index % 4 != 0))
+    return write_cub_style(root, entries)

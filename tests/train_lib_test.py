@@ -22,7 +22,8 @@ from crvae_tf import train_lib
 import testing_utils
 
 RECIPES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(testing_utils.GIN_DIR, "*.gin")))
-KIND = {"mnist_vae.gin": "fc", "mnist_cvae.gin": "conv", "mnist_bcvae.gin": "block_fc"}
+KIND = {"mnist_vae.gin": "fc", "mnist_cvae.gin": "conv", "mnist_bcvae.gin": "block_fc", "celeba64_vaegan.gin": "fc",
+        "celeba128_vaegan.gin": "fc", "birds128_vaegan.gin": "fc"}
 # Recipe-specific overrides that keep the smoke run tiny.
 TINY_OVERRIDES = {"mnist_crvae_iwae40.gin": ["model.num_importance_samples = 3"]}
 
@@ -35,13 +36,26 @@ class RecipesTest(testing_utils.GinTestCase):
 
     def setUp(self):
         super().setUp()
-        self.mnist = testing_utils.write_fake_mnist(os.path.join(self.get_temp_dir(), "mnist.npz"))
+        root = self.get_temp_dir()
+        self.mnist = testing_utils.write_fake_mnist(os.path.join(root, "mnist.npz"))
+        self.faces = os.path.join(root, "faces")
+        if not os.path.isdir(self.faces):
+            testing_utils.write_faces(self.faces, 109, 89, range(1, 25))
+        self.cub = os.path.join(root, "CUB_200_2011")
+        if not os.path.isdir(self.cub):
+            testing_utils.write_fake_cub(self.cub, 24)
+        self.cache = os.path.join(root, "cache")
 
     def _bindings(self, recipe, max_steps=2):
         bindings = testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings(_kind(recipe)) + [
             f"train.max_steps = {max_steps}"]
         if recipe.startswith("mnist"):
             bindings += [f"dataset.local_path = '{self.mnist}'", "dataset.validation_size = 40"]
+        elif recipe.startswith(("celeba", "birds")):
+            bindings += testing_utils.TINY_ADVERSARIAL_BINDINGS + [
+                f"dataset.cache_dir = '{self.cache}'", "dataset.validation_size = 4"]
+            bindings.append(f"dataset.local_path = '{self.faces}'" if recipe.startswith("celeba")
+                            else f"dataset.cub_path = '{self.cub}'")
         return bindings + TINY_OVERRIDES.get(recipe, [])
 
     def test_every_recipe_is_listed(self):

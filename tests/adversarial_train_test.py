@@ -1,0 +1,129 @@
+"""Training runs of the adversarial recipes at tiny widths: mock tfds CelebA, a generated face folder, TensorBoard
+contents, a known-good short run, resume, and the collapse / evaluation guards."""
+
+import glob
+import os
+
+import gin
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from crvae_tf import eval_lib
+from crvae_tf import train_lib
+
+import testing_utils
+
+CELEBA64 = os.path.join(testing_utils.GIN_DIR, "celeba64.gin")
+
+
+def scalars(event_dir):
+    """tag -> {step: value} of every scalar in a TensorBoard event folder."""
+    values = {}
+    for path in sorted(glob.glob(os.path.join(event_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    values.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def tags(event_dir):
+    found = set()
+    for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            found.update(value.tag for value in event.summary.value)
+    return found
+
+
+class AdversarialTrainingTest(testing_utils.GinTestCase):
+
+    def setUp(self):
+        super().setUp()
+        root = self.get_temp_dir()
+        self.faces = os.path.join(root, "faces")
+        if not os.path.isdir(self.faces):
+            testing_utils.write_faces(self.faces, 109, 89, range(1, 41))
+        self.cache = os.path.join(root, "cache")
+
+    def train(self, model_dir, max_steps, extra=(), recipe=CELEBA64, kind="channel_recurrent", local=True):
+        bindings = (testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings(kind)
+                    + testing_utils.TINY_ADVERSARIAL_BINDINGS
+                    + [f"train.max_steps = {max_steps}", f"dataset.cache_dir = '{self.cache}'",
+                       "dataset.validation_size = 8", "train.image_every_steps = 1000"])
+        if local:
+            bindings.append(f"dataset.local_path = '{self.faces}'")
+        train_lib.parse_gin([recipe], bindings + list(extra))
+        try:
+            return train_lib.train(model_dir)
+        finally:
+            gin.clear_config()
+
+    def test_mock_tfds_celeb_a_trains(self):
+        model_dir = os.path.join(self.get_temp_dir(), "mock")
+        with tfds.testing.mock_data(num_examples=24):
+            result = self.train(model_dir, 2, local=False)
+        self.assertEqual(result["step"], 2)
+        self.assertTrue(np.isfinite(result["train"]["loss"]))
+
+    def test_known_good_short_run(self):
+        """A short crVAE-GAN run (MI term on) on generated faces: reconstruction falls, the discriminator neither
+        wins nor loses outright, and TensorBoard has every adversarial scalar and the image grids."""
+        model_dir = os.path.join(self.get_temp_dir(), "good")
+        result = self.train(model_dir, 24, extra=["model.mutual_information_weight = 0.02",
+                                                  "optimizer.learning_rate = 1e-3",
+                                                  "train.image_every_steps = 24"])
+        self.assertEqual(result["step"], 24)
+        train = scalars(os.path.join(model_dir, "tb", "train"))
+        accuracy = np.mean(list(train["discriminator/accuracy"].values()))
+        self.assertBetween(accuracy, 0.05, 0.95)
+        reconstruction = [train["reconstruction"][s] for s in sorted(train["reconstruction"])]
+        self.assertLess(np.mean(reconstruction[-4:]), np.mean(reconstruction[:4]))
+        for tag in ("discriminator/loss_real", "discriminator/loss_reconstruction", "discriminator/loss_prior",
+                    "discriminator/accuracy", "discriminator/accuracy_real", "discriminator/skip_rate",
+                    "generator/adversarial", "kl/step_1", "kl/step_8", "reconstruction", "mutual_information",
+                    "learning_rate/discriminator", "learning_rate/q_head"):
+            self.assertIn(tag, train, msg=tag)
+        self.assertTrue({"inputs", "reconstructions", "prior_samples"} <= tags(os.path.join(model_dir, "tb", "train")))
+        validation = scalars(os.path.join(model_dir, "tb", "validation"))
+        self.assertIn("discriminator/accuracy_prior", validation)
+        self.assertTrue(os.path.isfile(os.path.join(model_dir, "checkpoints", "best", "best.json")))
+        pngs = glob.glob(os.path.join(model_dir, "images", "prior_samples-*.png"))
+        self.assertLen(pngs, 2)           # step 0 and step 24
+
+    def test_resume_matches_a_straight_run(self):
+        straight = os.path.join(self.get_temp_dir(), "straight")
+        resumed = os.path.join(self.get_temp_dir(), "resumed")
+        self.train(straight, 4, kind="fc", recipe=os.path.join(testing_utils.GIN_DIR, "celeba64_vaegan.gin"))
+        self.train(resumed, 2, kind="fc", recipe=os.path.join(testing_utils.GIN_DIR, "celeba64_vaegan.gin"))
+        self.train(resumed, 4, kind="fc", recipe=os.path.join(testing_utils.GIN_DIR, "celeba64_vaegan.gin"))
+        first = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(straight, "checkpoints")))
+        second = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(resumed, "checkpoints")))
+        names = [name for name in first.get_variable_to_shape_map() if "model/" in name or "optimizer" in name]
+        self.assertGreater(len(names), 20)
+        for name in names:
+            self.assertAllClose(first.get_tensor(name), second.get_tensor(name), atol=1e-6, msg=name)
+
+    def test_evaluate_rejects_an_adversarial_run(self):
+        model_dir = os.path.join(self.get_temp_dir(), "eval")
+        self.train(model_dir, 1, kind="fc", recipe=os.path.join(testing_utils.GIN_DIR, "celeba64_vaegan.gin"))
+        with self.assertRaisesRegex(ValueError, "defines no likelihood"):
+            eval_lib.evaluate(model_dir, num_importance_samples=2)
+
+
+class CollapseMonitorTest(tf.test.TestCase):
+
+    def test_stops_after_patience_pinned_steps_only(self):
+        monitor = train_lib.CollapseMonitor(3)
+        self.assertEqual([monitor.update(a) for a in (1.0, 1.0, 0.75, 1.0, 1.0)], [False] * 5)
+        self.assertTrue(monitor.update(1.0))
+        self.assertIn("wins outright", monitor.describe(10))
+        losing = train_lib.CollapseMonitor(2)
+        self.assertEqual([losing.update(a) for a in (0.0, 0.0)], [False, True])
+        self.assertIn("loses outright", losing.describe(2))
+        disabled = train_lib.CollapseMonitor(None)
+        self.assertFalse(any(disabled.update(1.0) for _ in range(10)))
+
+
+if __name__ == "__main__":
+    tf.test.main()
