@@ -27,6 +27,25 @@ PINNED = {
 }
 
 
+# Adversarial recipes (paper presets: no Q head; the code presets' kappa = 0.02 adds a 1,202,560-parameter Q head).
+_CRVAE_GAN_64 = {"encoder": 2699936, "latent_head": 7742720, "decoder": 2549635, "discriminator_trunk": 1619328,
+                 "discriminator": 4708953, "q_head": 0, "total": 19320572}
+_CRVAE_GAN_128 = {"encoder": 2751232, "latent_head": 7742720, "decoder": 2553891, "discriminator_trunk": 1721792,
+                  "discriminator": 4708953, "q_head": 0, "total": 19478588}
+_VAE_GAN_64 = {"encoder": 10942048, "latent_head": 0, "decoder": 6598787, "discriminator_trunk": 553792,
+               "discriminator": 4708953, "q_head": 0, "total": 22803580}
+_VAE_GAN_128 = {"encoder": 10993344, "latent_head": 0, "decoder": 6603043, "discriminator_trunk": 579424,
+                "discriminator": 4708953, "q_head": 0, "total": 22884764}
+PINNED_ADVERSARIAL = {
+    "celeba64": (64, layers.ChannelRecurrentHead, _CRVAE_GAN_64),
+    "celeba64_vaegan": (64, layers.FCHead, _VAE_GAN_64),
+    "celeba128": (128, layers.ChannelRecurrentHead, _CRVAE_GAN_128),
+    "celeba128_vaegan": (128, layers.FCHead, _VAE_GAN_128),
+    "birds128": (128, layers.ChannelRecurrentHead, _CRVAE_GAN_128),
+    "birds128_vaegan": (128, layers.FCHead, _VAE_GAN_128),
+}
+
+
 def parse(recipe, bindings=()):
     gin.clear_config()
     train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, f"{recipe}.gin")], list(bindings), finalize=False)
@@ -45,6 +64,40 @@ class BuildersTest(testing_utils.GinTestCase):
                 self.assertEqual(model.kl_weight, 0.784)
                 out = model.decode(keras.ops.zeros((2, 1024)))
                 self.assertEqual(tuple(out.shape), (2, 28, 28, 1))
+
+    def test_adversarial_recipes_build_the_pinned_models(self):
+        for recipe, (resolution, head_cls, counts) in PINNED_ADVERSARIAL.items():
+            with self.subTest(recipe=recipe):
+                parse(recipe)
+                model = builders.build_model(image_shape=(resolution, resolution, 3), seed=0)
+                self.assertIsInstance(model.latent_head, head_cls)
+                self.assertEqual(models.parameter_counts(model), counts)
+        parse("celeba64", ["model.mutual_information_weight = 0.02"])
+        model = builders.build_model(image_shape=(64, 64, 3), seed=0)
+        self.assertEqual(models.parameter_counts(model)["q_head"], 1202560)
+
+    def test_adversarial_optimizers_follow_the_code(self):
+        parse("celeba64", testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("channel_recurrent")
+              + testing_utils.TINY_ADVERSARIAL_BINDINGS + ["model.mutual_information_weight = 0.02"])
+        model = builders.build_model(image_shape=(64, 64, 3), seed=0)
+        optimizers, clips = builders.build_optimizers(model, steps_per_epoch=100)
+        self.assertEqual(sorted(optimizers), sorted(builders.adversarial.GROUPS))
+        self.assertEqual(clips, {"latent_head": 5.0})
+        rates = {name: builders.current_learning_rate(opt) for name, opt in optimizers.items()}
+        self.assertAllClose(rates["encoder"], 3e-3)
+        self.assertAllClose(rates["latent_head"], 3e-3 / 8)         # LR / T
+        self.assertAllClose(rates["discriminator_trunk"], 3e-3 / 2)  # LR / 2
+        self.assertAllClose(rates["discriminator"], 3e-3 / 50)      # adam_gan warm-up, first 10 steps
+
+    def test_adversarial_arguments_need_the_adversarial_family(self):
+        parse("mnist_vae", ["model.adversarial_weight = 0.1"])
+        with self.assertRaisesRegex(ValueError, "apply to model.family='vae_gan' only"):
+            builders.build_model(image_shape=(28, 28, 1))
+        parse("celeba64")
+        with self.assertRaisesRegex(ValueError, "RGB images"):
+            builders.build_model(image_shape=(28, 28, 1))
+        with self.assertRaisesRegex(ValueError, "No network for images of shape"):
+            builders.build_model(image_shape=(96, 96, 3))
 
     def test_ablation_switches(self):
         parse("mnist_crvae_inference")
