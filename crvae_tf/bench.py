@@ -25,6 +25,19 @@ not masked by an earlier, larger run:
 Timing rule (the twin's `nll`): one untimed warm-up chunk (tracing), then the whole estimate is timed;
 `samples_per_s = images * K / seconds`. `peak_rss_growth_mb` is the high-water mark's growth from after the
 model build to the end, i.e. what the estimator itself needs: it should not grow with K.
+
+Serving mode (`--serving`): request latency of the exported `serving_default` (the SavedModel of
+`python -m crvae_tf.export`, written to a temporary folder and loaded back with `tf.saved_model.load`, i.e. the
+graph TF Serving runs, without the server's RPC layer) against Keras `Model.predict` on the same weights (a
+`keras.Model` whose `call(z)` is `generate(z)`), at each of `--serving_batch_sizes`:
+
+    python -m crvae_tf.bench --serving                               # crvae, batch 1 and 64
+    python -m crvae_tf.bench --serving --models=vae,crvae --serving_iterations=300
+
+Timing rule: `--warmup` untimed calls of each path, then `--serving_iterations` timed calls of each, interleaved
+(exported, Keras, exported, ...) so both see the same machine load; each call starts from a numpy z and ends
+with numpy images. Prints p50 and p99 in milliseconds and `ratio_p50` = exported / Keras (the issue's target:
+at most 0.5). Recipe weights are freshly initialised (latency does not depend on their values).
 """
 
 import json
@@ -66,6 +79,10 @@ NLL_BATCH = flags.DEFINE_integer("nll_batch_size", eval_lib.DEFAULT_BATCH_SIZE,
                                  "--nll: images per encoder pass (as evaluate; capped at --nll_images).")
 NLL_CHUNK = flags.DEFINE_integer("nll_chunk_size", None, "--nll: samples per decoder pass (default: evaluate's, "
                                  f"about {eval_lib.TARGET_DECODER_ROWS} decoder rows per pass).")
+SERVING = flags.DEFINE_boolean("serving", False, "Time the exported serving_default against Keras predict "
+                               "(p50/p99 latency) instead of training; --models then defaults to crvae.")
+SERVING_BATCHES = flags.DEFINE_list("serving_batch_sizes", ["1", "64"], "--serving: batch sizes (rows of z).")
+SERVING_ITERATIONS = flags.DEFINE_integer("serving_iterations", 200, "--serving: timed calls per path and batch.")
 NLL_SUBPROCESS = flags.DEFINE_boolean("nll_subprocess", True, "--nll: run each (model, K) in a fresh process "
                                       "(false: in this one; what each subprocess does).")
 
@@ -200,11 +217,91 @@ def _nll_main(models):
             print(lines[-1], flush=True)
 
 
+class _GeneratorModel(keras.Model):
+    """`call(z) = model.generate(z)`: the Keras side of the serving benchmark (`predict` runs its predict_function)."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.generator = model
+
+    def call(self, z):
+        return self.generator.generate(z)
+
+
+def _percentile_ms(times, q):
+    return round(float(np.percentile(np.asarray(times) * 1000.0, q)), 3)
+
+
+def bench_serving(name, batch_sizes, iterations, warmup, gin_dir, bindings):
+    """p50/p99 latency of the exported serving_default vs Keras predict for one recipe; one dict per batch size."""
+    import shutil
+    import tempfile
+    from crvae_tf import export_lib   # imported here: only this mode needs it
+    gin.clear_config()
+    train_lib.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
+    keras.utils.set_random_seed(0)
+    model = builders.build_model(image_shape=(28, 28, 1), seed=0)
+    folder = tempfile.mkdtemp(prefix="bench_serving-")
+    try:
+        start = time.perf_counter()
+        export = export_lib.export_model(model, folder, 0)
+        export_s = time.perf_counter() - start
+        serving_default = tf.saved_model.load(export.path).signatures["serving_default"]
+        keras_model = _GeneratorModel(model, name="generator")
+        results = []
+        for batch_size in batch_sizes:
+            z = np.random.default_rng(batch_size).standard_normal((batch_size, model.latent_dim)).astype(np.float32)
+            exported = lambda: serving_default(z=tf.constant(z))["images"].numpy()  # noqa: E731
+            predict = lambda: keras_model.predict(z, batch_size=batch_size, verbose=0)  # noqa: E731
+            np.testing.assert_allclose(exported(), predict(), atol=1e-5)   # the same function of z
+            for _ in range(warmup):
+                exported(), predict()
+            times = {"exported": [], "keras": []}
+            for _ in range(iterations):
+                for key, call in (("exported", exported), ("keras", predict)):
+                    start = time.perf_counter()
+                    call()
+                    times[key].append(time.perf_counter() - start)
+            row = {"model": name, "mode": "serving", "batch_size": batch_size}
+            for key in ("exported", "keras"):
+                row[f"{key}_p50_ms"] = _percentile_ms(times[key], 50)
+                row[f"{key}_p99_ms"] = _percentile_ms(times[key], 99)
+            row["ratio_p50"] = round(row["exported_p50_ms"] / row["keras_p50_ms"], 3)
+            row["ratio_p99"] = round(row["exported_p99_ms"] / row["keras_p99_ms"], 3)
+            row["target_met"] = row["ratio_p50"] <= 0.5
+            row.update({"iterations": iterations, "export_s": round(export_s, 2),
+                        "latent_dim": int(model.latent_dim), "precision": model.dtype_policy.name,
+                        "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+                        "threads": os.cpu_count(), "tf": tf.__version__, "keras": keras.__version__})
+            results.append(row)
+        return results
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _serving_main(models):
+    try:
+        batch_sizes = [int(b) for b in SERVING_BATCHES.value]
+    except ValueError:
+        raise app.UsageError(f"--serving_batch_sizes={','.join(SERVING_BATCHES.value)} must be integers.") from None
+    if not batch_sizes or min(batch_sizes) < 1 or SERVING_ITERATIONS.value < 1 or WARMUP.value < 0:
+        raise app.UsageError("--serving_batch_sizes and --serving_iterations must be positive, --warmup >= 0.")
+    for name in models:
+        for row in bench_serving(name, batch_sizes, SERVING_ITERATIONS.value, WARMUP.value, GIN_DIR.value,
+                                 GIN_BINDINGS.value):
+            print(json.dumps(row), flush=True)
+
+
 def main(argv):
     del argv
     unknown = sorted(set(MODELS.value) - set(VARIANTS))
     if unknown:
         raise app.UsageError(f"--models has unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if NLL.value and SERVING.value:
+        raise app.UsageError("--nll and --serving are separate modes; pass one.")
+    if SERVING.value:
+        _serving_main(MODELS.value if flags.FLAGS["models"].present else ["crvae"])
+        return
     if NLL.value:
         _nll_main(MODELS.value if flags.FLAGS["models"].present else ["crvae"])
         return

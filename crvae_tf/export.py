@@ -1,0 +1,71 @@
+r"""Exports a trained run as a TF Serving SavedModel: EXPORT_DIR/<training step>/, written atomically.
+
+    python -m crvae_tf.export --model_dir=runs/quickstart --export_dir=/srv/models/crvae
+    python -m crvae_tf.export --model_dir=runs/mnist_crvae --export_dir=/srv/models/crvae --checkpoint=best \
+        --gin_bindings="dataset.local_path='../shared/data/mnist/mnist.npz'"
+
+The model is rebuilt from the run's operative config (+ --gin_bindings), the checkpoint restored, and the four
+signatures `serving_default` (z -> images), `sample` (num, seed -> images, z), `encode` (images -> loc, scale) and
+`reconstruct` (images -> images) written with metadata (training step, latent shape, pixel ranges, operative
+config). The contract, the docker command and request examples are in export/README.md; the library is
+`crvae_tf.export_lib`. The last line of stdout is one line of JSON: path, version, signatures.
+"""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from crvae_tf import data as data_lib  # noqa: E402
+from crvae_tf import export_lib  # noqa: E402
+
+# --model_dir, --gin_bindings and --checkpoint mean the same as in crvae_tf.train / crvae_tf.evaluate;
+# allow_override lets the binaries be imported into one process (the tests), whichever comes first.
+MODEL_DIR = flags.DEFINE_string("model_dir", None, "The training run's directory.", allow_override=True)
+BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings applied after the run's config, e.g. "
+                                     "\"dataset.local_path='/path/mnist.npz'\" when the run's data moved.",
+                                     allow_override=True)
+CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' (best validation IWAE) or a step number.",
+                                 allow_override=True)
+EXPORT_DIR = flags.DEFINE_string("export_dir", None, "TF Serving's base path for this model: the export is written "
+                                 "to EXPORT_DIR/<training step>/.")
+OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace an existing EXPORT_DIR/<step> (atomic swap).")
+
+
+def _checkpoint_value(text: str):
+    if text in ("latest", "best"):
+        return text
+    try:
+        step = int(text)
+    except ValueError:
+        step = -1
+    if step < 0:
+        raise app.UsageError(f"--checkpoint={text!r} must be 'latest', 'best' or a step number (a non-negative int).")
+    return step
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass everything as --flags (see --helpfull).")
+    if not MODEL_DIR.value:
+        raise app.UsageError("--model_dir is required: the training run to export.")
+    if not EXPORT_DIR.value:
+        raise app.UsageError("--export_dir is required: TF Serving's base path for this model (versions go below it).")
+    if not os.path.isdir(MODEL_DIR.value):
+        raise app.UsageError(f"--model_dir={MODEL_DIR.value} is not a directory (paths are relative to {os.getcwd()}).")
+    checkpoint = _checkpoint_value(CHECKPOINT.value)
+    try:
+        result = export_lib.export_run(MODEL_DIR.value, EXPORT_DIR.value, checkpoint=checkpoint,
+                                       gin_bindings=list(BINDINGS.value), overwrite=OVERWRITE.value)
+    except (FileNotFoundError, FileExistsError, data_lib.DataUnavailableError) as error:
+        raise app.UsageError(str(error)) from error
+    print(json.dumps({"path": result.path, "version": result.version, "signatures": list(export_lib.SIGNATURES),
+                      "latent_shape": result.metadata["latent_shape"],
+                      "image_shape": result.metadata["image_shape"]}), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
