@@ -34,7 +34,7 @@ import testing_utils
 
 FAMILIES = {"vae": ("mnist_vae.gin", "fc"), "cvae": ("mnist_cvae.gin", "conv"),
             "bcvae": ("mnist_bcvae.gin", "block_fc"), "crvae": ("mnist_crvae.gin", "channel_recurrent")}
-SIGNED = "signed_crvae"   # the crVAE behind a [-1, 1]-input interface (the adversarial family's pixel range)
+SIGNED = "crvae_gan"   # the adversarial family: a tiny crVAE-GAN on fake faces, pixels in [-1, 1] inside
 STEP = 1
 SAMPLE_NUM, SAMPLE_SEED = 5, 123
 CLIENT_PATH = os.path.join(testing_utils.REPO, "export", "client.py")
@@ -90,31 +90,6 @@ for name, path in sorted(spec["exports"].items()):
 out["modules"] = np.array(sorted(m for m in sys.modules if m.split(".")[0] in ("crvae_tf", "keras") and sys.modules[m]))
 np.savez(spec["out"], **out)
 """
-
-
-class SignedRangeModel:
-    """Stand-in for the adversarial family: `encode` takes images in [-1, 1]; everything else is the wrapped VAE.
-
-    Duck-typed (no crvae_tf base class), like any model the exporter must take.
-    """
-
-    input_range = (-1.0, 1.0)
-
-    def __init__(self, vae):
-        self._vae = vae
-        self.name = "signed_range_vae"
-        self.image_shape = vae.image_shape
-        self.latent_dim = vae.latent_dim
-
-    @property
-    def variables(self):
-        return self._vae.variables
-
-    def encode(self, images, training=False):
-        return self._vae.encode((images + 1.0) / 2.0, training=training)
-
-    def generate(self, z):
-        return self._vae.generate(z)
 
 
 def load_client():
@@ -213,9 +188,20 @@ class ExportTest(testing_utils.GinTestCase):
             with open(os.path.join(model_dir, "operative_config.gin")) as f:
                 cls.operative[name] = f.read()
         gin.clear_config()
-        cls.models[SIGNED] = SignedRangeModel(cls.models["crvae"])
-        cls.exports[SIGNED] = export_lib.export_model(cls.models[SIGNED], os.path.join(cls.tmp, "exports", SIGNED),
-                                                      STEP, operative_config=cls.operative["crvae"])
+        # The adversarial family through the same export_run: a crVAE-GAN (with its Q head) on fake faces.
+        faces = testing_utils.write_faces(os.path.join(cls.tmp, "faces"), 109, 89, range(1, 25))
+        model_dir = os.path.join(cls.tmp, "runs", SIGNED)
+        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "celeba64.gin")], testing_utils.TINY_BINDINGS
+                            + testing_utils.tiny_head_bindings("channel_recurrent")
+                            + testing_utils.TINY_ADVERSARIAL_BINDINGS
+                            + [f"dataset.local_path = '{faces}'", f"dataset.cache_dir = '{cls.tmp}/cache'",
+                               "dataset.validation_size = 4", f"train.max_steps = {STEP}",
+                               "model.mutual_information_weight = 0.02"], finalize=False)
+        train_lib.train(model_dir)
+        gin.clear_config()
+        cls.exports[SIGNED] = export_lib.export_run(model_dir, os.path.join(cls.tmp, "exports", SIGNED))
+        cls.models[SIGNED] = train_lib.load_run(model_dir).model
+        gin.clear_config()
         # Fixed inputs, then the serving-side process twice (two "server restarts").
         rng = np.random.default_rng(0)
         cls.inputs = {}
@@ -292,7 +278,9 @@ class ExportTest(testing_utils.GinTestCase):
         for name in ("cvae", "bcvae", "crvae"):
             self.assertEqual(self.exports[name].metadata["latent_shape"], [8, 4, 4])
         self.assertEqual(self.exports[SIGNED].metadata["model_input_range"], [-1.0, 1.0])
-        self.assertEqual(self.exports[SIGNED].metadata["latent_shape"], [128])   # no latent_head: reported flat
+        self.assertEqual(self.exports[SIGNED].metadata["latent_shape"], [8, 4, 4])
+        self.assertEqual(self.exports[SIGNED].metadata["image_shape"], [64, 64, 3])
+        self.assertEqual(self.exports[SIGNED].metadata["output_pixel_range"], [0.0, 1.0])
 
     def test_signatures_as_saved_model_cli_shows_them(self):
         """`saved_model_cli show --all`: the four names, predict method, DT_* dtypes, -1 batch, fixed inner dims."""
@@ -360,9 +348,12 @@ class ExportTest(testing_utils.GinTestCase):
                                  self.exports[name].metadata["operative_config"])
                 for key in ("serving_default/images/3", "sample/images/1", "reconstruct/images"):
                     self.assertTrue(0.0 <= served[f"{name}/{key}"].min() and served[f"{name}/{key}"].max() <= 1.0)
-        # The [-1, 1] model: exported encode(x in [0, 1]) == VAE.encode(x), so the mapping to [-1, 1] happened.
-        loc, _ = self.models["crvae"].encode(tf.constant(self.inputs[f"{SIGNED}/images"]), training=False)
+        # The [-1, 1] model: exported encode(x in [0, 1]) == VAEGAN.encode(2x - 1), so the mapping happened.
+        images = self.inputs[f"{SIGNED}/images"]
+        loc, _ = self.models[SIGNED].encode(tf.constant(2.0 * images - 1.0), training=False)
         self.assertAllClose(served[f"{SIGNED}/encode/loc"], loc.numpy(), atol=1e-5)
+        unmapped, _ = self.models[SIGNED].encode(tf.constant(images), training=False)
+        self.assertGreater(np.abs(unmapped.numpy() - loc.numpy()).max(), 1e-3)
 
     def test_same_seed_same_bytes_across_calls_and_restarts(self):
         """`sample` with one (num, seed) returns byte-identical images and z on two calls and in two processes;
@@ -375,7 +366,8 @@ class ExportTest(testing_utils.GinTestCase):
                     self.assertEqual(first[f"{name}/sample/{key}/2"].tobytes(), reference)
                     self.assertEqual(second[f"{name}/sample/{key}/1"].tobytes(), reference)
                     self.assertEqual(second[f"{name}/sample/{key}/2"].tobytes(), reference)
-                self.assertEqual(first[f"{name}/sample/images/1"].shape, (SAMPLE_NUM, 28, 28, 1))
+                self.assertEqual(first[f"{name}/sample/images/1"].shape,
+                                 (SAMPLE_NUM,) + tuple(self.models[name].image_shape))
         loaded = tf.saved_model.load(self.exports["crvae"].path)
         a = loaded.signatures["sample"](num=tf.constant(2), seed=tf.constant(SAMPLE_SEED, tf.int64))["z"].numpy()
         b = loaded.signatures["sample"](num=tf.constant(2), seed=tf.constant(SAMPLE_SEED + 1, tf.int64))["z"].numpy()
