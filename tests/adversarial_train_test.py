@@ -111,6 +111,20 @@ class AdversarialTrainingTest(testing_utils.GinTestCase):
             eval_lib.evaluate(model_dir, num_importance_samples=2)
 
 
+class RecipeBenchmarkTest(testing_utils.GinTestCase):
+
+    def test_bench_recipe_times_the_adversarial_step(self):
+        from crvae_tf import bench
+        bindings = (testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("channel_recurrent")
+                    + testing_utils.TINY_ADVERSARIAL_BINDINGS)
+        result = bench.bench_recipe(os.path.join(testing_utils.GIN_DIR, "birds128.gin"), steps=2, warmup=1,
+                                    batch_size=4, bindings=bindings)
+        self.assertEqual(result["image_shape"], [128, 128, 3])
+        self.assertEqual(result["batch_size"], 4)
+        self.assertGreater(result["step_s_median"], 0.0)
+        self.assertGreater(result["params"]["discriminator"], 0)
+
+
 class CollapseMonitorTest(tf.test.TestCase):
 
     def test_stops_after_patience_pinned_steps_only(self):
