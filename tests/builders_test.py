@@ -89,6 +89,20 @@ class BuildersTest(testing_utils.GinTestCase):
         self.assertAllClose(rates["discriminator_trunk"], 3e-3 / 2)  # LR / 2
         self.assertAllClose(rates["discriminator"], 3e-3 / 50)      # adam_gan warm-up, first 10 steps
 
+    def test_adversarial_model_trains_in_mixed_bfloat16(self):
+        parse("celeba128", testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("channel_recurrent")
+              + testing_utils.TINY_ADVERSARIAL_BINDINGS + ["model.mutual_information_weight = 0.02",
+                                                           "model.precision = 'mixed_bfloat16'"])
+        model = builders.build_model(image_shape=(128, 128, 3), seed=0)
+        optimizers, clips = builders.build_optimizers(model, steps_per_epoch=10)
+        model.compile(optimizers=optimizers, clip_values=clips)
+        self.assertEqual(model.decoder.dtype_policy.name, "mixed_bfloat16")
+        logs = model.train_step(keras.random.uniform((8, 128, 128, 3), seed=1))
+        for key in ("loss", "discriminator_loss", "mutual_information", "generator_adversarial"):
+            self.assertEqual(logs[key].dtype, "float32")
+            self.assertTrue(bool(keras.ops.isfinite(logs[key])), msg=key)
+        self.assertEqual(model.generate(keras.random.normal((2, model.latent_dim), seed=2)).dtype, "float32")
+
     def test_adversarial_arguments_need_the_adversarial_family(self):
         parse("mnist_vae", ["model.adversarial_weight = 0.1"])
         with self.assertRaisesRegex(ValueError, "apply to model.family='vae_gan' only"):
