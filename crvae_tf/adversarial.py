@@ -58,6 +58,7 @@ import keras
 import tensorflow as tf
 
 from crvae_tf import bounds
+from crvae_tf import models
 
 GROUPS = ("encoder", "latent_head", "decoder", "discriminator_trunk", "discriminator", "q_head")
 ADVERSARIAL_LOSSES = ("non_saturating", "minimax")
@@ -65,7 +66,7 @@ RECONSTRUCTION_NORMALIZATIONS = ("per_pixel", "per_image")
 
 
 @keras.saving.register_keras_serializable("crvae_tf")
-class VAEGAN(keras.Model):
+class VAEGAN(models.LatentVariableModel):
     """VAE-GAN / crVAE-GAN with a discriminator, minibatch discrimination and an optional Q head.
 
     Args:
@@ -137,11 +138,7 @@ class VAEGAN(keras.Model):
         self.encoder_adversarial_gradient = bool(encoder_adversarial_gradient)
         self.legacy_swapped_prior_weights = bool(legacy_swapped_prior_weights)
         self.legacy_unweighted_prior_mutual_information = bool(legacy_unweighted_prior_mutual_information)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
-        self.eval_seed_generator = keras.random.SeedGenerator(
-            None if seed is None else seed + 1, name="eval_seed_generator")
-        self._eval_initial_state = keras.ops.convert_to_numpy(self.eval_seed_generator.state)
+        self._init_noise_streams(seed)
         names = ["loss", "reconstruction", "rate", "generator_adversarial", "mutual_information",
                  "discriminator_loss", "discriminator_loss_real", "discriminator_loss_reconstruction",
                  "discriminator_loss_prior", "discriminator_accuracy", "discriminator_accuracy_real",
@@ -154,10 +151,6 @@ class VAEGAN(keras.Model):
     GROUPS = GROUPS
     # Model selection on the validation split: the lowest VAE objective (reconstruction + weighted KL).
     selection_metric = ("loss", "min")
-
-    @property
-    def latent_dim(self) -> int:
-        return self.latent_head.latent_dim
 
     # ------------------------------------------------------------------ structure
     def build(self, input_shape=None):
@@ -189,21 +182,6 @@ class VAEGAN(keras.Model):
         """Dataset pixels in [0, 1] -> the model's [-1, 1]."""
         return tf.cast(images, tf.float32) * 2.0 - 1.0
 
-    def encode(self, images, training=False):
-        """`[batch, H, W, C]` pixels in [-1, 1] -> (loc, log_variance), float32 `[batch, latent_dim]`."""
-        loc, log_variance = self.latent_head.infer(self.encoder(images, training=training), training=training)
-        return tf.cast(loc, tf.float32), tf.cast(log_variance, tf.float32)
-
-    def decode(self, z, training=False):
-        """`[batch, latent_dim]` -> float32 images in [-1, 1] `[batch, H, W, C]`."""
-        return tf.cast(self.decoder(self.latent_head.generate(z, training=training), training=training),
-                       tf.float32)
-
-    def call(self, images, training=False):
-        """Reconstruction in [-1, 1] from the posterior mean, for pixels in [-1, 1]."""
-        loc, _ = self.encode(images, training=training)
-        return self.decode(loc, training=training)
-
     def generate(self, z):
         """Images in [0, 1] for latents z `[batch, latent_dim]` (evaluation mode)."""
         return (self.decode(z, training=False) + 1.0) / 2.0
@@ -211,10 +189,6 @@ class VAEGAN(keras.Model):
     def reconstruct(self, images):
         """Dataset pixels in [0, 1] -> reconstructions from the posterior mean, in [0, 1]."""
         return (self(self.to_model_range(images), training=False) + 1.0) / 2.0
-
-    def reset_evaluation_rng(self):
-        """Restarts the evaluation noise stream (call before each evaluation pass)."""
-        self.eval_seed_generator.state.assign(self._eval_initial_state)
 
     def _normal(self, shape, training):
         generator = self.seed_generator if training else self.eval_seed_generator
@@ -283,10 +257,6 @@ class VAEGAN(keras.Model):
     @property
     def metrics(self):
         return list(self._trackers.values())
-
-    @staticmethod
-    def _images(data):
-        return data[0] if isinstance(data, (tuple, list)) else data
 
     def _apply(self, name, gradients, variables):
         clip = self.group_clip_values.get(name)

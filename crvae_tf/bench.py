@@ -126,6 +126,17 @@ def head_macs(head) -> int:
     return loc + inference + generation + conv3(head.latent_channels, cf)
 
 
+def time_steps(step, batches, warmup: int, steps: int) -> list:
+    """Wall time of each of `steps` training steps after `warmup` untimed ones (cycling over `batches`)."""
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        float(step(batches[i % len(batches)])["loss"])  # forces completion of the step
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
 def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
     gin.clear_config()
     train_lib.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
@@ -136,12 +147,7 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
     step = tf.function(model.train_step, reduce_retracing=True)
     rng = np.random.default_rng(0)
     batches = [tf.constant((rng.random((batch_size, 28, 28, 1)) < 0.13).astype(np.float32)) for _ in range(4)]
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        float(step(batches[i % len(batches)])["loss"])  # forces completion of the step
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    times = time_steps(step, batches, warmup, steps)
     median = statistics.median(times)
     flops = 3 * 2 * forward_macs(model)
     params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
@@ -170,12 +176,7 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
     step = tf.function(model.train_step, reduce_retracing=True)
     rng = np.random.default_rng(0)
     batches = [tf.constant(rng.random((batch_size,) + image_shape).astype(np.float32)) for _ in range(2)]
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        float(step(batches[i % len(batches)])["loss"])  # forces completion of the step
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    times = time_steps(step, batches, warmup, steps)
     median = statistics.median(times)
     return {"recipe": os.path.basename(path), "image_shape": list(image_shape), "batch_size": batch_size,
             "precision": model.dtype_policy.name, "step_s_median": round(median, 3),

@@ -23,6 +23,7 @@ from absl import flags  # noqa: E402
 
 from crvae_tf import data as data_lib  # noqa: E402
 from crvae_tf import eval_lib  # noqa: E402
+from crvae_tf import train_lib  # noqa: E402
 
 # --model_dir and --gin_bindings have the same meaning as in crvae_tf.train; allow_override lets both binaries be
 # imported into one process (the tests), whichever comes first.
@@ -49,15 +50,10 @@ POLL_TIMEOUT = flags.DEFINE_float("poll_timeout", 3600.0, "With --poll: stop aft
 
 
 def _checkpoint_value(text: str):
-    if text in ("latest", "best"):
-        return text
     try:
-        step = int(text)
-    except ValueError:
-        step = -1
-    if step < 0:
-        raise app.UsageError(f"--checkpoint={text!r} must be 'latest', 'best' or a step number (a non-negative int).")
-    return step
+        return train_lib.checkpoint_value(text)
+    except ValueError as error:
+        raise app.UsageError(f"--checkpoint: {error}") from None
 
 
 def main(argv):

@@ -21,6 +21,7 @@ from absl import flags  # noqa: E402
 
 from crvae_tf import data as data_lib  # noqa: E402
 from crvae_tf import export_lib  # noqa: E402
+from crvae_tf import train_lib  # noqa: E402
 
 # --model_dir, --gin_bindings and --checkpoint mean the same as in crvae_tf.train / crvae_tf.evaluate;
 # allow_override lets the binaries be imported into one process (the tests), whichever comes first.
@@ -36,15 +37,10 @@ OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace an existing EXPORT
 
 
 def _checkpoint_value(text: str):
-    if text in ("latest", "best"):
-        return text
     try:
-        step = int(text)
-    except ValueError:
-        step = -1
-    if step < 0:
-        raise app.UsageError(f"--checkpoint={text!r} must be 'latest', 'best' or a step number (a non-negative int).")
-    return step
+        return train_lib.checkpoint_value(text)
+    except ValueError as error:
+        raise app.UsageError(f"--checkpoint: {error}") from None
 
 
 def main(argv):

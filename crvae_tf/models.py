@@ -31,8 +31,57 @@ from crvae_tf import bounds
 GROUPS = ("encoder", "latent_head", "decoder")
 
 
+class LatentVariableModel(keras.Model):
+    """What every model family shares: encoder -> latent head -> decoder, and two noise streams.
+
+    Subclasses set `encoder`, `latent_head`, `decoder` and call `_init_noise_streams(seed)` in `__init__`.
+    """
+
+    def _init_noise_streams(self, seed):
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+        # Evaluation draws from its own stream, restarted before every evaluation pass
+        # (`reset_evaluation_rng`): validating never perturbs the training stream, so a resumed run
+        # matches an uninterrupted one, and every checkpoint is scored with the same noise.
+        self.eval_seed_generator = keras.random.SeedGenerator(
+            None if seed is None else seed + 1, name="eval_seed_generator")
+        self._eval_initial_state = keras.ops.convert_to_numpy(self.eval_seed_generator.state)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.latent_head.latent_dim
+
+    def encode(self, images, training=False):
+        """`[batch, H, W, C]` pixels in `input_range` -> (loc, log_variance), each float32 `[batch, latent_dim]`.
+
+        Under a mixed-precision policy the networks compute in bfloat16; the posterior parameters, the
+        decoder outputs and hence every loss and bound are float32.
+        """
+        loc, log_variance = self.latent_head.infer(self.encoder(images, training=training), training=training)
+        return tf.cast(loc, tf.float32), tf.cast(log_variance, tf.float32)
+
+    def decode(self, z, training=False):
+        """`[batch, latent_dim]` -> the decoder's float32 output `[batch, H, W, C]` (the VAE family: Bernoulli
+        logits; the adversarial family: tanh images in [-1, 1])."""
+        return tf.cast(self.decoder(self.latent_head.generate(z, training=training), training=training),
+                       tf.float32)
+
+    def call(self, images, training=False):
+        """Decoder output for the posterior mean (deterministic) of images in `input_range`."""
+        loc, _ = self.encode(images, training=training)
+        return self.decode(loc, training=training)
+
+    def reset_evaluation_rng(self):
+        """Restarts the evaluation noise stream (call before each evaluation pass)."""
+        self.eval_seed_generator.state.assign(self._eval_initial_state)
+
+    @staticmethod
+    def _images(data):
+        return data[0] if isinstance(data, (tuple, list)) else data
+
+
 @keras.saving.register_keras_serializable("crvae_tf")
-class VAE(keras.Model):
+class VAE(LatentVariableModel):
     """A VAE with Bernoulli likelihood over binary images and a pluggable latent head.
 
     Args:
@@ -79,14 +128,7 @@ class VAE(keras.Model):
             raise ValueError(f"IWAE training (num_importance_samples={self.num_importance_samples}) optimises a bound "
                              f"on log p(x) and has no KL weight; set kl_weight=1 and no kl_step_weights (got "
                              f"kl_weight={kl_weight}, kl_step_weights={kl_step_weights}).")
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
-        # Evaluation draws from its own stream, restarted before every evaluation pass
-        # (`reset_evaluation_rng`): validating never perturbs the training stream, so a resumed run
-        # matches an uninterrupted one, and every checkpoint is scored with the same noise.
-        self.eval_seed_generator = keras.random.SeedGenerator(
-            None if seed is None else seed + 1, name="eval_seed_generator")
-        self._eval_initial_state = keras.ops.convert_to_numpy(self.eval_seed_generator.state)
+        self._init_noise_streams(seed)
         names = ["loss", "distortion", "rate", "elbo", "active_units", f"iwae_{self.num_validation_samples}"] + [
             f"kl_step_{t + 1}" for t in range(self.num_time_steps)]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
@@ -94,10 +136,6 @@ class VAE(keras.Model):
         self.group_clip_values = {}
 
     GROUPS = GROUPS
-
-    @property
-    def latent_dim(self) -> int:
-        return self.latent_head.latent_dim
 
     @property
     def selection_metric(self):
@@ -123,32 +161,9 @@ class VAE(keras.Model):
         return groups
 
     # ------------------------------------------------------------------ inference / generation
-    def encode(self, images, training=False):
-        """`[batch, H, W, C]` -> (loc, log_variance), each float32 `[batch, latent_dim]`.
-
-        Under a mixed-precision policy the networks compute in bfloat16; the posterior parameters, the
-        logits and hence every loss and bound are float32.
-        """
-        loc, log_variance = self.latent_head.infer(self.encoder(images, training=training), training=training)
-        return tf.cast(loc, tf.float32), tf.cast(log_variance, tf.float32)
-
-    def decode(self, z, training=False):
-        """`[batch, latent_dim]` -> float32 Bernoulli logits `[batch, H, W, C]`."""
-        return tf.cast(self.decoder(self.latent_head.generate(z, training=training), training=training),
-                       tf.float32)
-
-    def call(self, images, training=False):
-        """Reconstruction logits from the posterior mean (deterministic)."""
-        loc, _ = self.encode(images, training=training)
-        return self.decode(loc, training=training)
-
     def reconstruct(self, images):
         """Bernoulli means in [0, 1] of the reconstructions from the posterior mean, for images in [0, 1]."""
         return tf.sigmoid(self(images, training=False))
-
-    def reset_evaluation_rng(self):
-        """Restarts the evaluation noise stream (call before each evaluation pass)."""
-        self.eval_seed_generator.state.assign(self._eval_initial_state)
 
     def sample_posterior(self, loc, log_variance, num_samples=None, training=True):
         """Reparameterised z = loc + exp(log_variance / 2) * eps.
@@ -272,10 +287,6 @@ class VAE(keras.Model):
         return {name: tracker.result() for name, tracker in self._trackers.items()
                 if name != iwae_name or iwae is not None}
 
-    @staticmethod
-    def _images(data):
-        return data[0] if isinstance(data, (tuple, list)) else data
-
     def train_step(self, data):
         images = self._images(data)
         names = list(self.group_optimizers)
@@ -332,4 +343,4 @@ def parameter_counts(model: VAE) -> dict:
     return counts
 
 
-__all__ = ["VAE", "GROUPS", "parameter_counts"]
+__all__ = ["LatentVariableModel", "VAE", "GROUPS", "parameter_counts"]

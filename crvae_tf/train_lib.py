@@ -145,6 +145,19 @@ def resolve_checkpoint(model_dir: str, checkpoint="latest") -> str:
     raise FileNotFoundError(f"{model_dir} has no checkpoint for step {number}; kept steps: {steps}, plus 'best'.")
 
 
+def checkpoint_value(text: str):
+    """Parses a `--checkpoint` flag: 'latest', 'best', or a step number (a non-negative int)."""
+    if text in ("latest", "best"):
+        return text
+    try:
+        step = int(text)
+    except ValueError:
+        step = -1
+    if step < 0:
+        raise ValueError(f"{text!r} must be 'latest', 'best' or a step number (a non-negative int).")
+    return step
+
+
 def load_run(model_dir: str, checkpoint="latest", gin_bindings=()) -> Run:
     """Rebuilds a run's model from its saved config (+ `gin_bindings`) and restores a checkpoint.
 
