@@ -167,11 +167,7 @@ class VAEGAN(models.LatentVariableModel):
 
     def variable_groups(self):
         """Maps group name -> trainable variables; every trainable variable is in exactly one group."""
-        if not self.built:
-            self.build()
-        groups = self.latent_head.variable_groups()
-        groups["encoder"] = list(self.encoder.trainable_variables) + groups["encoder"]
-        groups["decoder"] = groups["decoder"] + list(self.decoder.trainable_variables)
+        groups = self._generator_groups()
         groups["discriminator_trunk"] = list(self.discriminator_trunk.trainable_variables)
         groups["discriminator"] = list(self.discriminator.trainable_variables)
         groups["q_head"] = list(self.q_head.trainable_variables) if self.q_head is not None else []

@@ -71,6 +71,15 @@ class LatentVariableModel(keras.Model):
         loc, _ = self.encode(images, training=training)
         return self.decode(loc, training=training)
 
+    def _generator_groups(self):
+        """The encoder / latent_head / decoder parameter groups (building the model first if needed)."""
+        if not self.built:
+            self.build()
+        groups = self.latent_head.variable_groups()
+        groups["encoder"] = list(self.encoder.trainable_variables) + groups["encoder"]
+        groups["decoder"] = groups["decoder"] + list(self.decoder.trainable_variables)
+        return groups
+
     def reset_evaluation_rng(self):
         """Restarts the evaluation noise stream (call before each evaluation pass)."""
         self.eval_seed_generator.state.assign(self._eval_initial_state)
@@ -153,12 +162,7 @@ class VAE(LatentVariableModel):
 
     def variable_groups(self):
         """Maps group name -> trainable variables. Every trainable variable is in exactly one group."""
-        if not self.built:
-            self.build()
-        groups = self.latent_head.variable_groups()
-        groups["encoder"] = list(self.encoder.trainable_variables) + groups["encoder"]
-        groups["decoder"] = groups["decoder"] + list(self.decoder.trainable_variables)
-        return groups
+        return self._generator_groups()
 
     # ------------------------------------------------------------------ inference / generation
     def reconstruct(self, images):
