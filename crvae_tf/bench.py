@@ -69,9 +69,11 @@ VARIANTS = ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crva
 MODELS = flags.DEFINE_list("models", list(VARIANTS), f"Variants to time, from {VARIANTS}.")
 STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps per variant.")
 WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocator warm-up).")
-BATCH = flags.DEFINE_integer("batch_size", 128, "Images per step.")
+# --gin_bindings and --batch_size also exist in other crvae_tf binaries; allow_override lets them share a process.
+BATCH = flags.DEFINE_integer("batch_size", 128, "Images per step.", allow_override=True)
 GIN_DIR = flags.DEFINE_string("gin_dir", "gin", "Folder holding the mnist_*.gin recipes.")
-GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings applied after the recipe.")
+GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings applied after the recipe.",
+                                         allow_override=True)
 
 RECIPES = flags.DEFINE_list("recipes", [], "Recipe files to time instead of the MNIST variants, e.g. "
                             "gin/celeba64.gin,gin/birds128.gin (the adversarial family): random images of the "
