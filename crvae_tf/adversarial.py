@@ -240,15 +240,7 @@ class VAEGAN(models.LatentVariableModel):
     def compile(self, optimizers, clip_values=None, **kwargs):
         """Attaches one optimizer per non-empty parameter group (`GROUPS`) and optional element-wise clamps."""
         groups = {name: variables for name, variables in self.variable_groups().items() if variables}
-        missing = sorted(set(groups) - set(optimizers))
-        unknown = sorted(set(optimizers) - set(GROUPS))
-        if missing or unknown:
-            raise ValueError(f"optimizers must cover the groups {sorted(groups)}; missing {missing}, unknown {unknown}")
-        self.group_optimizers = {name: optimizers[name] for name in GROUPS if name in groups}
-        self.group_clip_values = dict(clip_values or {})
-        for name, optimizer in self.group_optimizers.items():
-            optimizer.build(groups[name])
-        super().compile(optimizer=self.group_optimizers["encoder"], **kwargs)
+        self._attach_optimizers(groups, optimizers, clip_values, **kwargs)
 
     @property
     def metrics(self):

@@ -80,6 +80,20 @@ class LatentVariableModel(keras.Model):
         groups["decoder"] = groups["decoder"] + list(self.decoder.trainable_variables)
         return groups
 
+    def _attach_optimizers(self, groups, optimizers, clip_values=None, **kwargs):
+        """Builds one optimizer per non-empty group of `groups` (every group of `self.GROUPS` must be covered)
+        and compiles with the encoder's as Keras' `optimizer` (so Keras builds no unused default one)."""
+        missing = sorted(set(groups) - set(optimizers))
+        unknown = sorted(set(optimizers) - set(self.GROUPS))
+        if missing or unknown:
+            raise ValueError(f"optimizers must cover the groups {sorted(groups)}; missing {missing}, unknown {unknown}")
+        self.group_optimizers = {name: optimizers[name] for name in self.GROUPS if name in groups}
+        self.group_clip_values = dict(clip_values or {})
+        for name, optimizer in self.group_optimizers.items():
+            optimizer.build(groups[name])
+        keras.Model.compile(self, optimizer=self.group_optimizers.get(
+            "encoder", next(iter(self.group_optimizers.values()))), **kwargs)
+
     def reset_evaluation_rng(self):
         """Restarts the evaluation noise stream (call before each evaluation pass)."""
         self.eval_seed_generator.state.assign(self._eval_initial_state)
@@ -259,16 +273,7 @@ class VAE(LatentVariableModel):
                 raise ValueError("Give one optimizer per parameter group (a dict); an optimizer instance can "
                                  "only be applied to the variables it was built with.")
             optimizers = {next(iter(groups)): optimizers}
-        missing = sorted(set(groups) - set(optimizers))
-        unknown = sorted(set(optimizers) - set(GROUPS))
-        if missing or unknown:
-            raise ValueError(f"optimizers must cover the groups {sorted(groups)}; missing {missing}, unknown {unknown}")
-        self.group_optimizers = {name: optimizers[name] for name in GROUPS if name in groups}
-        self.group_clip_values = dict(clip_values or {})
-        for name, optimizer in self.group_optimizers.items():
-            optimizer.build(groups[name])
-        super().compile(optimizer=self.group_optimizers.get("encoder", next(iter(self.group_optimizers.values()))),
-                        **kwargs)
+        self._attach_optimizers(groups, optimizers, clip_values, **kwargs)
 
     @property
     def metrics(self):
