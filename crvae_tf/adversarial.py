@@ -57,8 +57,7 @@ Defects of the original crVAE-GAN loop (notes 5.4) are options that default to t
 import keras
 import tensorflow as tf
 
-from crvae_tf import bounds
-from crvae_tf import models
+from crvae_tf import bounds, models
 
 GROUPS = ("encoder", "latent_head", "decoder", "discriminator_trunk", "discriminator", "q_head")
 ADVERSARIAL_LOSSES = ("non_saturating", "minimax")
@@ -95,14 +94,29 @@ class VAEGAN(models.LatentVariableModel):
 
     input_range = (-1.0, 1.0)
 
-    def __init__(self, encoder, latent_head, decoder, discriminator_trunk, discriminator, q_head=None,
-                 image_shape=(64, 64, 3), kl_weight: float = 1e-4, kl_step_weights=None,
-                 adversarial_weight: float = 0.0125, adversarial_loss: str = "non_saturating",
-                 mutual_information_weight: float = 0.0, mutual_information_step_weights=None,
-                 reconstruction_normalization: str = "per_pixel",
-                 discriminator_accuracy_threshold: float = 0.9, encoder_adversarial_gradient: bool = True,
-                 legacy_swapped_prior_weights: bool = False,
-                 legacy_unweighted_prior_mutual_information: bool = False, seed=None, **kwargs):
+    def __init__(
+        self,
+        encoder,
+        latent_head,
+        decoder,
+        discriminator_trunk,
+        discriminator,
+        q_head=None,
+        image_shape=(64, 64, 3),
+        kl_weight: float = 1e-4,
+        kl_step_weights=None,
+        adversarial_weight: float = 0.0125,
+        adversarial_loss: str = "non_saturating",
+        mutual_information_weight: float = 0.0,
+        mutual_information_step_weights=None,
+        reconstruction_normalization: str = "per_pixel",
+        discriminator_accuracy_threshold: float = 0.9,
+        encoder_adversarial_gradient: bool = True,
+        legacy_swapped_prior_weights: bool = False,
+        legacy_unweighted_prior_mutual_information: bool = False,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.latent_head = latent_head
@@ -120,30 +134,48 @@ class VAEGAN(models.LatentVariableModel):
         self.adversarial_loss = adversarial_loss
         self.mutual_information_weight = float(mutual_information_weight)
         self.mutual_information_step_weights = _per_step(
-            mutual_information_step_weights, self.num_time_steps, "mutual_information_step_weights")
+            mutual_information_step_weights, self.num_time_steps, "mutual_information_step_weights"
+        )
         if self.mutual_information_weight and (q_head is None or not hasattr(latent_head, "transform")):
             raise ValueError(
                 f"mutual_information_weight={mutual_information_weight} needs a Q head and a latent head with a "
                 f"generation path u = transform(z) (channel_recurrent); got q_head={q_head is not None}, "
                 f"latent head {type(latent_head).__name__}. Set model.mutual_information_weight = 0 for the "
-                "VAE-GAN baseline.")
+                "VAE-GAN baseline."
+            )
         if reconstruction_normalization not in RECONSTRUCTION_NORMALIZATIONS:
-            raise ValueError(f"reconstruction_normalization={reconstruction_normalization!r} is not one of "
-                             f"{list(RECONSTRUCTION_NORMALIZATIONS)}.")
+            raise ValueError(
+                f"reconstruction_normalization={reconstruction_normalization!r} is not one of "
+                f"{list(RECONSTRUCTION_NORMALIZATIONS)}."
+            )
         self.reconstruction_normalization = reconstruction_normalization
         if not 0.0 < float(discriminator_accuracy_threshold) <= 1.0:
-            raise ValueError(f"discriminator_accuracy_threshold={discriminator_accuracy_threshold} must be in (0, 1] "
-                             "(1 never skips the discriminator step).")
+            raise ValueError(
+                f"discriminator_accuracy_threshold={discriminator_accuracy_threshold} must be in (0, 1] "
+                "(1 never skips the discriminator step)."
+            )
         self.discriminator_accuracy_threshold = float(discriminator_accuracy_threshold)
         self.encoder_adversarial_gradient = bool(encoder_adversarial_gradient)
         self.legacy_swapped_prior_weights = bool(legacy_swapped_prior_weights)
         self.legacy_unweighted_prior_mutual_information = bool(legacy_unweighted_prior_mutual_information)
         self._init_noise_streams(seed)
-        names = ["loss", "reconstruction", "rate", "generator_adversarial", "mutual_information",
-                 "discriminator_loss", "discriminator_loss_real", "discriminator_loss_reconstruction",
-                 "discriminator_loss_prior", "discriminator_accuracy", "discriminator_accuracy_real",
-                 "discriminator_accuracy_reconstruction", "discriminator_accuracy_prior",
-                 "discriminator_skip_rate", "active_units"] + [f"kl_step_{t + 1}" for t in range(self.num_time_steps)]
+        names = [
+            "loss",
+            "reconstruction",
+            "rate",
+            "generator_adversarial",
+            "mutual_information",
+            "discriminator_loss",
+            "discriminator_loss_real",
+            "discriminator_loss_reconstruction",
+            "discriminator_loss_prior",
+            "discriminator_accuracy",
+            "discriminator_accuracy_real",
+            "discriminator_accuracy_reconstruction",
+            "discriminator_accuracy_prior",
+            "discriminator_skip_rate",
+            "active_units",
+        ] + [f"kl_step_{t + 1}" for t in range(self.num_time_steps)]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.group_optimizers = {}
         self.group_clip_values = {}
@@ -206,17 +238,17 @@ class VAEGAN(models.LatentVariableModel):
         """The generator's adversarial loss per image `[batch]` from discriminator logits `[batch, 1]`."""
         logits = tf.cast(logits[:, 0], tf.float32)
         if self.adversarial_loss == "non_saturating":
-            return tf.nn.softplus(-logits)        # -log D(y)
-        return -tf.nn.softplus(logits)            # log(1 - D(y))
+            return tf.nn.softplus(-logits)  # -log D(y)
+        return -tf.nn.softplus(logits)  # log(1 - D(y))
 
     def mutual_information_term(self, predictions, u, weighted=True):
         """Per-step weighted mean squared error of Q's prediction of u `[batch]` (u is a constant target)."""
         squared = tf.square(tf.cast(predictions, tf.float32) - tf.stop_gradient(u))
         steps = tf.reshape(squared, [-1, self.num_time_steps, self.latent_dim // self.num_time_steps])
-        per_step = tf.reduce_mean(steps, axis=-1)                                     # [batch, T]
+        per_step = tf.reduce_mean(steps, axis=-1)  # [batch, T]
         if weighted and self.mutual_information_step_weights is not None:
             per_step = per_step * tf.constant(self.mutual_information_step_weights, tf.float32)
-        return tf.reduce_sum(per_step, axis=-1) / self.num_time_steps               # mean over dims
+        return tf.reduce_sum(per_step, axis=-1) / self.num_time_steps  # mean over dims
 
     @staticmethod
     def discriminator_batch(real, reconstructions, prior_samples):
@@ -232,8 +264,9 @@ class VAEGAN(models.LatentVariableModel):
         num_real, num_rec = tf.shape(real[0::2])[0], tf.shape(reconstructions[1::4])[0]
         num_prior = tf.shape(prior_samples[3::4])[0]
         labels = tf.concat([tf.ones([num_real]), tf.zeros([num_rec + num_prior])], axis=0)
-        kind = tf.concat([tf.zeros([num_real], tf.int32), tf.ones([num_rec], tf.int32),
-                          tf.fill([num_prior], 2)], axis=0)
+        kind = tf.concat(
+            [tf.zeros([num_real], tf.int32), tf.ones([num_rec], tf.int32), tf.fill([num_prior], 2)], axis=0
+        )
         return images, labels, kind
 
     # ------------------------------------------------------------------ training
@@ -256,7 +289,7 @@ class VAEGAN(models.LatentVariableModel):
         start = 0
         for name in names:
             size = len(groups[name])
-            self._apply(name, gradients[start:start + size], groups[name])
+            self._apply(name, gradients[start : start + size], groups[name])
             start += size
 
     def _forward(self, x, training):
@@ -265,9 +298,14 @@ class VAEGAN(models.LatentVariableModel):
         loc, log_variance = self.encode(x, training=training)
         z = loc + tf.exp(0.5 * log_variance) * self._normal(tf.shape(loc), training)
         z_prior = self._normal([batch, self.latent_dim], training)
-        out = {"loc": loc, "log_variance": log_variance, "z": z, "z_prior": z_prior,
-               "reconstructions": self.decode(z, training=training),
-               "prior_samples": self.decode(z_prior, training=training)}
+        out = {
+            "loc": loc,
+            "log_variance": log_variance,
+            "z": z,
+            "z_prior": z_prior,
+            "reconstructions": self.decode(z, training=training),
+            "prior_samples": self.decode(z_prior, training=training),
+        }
         if self.mutual_information_weight:
             out["u"], out["u_prior"] = self.transform(z), self.transform(z_prior)
         return out
@@ -292,30 +330,42 @@ class VAEGAN(models.LatentVariableModel):
             if kappa:
                 mi_rec = self.mutual_information_term(self.q_head(features_rec, training=True), out["u"])
                 mi_prior = self.mutual_information_term(
-                    self.q_head(features_prior, training=True), out["u_prior"],
-                    weighted=not self.legacy_unweighted_prior_mutual_information)
+                    self.q_head(features_prior, training=True),
+                    out["u_prior"],
+                    weighted=not self.legacy_unweighted_prior_mutual_information,
+                )
             vae = reconstruction + weighted_rate
-            generator = (vae + beta * adversarial_rec + prior_beta * adversarial_prior
-                         + kappa * mi_rec + prior_kappa * mi_prior)
+            generator = (
+                vae + beta * adversarial_rec + prior_beta * adversarial_prior + kappa * mi_rec + prior_kappa * mi_prior
+            )
             encoder_loss = generator if self.encoder_adversarial_gradient else vae
             mi_loss = kappa * mi_rec + prior_kappa * mi_prior
 
             d_images, labels, kind = self.discriminator_batch(
-                x, tf.stop_gradient(out["reconstructions"]), tf.stop_gradient(out["prior_samples"]))
-            d_logits = tf.cast(self.discriminator(self.discriminator_trunk(d_images, training=True),
-                                                  training=True)[:, 0], tf.float32)
+                x, tf.stop_gradient(out["reconstructions"]), tf.stop_gradient(out["prior_samples"])
+            )
+            d_logits = tf.cast(
+                self.discriminator(self.discriminator_trunk(d_images, training=True), training=True)[:, 0], tf.float32
+            )
             d_losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=d_logits)
             mean = lambda v: tf.reduce_mean(v) / replicas
-            losses = {"encoder": mean(encoder_loss), "generator": mean(generator), "mi": mean(mi_loss),
-                      "discriminator": mean(d_losses)}
+            losses = {
+                "encoder": mean(encoder_loss),
+                "generator": mean(generator),
+                "mi": mean(mi_loss),
+                "discriminator": mean(d_losses),
+            }
 
         correct = tf.cast(tf.equal(tf.cast(d_logits > 0.0, tf.float32), labels), tf.float32)
         accuracy = tf.reduce_mean(correct)
         update = accuracy <= self.discriminator_accuracy_threshold
 
         # One backward pass per loss, over every group that loss trains.
-        generator_groups = [name for name in ("encoder", "latent_head", "decoder") if groups[name]
-                            and (name != "encoder" or self.encoder_adversarial_gradient)]
+        generator_groups = [
+            name
+            for name in ("encoder", "latent_head", "decoder")
+            if groups[name] and (name != "encoder" or self.encoder_adversarial_gradient)
+        ]
         generator_vars = [v for name in generator_groups for v in groups[name]]
         self._apply_split(generator_groups, groups, tape.gradient(losses["generator"], generator_vars))
         if not self.encoder_adversarial_gradient:
@@ -324,7 +374,7 @@ class VAEGAN(models.LatentVariableModel):
             self._apply("q_head", tape.gradient(losses["mi"], groups["q_head"]), groups["q_head"])
         trunk, head = groups["discriminator_trunk"], groups["discriminator"]
         d_gradients = tape.gradient(losses["discriminator"], trunk + head)
-        d_trunk, d_head = d_gradients[:len(trunk)], d_gradients[len(trunk):]
+        d_trunk, d_head = d_gradients[: len(trunk)], d_gradients[len(trunk) :]
         if kappa and groups["q_head"]:
             # The trunk always learns from the MI term (the code's phases A and B) and from the real/fake loss
             # only when the discriminator step is not skipped.
@@ -336,16 +386,24 @@ class VAEGAN(models.LatentVariableModel):
                 self._apply("discriminator", d_head, head)
                 return tf.constant(True)
         else:
+
             def step_discriminator():
                 self._apply("discriminator_trunk", d_trunk, trunk)
                 self._apply("discriminator", d_head, head)
                 return tf.constant(True)
+
         tf.cond(update, step_discriminator, lambda: tf.constant(False))
         del tape
 
-        terms = {"loss": vae, "reconstruction": reconstruction, "rate": tf.reduce_sum(kl_steps, -1),
-                 "generator_adversarial": adversarial_rec + adversarial_prior,
-                 "mutual_information": mi_rec + mi_prior, "kl_steps": kl_steps, "loc": out["loc"]}
+        terms = {
+            "loss": vae,
+            "reconstruction": reconstruction,
+            "rate": tf.reduce_sum(kl_steps, -1),
+            "generator_adversarial": adversarial_rec + adversarial_prior,
+            "mutual_information": mi_rec + mi_prior,
+            "kl_steps": kl_steps,
+            "loc": out["loc"],
+        }
         logs = self._update_trackers(terms, d_losses, correct, kind, update)
         logs["discriminator_batch_accuracy"] = accuracy
         return logs
@@ -383,31 +441,46 @@ class VAEGAN(models.LatentVariableModel):
         d_logits = tf.cast(self.discriminator(self.discriminator_trunk(d_images))[:, 0], tf.float32)
         d_losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=d_logits)
         correct = tf.cast(tf.equal(tf.cast(d_logits > 0.0, tf.float32), labels), tf.float32)
-        adversarial = (self.adversarial_term(self.discriminator(self.discriminator_trunk(out["reconstructions"])))
-                       + self.adversarial_term(self.discriminator(self.discriminator_trunk(out["prior_samples"]))))
+        adversarial = self.adversarial_term(
+            self.discriminator(self.discriminator_trunk(out["reconstructions"]))
+        ) + self.adversarial_term(self.discriminator(self.discriminator_trunk(out["prior_samples"])))
         zeros = tf.zeros_like(vae)
-        terms = {"loss": vae, "reconstruction": reconstruction, "rate": tf.reduce_sum(kl_steps, -1),
-                 "generator_adversarial": adversarial, "mutual_information": zeros, "kl_steps": kl_steps,
-                 "loc": out["loc"]}
+        terms = {
+            "loss": vae,
+            "reconstruction": reconstruction,
+            "rate": tf.reduce_sum(kl_steps, -1),
+            "generator_adversarial": adversarial,
+            "mutual_information": zeros,
+            "kl_steps": kl_steps,
+            "loc": out["loc"],
+        }
         logs = self._update_trackers(terms, d_losses, correct, kind)
         return {k: v for k, v in logs.items() if k not in ("discriminator_skip_rate", "mutual_information")}
 
     # ------------------------------------------------------------------ serialization
     def get_config(self):
         networks = ("encoder", "latent_head", "decoder", "discriminator_trunk", "discriminator", "q_head")
-        config = {key: (keras.saving.serialize_keras_object(getattr(self, key))
-                        if getattr(self, key) is not None else None) for key in networks}
-        return {**super().get_config(), **config,
-                "image_shape": self.image_shape, "kl_weight": self.kl_weight, "kl_step_weights": self.kl_step_weights,
-                "adversarial_weight": self.adversarial_weight, "adversarial_loss": self.adversarial_loss,
-                "mutual_information_weight": self.mutual_information_weight,
-                "mutual_information_step_weights": self.mutual_information_step_weights,
-                "reconstruction_normalization": self.reconstruction_normalization,
-                "discriminator_accuracy_threshold": self.discriminator_accuracy_threshold,
-                "encoder_adversarial_gradient": self.encoder_adversarial_gradient,
-                "legacy_swapped_prior_weights": self.legacy_swapped_prior_weights,
-                "legacy_unweighted_prior_mutual_information": self.legacy_unweighted_prior_mutual_information,
-                "seed": self.seed}
+        config = {
+            key: (keras.saving.serialize_keras_object(getattr(self, key)) if getattr(self, key) is not None else None)
+            for key in networks
+        }
+        return {
+            **super().get_config(),
+            **config,
+            "image_shape": self.image_shape,
+            "kl_weight": self.kl_weight,
+            "kl_step_weights": self.kl_step_weights,
+            "adversarial_weight": self.adversarial_weight,
+            "adversarial_loss": self.adversarial_loss,
+            "mutual_information_weight": self.mutual_information_weight,
+            "mutual_information_step_weights": self.mutual_information_step_weights,
+            "reconstruction_normalization": self.reconstruction_normalization,
+            "discriminator_accuracy_threshold": self.discriminator_accuracy_threshold,
+            "encoder_adversarial_gradient": self.encoder_adversarial_gradient,
+            "legacy_swapped_prior_weights": self.legacy_swapped_prior_weights,
+            "legacy_unweighted_prior_mutual_information": self.legacy_unweighted_prior_mutual_information,
+            "seed": self.seed,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -423,8 +496,10 @@ def _per_step(weights, num_time_steps, what):
         return None
     weights = [float(w) for w in weights]
     if len(weights) != num_time_steps:
-        raise ValueError(f"{what} has {len(weights)} entries; the latent head has num_time_steps={num_time_steps}. "
-                         "Give one weight per time step.")
+        raise ValueError(
+            f"{what} has {len(weights)} entries; the latent head has num_time_steps={num_time_steps}. "
+            "Give one weight per time step."
+        )
     return weights
 
 
@@ -450,8 +525,11 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return tf.cast(rate, tf.float32) * factor
 
     def get_config(self):
-        schedule = (keras.saving.serialize_keras_object(self.schedule)
-                    if isinstance(self.schedule, keras.optimizers.schedules.LearningRateSchedule) else self.schedule)
+        schedule = (
+            keras.saving.serialize_keras_object(self.schedule)
+            if isinstance(self.schedule, keras.optimizers.schedules.LearningRateSchedule)
+            else self.schedule
+        )
         return {"schedule": schedule, "warmup": [list(w) for w in self.warmup]}
 
     @classmethod

@@ -54,7 +54,7 @@ def image_grid(images, columns=None, padding: int = 1) -> np.ndarray:
     for i, image in enumerate(images):
         r, col = divmod(i, columns)
         top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[top:top + h, left:left + w] = image
+        grid[top : top + h, left : left + w] = image
     return np.round(grid * 255.0).astype(np.uint8)
 
 

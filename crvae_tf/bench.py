@@ -50,19 +50,23 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-import gin  # noqa: E402
+from absl import (
+    app,  # noqa: E402
+    flags,  # noqa: E402
+)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from crvae_tf import builders  # noqa: E402
+from crvae_tf import (
+    builders,  # noqa: E402
+    eval_lib,  # noqa: E402
+    layers,  # noqa: E402
+    models,  # noqa: E402
+    train_lib,  # noqa: E402
+)
 from crvae_tf import data as data_lib  # noqa: E402
-from crvae_tf import eval_lib  # noqa: E402
-from crvae_tf import layers  # noqa: E402
-from crvae_tf import models  # noqa: E402
-from crvae_tf import train_lib  # noqa: E402
+import gin  # noqa: E402
 
 VARIANTS = ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae")
 
@@ -72,26 +76,48 @@ WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, alloca
 # --gin_bindings and --batch_size also exist in other crvae_tf binaries; allow_override lets them share a process.
 BATCH = flags.DEFINE_integer("batch_size", 128, "Images per step.", allow_override=True)
 GIN_DIR = flags.DEFINE_string("gin_dir", "gin", "Folder holding the mnist_*.gin recipes.")
-GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings applied after the recipe.",
-                                         allow_override=True)
+GIN_BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", [], "Extra bindings applied after the recipe.", allow_override=True
+)
 
-RECIPES = flags.DEFINE_list("recipes", [], "Recipe files to time instead of the MNIST variants, e.g. "
-                            "gin/celeba64.gin,gin/birds128.gin (the adversarial family): random images of the "
-                            "recipe's resolution at its train.batch_size (--batch_size overrides it).")
-NLL = flags.DEFINE_boolean("nll", False, "Time the NLL estimator (importance samples/s, peak memory) instead of "
-                           "training; --models then defaults to crvae.")
+RECIPES = flags.DEFINE_list(
+    "recipes",
+    [],
+    "Recipe files to time instead of the MNIST variants, e.g. "
+    "gin/celeba64.gin,gin/birds128.gin (the adversarial family): random images of the "
+    "recipe's resolution at its train.batch_size (--batch_size overrides it).",
+)
+NLL = flags.DEFINE_boolean(
+    "nll",
+    False,
+    "Time the NLL estimator (importance samples/s, peak memory) instead of training; --models then defaults to crvae.",
+)
 NLL_SAMPLES = flags.DEFINE_list("nll_samples", ["1000", "10000"], "--nll: K values, each in a fresh subprocess.")
 NLL_IMAGES = flags.DEFINE_integer("nll_images", 16, "--nll: random binary images estimated.")
-NLL_BATCH = flags.DEFINE_integer("nll_batch_size", eval_lib.DEFAULT_BATCH_SIZE,
-                                 "--nll: images per encoder pass (as evaluate; capped at --nll_images).")
-NLL_CHUNK = flags.DEFINE_integer("nll_chunk_size", None, "--nll: samples per decoder pass (default: evaluate's, "
-                                 f"about {eval_lib.TARGET_DECODER_ROWS} decoder rows per pass).")
-SERVING = flags.DEFINE_boolean("serving", False, "Time the exported serving_default against Keras predict "
-                               "(p50/p99 latency) instead of training; --models then defaults to crvae.")
+NLL_BATCH = flags.DEFINE_integer(
+    "nll_batch_size",
+    eval_lib.DEFAULT_BATCH_SIZE,
+    "--nll: images per encoder pass (as evaluate; capped at --nll_images).",
+)
+NLL_CHUNK = flags.DEFINE_integer(
+    "nll_chunk_size",
+    None,
+    "--nll: samples per decoder pass (default: evaluate's, "
+    f"about {eval_lib.TARGET_DECODER_ROWS} decoder rows per pass).",
+)
+SERVING = flags.DEFINE_boolean(
+    "serving",
+    False,
+    "Time the exported serving_default against Keras predict "
+    "(p50/p99 latency) instead of training; --models then defaults to crvae.",
+)
 SERVING_BATCHES = flags.DEFINE_list("serving_batch_sizes", ["1", "64"], "--serving: batch sizes (rows of z).")
 SERVING_ITERATIONS = flags.DEFINE_integer("serving_iterations", 200, "--serving: timed calls per path and batch.")
-NLL_SUBPROCESS = flags.DEFINE_boolean("nll_subprocess", True, "--nll: run each (model, K) in a fresh process "
-                                      "(false: in this one; what each subprocess does).")
+NLL_SUBPROCESS = flags.DEFINE_boolean(
+    "nll_subprocess",
+    True,
+    "--nll: run each (model, K) in a fresh process (false: in this one; what each subprocess does).",
+)
 
 
 def forward_macs(model) -> int:
@@ -121,8 +147,10 @@ def head_macs(head) -> int:
     loc = feat * d if head.loc_path == "dense" else conv3(cf, head.latent_channels)
     if isinstance(head, layers.BlockFCHead):
         return loc + feat * d // t + d * feat // t
-    lstm = lambda i: sum(t * 4 * head.hidden_units * ((i if n == 0 else head.hidden_units) + head.hidden_units)
-                         for n in range(head.num_layers))
+    lstm = lambda i: sum(
+        t * 4 * head.hidden_units * ((i if n == 0 else head.hidden_units) + head.hidden_units)
+        for n in range(head.num_layers)
+    )
     inference = lstm(feat // t) + t * head.hidden_units * d // t if head.recurrent_inference else feat * d // t
     generation = lstm(d // t) + t * head.hidden_units * d // t if head.recurrent_generation else d * d // t
     return loc + inference + generation + conv3(head.latent_channels, cf)
@@ -153,12 +181,21 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
     median = statistics.median(times)
     flops = 3 * 2 * forward_macs(model)
     params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-    return {"model": name, "batch_size": batch_size, "precision": model.dtype_policy.name,
-            "img_per_s": round(batch_size / median, 1),
-            "step_s_median": round(median, 4), "step_s_min": round(min(times), 4),
-            "flops_per_image": flops, "gflop_per_s": round(flops * batch_size / median / 1e9, 1),
-            "params": params, "steps": steps, "threads": os.cpu_count(),
-            "tf": tf.__version__, "keras": keras.__version__}
+    return {
+        "model": name,
+        "batch_size": batch_size,
+        "precision": model.dtype_policy.name,
+        "img_per_s": round(batch_size / median, 1),
+        "step_s_median": round(median, 4),
+        "step_s_min": round(min(times), 4),
+        "flops_per_image": flops,
+        "gflop_per_s": round(flops * batch_size / median / 1e9, 1),
+        "params": params,
+        "steps": steps,
+        "threads": os.cpu_count(),
+        "tf": tf.__version__,
+        "keras": keras.__version__,
+    }
 
 
 def bench_recipe(path, steps, warmup, batch_size, bindings):
@@ -180,11 +217,20 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
     batches = [tf.constant(rng.random((batch_size,) + image_shape).astype(np.float32)) for _ in range(2)]
     times = time_steps(step, batches, warmup, steps)
     median = statistics.median(times)
-    return {"recipe": os.path.basename(path), "image_shape": list(image_shape), "batch_size": batch_size,
-            "precision": model.dtype_policy.name, "step_s_median": round(median, 3),
-            "step_s_min": round(min(times), 3), "img_per_s": round(batch_size / median, 1),
-            "params": models.parameter_counts(model), "steps": steps, "threads": os.cpu_count(),
-            "tf": tf.__version__, "keras": keras.__version__}
+    return {
+        "recipe": os.path.basename(path),
+        "image_shape": list(image_shape),
+        "batch_size": batch_size,
+        "precision": model.dtype_policy.name,
+        "step_s_median": round(median, 3),
+        "step_s_min": round(min(times), 3),
+        "img_per_s": round(batch_size / median, 1),
+        "params": models.parameter_counts(model),
+        "steps": steps,
+        "threads": os.cpu_count(),
+        "tf": tf.__version__,
+        "keras": keras.__version__,
+    }
 
 
 def _memory_mb(field: str) -> float:
@@ -211,21 +257,34 @@ def bench_nll(name, num_samples, num_images, batch_size, chunk_size, gin_dir, bi
     baseline_mb = _memory_mb("VmHWM")
     sampler.warm_up(images[:batch_size])
     start, cpu_start = time.perf_counter(), time.process_time()
-    estimates = sampler.estimate(data_lib.make_dataset(images, batch_size=batch_size, binarization="static", seed=0,
-                                                       training=False), log_every_secs=1e9)
+    estimates = sampler.estimate(
+        data_lib.make_dataset(images, batch_size=batch_size, binarization="static", seed=0, training=False),
+        log_every_secs=1e9,
+    )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak_mb = _memory_mb("VmHWM")
-    return {"model": name, "mode": "nll", "num_importance_samples": num_samples, "images": num_images,
-            "batch_size": batch_size, "chunk_size": sampler.chunk_size,
-            "decoder_rows_per_pass": sampler.chunk_size * batch_size, "precision": model.dtype_policy.name,
-            "samples_per_s": round(num_images * num_samples / seconds, 1), "estimation_s": round(seconds, 2),
-            # CPU seconds of this process over wall seconds: about --threads when the machine is not shared.
-            "cpu_utilization": round(cpu_seconds / seconds, 2),
-            "peak_rss_mb": round(peak_mb, 1), "peak_rss_growth_mb": round(peak_mb - baseline_mb, 1),
-            "weights": "random (recipe initialisation, seed 0)",
-            "nll": round(-float(np.mean(estimates.log_likelihood)), 3),
-            "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)), "threads": os.cpu_count(),
-            "tf": tf.__version__, "keras": keras.__version__}
+    return {
+        "model": name,
+        "mode": "nll",
+        "num_importance_samples": num_samples,
+        "images": num_images,
+        "batch_size": batch_size,
+        "chunk_size": sampler.chunk_size,
+        "decoder_rows_per_pass": sampler.chunk_size * batch_size,
+        "precision": model.dtype_policy.name,
+        "samples_per_s": round(num_images * num_samples / seconds, 1),
+        "estimation_s": round(seconds, 2),
+        # CPU seconds of this process over wall seconds: about --threads when the machine is not shared.
+        "cpu_utilization": round(cpu_seconds / seconds, 2),
+        "peak_rss_mb": round(peak_mb, 1),
+        "peak_rss_growth_mb": round(peak_mb - baseline_mb, 1),
+        "weights": "random (recipe initialisation, seed 0)",
+        "nll": round(-float(np.mean(estimates.log_likelihood)), 3),
+        "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+        "threads": os.cpu_count(),
+        "tf": tf.__version__,
+        "keras": keras.__version__,
+    }
 
 
 def _nll_main(models):
@@ -233,26 +292,43 @@ def _nll_main(models):
         samples = [int(k) for k in NLL_SAMPLES.value]
     except ValueError:
         raise app.UsageError(f"--nll_samples={','.join(NLL_SAMPLES.value)} must be a list of integers.") from None
-    if not samples or min(samples) < 1 or NLL_IMAGES.value < 1 or NLL_BATCH.value < 1 or (
-            NLL_CHUNK.value is not None and NLL_CHUNK.value < 1):
+    if (
+        not samples
+        or min(samples) < 1
+        or NLL_IMAGES.value < 1
+        or NLL_BATCH.value < 1
+        or (NLL_CHUNK.value is not None and NLL_CHUNK.value < 1)
+    ):
         raise app.UsageError("--nll_samples, --nll_images, --nll_batch_size and --nll_chunk_size must be positive.")
     for name in models:
         for k in samples:
             if not NLL_SUBPROCESS.value:
-                result = bench_nll(name, k, NLL_IMAGES.value, NLL_BATCH.value, NLL_CHUNK.value, GIN_DIR.value,
-                                   GIN_BINDINGS.value)
+                result = bench_nll(
+                    name, k, NLL_IMAGES.value, NLL_BATCH.value, NLL_CHUNK.value, GIN_DIR.value, GIN_BINDINGS.value
+                )
                 print(json.dumps(result), flush=True)
                 continue
-            command = [sys.executable, "-m", "crvae_tf.bench", "--nll", "--nonll_subprocess", f"--models={name}",
-                       f"--nll_samples={k}", f"--nll_images={NLL_IMAGES.value}",
-                       f"--nll_batch_size={NLL_BATCH.value}", f"--gin_dir={GIN_DIR.value}"]
+            command = [
+                sys.executable,
+                "-m",
+                "crvae_tf.bench",
+                "--nll",
+                "--nonll_subprocess",
+                f"--models={name}",
+                f"--nll_samples={k}",
+                f"--nll_images={NLL_IMAGES.value}",
+                f"--nll_batch_size={NLL_BATCH.value}",
+                f"--gin_dir={GIN_DIR.value}",
+            ]
             command += [f"--nll_chunk_size={NLL_CHUNK.value}"] if NLL_CHUNK.value is not None else []
             command += [f"--gin_bindings={b}" for b in GIN_BINDINGS.value]
             child = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
             lines = child.stdout.strip().splitlines()
             if child.returncode or not lines:
-                raise RuntimeError(f"The NLL benchmark of {name} at K={k} failed (exit {child.returncode}); its "
-                                   f"stderr is above. Command: {' '.join(command)}")
+                raise RuntimeError(
+                    f"The NLL benchmark of {name} at K={k} failed (exit {child.returncode}); its "
+                    f"stderr is above. Command: {' '.join(command)}"
+                )
             print(lines[-1], flush=True)
 
 
@@ -275,7 +351,9 @@ def bench_serving(name, batch_sizes, iterations, warmup, gin_dir, bindings):
     """p50/p99 latency of the exported serving_default vs Keras predict for one recipe; one dict per batch size."""
     import shutil
     import tempfile
-    from crvae_tf import export_lib   # imported here: only this mode needs it
+
+    from crvae_tf import export_lib  # imported here: only this mode needs it
+
     gin.clear_config()
     train_lib.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
     keras.utils.set_random_seed(0)
@@ -290,9 +368,9 @@ def bench_serving(name, batch_sizes, iterations, warmup, gin_dir, bindings):
         results = []
         for batch_size in batch_sizes:
             z = np.random.default_rng(batch_size).standard_normal((batch_size, model.latent_dim)).astype(np.float32)
-            exported = lambda: serving_default(z=tf.constant(z))["images"].numpy()  # noqa: E731
-            predict = lambda: keras_model.predict(z, batch_size=batch_size, verbose=0)  # noqa: E731
-            np.testing.assert_allclose(exported(), predict(), atol=1e-5)   # the same function of z
+            exported = lambda z=z: serving_default(z=tf.constant(z))["images"].numpy()
+            predict = lambda z=z, n=batch_size: keras_model.predict(z, batch_size=n, verbose=0)
+            np.testing.assert_allclose(exported(), predict(), atol=1e-5)  # the same function of z
             for _ in range(warmup):
                 exported(), predict()
             times = {"exported": [], "keras": []}
@@ -308,10 +386,18 @@ def bench_serving(name, batch_sizes, iterations, warmup, gin_dir, bindings):
             row["ratio_p50"] = round(row["exported_p50_ms"] / row["keras_p50_ms"], 3)
             row["ratio_p99"] = round(row["exported_p99_ms"] / row["keras_p99_ms"], 3)
             row["target_met"] = row["ratio_p50"] <= 0.5
-            row.update({"iterations": iterations, "export_s": round(export_s, 2),
-                        "latent_dim": int(model.latent_dim), "precision": model.dtype_policy.name,
-                        "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
-                        "threads": os.cpu_count(), "tf": tf.__version__, "keras": keras.__version__})
+            row.update(
+                {
+                    "iterations": iterations,
+                    "export_s": round(export_s, 2),
+                    "latent_dim": int(model.latent_dim),
+                    "precision": model.dtype_policy.name,
+                    "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+                    "threads": os.cpu_count(),
+                    "tf": tf.__version__,
+                    "keras": keras.__version__,
+                }
+            )
             results.append(row)
         return results
     finally:
@@ -326,8 +412,9 @@ def _serving_main(models):
     if not batch_sizes or min(batch_sizes) < 1 or SERVING_ITERATIONS.value < 1 or WARMUP.value < 0:
         raise app.UsageError("--serving_batch_sizes and --serving_iterations must be positive, --warmup >= 0.")
     for name in models:
-        for row in bench_serving(name, batch_sizes, SERVING_ITERATIONS.value, WARMUP.value, GIN_DIR.value,
-                                 GIN_BINDINGS.value):
+        for row in bench_serving(
+            name, batch_sizes, SERVING_ITERATIONS.value, WARMUP.value, GIN_DIR.value, GIN_BINDINGS.value
+        ):
             print(json.dumps(row), flush=True)
 
 

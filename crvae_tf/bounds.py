@@ -67,8 +67,9 @@ def weighted_rate(kl_steps, kl_weight: float = 1.0, kl_step_weights=None):
     if kl_step_weights is not None:
         weights = tf.constant(kl_step_weights, dtype=kl_steps.dtype)
         if weights.shape[0] != kl_steps.shape[-1]:
-            raise ValueError(f"kl_step_weights has {weights.shape[0]} entries but the model has "
-                             f"{kl_steps.shape[-1]} time steps")
+            raise ValueError(
+                f"kl_step_weights has {weights.shape[0]} entries but the model has {kl_steps.shape[-1]} time steps"
+            )
         kl_steps = kl_steps * weights
     return kl_weight * tf.reduce_sum(kl_steps, axis=-1)
 
@@ -86,8 +87,9 @@ def log_importance_weights(images, logits, z, loc, log_variance):
       `[num_samples, batch]` log importance weights.
     """
     q = distributions.posterior(loc, log_variance)
-    return (distributions.bernoulli_likelihood(logits).log_prob(images)
-            + distributions.prior(z).log_prob(z) - q.log_prob(z))
+    return (
+        distributions.bernoulli_likelihood(logits).log_prob(images) + distributions.prior(z).log_prob(z) - q.log_prob(z)
+    )
 
 
 def iwae_bound(log_weights):
@@ -97,6 +99,7 @@ def iwae_bound(log_weights):
 
 class LikelihoodEstimate(NamedTuple):
     """Per-example estimates from one set of K importance samples; `[batch]` float64, nats per image."""
+
     log_likelihood: tf.Tensor  # IWAE_K = log (1/K) sum_k exp(w_k), a stochastic lower bound on log p(x)
     elbo: tf.Tensor  # (1/K) sum_k w_k, an unbiased estimate of the ELBO; <= log_likelihood by Jensen
 
@@ -132,8 +135,9 @@ def streaming_log_mean_exp(log_weight_chunks) -> LikelihoodEstimate:
     if running_max is None:
         raise ValueError("log_weight_chunks is empty; need at least one sample")
     shift = tf.where(tf.math.is_finite(running_max), running_max, tf.zeros_like(running_max))
-    return LikelihoodEstimate(log_likelihood=tf.math.log(running_sum) + shift - tf.math.log(count),
-                              elbo=weight_sum / count)
+    return LikelihoodEstimate(
+        log_likelihood=tf.math.log(running_sum) + shift - tf.math.log(count), elbo=weight_sum / count
+    )
 
 
 def importance_sampled_log_likelihood(log_weights_fn, num_samples: int, chunk_size: int) -> LikelihoodEstimate:

@@ -14,21 +14,32 @@ the same for every model variant:
     train.*        the loop (`max_steps`, `batch_size`, `seed`, logging/checkpoint cadence)
 """
 
-import gin
 import keras
 
-from crvae_tf import adversarial
+from crvae_tf import adversarial, layers, models, networks
 from crvae_tf import data as data_lib
-from crvae_tf import layers
-from crvae_tf import models
-from crvae_tf import networks
+import gin
 
 
 @gin.configurable("dataset", denylist=["seed"])
-def build_dataset(name: str = "sprites", local_path=None, data_dir=None, download: bool = True,
-                  validation_size=None, seed: int = 0, resolution=None, crop=None, box_scale=None, cub_path=None,
-                  birdsnap_path=None, nabirds_path=None, manual_dir=None, cache_dir=None, flip=None,
-                  max_corrupt_fraction: float = 0.01) -> data_lib.ImageSplits:
+def build_dataset(
+    name: str = "sprites",
+    local_path=None,
+    data_dir=None,
+    download: bool = True,
+    validation_size=None,
+    seed: int = 0,
+    resolution=None,
+    crop=None,
+    box_scale=None,
+    cub_path=None,
+    birdsnap_path=None,
+    nabirds_path=None,
+    manual_dir=None,
+    cache_dir=None,
+    flip=None,
+    max_corrupt_fraction: float = 0.01,
+) -> data_lib.ImageSplits:
     """Loads the train/validation/test images (`data_lib.load_image_splits`; RGB details in `image_data`).
 
     Args:
@@ -59,10 +70,23 @@ def build_dataset(name: str = "sprites", local_path=None, data_dir=None, downloa
         in the cache manifest) before loading fails.
     """
     return data_lib.load_image_splits(
-        name, local_path=local_path, data_dir=data_dir, download=download, validation_size=validation_size,
-        seed=seed, resolution=resolution, crop=crop, box_scale=box_scale, cub_path=cub_path,
-        birdsnap_path=birdsnap_path, nabirds_path=nabirds_path, manual_dir=manual_dir, cache_dir=cache_dir,
-        flip=flip, max_corrupt_fraction=max_corrupt_fraction)
+        name,
+        local_path=local_path,
+        data_dir=data_dir,
+        download=download,
+        validation_size=validation_size,
+        seed=seed,
+        resolution=resolution,
+        crop=crop,
+        box_scale=box_scale,
+        cub_path=cub_path,
+        birdsnap_path=birdsnap_path,
+        nabirds_path=nabirds_path,
+        manual_dir=manual_dir,
+        cache_dir=cache_dir,
+        flip=flip,
+        max_corrupt_fraction=max_corrupt_fraction,
+    )
 
 
 @gin.configurable("eval_dataset")
@@ -85,8 +109,13 @@ def build_eval_dataset(name=None, local_path=None, data_dir=None, download: bool
 
 
 @gin.configurable("encoder", denylist=["image_shape"])
-def build_encoder(image_shape=(28, 28, 1), base_channels: int = 32, last_stride2_kernel=None,
-                  batchnorm_momentum=None, batchnorm_epsilon=None):
+def build_encoder(
+    image_shape=(28, 28, 1),
+    base_channels: int = 32,
+    last_stride2_kernel=None,
+    batchnorm_momentum=None,
+    batchnorm_epsilon=None,
+):
     """The inference network for the image shape: `networks.mnist_encoder` (28x28x1) or
     `networks.rgb_encoder` (64x64x3, 128x128x3); see their docstrings for the layers.
 
@@ -100,27 +129,35 @@ def build_encoder(image_shape=(28, 28, 1), base_channels: int = 32, last_stride2
     """
     image_shape = tuple(image_shape)
     if image_shape == MNIST_SHAPE:
-        return networks.mnist_encoder(base_channels, 3 if last_stride2_kernel is None else last_stride2_kernel,
-                                      _default(batchnorm_momentum, 0.9), _default(batchnorm_epsilon, 1e-5))
+        return networks.mnist_encoder(
+            base_channels,
+            3 if last_stride2_kernel is None else last_stride2_kernel,
+            _default(batchnorm_momentum, 0.9),
+            _default(batchnorm_epsilon, 1e-5),
+        )
     resolution = _rgb_resolution(image_shape)
     if last_stride2_kernel is not None:
         raise ValueError("encoder.last_stride2_kernel applies to the 28x28 MNIST encoder only; remove the binding.")
-    return networks.rgb_encoder(resolution, base_channels, _default(batchnorm_momentum, 0.1),
-                                _default(batchnorm_epsilon, 1e-6))
+    return networks.rgb_encoder(
+        resolution, base_channels, _default(batchnorm_momentum, 0.1), _default(batchnorm_epsilon, 1e-6)
+    )
 
 
 @gin.configurable("decoder", denylist=["image_shape"])
-def build_decoder(image_shape=(28, 28, 1), base_channels: int = 32, batchnorm_momentum=None,
-                  batchnorm_epsilon=None):
+def build_decoder(image_shape=(28, 28, 1), base_channels: int = 32, batchnorm_momentum=None, batchnorm_epsilon=None):
     """The generation network: `networks.mnist_decoder` (Bernoulli logits) or `networks.rgb_decoder`
     (tanh, [-1, 1]). Batch-norm defaults as `encoder.*`."""
     image_shape = tuple(image_shape)
     if image_shape == MNIST_SHAPE:
-        return networks.mnist_decoder(base_channels, _default(batchnorm_momentum, 0.9),
-                                      _default(batchnorm_epsilon, 1e-5))
-    return networks.rgb_decoder(_rgb_resolution(image_shape), base_channels,
-                                batchnorm_momentum=_default(batchnorm_momentum, 0.1),
-                                batchnorm_epsilon=_default(batchnorm_epsilon, 1e-6))
+        return networks.mnist_decoder(
+            base_channels, _default(batchnorm_momentum, 0.9), _default(batchnorm_epsilon, 1e-5)
+        )
+    return networks.rgb_decoder(
+        _rgb_resolution(image_shape),
+        base_channels,
+        batchnorm_momentum=_default(batchnorm_momentum, 0.1),
+        batchnorm_epsilon=_default(batchnorm_epsilon, 1e-6),
+    )
 
 
 MNIST_SHAPE = (28, 28, 1)
@@ -134,8 +171,10 @@ def _default(value, default):
 def _rgb_resolution(image_shape) -> int:
     height, width, channels = image_shape
     if channels != 3 or height != width or height not in RGB_RESOLUTIONS:
-        raise ValueError(f"No network for images of shape {tuple(image_shape)}: the networks take 28x28x1 (MNIST) "
-                         f"or square RGB at {RGB_RESOLUTIONS} (set dataset.resolution).")
+        raise ValueError(
+            f"No network for images of shape {tuple(image_shape)}: the networks take 28x28x1 (MNIST) "
+            f"or square RGB at {RGB_RESOLUTIONS} (set dataset.resolution)."
+        )
     return int(height)
 
 
@@ -144,9 +183,18 @@ BASELINE_DISCRIMINATOR_WIDTHS = (32, 64, 128, 256)
 
 
 @gin.configurable("discriminator", denylist=["image_shape", "latent_shape", "with_q_head", "seed"])
-def build_discriminator(image_shape, latent_shape=None, with_q_head: bool = False, seed=None,
-                        widths=(64, 128, 256, 256), units: int = 1024, num_kernels: int = 100, kernel_dim: int = 5,
-                        dropout_rate: float = 0.5, torch_dropout: bool = True):
+def build_discriminator(
+    image_shape,
+    latent_shape=None,
+    with_q_head: bool = False,
+    seed=None,
+    widths=(64, 128, 256, 256),
+    units: int = 1024,
+    num_kernels: int = 100,
+    kernel_dim: int = 5,
+    dropout_rate: float = 0.5,
+    torch_dropout: bool = True,
+):
     """The discriminator trunk, its real/fake head and (for the MI term) the Q head (notes 6).
 
     Args:
@@ -166,12 +214,19 @@ def build_discriminator(image_shape, latent_shape=None, with_q_head: bool = Fals
       (trunk, head, q_head or None).
     """
     resolution = _rgb_resolution(tuple(image_shape))
-    trunk = networks.discriminator_trunk(resolution, tuple(widths), dropout_rate=dropout_rate,
-                                         torch_dropout=torch_dropout, seed=seed)
+    trunk = networks.discriminator_trunk(
+        resolution, tuple(widths), dropout_rate=dropout_rate, torch_dropout=torch_dropout, seed=seed
+    )
     feature_shape = tuple(trunk.output_shape[1:])
-    head = networks.discriminator_head(feature_shape, units=units, num_kernels=num_kernels, kernel_dim=kernel_dim,
-                                       dropout_rate=dropout_rate, torch_dropout=torch_dropout,
-                                       seed=None if seed is None else seed + 100)
+    head = networks.discriminator_head(
+        feature_shape,
+        units=units,
+        num_kernels=num_kernels,
+        kernel_dim=kernel_dim,
+        dropout_rate=dropout_rate,
+        torch_dropout=torch_dropout,
+        seed=None if seed is None else seed + 100,
+    )
     q_head = networks.q_head(feature_shape, latent_shape=tuple(latent_shape)) if with_q_head else None
     return trunk, head, q_head
 
@@ -181,16 +236,35 @@ _HEAD_ARGS = {
     "fc": {"latent_dim", "num_time_steps"},
     "conv": {"latent_channels", "num_time_steps"},
     "block_fc": {"latent_channels", "num_time_steps", "loc_path"},
-    "channel_recurrent": {"latent_channels", "num_time_steps", "loc_path", "hidden_units", "num_layers",
-                          "recurrent_inference", "recurrent_generation", "inference_batchnorm"},
+    "channel_recurrent": {
+        "latent_channels",
+        "num_time_steps",
+        "loc_path",
+        "hidden_units",
+        "num_layers",
+        "recurrent_inference",
+        "recurrent_generation",
+        "inference_batchnorm",
+    },
 }
 
 
 @gin.configurable("latent_head", denylist=["feature_shape"])
-def build_latent_head(feature_shape, kind: str = gin.REQUIRED, latent_dim=None, latent_channels=None,
-                      num_time_steps=None, loc_path=None, hidden_units=None, num_layers=None,
-                      recurrent_inference=None, recurrent_generation=None, inference_batchnorm=None,
-                      batchnorm_momentum: float = 0.9, batchnorm_epsilon: float = 1e-5):
+def build_latent_head(
+    feature_shape,
+    kind: str = gin.REQUIRED,
+    latent_dim=None,
+    latent_channels=None,
+    num_time_steps=None,
+    loc_path=None,
+    hidden_units=None,
+    num_layers=None,
+    recurrent_inference=None,
+    recurrent_generation=None,
+    inference_batchnorm=None,
+    batchnorm_momentum: float = 0.9,
+    batchnorm_epsilon: float = 1e-5,
+):
     """Builds the latent head that defines the model variant.
 
     Args:
@@ -206,40 +280,76 @@ def build_latent_head(feature_shape, kind: str = gin.REQUIRED, latent_dim=None, 
       batchnorm_momentum, batchnorm_epsilon: the BatchNorm at the decoder entry (crVAE, cVAE heads);
         recipes share one gin macro with encoder.* and decoder.*.
     """
-    given = {key: value for key, value in dict(
-        latent_dim=latent_dim, latent_channels=latent_channels, num_time_steps=num_time_steps,
-        loc_path=loc_path, hidden_units=hidden_units, num_layers=num_layers,
-        recurrent_inference=recurrent_inference, recurrent_generation=recurrent_generation,
-        inference_batchnorm=inference_batchnorm).items() if value is not None}
+    given = {
+        key: value
+        for key, value in dict(
+            latent_dim=latent_dim,
+            latent_channels=latent_channels,
+            num_time_steps=num_time_steps,
+            loc_path=loc_path,
+            hidden_units=hidden_units,
+            num_layers=num_layers,
+            recurrent_inference=recurrent_inference,
+            recurrent_generation=recurrent_generation,
+            inference_batchnorm=inference_batchnorm,
+        ).items()
+        if value is not None
+    }
     if kind not in layers.HEADS:
         raise ValueError(f"latent_head.kind={kind!r} is not one of {sorted(layers.HEADS)}")
     unused = sorted(set(given) - _HEAD_ARGS[kind])
     if unused:
-        raise ValueError(f"latent_head.kind={kind!r} does not use {unused}; remove those bindings "
-                         f"(it accepts {sorted(_HEAD_ARGS[kind])}).")
+        raise ValueError(
+            f"latent_head.kind={kind!r} does not use {unused}; remove those bindings "
+            f"(it accepts {sorted(_HEAD_ARGS[kind])})."
+        )
     if kind != "fc":
         given.setdefault("num_time_steps", 8)
-    return layers.HEADS[kind](feature_shape, batchnorm_momentum=batchnorm_momentum,
-                              batchnorm_epsilon=batchnorm_epsilon, name="latent_head", **given)
+    return layers.HEADS[kind](
+        feature_shape,
+        batchnorm_momentum=batchnorm_momentum,
+        batchnorm_epsilon=batchnorm_epsilon,
+        name="latent_head",
+        **given,
+    )
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 FAMILIES = ("vae", "vae_gan")
 # model.* arguments of the adversarial family only (None = not given).
-_ADVERSARIAL_ARGS = ("adversarial_weight", "adversarial_loss", "mutual_information_weight",
-                     "mutual_information_step_weights", "reconstruction_normalization",
-                     "discriminator_accuracy_threshold", "encoder_adversarial_gradient",
-                     "legacy_swapped_prior_weights", "legacy_unweighted_prior_mutual_information")
+_ADVERSARIAL_ARGS = (
+    "adversarial_weight",
+    "adversarial_loss",
+    "mutual_information_weight",
+    "mutual_information_step_weights",
+    "reconstruction_normalization",
+    "discriminator_accuracy_threshold",
+    "encoder_adversarial_gradient",
+    "legacy_swapped_prior_weights",
+    "legacy_unweighted_prior_mutual_information",
+)
 
 
 @gin.configurable("model", denylist=["image_shape", "seed"])
-def build_model(image_shape=(28, 28, 1), family: str = "vae", kl_weight: float = 1.0, kl_step_weights=None,
-                seed=None, precision: str = "float32", num_importance_samples: int = 1,
-                num_validation_samples: int = 5, adversarial_weight=None, adversarial_loss=None,
-                mutual_information_weight=None, mutual_information_step_weights=None,
-                reconstruction_normalization=None, discriminator_accuracy_threshold=None,
-                encoder_adversarial_gradient=None, legacy_swapped_prior_weights=None,
-                legacy_unweighted_prior_mutual_information=None):
+def build_model(
+    image_shape=(28, 28, 1),
+    family: str = "vae",
+    kl_weight: float = 1.0,
+    kl_step_weights=None,
+    seed=None,
+    precision: str = "float32",
+    num_importance_samples: int = 1,
+    num_validation_samples: int = 5,
+    adversarial_weight=None,
+    adversarial_loss=None,
+    mutual_information_weight=None,
+    mutual_information_step_weights=None,
+    reconstruction_normalization=None,
+    discriminator_accuracy_threshold=None,
+    encoder_adversarial_gradient=None,
+    legacy_swapped_prior_weights=None,
+    legacy_unweighted_prior_mutual_information=None,
+):
     """Builds (and builds the weights of) the model with the configured encoder, latent head and decoder.
 
     Args:
@@ -273,43 +383,69 @@ def build_model(image_shape=(28, 28, 1), family: str = "vae", kl_weight: float =
         raise ValueError(f"model.precision={precision!r} is not one of {list(PRECISIONS)}.")
     if family not in FAMILIES:
         raise ValueError(f"model.family={family!r} is not one of {list(FAMILIES)}.")
-    adversarial_args = {name: value for name, value in dict(
-        adversarial_weight=adversarial_weight, adversarial_loss=adversarial_loss,
-        mutual_information_weight=mutual_information_weight,
-        mutual_information_step_weights=mutual_information_step_weights,
-        reconstruction_normalization=reconstruction_normalization,
-        discriminator_accuracy_threshold=discriminator_accuracy_threshold,
-        encoder_adversarial_gradient=encoder_adversarial_gradient,
-        legacy_swapped_prior_weights=legacy_swapped_prior_weights,
-        legacy_unweighted_prior_mutual_information=legacy_unweighted_prior_mutual_information).items()
-        if value is not None}
+    adversarial_args = {
+        name: value
+        for name, value in dict(
+            adversarial_weight=adversarial_weight,
+            adversarial_loss=adversarial_loss,
+            mutual_information_weight=mutual_information_weight,
+            mutual_information_step_weights=mutual_information_step_weights,
+            reconstruction_normalization=reconstruction_normalization,
+            discriminator_accuracy_threshold=discriminator_accuracy_threshold,
+            encoder_adversarial_gradient=encoder_adversarial_gradient,
+            legacy_swapped_prior_weights=legacy_swapped_prior_weights,
+            legacy_unweighted_prior_mutual_information=legacy_unweighted_prior_mutual_information,
+        ).items()
+        if value is not None
+    }
     if family == "vae" and adversarial_args:
-        raise ValueError(f"model.{sorted(adversarial_args)} apply to model.family='vae_gan' only; remove them or "
-                         "set model.family = 'vae_gan'.")
+        raise ValueError(
+            f"model.{sorted(adversarial_args)} apply to model.family='vae_gan' only; remove them or "
+            "set model.family = 'vae_gan'."
+        )
     if family == "vae_gan" and (num_importance_samples != 1 or tuple(image_shape) == MNIST_SHAPE):
-        raise ValueError("model.family='vae_gan' trains RGB images (dataset 'celeba' or 'birds') with one posterior "
-                         f"sample; got image_shape={tuple(image_shape)}, num_importance_samples={num_importance_samples}.")
+        raise ValueError(
+            "model.family='vae_gan' trains RGB images (dataset 'celeba' or 'birds') with one posterior "
+            f"sample; got image_shape={tuple(image_shape)}, num_importance_samples={num_importance_samples}."
+        )
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision)   # captured by every layer built below
+    keras.config.set_dtype_policy(precision)  # captured by every layer built below
     try:
         encoder = build_encoder(image_shape)
         decoder = build_decoder(image_shape)
         feature_shape = tuple(encoder.output_shape[1:])
         head = build_latent_head(feature_shape)
         if family == "vae":
-            model = models.VAE(encoder, head, decoder, image_shape=image_shape, kl_weight=kl_weight,
-                               kl_step_weights=kl_step_weights, seed=seed,
-                               num_importance_samples=num_importance_samples,
-                               num_validation_samples=num_validation_samples, name="vae")
+            model = models.VAE(
+                encoder,
+                head,
+                decoder,
+                image_shape=image_shape,
+                kl_weight=kl_weight,
+                kl_step_weights=kl_step_weights,
+                seed=seed,
+                num_importance_samples=num_importance_samples,
+                num_validation_samples=num_validation_samples,
+                name="vae",
+            )
         else:
             with_q = bool(adversarial_args.get("mutual_information_weight"))
             latent_shape = (feature_shape[:2] + (head.latent_channels,)) if hasattr(head, "latent_channels") else None
-            trunk, discriminator, q_head = build_discriminator(image_shape, latent_shape, with_q_head=with_q,
-                                                                 seed=seed)
-            model = adversarial.VAEGAN(encoder, head, decoder, trunk, discriminator, q_head,
-                                       image_shape=image_shape, kl_weight=kl_weight,
-                                       kl_step_weights=kl_step_weights, seed=seed, name="vae_gan",
-                                       **adversarial_args)
+            trunk, discriminator, q_head = build_discriminator(image_shape, latent_shape, with_q_head=with_q, seed=seed)
+            model = adversarial.VAEGAN(
+                encoder,
+                head,
+                decoder,
+                trunk,
+                discriminator,
+                q_head,
+                image_shape=image_shape,
+                kl_weight=kl_weight,
+                kl_step_weights=kl_step_weights,
+                seed=seed,
+                name="vae_gan",
+                **adversarial_args,
+            )
     finally:
         keras.config.set_dtype_policy(previous)
     model.build()
@@ -317,9 +453,18 @@ def build_model(image_shape=(28, 28, 1), family: str = "vae", kl_weight: float =
 
 
 @gin.configurable("optimizer", denylist=["model", "steps_per_epoch"])
-def build_optimizers(model, steps_per_epoch: int, learning_rate: float = 3e-4,
-                     group_learning_rate_scale=None, group_gradient_clip=None, group_warmup=None,
-                     lr_halving_epochs=50, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8):
+def build_optimizers(
+    model,
+    steps_per_epoch: int,
+    learning_rate: float = 3e-4,
+    group_learning_rate_scale=None,
+    group_gradient_clip=None,
+    group_warmup=None,
+    lr_halving_epochs=50,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-8,
+):
     """One Adam per parameter group, each with a step-wise halving schedule.
 
     Args:
@@ -342,12 +487,16 @@ def build_optimizers(model, steps_per_epoch: int, learning_rate: float = 3e-4,
     scales = dict(group_learning_rate_scale or {})
     clips = dict(group_gradient_clip or {})
     warmups = dict(group_warmup or {})
-    for mapping, what in ((scales, "group_learning_rate_scale"), (clips, "group_gradient_clip"),
-                          (warmups, "group_warmup")):
+    for mapping, what in (
+        (scales, "group_learning_rate_scale"),
+        (clips, "group_gradient_clip"),
+        (warmups, "group_warmup"),
+    ):
         unknown = sorted(set(mapping) - set(model.GROUPS))
         if unknown:
-            raise ValueError(f"optimizer.{what} has unknown groups {unknown}; this model's groups are "
-                             f"{list(model.GROUPS)}")
+            raise ValueError(
+                f"optimizer.{what} has unknown groups {unknown}; this model's groups are {list(model.GROUPS)}"
+            )
     optimizers = {}
     for name, variables in model.variable_groups().items():
         if not variables:
@@ -355,11 +504,13 @@ def build_optimizers(model, steps_per_epoch: int, learning_rate: float = 3e-4,
         rate = learning_rate * scales.get(name, 1.0)
         if lr_halving_epochs:
             rate = keras.optimizers.schedules.ExponentialDecay(
-                rate, decay_steps=max(1, int(lr_halving_epochs * steps_per_epoch)), decay_rate=0.5, staircase=True)
+                rate, decay_steps=max(1, int(lr_halving_epochs * steps_per_epoch)), decay_rate=0.5, staircase=True
+            )
         if warmups.get(name):
             rate = adversarial.WarmupSchedule(rate, warmups[name])
-        optimizers[name] = keras.optimizers.Adam(rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-                                                 name=f"{name}_adam")
+        optimizers[name] = keras.optimizers.Adam(
+            rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, name=f"{name}_adam"
+        )
     return optimizers, {name: c for name, c in clips.items() if c}
 
 
@@ -369,5 +520,13 @@ def current_learning_rate(optimizer) -> float:
     return float(rate.numpy() if hasattr(rate, "numpy") else rate)
 
 
-__all__ = ["build_dataset", "build_encoder", "build_decoder", "build_discriminator", "build_latent_head", "build_model",
-           "build_optimizers", "current_learning_rate"]
+__all__ = [
+    "build_dataset",
+    "build_encoder",
+    "build_decoder",
+    "build_discriminator",
+    "build_latent_head",
+    "build_model",
+    "build_optimizers",
+    "current_learning_rate",
+]

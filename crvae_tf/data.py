@@ -135,8 +135,10 @@ class ImageSplits:
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{s}={getattr(self, s).shape}" for s in SPLIT_NAMES)
-        return (f"ImageSplits(name={self.name!r}, binarization={self.binarization!r}, {shapes}, "
-                f"pixels={self.pixel_format!r}, flip={self.flip}, source={self.source!r})")
+        return (
+            f"ImageSplits(name={self.name!r}, binarization={self.binarization!r}, {shapes}, "
+            f"pixels={self.pixel_format!r}, flip={self.flip}, source={self.source!r})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -144,13 +146,27 @@ class ImageSplits:
 # ----------------------------------------------------------------------------------------------------
 
 
-def load_image_splits(name: str, *, local_path: Optional[str] = None, data_dir: Optional[str] = None,
-                      download: bool = True, validation_size: Optional[Union[int, float]] = None, seed: int = 0,
-                      num_sprites: Tuple[int, int, int] = (8192, 1024, 1024), resolution: Optional[int] = None,
-                      crop=None, box_scale: Optional[float] = None, cub_path: Optional[str] = None,
-                      birdsnap_path: Optional[str] = None, nabirds_path: Optional[str] = None,
-                      manual_dir: Optional[str] = None, cache_dir: Optional[str] = None, flip: Optional[bool] = None,
-                      max_corrupt_fraction: float = 0.01, num_workers: Optional[int] = None) -> ImageSplits:
+def load_image_splits(
+    name: str,
+    *,
+    local_path: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    download: bool = True,
+    validation_size: Optional[Union[int, float]] = None,
+    seed: int = 0,
+    num_sprites: Tuple[int, int, int] = (8192, 1024, 1024),
+    resolution: Optional[int] = None,
+    crop=None,
+    box_scale: Optional[float] = None,
+    cub_path: Optional[str] = None,
+    birdsnap_path: Optional[str] = None,
+    nabirds_path: Optional[str] = None,
+    manual_dir: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    flip: Optional[bool] = None,
+    max_corrupt_fraction: float = 0.01,
+    num_workers: Optional[int] = None,
+) -> ImageSplits:
     """Loads the train / validation / test splits of one dataset.
 
     Args:
@@ -202,37 +218,63 @@ def load_image_splits(name: str, *, local_path: Optional[str] = None, data_dir: 
         expected files and the binding to set.
     """
     if name not in DATASET_NAMES:
-        raise ValueError(f"Unknown dataset name {name!r}; supported names are "
-                         f"{', '.join(map(repr, DATASET_NAMES))} (set dataset.name).")
+        raise ValueError(
+            f"Unknown dataset name {name!r}; supported names are "
+            f"{', '.join(map(repr, DATASET_NAMES))} (set dataset.name)."
+        )
     _check_seed(seed, "seed")
     start = time.perf_counter()
-    rgb_only = dict(resolution=resolution, crop=crop, box_scale=box_scale, cub_path=cub_path,
-                    birdsnap_path=birdsnap_path, nabirds_path=nabirds_path, manual_dir=manual_dir, flip=flip)
+    rgb_only = dict(
+        resolution=resolution,
+        crop=crop,
+        box_scale=box_scale,
+        cub_path=cub_path,
+        birdsnap_path=birdsnap_path,
+        nabirds_path=nabirds_path,
+        manual_dir=manual_dir,
+        flip=flip,
+    )
     if name in RGB_DATASET_NAMES:
         from crvae_tf import image_data  # pylint: disable=g-import-not-at-top  (image_data imports this module)
-        common = dict(data_dir=data_dir, download=download, manual_dir=manual_dir, resolution=resolution,
-                      validation_size=validation_size, seed=seed, cache_dir=cache_dir,
-                      flip=True if flip is None else flip, max_corrupt_fraction=max_corrupt_fraction,
-                      num_workers=num_workers)
+
+        common = dict(
+            data_dir=data_dir,
+            download=download,
+            manual_dir=manual_dir,
+            resolution=resolution,
+            validation_size=validation_size,
+            seed=seed,
+            cache_dir=cache_dir,
+            flip=True if flip is None else flip,
+            max_corrupt_fraction=max_corrupt_fraction,
+            num_workers=num_workers,
+        )
         if name == "celeba":
             for key in ("box_scale", "cub_path", "birdsnap_path", "nabirds_path"):
                 if rgb_only[key] is not None:
-                    raise ValueError(f"dataset.{key}={rgb_only[key]!r} is a 'birds' setting; dataset.name='celeba' "
-                                     "reads dataset.local_path (a folder of aligned images) or tfds celeb_a.")
+                    raise ValueError(
+                        f"dataset.{key}={rgb_only[key]!r} is a 'birds' setting; dataset.name='celeba' "
+                        "reads dataset.local_path (a folder of aligned images) or tfds celeb_a."
+                    )
             splits = image_data.load_celeba(local_path=local_path, crop=crop, **common)
         else:
             if local_path is not None or crop is not None:
-                raise ValueError(f"dataset.name='birds' takes its sources from dataset.cub_path, dataset.birdsnap_path "
-                                 f"and dataset.nabirds_path, and crops bounding boxes (dataset.box_scale); unset "
-                                 f"dataset.local_path ({local_path!r}) and dataset.crop ({crop!r}).")
-            splits = image_data.load_birds(cub_path=cub_path, birdsnap_path=birdsnap_path, nabirds_path=nabirds_path,
-                                           box_scale=box_scale, **common)
+                raise ValueError(
+                    f"dataset.name='birds' takes its sources from dataset.cub_path, dataset.birdsnap_path "
+                    f"and dataset.nabirds_path, and crops bounding boxes (dataset.box_scale); unset "
+                    f"dataset.local_path ({local_path!r}) and dataset.crop ({crop!r})."
+                )
+            splits = image_data.load_birds(
+                cub_path=cub_path, birdsnap_path=birdsnap_path, nabirds_path=nabirds_path, box_scale=box_scale, **common
+            )
         _logger.info("Loaded %r in %.2f s.", splits, time.perf_counter() - start)
         return splits
     given = sorted(key for key, value in rgb_only.items() if value is not None)
     if given:
-        raise ValueError(f"{', '.join(f'dataset.{key}' for key in given)} only apply to the RGB datasets "
-                         f"{RGB_DATASET_NAMES}, not to dataset.name={name!r}; unset them.")
+        raise ValueError(
+            f"{', '.join(f'dataset.{key}' for key in given)} only apply to the RGB datasets "
+            f"{RGB_DATASET_NAMES}, not to dataset.name={name!r}; unset them."
+        )
     if validation_size is None:
         validation_size = _DEFAULT_MNIST_VALIDATION_SIZE
     if name == "sprites":
@@ -254,17 +296,28 @@ def _load_mnist(local_path, data_dir, download, validation_size, seed) -> ImageS
         x_train, x_test = _load_tfds("mnist", ("train", "test"), data_dir, download)
         source = "tfds:mnist"
     num_pool = x_train.shape[0]
-    if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)) \
-            or not 0 <= validation_size < num_pool:
-        raise ValueError(f"validation_size={validation_size!r} must be an int in [0, {num_pool}) (it is held out "
-                         f"from the {num_pool} MNIST training images); set dataset.validation_size.")
+    if (
+        isinstance(validation_size, bool)
+        or not isinstance(validation_size, (int, np.integer))
+        or not 0 <= validation_size < num_pool
+    ):
+        raise ValueError(
+            f"validation_size={validation_size!r} must be an int in [0, {num_pool}) (it is held out "
+            f"from the {num_pool} MNIST training images); set dataset.validation_size."
+        )
     permutation = np.random.default_rng(seed).permutation(num_pool)
     num_train = num_pool - int(validation_size)
     train = _to_unit_float(x_train[permutation[:num_train]])
     validation = _to_unit_float(x_train[permutation[num_train:]])
     test = _to_unit_float(x_test)
-    return ImageSplits("mnist", "dynamic", train, validation, test,
-                       f"{source} (validation: {int(validation_size)} training images held out with seed={seed})")
+    return ImageSplits(
+        "mnist",
+        "dynamic",
+        train,
+        validation,
+        test,
+        f"{source} (validation: {int(validation_size)} training images held out with seed={seed})",
+    )
 
 
 def _load_binarized_mnist(local_path, data_dir, download) -> ImageSplits:
@@ -275,8 +328,9 @@ def _load_binarized_mnist(local_path, data_dir, download) -> ImageSplits:
     else:
         raw = _load_tfds("binarized_mnist", ("train", "validation", "test"), data_dir, download)
         if any(int(a.max(initial=0)) > 1 for a in raw):
-            _logger.warning("tfds binarized_mnist contains values > 1 (expected 0/1); treating every non-zero "
-                            "pixel as 1.")
+            _logger.warning(
+                "tfds binarized_mnist contains values > 1 (expected 0/1); treating every non-zero pixel as 1."
+            )
         train, validation, test = ((a != 0).astype(np.float32) for a in raw)
         source = "tfds:binarized_mnist"
     return ImageSplits("binarized_mnist", "static", train, validation, test, source)
@@ -284,15 +338,22 @@ def _load_binarized_mnist(local_path, data_dir, download) -> ImageSplits:
 
 def _load_sprites(local_path, seed, num_sprites) -> ImageSplits:
     if local_path is not None:
-        raise ValueError(f"dataset.local_path={local_path!r} was given with dataset.name='sprites', but the sprites "
-                         "dataset is generated in code and reads no files. To train on MNIST from a local file, set "
-                         "dataset.name='mnist' and dataset.local_path='/path/to/mnist.npz' (or "
-                         "dataset.name='binarized_mnist' with the bit-packed binarized_mnist.npz); for sprites, "
-                         "leave dataset.local_path unset.")
-    if (not isinstance(num_sprites, (tuple, list)) or len(num_sprites) != 3
-            or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in num_sprites)):
-        raise ValueError(f"num_sprites={num_sprites!r} must be three positive ints (num_train, num_validation, "
-                         "num_test); set dataset.num_sprites.")
+        raise ValueError(
+            f"dataset.local_path={local_path!r} was given with dataset.name='sprites', but the sprites "
+            "dataset is generated in code and reads no files. To train on MNIST from a local file, set "
+            "dataset.name='mnist' and dataset.local_path='/path/to/mnist.npz' (or "
+            "dataset.name='binarized_mnist' with the bit-packed binarized_mnist.npz); for sprites, "
+            "leave dataset.local_path unset."
+        )
+    if (
+        not isinstance(num_sprites, (tuple, list))
+        or len(num_sprites) != 3
+        or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in num_sprites)
+    ):
+        raise ValueError(
+            f"num_sprites={num_sprites!r} must be three positive ints (num_train, num_validation, "
+            "num_test); set dataset.num_sprites."
+        )
     train, validation, test = (generate_sprites(int(n), [seed, i])[0] for i, n in enumerate(num_sprites))
     return ImageSplits("sprites", "dynamic", train, validation, test, f"generated:sprites(seed={seed})")
 
@@ -308,21 +369,27 @@ def _resolve_local_file(local_path, filename: str, dataset: str) -> str:
             raise DataUnavailableError(
                 f"dataset.local_path={os.fspath(local_path)!r} is a folder without {filename!r} in it (looked for "
                 f"{path}). Set {_LOCAL_PATH_BINDING} to the {dataset} file itself or to a folder containing "
-                f"{filename!r}. Files in {folder}: {sorted(os.listdir(folder))[:20]}.")
+                f"{filename!r}. Files in {folder}: {sorted(os.listdir(folder))[:20]}."
+            )
     elif not os.path.isfile(path):
         raise DataUnavailableError(
             f"dataset.local_path={os.fspath(local_path)!r} does not exist (resolved to {path}). Set "
             f"{_LOCAL_PATH_BINDING} to an existing {dataset} file ({_describe_format(dataset)}) or to a folder "
-            f"containing {filename!r}.")
+            f"containing {filename!r}."
+        )
     return path
 
 
 def _describe_format(dataset: str) -> str:
     if dataset == "mnist":
-        return ("keras layout mnist.npz with keys x_train [60000, 28, 28] uint8, y_train, x_test [10000, 28, 28] "
-                "uint8, y_test")
-    return ("bit-packed binarized_mnist.npz with keys train, valid, test: uint8 [num_images, 98] = "
-            "np.packbits(pixels, axis=1) of the 784 row-major 0/1 pixels")
+        return (
+            "keras layout mnist.npz with keys x_train [60000, 28, 28] uint8, y_train, x_test [10000, 28, 28] "
+            "uint8, y_test"
+        )
+    return (
+        "bit-packed binarized_mnist.npz with keys train, valid, test: uint8 [num_images, 98] = "
+        "np.packbits(pixels, axis=1) of the 784 row-major 0/1 pixels"
+    )
 
 
 def _open_npz(path: str, dataset: str) -> Dict[str, np.ndarray]:
@@ -334,18 +401,20 @@ def _open_npz(path: str, dataset: str) -> Dict[str, np.ndarray]:
     except Exception as error:  # Bad zip, pickled objects, truncated file, ...
         raise DataUnavailableError(
             f"Could not read {path} as an .npz archive ({type(error).__name__}: {_first_line(error)}). "
-            f"{_LOCAL_PATH_BINDING} must point to a {_describe_format(dataset)}.") from error
+            f"{_LOCAL_PATH_BINDING} must point to a {_describe_format(dataset)}."
+        ) from error
 
 
 def _wrong_keys_error(path: str, dataset: str, found, expected) -> DataUnavailableError:
     hint = ""
     if dataset == "mnist" and set(_BINARIZED_MNIST_KEYS) <= set(found):
-        hint = (" This looks like the bit-packed binarized MNIST file: use it with dataset.name='binarized_mnist'.")
+        hint = " This looks like the bit-packed binarized MNIST file: use it with dataset.name='binarized_mnist'."
     elif dataset == "binarized_mnist" and {"x_train", "x_test"} <= set(found):
         hint = " This looks like a keras-layout MNIST file: use it with dataset.name='mnist'."
     return DataUnavailableError(
         f"{path} has keys {sorted(found)}, but dataset.name={dataset!r} expects keys {list(expected)} "
-        f"({_describe_format(dataset)}).{hint} Fix {_LOCAL_PATH_BINDING} (or dataset.name).")
+        f"({_describe_format(dataset)}).{hint} Fix {_LOCAL_PATH_BINDING} (or dataset.name)."
+    )
 
 
 def _read_keras_mnist(path: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -360,13 +429,15 @@ def _read_keras_mnist(path: str) -> Tuple[np.ndarray, np.ndarray]:
             array = array[..., 0]
         if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or array.shape[0] == 0:
             raise DataUnavailableError(
-                f"{path}: {key} has shape {array.shape}, expected [num_images, 28, 28] (num_images >= 1; keras layout). "
-                f"Fix {_LOCAL_PATH_BINDING}.")
+                f"{path}: {key} has shape {array.shape}, expected [num_images, 28, 28] "
+                f"(num_images >= 1; keras layout). Fix {_LOCAL_PATH_BINDING}."
+            )
         if array.dtype != np.uint8:
             raise DataUnavailableError(
                 f"{path}: {key} has dtype {array.dtype}, expected uint8 intensities in [0, 255] (keras layout). "
                 f"Convert it with np.round(x * 255).astype(np.uint8) if it holds [0, 1] floats, or fix "
-                f"{_LOCAL_PATH_BINDING}.")
+                f"{_LOCAL_PATH_BINDING}."
+            )
         images.append(array[..., None])
     return images[0], images[1]
 
@@ -382,7 +453,8 @@ def _read_packed_binarized_mnist(path: str) -> Tuple[np.ndarray, np.ndarray, np.
         if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != _PACKED_WIDTH or packed.shape[0] == 0:
             raise DataUnavailableError(
                 f"{path}: {key} has dtype {packed.dtype} and shape {packed.shape}, expected uint8 [num_images, "
-                f"{_PACKED_WIDTH}] ({_describe_format('binarized_mnist')}). Fix {_LOCAL_PATH_BINDING}.")
+                f"{_PACKED_WIDTH}] ({_describe_format('binarized_mnist')}). Fix {_LOCAL_PATH_BINDING}."
+            )
         bits = np.unpackbits(packed, axis=1)[:, :_NUM_PIXELS]
         splits.append(bits.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1).astype(np.float32))
     return splits[0], splits[1], splits[2]
@@ -391,18 +463,23 @@ def _read_packed_binarized_mnist(path: str) -> Tuple[np.ndarray, np.ndarray, np.
 def _load_tfds(tfds_name: str, splits: Sequence[str], data_dir, download: bool):
     """Loads the `image` feature of each split as uint8 `[num_images, 28, 28, 1]` numpy arrays."""
     if tfds_name == "mnist":
-        local_hint = (f"--gin_bindings=\"{_LOCAL_PATH_BINDING}='/path/to/mnist.npz'\" (keras layout: x_train, y_train, "
-                      "x_test, y_test)")
+        local_hint = (
+            f"--gin_bindings=\"{_LOCAL_PATH_BINDING}='/path/to/mnist.npz'\" (keras layout: x_train, y_train, "
+            "x_test, y_test)"
+        )
     else:
-        local_hint = (f"--gin_bindings=\"{_LOCAL_PATH_BINDING}='/path/to/binarized_mnist.npz'\" (bit-packed: keys "
-                      "train, valid, test, uint8 [num_images, 98] = np.packbits of the 784 row-major 0/1 pixels)")
+        local_hint = (
+            f"--gin_bindings=\"{_LOCAL_PATH_BINDING}='/path/to/binarized_mnist.npz'\" (bit-packed: keys "
+            "train, valid, test, uint8 [num_images, 98] = np.packbits of the 784 row-major 0/1 pixels)"
+        )
 
     def unavailable(error: BaseException) -> DataUnavailableError:
         return DataUnavailableError(
             f"Could not load tfds dataset {tfds_name!r} (data_dir={data_dir!r}, download={download}): "
             f"{type(error).__name__}: {_first_line(error)}. This machine may be offline. Point the recipe at a "
             f"local copy instead: {local_hint}, or prepare the tfds data on a connected machine and set "
-            f"{_DATA_DIR_BINDING}.")
+            f"{_DATA_DIR_BINDING}."
+        )
 
     try:
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -420,8 +497,9 @@ def _load_tfds(tfds_name: str, splits: Sequence[str], data_dir, download: bool):
         raise unavailable(error) from error
     for split, array in zip(splits, arrays):
         if array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1):
-            raise DataUnavailableError(f"tfds {tfds_name!r} split {split!r} has images of shape {array.shape[1:]}, "
-                                       f"expected (28, 28, 1).")
+            raise DataUnavailableError(
+                f"tfds {tfds_name!r} split {split!r} has images of shape {array.shape[1:]}, expected (28, 28, 1)."
+            )
     return arrays
 
 
@@ -444,20 +522,21 @@ def _check_seed(seed, what: str) -> None:
 
 def _check_binarization(binarization) -> None:
     if binarization not in BINARIZATIONS:
-        raise ValueError(f"binarization={binarization!r} is not supported; use one of "
-                         f"{', '.join(map(repr, BINARIZATIONS))}.")
+        raise ValueError(
+            f"binarization={binarization!r} is not supported; use one of {', '.join(map(repr, BINARIZATIONS))}."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
 # Procedural sprites.
 # ----------------------------------------------------------------------------------------------------
 
-_SUPERSAMPLE = 4          # Sub-samples per pixel side.
-_PATCH = 22               # Side, in pixels, of the square patch each shape is rendered into.
-_MAX_RADIUS = 9.0         # Pixel radius of a shape's unit circle at scale 1.
-_MARGIN = 9.0             # Shape centres lie in [_MARGIN, 28 - _MARGIN] pixels on both axes.
+_SUPERSAMPLE = 4  # Sub-samples per pixel side.
+_PATCH = 22  # Side, in pixels, of the square patch each shape is rendered into.
+_MAX_RADIUS = 9.0  # Pixel radius of a shape's unit circle at scale 1.
+_MARGIN = 9.0  # Shape centres lie in [_MARGIN, 28 - _MARGIN] pixels on both axes.
 _SCALE_RANGE = (0.5, 1.0)
-_CHUNK = 1024             # Images rendered at once (bounds the temporary memory to ~100 MB).
+_CHUNK = 1024  # Images rendered at once (bounds the temporary memory to ~100 MB).
 
 
 def generate_sprites(num_images: int, seed: Union[int, Sequence[int]]) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
@@ -505,7 +584,7 @@ def _shape_mask(shape_index: int, qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
         return np.square(qx / 0.95) + np.square(qy / 0.5) <= 1.0
     if shape_index == 2:  # Equilateral triangle pointing up, circumradius 0.95 (inradius 0.475).
         edge = 0.475
-        return ((qy >= -edge) & (0.8660254 * qx + 0.5 * qy <= edge) & (-0.8660254 * qx + 0.5 * qy <= edge))
+        return (qy >= -edge) & (0.8660254 * qx + 0.5 * qy <= edge) & (-0.8660254 * qx + 0.5 * qy <= edge)
     # Heart: (X^2 + Y^2 - 1)^3 <= X^2 Y^3, rescaled so it fits the circle of radius 0.95.
     hx = 1.4 * qx
     hy = 1.4 * qy + 0.118
@@ -523,9 +602,9 @@ def _render_sprites(factors: Dict[str, np.ndarray]) -> np.ndarray:
     # Integer top-left corner of each patch; the patch covers the shape's whole circumcircle.
     ox = np.floor(cx).astype(np.int64) - _PATCH // 2
     oy = np.floor(cy).astype(np.int64) - _PATCH // 2
-    sub = ((np.arange(size, dtype=np.float32) + 0.5) / _SUPERSAMPLE)[None, :]      # [1, size]
-    dx = (ox[:, None] + sub - cx[:, None])[:, None, :]                             # [n, 1, size]
-    up = -(oy[:, None] + sub - cy[:, None])[:, :, None]                            # [n, size, 1] (y up)
+    sub = ((np.arange(size, dtype=np.float32) + 0.5) / _SUPERSAMPLE)[None, :]  # [1, size]
+    dx = (ox[:, None] + sub - cx[:, None])[:, None, :]  # [n, 1, size]
+    up = -(oy[:, None] + sub - cy[:, None])[:, :, None]  # [n, size, 1] (y up)
     radius = (_MAX_RADIUS * factors["scale"]).astype(np.float32)
     cos = (np.cos(factors["rotation"]) / radius).astype(np.float32)[:, None, None]
     sin = (np.sin(factors["rotation"]) / radius).astype(np.float32)[:, None, None]
@@ -538,7 +617,7 @@ def _render_sprites(factors: Dict[str, np.ndarray]) -> np.ndarray:
         c, s, x, y = cos[members], sin[members], dx[members], up[members]
         qx = c * x + s * y
         qy = c * y - s * x
-        mask = _shape_mask(shape_index, qx, qy).astype(np.float32)                  # [m, size, size]
+        mask = _shape_mask(shape_index, qx, qy).astype(np.float32)  # [m, size, size]
         patches[members] = mask.reshape(-1, _PATCH, _SUPERSAMPLE, _PATCH, _SUPERSAMPLE).mean(axis=(2, 4))
     # Paste the patches into a padded canvas, then crop to 28 x 28.
     canvas = np.zeros((n, IMAGE_SIZE + 2 * _PATCH, IMAGE_SIZE + 2 * _PATCH), np.float32)
@@ -546,7 +625,7 @@ def _render_sprites(factors: Dict[str, np.ndarray]) -> np.ndarray:
     rows = (oy + _PATCH)[:, None, None] + offsets[None, :, None]
     cols = (ox + _PATCH)[:, None, None] + offsets[None, None, :]
     canvas[np.arange(n)[:, None, None], rows, cols] = patches
-    return np.clip(canvas[:, _PATCH:_PATCH + IMAGE_SIZE, _PATCH:_PATCH + IMAGE_SIZE], 0.0, 1.0)
+    return np.clip(canvas[:, _PATCH : _PATCH + IMAGE_SIZE, _PATCH : _PATCH + IMAGE_SIZE], 0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -574,13 +653,21 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     _check_batch_size(batch_size)
     steps = int(num_images) // int(batch_size)
     if steps == 0:
-        raise ValueError(f"batch_size={batch_size} exceeds the {num_images} training images; lower "
-                         "train.batch_size.")
+        raise ValueError(f"batch_size={batch_size} exceeds the {num_images} training images; lower train.batch_size.")
     return steps
 
 
-def make_dataset(images: np.ndarray, *, batch_size: int, binarization: str, seed: int, training: bool,
-                 epoch: int = 0, skip_batches: int = 0, flip: Optional[bool] = None) -> tf.data.Dataset:
+def make_dataset(
+    images: np.ndarray,
+    *,
+    batch_size: int,
+    binarization: str,
+    seed: int,
+    training: bool,
+    epoch: int = 0,
+    skip_batches: int = 0,
+    flip: Optional[bool] = None,
+) -> tf.data.Dataset:
     """Builds the input pipeline for one pass over `images`.
 
     Training (`training=True`): ONE epoch, shuffled with the permutation
@@ -627,15 +714,20 @@ def make_dataset(images: np.ndarray, *, batch_size: int, binarization: str, seed
     if not isinstance(images, np.ndarray):
         images = np.asarray(images)
     if images.ndim < 2 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty [num_images, height, width, channels] array, got shape "
-                         f"{images.shape}.")
+        raise ValueError(
+            f"images must be a non-empty [num_images, height, width, channels] array, got shape {images.shape}."
+        )
     passthrough = binarization == "none"
     if passthrough and images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"images have dtype {images.dtype}; binarization='none' takes uint8 in [0, 255] or float "
-                         "intensities in [0, 1].")
+        raise ValueError(
+            f"images have dtype {images.dtype}; binarization='none' takes uint8 in [0, 255] or float "
+            "intensities in [0, 1]."
+        )
     if not passthrough and not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"images have dtype {images.dtype}; expected float intensities in [0, 1] (use the arrays "
-                         "of load_image_splits, or divide uint8 images by 255).")
+        raise ValueError(
+            f"images have dtype {images.dtype}; expected float intensities in [0, 1] (use the arrays "
+            "of load_image_splits, or divide uint8 images by 255)."
+        )
     num_images = images.shape[0]
     dynamic = binarization == "dynamic"
     if passthrough:
@@ -646,16 +738,23 @@ def make_dataset(images: np.ndarray, *, batch_size: int, binarization: str, seed
 
     if training:
         steps = steps_per_epoch(num_images, batch_size)
-        if isinstance(skip_batches, bool) or not isinstance(skip_batches, (int, np.integer)) \
-                or not 0 <= skip_batches <= steps:
-            raise ValueError(f"skip_batches={skip_batches!r} must be an int in [0, {steps}] (the epoch has {steps} "
-                             f"batches of {batch_size}).")
+        if (
+            isinstance(skip_batches, bool)
+            or not isinstance(skip_batches, (int, np.integer))
+            or not 0 <= skip_batches <= steps
+        ):
+            raise ValueError(
+                f"skip_batches={skip_batches!r} must be an int in [0, {steps}] (the epoch has {steps} "
+                f"batches of {batch_size})."
+            )
         order = np.random.default_rng([seed, epoch]).permutation(num_images)
-        batch_indices = order[:steps * batch_size].reshape(steps, batch_size).astype(np.int64)
+        batch_indices = order[: steps * batch_size].reshape(steps, batch_size).astype(np.int64)
         epoch_key = tf.random.experimental.stateless_fold_in(
-            tf.constant([seed, _TRAIN_NOISE_TAG], tf.int64), tf.constant(epoch, tf.int64))
+            tf.constant([seed, _TRAIN_NOISE_TAG], tf.int64), tf.constant(epoch, tf.int64)
+        )
         flip_key = tf.random.experimental.stateless_fold_in(
-            tf.constant([seed, _FLIP_TAG], tf.int64), tf.constant(epoch, tf.int64))
+            tf.constant([seed, _FLIP_TAG], tf.int64), tf.constant(epoch, tf.int64)
+        )
 
         def make_batch(index, indices):
             batch = gather_batch(indices) if passthrough else tf.gather(pixels, indices)

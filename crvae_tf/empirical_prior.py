@@ -79,12 +79,15 @@ def latent_shape_of(model) -> LatentShape:
             f"The empirical prior needs a convolutional latent (latent_channels x H x W, e.g. the cVAE's 64x4x4), "
             f"but this model's latent head {type(head).__name__} has a flat latent of {model.latent_dim} dimensions "
             "with no channels to slice (latent_head.kind='fc', the standard VAE). Use a run with "
-            "latent_head.kind 'conv' (gin/mnist_cvae.gin), 'block_fc' or 'channel_recurrent'.")
+            "latent_head.kind 'conv' (gin/mnist_cvae.gin), 'block_fc' or 'channel_recurrent'."
+        )
     height, width = (int(d) for d in head.feature_shape[:2])
     shape = (int(channels), height, width)
     if int(np.prod(shape)) != int(model.latent_dim):
-        raise ValueError(f"The latent head's shape {shape} (latent_channels x H x W) does not match "
-                         f"latent_dim={model.latent_dim}; the head does not use the channel-major layout.")
+        raise ValueError(
+            f"The latent head's shape {shape} (latent_channels x H x W) does not match "
+            f"latent_dim={model.latent_dim}; the head does not use the channel-major layout."
+        )
     return shape
 
 
@@ -106,8 +109,10 @@ def _as_channels(z, latent_shape: LatentShape) -> np.ndarray:
     channels, height, width = latent_shape
     z = np.asarray(z, dtype=np.float64)
     if z.ndim < 1 or z.shape[-1] != channels * height * width:
-        raise ValueError(f"Latents must be [..., {channels * height * width}] (the channel-major flattening of "
-                         f"{channels}x{height}x{width}), got shape {z.shape}.")
+        raise ValueError(
+            f"Latents must be [..., {channels * height * width}] (the channel-major flattening of "
+            f"{channels}x{height}x{width}), got shape {z.shape}."
+        )
     return z.reshape(z.shape[:-1] + (channels, height * width))
 
 
@@ -148,14 +153,14 @@ class ChannelMoments:
         """Adds a batch `[batch, C*H*W]` of latents (any float dtype; accumulated in float64)."""
         if np.ndim(z) != 2:
             raise ValueError(f"update takes a batch [batch, latent_dim], got shape {np.shape(z)}.")
-        z = _as_channels(z, self.latent_shape)                         # [batch, C, HW]
+        z = _as_channels(z, self.latent_shape)  # [batch, C, HW]
         if not np.all(np.isfinite(z)):
             raise FloatingPointError("A batch of latents holds NaN or Inf; the model's posterior is not finite.")
         if not len(z):
             return self
         if self.shift is None:
             self.shift = z.mean(axis=0)
-        centred = z - self.shift                                       # [batch, C, HW]
+        centred = z - self.shift  # [batch, C, HW]
         self.count += len(z)
         self.sum += centred.sum(axis=0)
         self.sum_outer += np.einsum("bcp,bcq->cpq", centred, centred)
@@ -208,7 +213,8 @@ def cholesky_with_jitter(covariance) -> Tuple[np.ndarray, np.ndarray]:
             raise np.linalg.LinAlgError(
                 f"Sigma_{k} (channel {k}) is not positive semi-definite even with a jitter of "
                 f"{JITTER_LADDER[-1]} x mean(diag) = {JITTER_LADDER[-1] * scale:g} on the diagonal; its eigenvalues "
-                f"range over [{np.linalg.eigvalsh(sigma).min():g}, {np.linalg.eigvalsh(sigma).max():g}].")
+                f"range over [{np.linalg.eigvalsh(sigma).min():g}, {np.linalg.eigvalsh(sigma).max():g}]."
+            )
     return factors, jitter
 
 
@@ -246,29 +252,43 @@ class EmpiricalPrior:
         pixels = height * width
         self.mean = np.asarray(self.mean, np.float64)
         self.covariance = np.asarray(self.covariance, np.float64)
-        for name, array, shape in (("mean", self.mean, (channels, pixels)),
-                                   ("covariance", self.covariance, (channels, pixels, pixels))):
+        for name, array, shape in (
+            ("mean", self.mean, (channels, pixels)),
+            ("covariance", self.covariance, (channels, pixels, pixels)),
+        ):
             if array.shape != shape:
                 raise ValueError(f"{name} has shape {array.shape}; latent_shape {self.latent_shape} needs {shape}.")
         if self.cholesky is None:
             self.cholesky, self.jitter = cholesky_with_jitter(self.covariance)
             if self.jitter.max() > 0:
-                _logger.warning("Empirical prior: added a diagonal jitter to %d of %d channel covariances (max "
-                                "%.3g) to factorise them.", int(np.sum(self.jitter > 0)), channels, self.jitter.max())
+                _logger.warning(
+                    "Empirical prior: added a diagonal jitter to %d of %d channel covariances (max "
+                    "%.3g) to factorise them.",
+                    int(np.sum(self.jitter > 0)),
+                    channels,
+                    self.jitter.max(),
+                )
         else:
             self.cholesky = np.asarray(self.cholesky, np.float64)
             self.jitter = np.zeros(channels) if self.jitter is None else np.asarray(self.jitter, np.float64)
             if self.cholesky.shape != self.covariance.shape or self.jitter.shape != (channels,):
-                raise ValueError(f"cholesky {self.cholesky.shape} / jitter {self.jitter.shape} do not match "
-                                 f"covariance {self.covariance.shape}.")
+                raise ValueError(
+                    f"cholesky {self.cholesky.shape} / jitter {self.jitter.shape} do not match "
+                    f"covariance {self.covariance.shape}."
+                )
         self.num_images = int(self.num_images)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_moments(cls, moments: ChannelMoments, **metadata) -> "EmpiricalPrior":
         """The prior of accumulated `ChannelMoments` (metadata: step, seed, split, source)."""
-        return cls(mean=moments.mean(), covariance=moments.covariance(), latent_shape=moments.latent_shape,
-                   num_images=moments.count, **metadata)
+        return cls(
+            mean=moments.mean(),
+            covariance=moments.covariance(),
+            latent_shape=moments.latent_shape,
+            num_images=moments.count,
+            **metadata,
+        )
 
     @classmethod
     def from_latents(cls, latents, latent_shape, **metadata) -> "EmpiricalPrior":
@@ -281,8 +301,15 @@ class EmpiricalPrior:
         return cls.from_moments(moments, **metadata)
 
     @classmethod
-    def fit(cls, model, images: Union[np.ndarray, Iterable], seed: int, batch_size: int = DEFAULT_BATCH_SIZE,
-            max_images: Optional[int] = None, **metadata) -> "EmpiricalPrior":
+    def fit(
+        cls,
+        model,
+        images: Union[np.ndarray, Iterable],
+        seed: int,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_images: Optional[int] = None,
+        **metadata,
+    ) -> "EmpiricalPrior":
         """Fits the prior to one posterior sample per image: z^n = loc(x_n) + exp(log_variance(x_n) / 2) eps^n.
 
         Args:
@@ -308,7 +335,7 @@ class EmpiricalPrior:
             if int(batch_size) < 1:
                 raise ValueError(f"batch_size={batch_size} must be >= 1.")
             array, size = images, int(batch_size)
-            images = (array[start:start + size] for start in range(0, len(array), size))
+            images = (array[start : start + size] for start in range(0, len(array), size))
         rng = np.random.default_rng([seed, _POSTERIOR_TAG])
         encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
         moments = ChannelMoments(latent_shape)
@@ -316,7 +343,7 @@ class EmpiricalPrior:
             if isinstance(batch, (tuple, list)):
                 batch = batch[0]
             if max_images is not None:
-                batch = batch[:int(max_images) - moments.count]
+                batch = batch[: int(max_images) - moments.count]
             if len(batch) == 0:
                 break
             loc, log_variance = (np.asarray(t, np.float64) for t in encode(tf.convert_to_tensor(batch, tf.float32)))
@@ -335,7 +362,7 @@ class EmpiricalPrior:
 
     def transform(self, eps) -> np.ndarray:
         """Standard-normal latents `[..., latent_dim]` -> prior samples z_k = A_k eps_k + mu_k, float64."""
-        eps = _as_channels(eps, self.latent_shape)                         # [..., C, HW]
+        eps = _as_channels(eps, self.latent_shape)  # [..., C, HW]
         z = np.einsum("cpq,...cq->...cp", self.cholesky, eps) + self.mean
         return z.reshape(z.shape[:-2] + (self.latent_dim,))
 
@@ -351,29 +378,37 @@ class EmpiricalPrior:
 
         With w_k = A_k^{-1} (z_k - mu_k): log N = -1/2 (HW log 2 pi + ||w_k||^2) - sum_i log (A_k)_ii.
         """
-        centred = _as_channels(z, self.latent_shape) - self.mean          # [..., C, HW]
+        centred = _as_channels(z, self.latent_shape) - self.mean  # [..., C, HW]
         batch_shape = centred.shape[:-2]
         channels, pixels = centred.shape[-2:]
         flat = centred.reshape((-1, channels, pixels, 1))
-        whitened = np.linalg.solve(self.cholesky[None], flat)[..., 0]      # [n, C, HW]
+        whitened = np.linalg.solve(self.cholesky[None], flat)[..., 0]  # [n, C, HW]
         log_det = np.sum(np.log(np.diagonal(self.cholesky, axis1=-2, axis2=-1)))
-        log_prob = (-0.5 * np.sum(whitened ** 2, axis=(-2, -1)) - log_det
-                    - 0.5 * channels * pixels * np.log(2.0 * np.pi))
+        log_prob = -0.5 * np.sum(whitened**2, axis=(-2, -1)) - log_det - 0.5 * channels * pixels * np.log(2.0 * np.pi)
         return log_prob.reshape(batch_shape)
 
     # ------------------------------------------------------------------ persistence
     def get_config(self) -> dict:
         """JSON-able metadata: format, latent shape, N, jitter, step, seed, split, source."""
-        return {"format_version": FORMAT_VERSION, "latent_shape": list(self.latent_shape),
-                "latent_dim": self.latent_dim, "num_images": self.num_images,
-                "jitter_max": float(self.jitter.max()), "jittered_channels": int(np.sum(self.jitter > 0)),
-                "step": self.step, "seed": self.seed, "split": self.split, "source": self.source}
+        return {
+            "format_version": FORMAT_VERSION,
+            "latent_shape": list(self.latent_shape),
+            "latent_dim": self.latent_dim,
+            "num_images": self.num_images,
+            "jitter_max": float(self.jitter.max()),
+            "jittered_channels": int(np.sum(self.jitter > 0)),
+            "step": self.step,
+            "seed": self.seed,
+            "split": self.split,
+            "source": self.source,
+        }
 
     def save(self, path: str) -> str:
         """Writes an .npz (arrays + the `get_config` JSON as `metadata`) atomically; returns `path`."""
         buffer = io.BytesIO()
-        np.savez(buffer, metadata=np.array(json.dumps(self.get_config())),
-                 **{name: getattr(self, name) for name in _ARRAYS})
+        np.savez(
+            buffer, metadata=np.array(json.dumps(self.get_config())), **{name: getattr(self, name) for name in _ARRAYS}
+        )
         artifacts.atomic_write_bytes(path, buffer.getvalue())
         return path
 
@@ -381,8 +416,10 @@ class EmpiricalPrior:
     def load(cls, path: str) -> "EmpiricalPrior":
         """Reads a prior written by `save` (bit-exact arrays)."""
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"No empirical prior at {path}; fit one with python -m crvae_tf.explore "
-                                    "--mode=empirical_prior --model_dir=...")
+            raise FileNotFoundError(
+                f"No empirical prior at {path}; fit one with python -m crvae_tf.explore "
+                "--mode=empirical_prior --model_dir=..."
+            )
         with np.load(path, allow_pickle=False) as data:
             missing = sorted(set(_ARRAYS + ("metadata",)) - set(data.files))
             if missing:
@@ -390,12 +427,27 @@ class EmpiricalPrior:
             config = json.loads(str(data["metadata"]))
             arrays = {name: data[name] for name in _ARRAYS}
         if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path} has format_version {config.get('format_version')}; this code reads "
-                             f"{FORMAT_VERSION}. Refit it.")
-        return cls(latent_shape=tuple(config["latent_shape"]), num_images=config["num_images"],
-                   step=config["step"], seed=config["seed"], split=config["split"], source=config["source"],
-                   **arrays)
+            raise ValueError(
+                f"{path} has format_version {config.get('format_version')}; this code reads {FORMAT_VERSION}. Refit it."
+            )
+        return cls(
+            latent_shape=tuple(config["latent_shape"]),
+            num_images=config["num_images"],
+            step=config["step"],
+            seed=config["seed"],
+            split=config["split"],
+            source=config["source"],
+            **arrays,
+        )
 
 
-__all__ = ["EmpiricalPrior", "ChannelMoments", "cholesky_with_jitter", "latent_shape_of", "prior_path",
-           "standard_normal_latents", "JITTER_LADDER", "PRIOR_DIR"]
+__all__ = [
+    "EmpiricalPrior",
+    "ChannelMoments",
+    "cholesky_with_jitter",
+    "latent_shape_of",
+    "prior_path",
+    "standard_normal_latents",
+    "JITTER_LADDER",
+    "PRIOR_DIR",
+]

@@ -48,27 +48,23 @@ import time
 from typing import Callable, Iterable, NamedTuple, Optional
 
 from absl import logging
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
-from crvae_tf import artifacts
-from crvae_tf import bounds
-from crvae_tf import builders
+from crvae_tf import artifacts, bounds, builders, models, train_lib
 from crvae_tf import data as data_lib
-from crvae_tf import models
-from crvae_tf import train_lib
+import gin
 
 SPLITS = ("test", "validation")
-DEFAULT_NUM_IMPORTANCE_SAMPLES = 10000   # Table 1 (notes 7: the authors ran K = 100 and K = 10,000)
-DEFAULT_BATCH_SIZE = 128                 # images per encoder pass (the authors' code: 128)
-TARGET_DECODER_ROWS = 640                # default chunk_size = this // batch_size samples per decoder pass
-IWAE_GROUP = 5                           # IWAE_5: the authors' model-selection bound (notes 7)
+DEFAULT_NUM_IMPORTANCE_SAMPLES = 10000  # Table 1 (notes 7: the authors ran K = 100 and K = 10,000)
+DEFAULT_BATCH_SIZE = 128  # images per encoder pass (the authors' code: 128)
+TARGET_DECODER_ROWS = 640  # default chunk_size = this // batch_size samples per decoder pass
+IWAE_GROUP = 5  # IWAE_5: the authors' model-selection bound (notes 7)
 EVAL_DIR = "eval"
 # Datasets of the same images (an eval_dataset must show the images the run trained on, binarized either way).
 _DATASET_FAMILY = {"mnist": "mnist", "binarized_mnist": "mnist"}
-MAX_SEED = 2 ** 31                       # seed * 2^32 + image index must fit an int64 stateless seed
+MAX_SEED = 2**31  # seed * 2^32 + image index must fit an int64 stateless seed
 
 
 class Estimates(NamedTuple):
@@ -83,6 +79,7 @@ class Estimates(NamedTuple):
       seconds: wall time of the estimation (batches skipped by a resume excluded).
       num_estimated: images estimated in this call (N minus those restored from a partial file).
     """
+
     log_likelihood: np.ndarray
     elbo: np.ndarray
     iwae_5: np.ndarray
@@ -111,8 +108,14 @@ class ImportanceSampler:
     `estimate_batch` / `estimate`.
     """
 
-    def __init__(self, model: models.VAE, num_importance_samples: int, chunk_size: Optional[int] = None,
-                 seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(
+        self,
+        model: models.VAE,
+        num_importance_samples: int,
+        chunk_size: Optional[int] = None,
+        seed: int = 0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
         _check_positive_int(num_importance_samples, "num_importance_samples")
         _check_positive_int(batch_size, "batch_size")
         if chunk_size is not None:
@@ -120,8 +123,9 @@ class ImportanceSampler:
         _check_seed(seed)
         self.model = model
         self.num_importance_samples = int(num_importance_samples)
-        self.chunk_size = min(self.num_importance_samples,
-                              int(chunk_size) if chunk_size is not None else default_chunk_size(batch_size))
+        self.chunk_size = min(
+            self.num_importance_samples, int(chunk_size) if chunk_size is not None else default_chunk_size(batch_size)
+        )
         self.seed = int(seed)
         image_spec = tf.TensorSpec((None,) + tuple(model.image_shape), tf.float32)
         latent_spec = tf.TensorSpec((None, model.latent_dim), tf.float32)
@@ -135,16 +139,22 @@ class ImportanceSampler:
             return self._log_weights_fn(images, loc, log_variance, image_indices, sample_indices)
 
         self._encode = tf.function(encode, input_signature=[image_spec], autograph=False)
-        self._log_weights = tf.function(log_weights, autograph=False, input_signature=[
-            image_spec, latent_spec, latent_spec, index_spec, index_spec])
+        self._log_weights = tf.function(
+            log_weights, autograph=False, input_signature=[image_spec, latent_spec, latent_spec, index_spec, index_spec]
+        )
 
     def warm_up(self, images):
         """Traces both graph functions with one chunk of samples for `images` `[b, H, W, C]` (nothing is kept)."""
         images = tf.convert_to_tensor(images, tf.float32)
         loc, log_variance = self._encode(images)
         indices = tf.range(tf.shape(images)[0], dtype=tf.int64)
-        self._log_weights(images, loc, log_variance, indices,
-                          tf.range(min(self.chunk_size, self.num_importance_samples), dtype=tf.int64)).numpy()
+        self._log_weights(
+            images,
+            loc,
+            log_variance,
+            indices,
+            tf.range(min(self.chunk_size, self.num_importance_samples), dtype=tf.int64),
+        ).numpy()
 
     # ------------------------------------------------------------------ graph functions
 
@@ -154,18 +164,22 @@ class ImportanceSampler:
         Row (k, i) is `stateless_normal([latent_dim], seed=[seed * 2^32 + image_indices[i], sample_indices[k]])`.
         """
         latent_dim = self.model.latent_dim
-        keys = tf.constant(self.seed, tf.int64) * (2 ** 32) + image_indices            # [b]
+        keys = tf.constant(self.seed, tf.int64) * (2**32) + image_indices  # [b]
         n, b = tf.shape(sample_indices)[0], tf.shape(image_indices)[0]
-        seeds = tf.stack([tf.broadcast_to(keys[None, :], [n, b]),
-                          tf.broadcast_to(sample_indices[:, None], [n, b])], axis=-1)   # [n, b, 2]
-        eps = tf.map_fn(lambda seed: tf.random.stateless_normal([latent_dim], seed=seed, alg="philox"),
-                        tf.reshape(seeds, [-1, 2]), fn_output_signature=tf.TensorSpec([latent_dim], tf.float32),
-                        parallel_iterations=64)
+        seeds = tf.stack(
+            [tf.broadcast_to(keys[None, :], [n, b]), tf.broadcast_to(sample_indices[:, None], [n, b])], axis=-1
+        )  # [n, b, 2]
+        eps = tf.map_fn(
+            lambda seed: tf.random.stateless_normal([latent_dim], seed=seed, alg="philox"),
+            tf.reshape(seeds, [-1, 2]),
+            fn_output_signature=tf.TensorSpec([latent_dim], tf.float32),
+            parallel_iterations=64,
+        )
         return tf.reshape(eps, [n, b, latent_dim])
 
     def _log_weights_fn(self, images, loc, log_variance, image_indices, sample_indices):
         """`[n, b]` float32 log weights of samples `sample_indices` for a batch whose posterior is given."""
-        eps = self.noise(image_indices, sample_indices)                                  # [n, b, D]
+        eps = self.noise(image_indices, sample_indices)  # [n, b, D]
         z = loc + tf.exp(0.5 * log_variance) * eps
         return self.model.log_importance_weights_at(images, loc, log_variance, z, training=False)
 
@@ -177,26 +191,35 @@ class ImportanceSampler:
           (log_likelihood, elbo, iwae_5): float64 `[b]` numpy arrays (iwae_5 NaN when K < 5).
         """
         images = tf.convert_to_tensor(images, tf.float32)
-        loc, log_variance = self._encode(images)                       # the encoder runs once per batch
+        loc, log_variance = self._encode(images)  # the encoder runs once per batch
         image_indices = tf.constant(np.asarray(image_indices, np.int64))
         groups = _GroupedLogMeanExp(IWAE_GROUP)
         drawn = 0
 
         def log_weights_fn(n):
             nonlocal drawn
-            weights = self._log_weights(images, loc, log_variance, image_indices,
-                                        tf.range(drawn, drawn + n, dtype=tf.int64))
+            weights = self._log_weights(
+                images, loc, log_variance, image_indices, tf.range(drawn, drawn + n, dtype=tf.int64)
+            )
             drawn += n
             groups.add(weights.numpy())
             return weights
 
-        estimate = bounds.importance_sampled_log_likelihood(log_weights_fn, self.num_importance_samples,
-                                                            self.chunk_size)
+        estimate = bounds.importance_sampled_log_likelihood(
+            log_weights_fn, self.num_importance_samples, self.chunk_size
+        )
         return estimate.log_likelihood.numpy(), estimate.elbo.numpy(), groups.result(images.shape[0])
 
-    def estimate(self, batches: Iterable, skip_batches: int = 0, restored=None,
-                 on_batch: Optional[Callable] = None, log_every_secs: float = 60.0,
-                 total_images: Optional[int] = None, image_indices=None) -> Estimates:
+    def estimate(
+        self,
+        batches: Iterable,
+        skip_batches: int = 0,
+        restored=None,
+        on_batch: Optional[Callable] = None,
+        log_every_secs: float = 60.0,
+        total_images: Optional[int] = None,
+        image_indices=None,
+    ) -> Estimates:
         """Estimates every image of `batches` (an iterable of `[b, H, W, C]` 0/1 float32 batches, in order).
 
         Args:
@@ -224,11 +247,16 @@ class ImportanceSampler:
             size = pixels.shape[0]
             if index < skip_batches:
                 if batch_hashes[-1] != restored[3][index]:
-                    raise ValueError(f"Batch {index} differs from the one in the partial evaluation being resumed "
-                                     "(the data changed); delete the .partial.npz file to start over.")
+                    raise ValueError(
+                        f"Batch {index} differs from the one in the partial evaluation being resumed "
+                        "(the data changed); delete the .partial.npz file to start over."
+                    )
             else:
-                indices = (np.arange(first_index, first_index + size) if image_indices is None
-                           else np.asarray(image_indices)[first_index:first_index + size])
+                indices = (
+                    np.arange(first_index, first_index + size)
+                    if image_indices is None
+                    else np.asarray(image_indices)[first_index : first_index + size]
+                )
                 for key, values in zip(parts, self.estimate_batch(batch, indices)):
                     parts[key].append(values)
                 estimated += size
@@ -239,19 +267,37 @@ class ImportanceSampler:
                     last_log = now
                     rate = estimated * self.num_importance_samples / (now - start)
                     done = np.concatenate(parts["log_likelihood"])
-                    left = "" if total_images is None else ", %.1f h left" % (
-                        (total_images - first_index - size) * self.num_importance_samples / rate / 3600)
-                    logging.info("Evaluated %d images (batch %d), running NLL %.3f nats, %.1f importance samples/s%s",
-                                 first_index + size, index + 1, -float(np.mean(done)), rate, left)
+                    left = (
+                        ""
+                        if total_images is None
+                        else ", %.1f h left"
+                        % ((total_images - first_index - size) * self.num_importance_samples / rate / 3600)
+                    )
+                    logging.info(
+                        "Evaluated %d images (batch %d), running NLL %.3f nats, %.1f importance samples/s%s",
+                        first_index + size,
+                        index + 1,
+                        -float(np.mean(done)),
+                        rate,
+                        left,
+                    )
             first_index += size
         if first_index == 0:
             raise ValueError("No images to evaluate: the split is empty.")
         if skip_batches > len(batch_hashes):
-            raise ValueError(f"The partial evaluation being resumed has {skip_batches} batches, the data only "
-                             f"{len(batch_hashes)}; delete the .partial.npz file to start over.")
+            raise ValueError(
+                f"The partial evaluation being resumed has {skip_batches} batches, the data only "
+                f"{len(batch_hashes)}; delete the .partial.npz file to start over."
+            )
         arrays = {key: np.concatenate(value) for key, value in parts.items()}
-        return Estimates(arrays["log_likelihood"], arrays["elbo"], arrays["iwae_5"], digest.hexdigest(),
-                         time.perf_counter() - start, estimated)
+        return Estimates(
+            arrays["log_likelihood"],
+            arrays["elbo"],
+            arrays["iwae_5"],
+            digest.hexdigest(),
+            time.perf_counter() - start,
+            estimated,
+        )
 
 
 class _GroupedLogMeanExp:
@@ -290,8 +336,10 @@ def _binary_pixels(batch) -> np.ndarray:
     """uint8 0/1 pixels of a batch; raises unless every pixel is 0 or 1."""
     values = np.asarray(batch)
     if not np.all((values == 0) | (values == 1)):
-        raise ValueError("The evaluated images must be binary (0/1); got other values. Use a 'static' dataset or "
-                         "data.make_dataset's binarization.")
+        raise ValueError(
+            "The evaluated images must be binary (0/1); got other values. Use a 'static' dataset or "
+            "data.make_dataset's binarization."
+        )
     return values.astype(np.uint8)
 
 
@@ -314,9 +362,15 @@ def summarize(estimates: Estimates, num_pixels: int) -> dict:
         iwae, iwae_stderr = None, None
     else:
         iwae, iwae_stderr = mean_and_stderr(estimates.iwae_5)
-    return {"nll": -log_likelihood, "nll_stderr": log_likelihood_stderr,
-            "nll_bits_per_dim": float(bounds.nats_to_bits_per_dim(-log_likelihood, num_pixels)),
-            "elbo": elbo, "elbo_stderr": elbo_stderr, "iwae_5": iwae, "iwae_5_stderr": iwae_stderr}
+    return {
+        "nll": -log_likelihood,
+        "nll_stderr": log_likelihood_stderr,
+        "nll_bits_per_dim": float(bounds.nats_to_bits_per_dim(-log_likelihood, num_pixels)),
+        "elbo": elbo,
+        "elbo_stderr": elbo_stderr,
+        "iwae_5": iwae,
+        "iwae_5_stderr": iwae_stderr,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -333,11 +387,11 @@ def result_stem(split: str, step: int, num_importance_samples: int, max_images: 
     return stem if max_images is None else f"{stem}-n{int(max_images)}"
 
 
-def result_path(model_dir: str, split: str, step: int, num_importance_samples: int,
-                max_images: Optional[int] = None) -> str:
+def result_path(
+    model_dir: str, split: str, step: int, num_importance_samples: int, max_images: Optional[int] = None
+) -> str:
     """Where `evaluate` writes its JSON result."""
-    return os.path.join(model_dir, EVAL_DIR,
-                        result_stem(split, step, num_importance_samples, max_images) + ".json")
+    return os.path.join(model_dir, EVAL_DIR, result_stem(split, step, num_importance_samples, max_images) + ".json")
 
 
 def select_split(run: train_lib.Run, split: str):
@@ -357,27 +411,39 @@ def select_split(run: train_lib.Run, split: str):
                 f"The test split of eval_dataset.name={gin.query_parameter('eval_dataset.name')!r} is unavailable. "
                 "For evaluation the binding is eval_dataset.local_path (not dataset.local_path), e.g. "
                 "--gin_bindings=\"eval_dataset.local_path='../shared/data/binarized_mnist/binarized_mnist.npz'\" "
-                f"(or eval_dataset.name=None for the run's own test set). Details: {error}") from error
+                f"(or eval_dataset.name=None for the run's own test set). Details: {error}"
+            ) from error
         if eval_splits is not None:
             families = {name: _DATASET_FAMILY.get(name, name) for name in (run.splits.name, eval_splits.name)}
             if families[run.splits.name] != families[eval_splits.name]:
                 raise ValueError(
                     f"The run trained on dataset.name={run.splits.name!r}, but eval_dataset.name={eval_splits.name!r} "
                     "(bound by the recipe, e.g. through gin/common/mnist.gin) would score it on other images. Pass "
-                    "--gin_bindings=\"eval_dataset.name=None\" to score the run's own test split.")
+                    '--gin_bindings="eval_dataset.name=None" to score the run\'s own test split.'
+                )
             splits, role = eval_splits, "eval_dataset"
     images = splits.split(split)
     if tuple(images.shape[1:]) != tuple(run.model.image_shape):
-        raise ValueError(f"The {split} images of {splits.name!r} have shape {tuple(images.shape[1:])}, the model "
-                         f"takes {tuple(run.model.image_shape)}; set eval_dataset.name to a dataset of the run's "
-                         "image shape (or eval_dataset.name=None).")
+        raise ValueError(
+            f"The {split} images of {splits.name!r} have shape {tuple(images.shape[1:])}, the model "
+            f"takes {tuple(run.model.image_shape)}; set eval_dataset.name to a dataset of the run's "
+            "image shape (or eval_dataset.name=None)."
+        )
     return splits, images, role
 
 
-def evaluate(model_dir: str, checkpoint="latest", num_importance_samples: int = DEFAULT_NUM_IMPORTANCE_SAMPLES,
-             split: str = "test", gin_bindings=(), chunk_size: Optional[int] = None,
-             batch_size: int = DEFAULT_BATCH_SIZE, max_images: Optional[int] = None, seed: int = 0,
-             log_every_secs: float = 60.0) -> dict:
+def evaluate(
+    model_dir: str,
+    checkpoint="latest",
+    num_importance_samples: int = DEFAULT_NUM_IMPORTANCE_SAMPLES,
+    split: str = "test",
+    gin_bindings=(),
+    chunk_size: Optional[int] = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_images: Optional[int] = None,
+    seed: int = 0,
+    log_every_secs: float = 60.0,
+) -> dict:
     """Estimates the NLL of a run's checkpoint on a split; writes the JSON result, per-image arrays and scalars.
 
     Not gin-configurable: its arguments are the evaluation binary's flags (one home each); `gin_bindings` only
@@ -416,9 +482,11 @@ def evaluate(model_dir: str, checkpoint="latest", num_importance_samples: int = 
     # bfloat16 decoder shifts the NLL by ~0.1 nat, the size of Table 1's gaps). A binding can override it.
     run = train_lib.load_run(model_dir, checkpoint, [EVAL_PRECISION_BINDING] + list(gin_bindings))
     if not isinstance(run.model, models.VAE):
-        raise ValueError(f"{model_dir} is a {type(run.model).__name__} run: the importance-sampled NLL needs the VAE "
-                         "family's Bernoulli likelihood; an adversarial model (MSE reconstruction + discriminator) "
-                         "defines no likelihood. Export its generator with python -m crvae_tf.export instead.")
+        raise ValueError(
+            f"{model_dir} is a {type(run.model).__name__} run: the importance-sampled NLL needs the VAE "
+            "family's Bernoulli likelihood; an adversarial model (MSE reconstruction + discriminator) "
+            "defines no likelihood. Export its generator with python -m crvae_tf.export instead."
+        )
     splits, images, role = select_split(run, split)
     num_in_split = int(images.shape[0])
     subset = None
@@ -426,27 +494,57 @@ def evaluate(model_dir: str, checkpoint="latest", num_importance_samples: int = 
         subset = np.unique(np.round(np.linspace(0, num_in_split - 1, max_images)).astype(np.int64))
         images = images[subset]
     sampler = ImportanceSampler(run.model, num_importance_samples, chunk_size, seed, batch_size)
-    batches = data_lib.make_dataset(images, batch_size=batch_size, binarization=splits.binarization, seed=run.seed,
-                                    training=False)
+    batches = data_lib.make_dataset(
+        images, batch_size=batch_size, binarization=splits.binarization, seed=run.seed, training=False
+    )
     stem = result_stem(split, run.step, num_importance_samples, max_images)
     folder = os.path.join(model_dir, EVAL_DIR)
-    partial = _Partial(os.path.join(folder, stem + ".partial.npz"), {
-        "checkpoint_path": os.path.abspath(run.checkpoint_path), "num_importance_samples": num_importance_samples,
-        "split": split, "source": splits.source, "seed": seed, "batch_size": batch_size, "max_images": max_images,
-        "precision": run.model.dtype_policy.name, "gin_bindings": list(gin_bindings)})
+    partial = _Partial(
+        os.path.join(folder, stem + ".partial.npz"),
+        {
+            "checkpoint_path": os.path.abspath(run.checkpoint_path),
+            "num_importance_samples": num_importance_samples,
+            "split": split,
+            "source": splits.source,
+            "seed": seed,
+            "batch_size": batch_size,
+            "max_images": max_images,
+            "precision": run.model.dtype_policy.name,
+            "gin_bindings": list(gin_bindings),
+        },
+    )
     restored = partial.load()
     skip = len(restored[3]) if restored else 0
     num_batches = -(-len(images) // batch_size)
-    logging.info("Evaluating %s step %d on %d %s images (%s, %s) with K=%d: %d batches of %d, %d samples per "
-                 "decoder pass%s.", model_dir, run.step, len(images), split, splits.name, splits.binarization,
-                 num_importance_samples, num_batches, batch_size, sampler.chunk_size,
-                 f"; resuming after batch {skip}" if skip else "")
-    estimates = sampler.estimate(batches, skip_batches=skip, restored=restored, on_batch=partial.save,
-                                 log_every_secs=log_every_secs, total_images=len(images), image_indices=subset)
+    logging.info(
+        "Evaluating %s step %d on %d %s images (%s, %s) with K=%d: %d batches of %d, %d samples per decoder pass%s.",
+        model_dir,
+        run.step,
+        len(images),
+        split,
+        splits.name,
+        splits.binarization,
+        num_importance_samples,
+        num_batches,
+        batch_size,
+        sampler.chunk_size,
+        f"; resuming after batch {skip}" if skip else "",
+    )
+    estimates = sampler.estimate(
+        batches,
+        skip_batches=skip,
+        restored=restored,
+        on_batch=partial.save,
+        log_every_secs=log_every_secs,
+        total_images=len(images),
+        image_indices=subset,
+    )
     if not np.all(np.isfinite(estimates.log_likelihood)):
         bad = np.flatnonzero(~np.isfinite(estimates.log_likelihood))
-        raise FloatingPointError(f"log p(x) is not finite for {len(bad)} images (first: {bad[:5].tolist()}): the "
-                                 f"checkpoint {run.checkpoint_path} holds non-finite weights or logits.")
+        raise FloatingPointError(
+            f"log p(x) is not finite for {len(bad)} images (first: {bad[:5].tolist()}): the "
+            f"checkpoint {run.checkpoint_path} holds non-finite weights or logits."
+        )
     result = {
         **summarize(estimates, int(np.prod(run.model.image_shape))),
         "num_importance_samples": int(num_importance_samples),
@@ -471,8 +569,9 @@ def evaluate(model_dir: str, checkpoint="latest", num_importance_samples: int = 
         "gin_bindings": list(gin_bindings),
         "units": "nats per image (nll positive; elbo and iwae_5 are bounds on log p(x))",
         "estimation_s": round(estimates.seconds, 3),
-        "importance_samples_per_s": round(estimates.num_estimated * num_importance_samples
-                                          / max(estimates.seconds, 1e-9), 2),
+        "importance_samples_per_s": round(
+            estimates.num_estimated * num_importance_samples / max(estimates.seconds, 1e-9), 2
+        ),
         "wall_time_s": None,
         "resumed_images": int(len(images) - estimates.num_estimated),
         "per_image_path": os.path.join(os.path.abspath(folder), stem + ".npz"),
@@ -494,10 +593,17 @@ def evaluate(model_dir: str, checkpoint="latest", num_importance_samples: int = 
     result["wall_time_s"] = round(time.perf_counter() - start, 3)
     artifacts.atomic_write_text(result["result_path"], json.dumps(result, indent=2, allow_nan=False) + "\n")
     partial.remove()
-    logging.info("%s: NLL %.3f +- %.3f nats (ELBO %.3f, IWAE_5 %s), %d images, K=%d, %.1f samples/s",
-                 result["result_path"], result["nll"], result["nll_stderr"] or 0.0, result["elbo"],
-                 "n/a" if result["iwae_5"] is None else f"{result['iwae_5']:.3f}", result["num_images"],
-                 num_importance_samples, result["importance_samples_per_s"])
+    logging.info(
+        "%s: NLL %.3f +- %.3f nats (ELBO %.3f, IWAE_5 %s), %d images, K=%d, %.1f samples/s",
+        result["result_path"],
+        result["nll"],
+        result["nll_stderr"] or 0.0,
+        result["elbo"],
+        "n/a" if result["iwae_5"] is None else f"{result['iwae_5']:.3f}",
+        result["num_images"],
+        num_importance_samples,
+        result["importance_samples_per_s"],
+    )
     return result
 
 
@@ -521,8 +627,9 @@ class _Partial:
         except Exception as error:  # A foreign or damaged file is never trusted.
             logging.warning("Ignoring unreadable %s (%s).", self.path, error)
             return None
-        logging.info("Resuming from %s: %d batches (%d images) already evaluated.", self.path, len(restored[3]),
-                     len(restored[0]))
+        logging.info(
+            "Resuming from %s: %d batches (%d images) already evaluated.", self.path, len(restored[3]), len(restored[0])
+        )
         return restored
 
     def save(self, batch_index, arrays, batch_hashes):
@@ -544,8 +651,13 @@ def kept_steps(model_dir: str) -> list:
     return sorted(int(path.rsplit("-", 1)[1]) for path in state.all_model_checkpoint_paths)
 
 
-def evaluate_new_checkpoints(model_dir: str, poll_seconds: float = 60.0, timeout: float = 3600.0,
-                             on_result: Optional[Callable[[dict], None]] = None, **evaluate_kwargs) -> list:
+def evaluate_new_checkpoints(
+    model_dir: str,
+    poll_seconds: float = 60.0,
+    timeout: float = 3600.0,
+    on_result: Optional[Callable[[dict], None]] = None,
+    **evaluate_kwargs,
+) -> list:
     """Evaluates each checkpoint of a (possibly still training) run once, as it appears.
 
     Every poll evaluates the kept checkpoints that have no result file yet for these settings (oldest first; a
@@ -571,12 +683,15 @@ def evaluate_new_checkpoints(model_dir: str, poll_seconds: float = 60.0, timeout
     max_images = evaluate_kwargs.get("max_images")
     results, deadline = [], time.time() + timeout
     while True:
-        pending = [step for step in kept_steps(model_dir)
-                   if not os.path.exists(result_path(model_dir, split, step, k, max_images))]
+        pending = [
+            step
+            for step in kept_steps(model_dir)
+            if not os.path.exists(result_path(model_dir, split, step, k, max_images))
+        ]
         for step in pending:
             try:
                 result = evaluate(model_dir, checkpoint=step, **evaluate_kwargs)
-            except FileNotFoundError as error:   # deleted by the trainer's max_to_keep meanwhile
+            except FileNotFoundError as error:  # deleted by the trainer's max_to_keep meanwhile
                 logging.warning("Skipping step %d: %s", step, error)
                 continue
             results.append(result)
@@ -607,8 +722,10 @@ def _max_steps(model_dir: str) -> Optional[int]:
 
 def _check_split(split) -> None:
     if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not one of {list(SPLITS)}: 'test' (Table 1; the eval_dataset.* test "
-                         "split when configured) or 'validation' (the run's own validation split).")
+        raise ValueError(
+            f"split={split!r} is not one of {list(SPLITS)}: 'test' (Table 1; the eval_dataset.* test "
+            "split when configured) or 'validation' (the run's own validation split)."
+        )
 
 
 def _check_positive_int(value, name: str) -> None:
@@ -621,6 +738,18 @@ def _check_seed(seed) -> None:
         raise ValueError(f"seed={seed!r} must be an int in [0, 2^31) (--seed).")
 
 
-__all__ = ["Estimates", "ImportanceSampler", "evaluate", "evaluate_new_checkpoints", "select_split", "summarize",
-           "result_path", "result_stem", "kept_steps", "default_chunk_size", "SPLITS",
-           "DEFAULT_NUM_IMPORTANCE_SAMPLES", "DEFAULT_BATCH_SIZE"]
+__all__ = [
+    "Estimates",
+    "ImportanceSampler",
+    "evaluate",
+    "evaluate_new_checkpoints",
+    "select_split",
+    "summarize",
+    "result_path",
+    "result_stem",
+    "kept_steps",
+    "default_chunk_size",
+    "SPLITS",
+    "DEFAULT_NUM_IMPORTANCE_SAMPLES",
+    "DEFAULT_BATCH_SIZE",
+]

@@ -18,35 +18,66 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import (
+    app,  # noqa: E402
+    flags,  # noqa: E402
+)
 
 from crvae_tf import data as data_lib  # noqa: E402
-from crvae_tf import eval_lib  # noqa: E402
-from crvae_tf import train_lib  # noqa: E402
+from crvae_tf import (
+    eval_lib,  # noqa: E402
+    train_lib,  # noqa: E402
+)
 
 # --model_dir and --gin_bindings have the same meaning as in crvae_tf.train; allow_override lets both binaries be
 # imported into one process (the tests), whichever comes first.
 MODEL_DIR = flags.DEFINE_string("model_dir", None, "The training run's directory.", allow_override=True)
-BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings applied after the run's config, e.g. "
-                                     "\"eval_dataset.local_path='/path/binarized_mnist.npz'\".", allow_override=True)
+BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings",
+    [],
+    "Gin bindings applied after the run's config, e.g. \"eval_dataset.local_path='/path/binarized_mnist.npz'\".",
+    allow_override=True,
+)
 flags.mark_flag_as_required("model_dir")
-CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' (best validation IWAE) or a step number.", allow_override=True)
-NUM_SAMPLES = flags.DEFINE_integer("num_importance_samples", eval_lib.DEFAULT_NUM_IMPORTANCE_SAMPLES,
-                                   "K, importance samples per image (Table 1: 10,000).")
-SPLIT = flags.DEFINE_enum("split", "test", list(eval_lib.SPLITS),
-                          "'test' (the eval_dataset.* test split when the recipe sets one, else the run's) or "
-                          "'validation' (the run's own).")
-MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Evaluate only the first N images (a budget cap).", allow_override=True)
-SEED = flags.DEFINE_integer("seed", 0, "Noise seed in [0, 2^31): the same command gives the same numbers.", allow_override=True)
-BATCH_SIZE = flags.DEFINE_integer("batch_size", eval_lib.DEFAULT_BATCH_SIZE, "Images per encoder pass.", allow_override=True)
-CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Importance samples per decoder pass (default: about "
-                                  f"{eval_lib.TARGET_DECODER_ROWS} decoder rows per pass). Speed and memory only.")
-POLL = flags.DEFINE_boolean("poll", False, "Evaluate each checkpoint of the run once as it appears (one JSON line "
-                            "each), until the one at train.max_steps or --poll_timeout without a new one.")
+CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "latest", "'latest', 'best' (best validation IWAE) or a step number.", allow_override=True
+)
+NUM_SAMPLES = flags.DEFINE_integer(
+    "num_importance_samples",
+    eval_lib.DEFAULT_NUM_IMPORTANCE_SAMPLES,
+    "K, importance samples per image (Table 1: 10,000).",
+)
+SPLIT = flags.DEFINE_enum(
+    "split",
+    "test",
+    list(eval_lib.SPLITS),
+    "'test' (the eval_dataset.* test split when the recipe sets one, else the run's) or 'validation' (the run's own).",
+)
+MAX_IMAGES = flags.DEFINE_integer(
+    "max_images", None, "Evaluate only the first N images (a budget cap).", allow_override=True
+)
+SEED = flags.DEFINE_integer(
+    "seed", 0, "Noise seed in [0, 2^31): the same command gives the same numbers.", allow_override=True
+)
+BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", eval_lib.DEFAULT_BATCH_SIZE, "Images per encoder pass.", allow_override=True
+)
+CHUNK_SIZE = flags.DEFINE_integer(
+    "chunk_size",
+    None,
+    "Importance samples per decoder pass (default: about "
+    f"{eval_lib.TARGET_DECODER_ROWS} decoder rows per pass). Speed and memory only.",
+)
+POLL = flags.DEFINE_boolean(
+    "poll",
+    False,
+    "Evaluate each checkpoint of the run once as it appears (one JSON line "
+    "each), until the one at train.max_steps or --poll_timeout without a new one.",
+)
 POLL_SECONDS = flags.DEFINE_float("poll_seconds", 60.0, "With --poll: seconds between polls.")
-POLL_TIMEOUT = flags.DEFINE_float("poll_timeout", 3600.0, "With --poll: stop after this many seconds without a new "
-                                  "checkpoint.")
+POLL_TIMEOUT = flags.DEFINE_float(
+    "poll_timeout", 3600.0, "With --poll: stop after this many seconds without a new checkpoint."
+)
 
 
 def _checkpoint_value(text: str):
@@ -59,29 +90,43 @@ def _checkpoint_value(text: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass everything as --flags (see --helpfull).")
-    for name, value in (("num_importance_samples", NUM_SAMPLES.value), ("batch_size", BATCH_SIZE.value),
-                        ("chunk_size", CHUNK_SIZE.value), ("max_images", MAX_IMAGES.value)):
+    for name, value in (
+        ("num_importance_samples", NUM_SAMPLES.value),
+        ("batch_size", BATCH_SIZE.value),
+        ("chunk_size", CHUNK_SIZE.value),
+        ("max_images", MAX_IMAGES.value),
+    ):
         if value is not None and value < 1:
             raise app.UsageError(f"--{name}={value} must be a positive integer.")
     if not 0 <= SEED.value < eval_lib.MAX_SEED:
         raise app.UsageError(f"--seed={SEED.value} must be in [0, 2^31).")
     if not os.path.isdir(MODEL_DIR.value):
         raise app.UsageError(f"--model_dir={MODEL_DIR.value} is not a directory (paths are relative to {os.getcwd()}).")
-    kwargs = dict(num_importance_samples=NUM_SAMPLES.value, split=SPLIT.value, gin_bindings=list(BINDINGS.value),
-                  chunk_size=CHUNK_SIZE.value, batch_size=BATCH_SIZE.value, max_images=MAX_IMAGES.value,
-                  seed=SEED.value)
+    kwargs = dict(
+        num_importance_samples=NUM_SAMPLES.value,
+        split=SPLIT.value,
+        gin_bindings=list(BINDINGS.value),
+        chunk_size=CHUNK_SIZE.value,
+        batch_size=BATCH_SIZE.value,
+        max_images=MAX_IMAGES.value,
+        seed=SEED.value,
+    )
     if POLL.value:
         if CHECKPOINT.present:
             raise app.UsageError("--poll evaluates every checkpoint as it appears; drop --checkpoint.")
         if POLL_SECONDS.value <= 0 or POLL_TIMEOUT.value < 0:
             raise app.UsageError("--poll_seconds must be > 0 and --poll_timeout >= 0.")
-        eval_lib.evaluate_new_checkpoints(MODEL_DIR.value, poll_seconds=POLL_SECONDS.value,
-                                          timeout=POLL_TIMEOUT.value,
-                                          on_result=lambda result: print(json.dumps(result), flush=True), **kwargs)
+        eval_lib.evaluate_new_checkpoints(
+            MODEL_DIR.value,
+            poll_seconds=POLL_SECONDS.value,
+            timeout=POLL_TIMEOUT.value,
+            on_result=lambda result: print(json.dumps(result), flush=True),
+            **kwargs,
+        )
         return
     try:
         result = eval_lib.evaluate(MODEL_DIR.value, checkpoint=_checkpoint_value(CHECKPOINT.value), **kwargs)
-    except (FileNotFoundError, data_lib.DataUnavailableError) as error:   # no such run / checkpoint / data file
+    except (FileNotFoundError, data_lib.DataUnavailableError) as error:  # no such run / checkpoint / data file
         raise app.UsageError(str(error)) from error
     print(json.dumps(result), flush=True)
 

@@ -29,16 +29,20 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
+from absl import (
+    app,  # noqa: E402
+    flags,  # noqa: E402
+    logging,  # noqa: E402
+)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from crvae_tf import artifacts  # noqa: E402
+from crvae_tf import (
+    artifacts,  # noqa: E402
+    train_lib,  # noqa: E402
+)
 from crvae_tf import data as data_lib  # noqa: E402
 from crvae_tf import empirical_prior as prior_lib  # noqa: E402
-from crvae_tf import train_lib  # noqa: E402
 
 MODES = ("empirical_prior",)
 EXPLORE_DIR = "explore"
@@ -50,16 +54,24 @@ DECODE_BATCH_SIZE = 256
 
 # --model_dir, --gin_bindings and --checkpoint mean the same in every crvae_tf binary; allow_override lets
 # two binaries that define them live in one process (the tests import several).
-MODEL_DIR = flags.DEFINE_string("model_dir", None, "The run directory (written by python -m crvae_tf.train).",
-                                allow_override=True)
-BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings applied after the run's saved config, "
-                                     "e.g. \"dataset.local_path='mnist.npz'\".", allow_override=True)
-CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' (best validation IWAE_k) or a step.",
-                                 allow_override=True)
+MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "The run directory (written by python -m crvae_tf.train).", allow_override=True
+)
+BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings",
+    [],
+    "Gin bindings applied after the run's saved config, e.g. \"dataset.local_path='mnist.npz'\".",
+    allow_override=True,
+)
+CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "latest", "'latest', 'best' (best validation IWAE_k) or a step.", allow_override=True
+)
 MODE = flags.DEFINE_string("mode", "empirical_prior", f"What to explore, one of {list(MODES)}.")
 NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Latents decoded from each prior.")
 SEED = flags.DEFINE_integer("seed", 0, "Seed of the prior samples (the same eps for both priors).", allow_override=True)
-MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Fit on the first N training images (default: all).", allow_override=True)
+MAX_IMAGES = flags.DEFINE_integer(
+    "max_images", None, "Fit on the first N training images (default: all).", allow_override=True
+)
 
 
 def fit_or_load_prior(run: train_lib.Run, model_dir: str, max_images=None):
@@ -72,12 +84,12 @@ def fit_or_load_prior(run: train_lib.Run, model_dir: str, max_images=None):
     Returns:
       (EmpiricalPrior, path, reused: bool).
     """
-    latent_shape = prior_lib.latent_shape_of(run.model)   # rejects the FC head before any work
+    latent_shape = prior_lib.latent_shape_of(run.model)  # rejects the FC head before any work
     images = run.splits.train
     if max_images is not None:
         if int(max_images) < 2:
             raise ValueError(f"--max_images={max_images} must be >= 2 (an unbiased covariance needs N >= 2).")
-        images = images[:int(max_images)]
+        images = images[: int(max_images)]
     path = prior_lib.prior_path(model_dir, run.step)
     if os.path.isfile(path):
         saved = prior_lib.EmpiricalPrior.load(path)
@@ -86,27 +98,39 @@ def fit_or_load_prior(run: train_lib.Run, model_dir: str, max_images=None):
         if found == wanted:
             logging.info("Reusing the empirical prior %s (%d images).", path, saved.num_images)
             return saved, path, True
-        logging.info("Refitting %s: it was fitted with (latent shape, images, seed, split) = %s, now %s.",
-                     path, found, wanted)
-    dataset = data_lib.make_dataset(images, batch_size=FIT_BATCH_SIZE, binarization=run.splits.binarization,
-                                    seed=run.seed, training=False)
-    prior = prior_lib.EmpiricalPrior.fit(run.model, dataset, seed=run.seed, step=run.step, split="train",
-                                         source=run.checkpoint_path)
+        logging.info(
+            "Refitting %s: it was fitted with (latent shape, images, seed, split) = %s, now %s.", path, found, wanted
+        )
+    dataset = data_lib.make_dataset(
+        images, batch_size=FIT_BATCH_SIZE, binarization=run.splits.binarization, seed=run.seed, training=False
+    )
+    prior = prior_lib.EmpiricalPrior.fit(
+        run.model, dataset, seed=run.seed, step=run.step, split="train", source=run.checkpoint_path
+    )
     prior.save(path)
-    logging.info("Fitted the empirical prior on %d training images (max jitter %.3g); saved %s.",
-                 prior.num_images, float(prior.jitter.max()), path)
+    logging.info(
+        "Fitted the empirical prior on %d training images (max jitter %.3g); saved %s.",
+        prior.num_images,
+        float(prior.jitter.max()),
+        path,
+    )
     return prior, path, False
 
 
 def _decode_grid(model, z, path):
-    means = np.concatenate([model.generate(tf.constant(z[start:start + DECODE_BATCH_SIZE], tf.float32)).numpy()
-                            for start in range(0, len(z), DECODE_BATCH_SIZE)])
+    means = np.concatenate(
+        [
+            model.generate(tf.constant(z[start : start + DECODE_BATCH_SIZE], tf.float32)).numpy()
+            for start in range(0, len(z), DECODE_BATCH_SIZE)
+        ]
+    )
     artifacts.write_png(path, artifacts.image_grid(means))
     return path
 
 
-def explore_empirical_prior(model_dir: str, checkpoint="latest", num_samples: int = 64, seed: int = 0,
-                            max_images=None, gin_bindings=()) -> dict:
+def explore_empirical_prior(
+    model_dir: str, checkpoint="latest", num_samples: int = 64, seed: int = 0, max_images=None, gin_bindings=()
+) -> dict:
     """Fits (or reuses) the run's empirical prior and writes sample grids from it and from N(0, I).
 
     Returns:
@@ -120,13 +144,26 @@ def explore_empirical_prior(model_dir: str, checkpoint="latest", num_samples: in
     prior, prior_file, reused = fit_or_load_prior(run, model_dir, max_images)
     eps = prior_lib.standard_normal_latents(num_samples, prior.latent_dim, seed)
     folder = os.path.join(model_dir, EXPLORE_DIR)
-    grids = {kind: _decode_grid(run.model, z, os.path.join(folder, f"{kind}-step{run.step}.png"))
-             for kind, z in (("empirical_prior", prior.transform(eps)), ("standard_prior", eps))}
-    return {"mode": "empirical_prior", "model_dir": model_dir, "step": run.step,
-            "checkpoint": run.checkpoint_path, "prior": prior_file, "reused_prior": reused,
-            "num_images": prior.num_images, "split": prior.split, "latent_shape": list(prior.latent_shape),
-            "jitter_max": float(prior.jitter.max()), "num_samples": int(num_samples), "seed": int(seed),
-            "empirical_prior_png": grids["empirical_prior"], "standard_prior_png": grids["standard_prior"]}
+    grids = {
+        kind: _decode_grid(run.model, z, os.path.join(folder, f"{kind}-step{run.step}.png"))
+        for kind, z in (("empirical_prior", prior.transform(eps)), ("standard_prior", eps))
+    }
+    return {
+        "mode": "empirical_prior",
+        "model_dir": model_dir,
+        "step": run.step,
+        "checkpoint": run.checkpoint_path,
+        "prior": prior_file,
+        "reused_prior": reused,
+        "num_images": prior.num_images,
+        "split": prior.split,
+        "latent_shape": list(prior.latent_shape),
+        "jitter_max": float(prior.jitter.max()),
+        "num_samples": int(num_samples),
+        "seed": int(seed),
+        "empirical_prior_png": grids["empirical_prior"],
+        "standard_prior_png": grids["standard_prior"],
+    }
 
 
 def main(argv):
@@ -136,8 +173,9 @@ def main(argv):
         raise app.UsageError(f"--mode={MODE.value!r} is not a mode of this binary; the modes are {list(MODES)}.")
     if not MODEL_DIR.value:
         raise app.UsageError("--model_dir is required: the run directory written by python -m crvae_tf.train.")
-    summary = explore_empirical_prior(MODEL_DIR.value, CHECKPOINT.value, NUM_SAMPLES.value, SEED.value,
-                                      MAX_IMAGES.value, BINDINGS.value)
+    summary = explore_empirical_prior(
+        MODEL_DIR.value, CHECKPOINT.value, NUM_SAMPLES.value, SEED.value, MAX_IMAGES.value, BINDINGS.value
+    )
     print(json.dumps(summary), flush=True)
 
 

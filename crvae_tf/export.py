@@ -16,23 +16,33 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import (
+    app,  # noqa: E402
+    flags,  # noqa: E402
+)
 
 from crvae_tf import data as data_lib  # noqa: E402
-from crvae_tf import export_lib  # noqa: E402
-from crvae_tf import train_lib  # noqa: E402
+from crvae_tf import (
+    export_lib,  # noqa: E402
+    train_lib,  # noqa: E402
+)
 
 # --model_dir, --gin_bindings and --checkpoint mean the same as in crvae_tf.train / crvae_tf.evaluate;
 # allow_override lets the binaries be imported into one process (the tests), whichever comes first.
 MODEL_DIR = flags.DEFINE_string("model_dir", None, "The training run's directory.", allow_override=True)
-BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings applied after the run's config, e.g. "
-                                     "\"dataset.local_path='/path/mnist.npz'\" when the run's data moved.",
-                                     allow_override=True)
-CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' (best validation IWAE) or a step number.",
-                                 allow_override=True)
-EXPORT_DIR = flags.DEFINE_string("export_dir", None, "TF Serving's base path for this model: the export is written "
-                                 "to EXPORT_DIR/<training step>/.")
+BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings",
+    [],
+    "Gin bindings applied after the run's config, e.g. "
+    "\"dataset.local_path='/path/mnist.npz'\" when the run's data moved.",
+    allow_override=True,
+)
+CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "latest", "'latest', 'best' (best validation IWAE) or a step number.", allow_override=True
+)
+EXPORT_DIR = flags.DEFINE_string(
+    "export_dir", None, "TF Serving's base path for this model: the export is written to EXPORT_DIR/<training step>/."
+)
 OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace an existing EXPORT_DIR/<step> (atomic swap).")
 
 
@@ -54,13 +64,27 @@ def main(argv):
         raise app.UsageError(f"--model_dir={MODEL_DIR.value} is not a directory (paths are relative to {os.getcwd()}).")
     checkpoint = _checkpoint_value(CHECKPOINT.value)
     try:
-        result = export_lib.export_run(MODEL_DIR.value, EXPORT_DIR.value, checkpoint=checkpoint,
-                                       gin_bindings=list(BINDINGS.value), overwrite=OVERWRITE.value)
+        result = export_lib.export_run(
+            MODEL_DIR.value,
+            EXPORT_DIR.value,
+            checkpoint=checkpoint,
+            gin_bindings=list(BINDINGS.value),
+            overwrite=OVERWRITE.value,
+        )
     except (FileNotFoundError, FileExistsError, data_lib.DataUnavailableError) as error:
         raise app.UsageError(str(error)) from error
-    print(json.dumps({"path": result.path, "version": result.version, "signatures": list(export_lib.SIGNATURES),
-                      "latent_shape": result.metadata["latent_shape"],
-                      "image_shape": result.metadata["image_shape"]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "path": result.path,
+                "version": result.version,
+                "signatures": list(export_lib.SIGNATURES),
+                "latent_shape": result.metadata["latent_shape"],
+                "image_shape": result.metadata["image_shape"],
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ import datetime
 import json
 import os
 import shutil
-import uuid
 from typing import NamedTuple, Optional
+import uuid
 
 import keras
 import tensorflow as tf
@@ -85,8 +85,7 @@ def signature_table(latent_dim: int, image_shape) -> dict:
     latent = ("float32", [-1, d])
     return {
         "serving_default": {"inputs": {"z": latent}, "outputs": {"images": image}},
-        "sample": {"inputs": {"num": ("int32", []), "seed": ("int64", [])},
-                   "outputs": {"images": image, "z": latent}},
+        "sample": {"inputs": {"num": ("int32", []), "seed": ("int64", [])}, "outputs": {"images": image, "z": latent}},
         "encode": {"inputs": {"images": image}, "outputs": {"loc": latent, "scale": latent}},
         "reconstruct": {"inputs": {"images": image}, "outputs": {"images": image}},
     }
@@ -120,12 +119,17 @@ def _checked(x, name: str, inner_shape, dtype_name: str):
     rank = len(inner_shape) + 1
     expected = "[batch, " + ", ".join(str(int(d)) for d in inner_shape) + "]"
     shape = tf.shape(x)
-    padded = tf.concat([shape, tf.zeros([rank], tf.int32)], 0)   # never out of range, whatever the rank
-    ok = tf.logical_and(tf.equal(tf.size(shape), rank),
-                        tf.reduce_all(tf.equal(padded[1:rank], tf.constant(inner_shape, tf.int32))))
-    ok = tf.logical_and(ok, padded[0] >= 1)    # empty batches are refused (BatchNorm/reshape edge cases)
-    check = tf.debugging.Assert(ok, [f"{name} must be {expected} {dtype_name} with batch >= 1; got shape", shape],
-                                summarize=rank + 2, name=f"check_{name}_shape")
+    padded = tf.concat([shape, tf.zeros([rank], tf.int32)], 0)  # never out of range, whatever the rank
+    ok = tf.logical_and(
+        tf.equal(tf.size(shape), rank), tf.reduce_all(tf.equal(padded[1:rank], tf.constant(inner_shape, tf.int32)))
+    )
+    ok = tf.logical_and(ok, padded[0] >= 1)  # empty batches are refused (BatchNorm/reshape edge cases)
+    check = tf.debugging.Assert(
+        ok,
+        [f"{name} must be {expected} {dtype_name} with batch >= 1; got shape", shape],
+        summarize=rank + 2,
+        name=f"check_{name}_shape",
+    )
     with tf.control_dependencies([check]):
         # Grappler folds the rank in `ok` to the TensorSpec's rank, so a wrong rank reaches EnsureShape, whose kernel
         # checks the runtime shape ("Shape of tensor z [2,16,1] is not compatible with expected shape [?,16]").
@@ -136,9 +140,15 @@ def _checked_pixels(images):
     """`images` after a runtime check that every value is in [0, 1] (NaN fails too)."""
     lo, hi = INPUT_PIXEL_RANGE
     ok = tf.reduce_all(tf.logical_and(images >= lo, images <= hi))
-    check = tf.debugging.Assert(ok, [f"images must be float32 pixel values in [{lo:g}, {hi:g}] (divide 8-bit "
-                                     "images by 255); got min and max", tf.reduce_min(images), tf.reduce_max(images)],
-                                name="check_images_range")
+    check = tf.debugging.Assert(
+        ok,
+        [
+            f"images must be float32 pixel values in [{lo:g}, {hi:g}] (divide 8-bit images by 255); got min and max",
+            tf.reduce_min(images),
+            tf.reduce_max(images),
+        ],
+        name="check_images_range",
+    )
     with tf.control_dependencies([check]):
         return tf.identity(images)
 
@@ -192,8 +202,10 @@ def _tf_variables(model) -> list:
         inner = inner if isinstance(inner, tf.Variable) else getattr(variable, "value", variable)
         if not isinstance(inner, tf.Variable):
             name = getattr(variable, "path", variable)
-            raise TypeError(f"Cannot find the tf.Variable behind model variable {name!r} ({type(variable).__name__}); "
-                            "export needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
+            raise TypeError(
+                f"Cannot find the tf.Variable behind model variable {name!r} ({type(variable).__name__}); "
+                "export needs the TensorFlow backend (KERAS_BACKEND=tensorflow)."
+            )
         found.append(inner)
     return found
 
@@ -234,19 +246,28 @@ def build_serving_module(model, metadata: dict) -> tf.Module:
         """z float32 [batch, D] -> {'images': float32 [batch, H, W, C] in [0, 1]}."""
         return {"images": generate(_checked(z, "z", (latent_dim,), "float32"))}
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="num"), tf.TensorSpec([], tf.int64, name="seed")],
-                 jit_compile=False, autograph=False)
+    @tf.function(
+        input_signature=[tf.TensorSpec([], tf.int32, name="num"), tf.TensorSpec([], tf.int64, name="seed")],
+        jit_compile=False,
+        autograph=False,
+    )
     def sample(num, seed):
         """num int32 [], seed int64 [] -> {'images': [num, H, W, C] in [0, 1], 'z': [num, D]} (stateless)."""
         num = _checked_scalar(num, "num")
         seed = _checked_scalar(seed, "seed")
-        check = tf.debugging.Assert(tf.logical_and(num >= 1, num <= MAX_SAMPLE_NUM),
-                                    [f"num must be an int32 scalar in [1, {MAX_SAMPLE_NUM}]; got", num],
-                                    name="check_num_range")
+        check = tf.debugging.Assert(
+            tf.logical_and(num >= 1, num <= MAX_SAMPLE_NUM),
+            [f"num must be an int32 scalar in [1, {MAX_SAMPLE_NUM}]; got", num],
+            name="check_num_range",
+        )
         with tf.control_dependencies([check]):
             shape = tf.stack([num, tf.constant(latent_dim, tf.int32)])
-        z = tf.random.stateless_normal(shape, seed=tf.stack([seed, tf.constant(SAMPLE_SEED_SALT, tf.int64)]),
-                                       dtype=tf.float32, alg=SAMPLE_RNG_ALGORITHM)
+        z = tf.random.stateless_normal(
+            shape,
+            seed=tf.stack([seed, tf.constant(SAMPLE_SEED_SALT, tf.int64)]),
+            dtype=tf.float32,
+            alg=SAMPLE_RNG_ALGORITHM,
+        )
         return {"images": generate(z), "z": z}
 
     @tf.function(input_signature=[images_spec], jit_compile=False, autograph=False)
@@ -276,14 +297,17 @@ def build_serving_module(model, metadata: dict) -> tf.Module:
     # Metadata for readers of the SavedModel (TF Serving itself ignores these).
     module.metadata_json = tf.Variable(json.dumps(metadata, sort_keys=True), trainable=False, name="metadata_json")
     module.model_name = tf.Variable(str(metadata.get("model_name", model.name)), trainable=False, name="model_name")
-    module.training_step = tf.Variable(int(metadata.get("training_step", -1)), dtype=tf.int64, trainable=False,
-                                       name="training_step")
+    module.training_step = tf.Variable(
+        int(metadata.get("training_step", -1)), dtype=tf.int64, trainable=False, name="training_step"
+    )
     module.latent_shape = tf.Variable(latent_shape(model), dtype=tf.int64, trainable=False, name="latent_shape")
     module.image_shape = tf.Variable(list(image_shape), dtype=tf.int64, trainable=False, name="image_shape")
-    module.output_pixel_range = tf.Variable(list(OUTPUT_PIXEL_RANGE), dtype=tf.float32, trainable=False,
-                                            name="output_pixel_range")
-    module.operative_config = tf.Variable(str(metadata.get("operative_config", "")), trainable=False,
-                                          name="operative_config")
+    module.output_pixel_range = tf.Variable(
+        list(OUTPUT_PIXEL_RANGE), dtype=tf.float32, trainable=False, name="output_pixel_range"
+    )
+    module.operative_config = tf.Variable(
+        str(metadata.get("operative_config", "")), trainable=False, name="operative_config"
+    )
     return module
 
 
@@ -342,17 +366,23 @@ def check_serving_graph(saved_model_dir: str) -> collections.Counter:
     ops = saved_model_ops(saved_model_dir)
     cudnn = sorted(op for op in ops if op.startswith(FORBIDDEN_OP_PREFIXES))
     if cudnn:
-        raise ServingGraphError(f"The serving graph contains cuDNN-only RNN ops {cudnn}: TF Serving on CPU cannot run "
-                                "them. Export on a machine without a GPU (CUDA_VISIBLE_DEVICES='') or give the "
-                                "model's RNN layers use_cudnn=False.")
+        raise ServingGraphError(
+            f"The serving graph contains cuDNN-only RNN ops {cudnn}: TF Serving on CPU cannot run "
+            "them. Export on a machine without a GPU (CUDA_VISIBLE_DEVICES='') or give the "
+            "model's RNN layers use_cudnn=False."
+        )
     custom = sorted(op for op in ops if not hasattr(tf.raw_ops, op))
     if custom:
-        raise ServingGraphError(f"The serving graph contains ops that are not core TensorFlow ops: {custom}. The "
-                                "stock TF Serving binary has no kernels for custom ops; express them in core ops.")
+        raise ServingGraphError(
+            f"The serving graph contains ops that are not core TensorFlow ops: {custom}. The "
+            "stock TF Serving binary has no kernels for custom ops; express them in core ops."
+        )
     xla = xla_compiled_functions(saved_model_dir)
     if xla:
-        raise ServingGraphError(f"The serving graph has XLA-compiled functions {xla[:5]}: remove jit_compile=True "
-                                "from the traced functions (TF Serving does not compile them by default).")
+        raise ServingGraphError(
+            f"The serving graph has XLA-compiled functions {xla[:5]}: remove jit_compile=True "
+            "from the traced functions (TF Serving does not compile them by default)."
+        )
     return ops
 
 
@@ -367,8 +397,11 @@ def versions(export_dir: str) -> list:
     """The published versions under `export_dir` (all-digit folder names, as TF Serving sees them), ascending."""
     if not os.path.isdir(export_dir):
         return []
-    return sorted(int(name) for name in os.listdir(export_dir)
-                  if _is_version_name(name) and os.path.isdir(os.path.join(export_dir, name)))
+    return sorted(
+        int(name)
+        for name in os.listdir(export_dir)
+        if _is_version_name(name) and os.path.isdir(os.path.join(export_dir, name))
+    )
 
 
 _RENAME_EXCHANGE = 2
@@ -390,12 +423,14 @@ def _exchange(a: str, b: str) -> bool:
 def _publish(tmp: str, final: str, overwrite: bool) -> None:
     """Renames the finished `tmp` folder to `final`; with `overwrite`, swaps it with an existing `final`."""
     if not os.path.exists(final):
-        os.rename(tmp, final)   # fails (ENOTEMPTY) if another export published `final` meanwhile
+        os.rename(tmp, final)  # fails (ENOTEMPTY) if another export published `final` meanwhile
         return
     if not overwrite:
-        raise FileExistsError(f"{final} already exists. Pass --overwrite to replace it (a server that already "
-                              "loaded this version keeps serving the old one), or export another checkpoint.")
-    if _exchange(tmp, final):          # `final` is now the new export and `tmp` the old one
+        raise FileExistsError(
+            f"{final} already exists. Pass --overwrite to replace it (a server that already "
+            "loaded this version keeps serving the old one), or export another checkpoint."
+        )
+    if _exchange(tmp, final):  # `final` is now the new export and `tmp` the old one
         shutil.rmtree(tmp)
         return
     aside = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}old-{os.path.basename(final)}-{uuid.uuid4().hex}")
@@ -406,20 +441,32 @@ def _publish(tmp: str, final: str, overwrite: bool) -> None:
 
 def _save(module: tf.Module, path: str) -> None:
     """Writes the SavedModel (the step the interruption test breaks)."""
-    tf.saved_model.save(module, path, signatures=module.serving_signatures,
-                        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+    tf.saved_model.save(
+        module,
+        path,
+        signatures=module.serving_signatures,
+        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
+    )
 
 
 class Export(NamedTuple):
     """What `export_model` / `export_run` wrote."""
-    path: str          # export_dir/<version>
+
+    path: str  # export_dir/<version>
     version: int
     metadata: dict
-    ops: dict          # op type -> count in the serving graph
+    ops: dict  # op type -> count in the serving graph
 
 
-def export_model(model, export_dir: str, version: int, *, operative_config: str = "",
-                 extra_metadata: Optional[dict] = None, overwrite: bool = False) -> Export:
+def export_model(
+    model,
+    export_dir: str,
+    version: int,
+    *,
+    operative_config: str = "",
+    extra_metadata: Optional[dict] = None,
+    overwrite: bool = False,
+) -> Export:
     """Writes `model` as `export_dir/<version>/`, atomically.
 
     Args:
@@ -440,8 +487,10 @@ def export_model(model, export_dir: str, version: int, *, operative_config: str 
     os.makedirs(export_dir, exist_ok=True)
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final) and not overwrite:
-        raise FileExistsError(f"{final} already exists. Pass --overwrite to replace it (a server that already "
-                              "loaded this version keeps serving the old one), or export another checkpoint.")
+        raise FileExistsError(
+            f"{final} already exists. Pass --overwrite to replace it (a server that already "
+            "loaded this version keeps serving the old one), or export another checkpoint."
+        )
     lo, hi = (float(v) for v in getattr(model, "input_range", (0.0, 1.0)))
     head = getattr(model, "latent_head", None)
     metadata = {
@@ -452,15 +501,22 @@ def export_model(model, export_dir: str, version: int, *, operative_config: str 
         "training_step": version,
         "latent_dim": int(model.latent_dim),
         "latent_shape": latent_shape(model),
-        "latent_layout": ("flat" if len(latent_shape(model)) == 1 else
-                          "channel-major: z is the row-major flattening of a [C, h, w] latent (latent_shape)"),
+        "latent_layout": (
+            "flat"
+            if len(latent_shape(model)) == 1
+            else "channel-major: z is the row-major flattening of a [C, h, w] latent (latent_shape)"
+        ),
         "image_shape": [int(d) for d in model.image_shape],
         "output_pixel_range": list(OUTPUT_PIXEL_RANGE),
         "input_pixel_range": list(INPUT_PIXEL_RANGE),
         "model_input_range": [lo, hi],
         "signatures": signature_table(model.latent_dim, model.image_shape),
-        "sample_rng": {"op": "tf.random.stateless_normal", "alg": SAMPLE_RNG_ALGORITHM,
-                       "seed": f"[seed, {SAMPLE_SEED_SALT}]", "max_num": MAX_SAMPLE_NUM},
+        "sample_rng": {
+            "op": "tf.random.stateless_normal",
+            "alg": SAMPLE_RNG_ALGORITHM,
+            "seed": f"[seed, {SAMPLE_SEED_SALT}]",
+            "max_num": MAX_SAMPLE_NUM,
+        },
         "crvae_tf_version": crvae_tf.__version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
@@ -477,8 +533,10 @@ def export_model(model, export_dir: str, version: int, *, operative_config: str 
         os.makedirs(os.path.join(tmp, METADATA_DIR), exist_ok=True)
         # Plain writes (mode from the umask, readable by a serving container's user): the whole folder is
         # published by one rename below, so the files need no atomicity of their own.
-        for name, text in ((METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True)),
-                           (OPERATIVE_CONFIG_FILE, operative_config)):
+        for name, text in (
+            (METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True)),
+            (OPERATIVE_CONFIG_FILE, operative_config),
+        ):
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)
         _publish(tmp, final, overwrite)
@@ -488,8 +546,9 @@ def export_model(model, export_dir: str, version: int, *, operative_config: str 
     return Export(final, version, metadata, dict(ops))
 
 
-def export_run(model_dir: str, export_dir: str, checkpoint="latest", gin_bindings=(),
-               overwrite: bool = False) -> Export:
+def export_run(
+    model_dir: str, export_dir: str, checkpoint="latest", gin_bindings=(), overwrite: bool = False
+) -> Export:
     """Rebuilds a run (`train_lib.load_run`: its operative config + `gin_bindings`), restores `checkpoint`
     ('latest', 'best' or a step) and exports it as `export_dir/<training step>/` (`export_model`).
 
@@ -497,15 +556,22 @@ def export_run(model_dir: str, export_dir: str, checkpoint="latest", gin_binding
     """
     # The image shape comes from the run's dataset; export never waits on a download (tfds retries for minutes).
     try:
-        run = train_lib.load_run(model_dir, checkpoint=checkpoint,
-                                 gin_bindings=["dataset.download = False", *gin_bindings])
+        run = train_lib.load_run(
+            model_dir, checkpoint=checkpoint, gin_bindings=["dataset.download = False", *gin_bindings]
+        )
     except data_lib.DataUnavailableError as error:
         raise data_lib.DataUnavailableError(
             f"{error} (Export rebuilds the model from the run's config, which loads the run's dataset for the image "
-            "shape: point it at a local copy with --gin_bindings=\"dataset.local_path='/path/to/data'\".)") from error
+            "shape: point it at a local copy with --gin_bindings=\"dataset.local_path='/path/to/data'\".)"
+        ) from error
     with open(os.path.join(model_dir, "operative_config.gin")) as f:
         operative_config = f.read()
-    extra = {"checkpoint": os.path.abspath(run.checkpoint_path), "model_dir": os.path.abspath(model_dir),
-             "train_seed": run.seed, "gin_bindings": list(gin_bindings)}
-    return export_model(run.model, export_dir, run.step, operative_config=operative_config, extra_metadata=extra,
-                        overwrite=overwrite)
+    extra = {
+        "checkpoint": os.path.abspath(run.checkpoint_path),
+        "model_dir": os.path.abspath(model_dir),
+        "train_seed": run.seed,
+        "gin_bindings": list(gin_bindings),
+    }
+    return export_model(
+        run.model, export_dir, run.step, operative_config=operative_config, extra_metadata=extra, overwrite=overwrite
+    )

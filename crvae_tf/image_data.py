@@ -91,12 +91,17 @@ from crvae_tf import artifacts
 from crvae_tf import data as data_lib
 
 RESOLUTIONS = (64, 128)
-CELEBA_ALIGNED_SHAPE = (218, 178)          # (height, width) of the official aligned CelebA images.
-CELEBA_FACE_CROP = (40, 15, 148, 148)      # (top, left, height, width) in 178x218 coordinates (Larsen et al.).
+CELEBA_ALIGNED_SHAPE = (218, 178)  # (height, width) of the official aligned CelebA images.
+CELEBA_FACE_CROP = (40, 15, 148, 148)  # (top, left, height, width) in 178x218 coordinates (Larsen et al.).
 CELEBA_OFFICIAL_RANGES = {"train": (1, 162770), "validation": (162771, 182637), "test": (182638, 202599)}
-CELEBA_MANUAL_FILES = ("img_align_celeba.zip", "list_eval_partition.txt", "list_attr_celeba.txt",
-                       "list_landmarks_align_celeba.txt", "identity_CelebA.txt")
-PAPER_BIRDS_TOTAL = 106474                 # Birdsnap + NABirds + CUB ROIs in Shang et al. (paper section 4).
+CELEBA_MANUAL_FILES = (
+    "img_align_celeba.zip",
+    "list_eval_partition.txt",
+    "list_attr_celeba.txt",
+    "list_landmarks_align_celeba.txt",
+    "identity_CelebA.txt",
+)
+PAPER_BIRDS_TOTAL = 106474  # Birdsnap + NABirds + CUB ROIs in Shang et al. (paper section 4).
 BIRD_SOURCES = ("cub", "birdsnap", "nabirds")
 DEFAULT_HOLDOUT_FRACTION = 0.05
 DEFAULT_MAX_CORRUPT_FRACTION = 0.01
@@ -106,8 +111,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _CUB_FILES = ("images.txt", "bounding_boxes.txt", "train_test_split.txt")
 _PARTITION_NAMES = ("list_eval_partition.txt", "list_eval_partition.csv")
 _PARTITION_SPLITS = {0: "train", 1: "validation", 2: "test"}
-_BINDINGS = {"celeba": "dataset.local_path", "cub": "dataset.cub_path", "birdsnap": "dataset.birdsnap_path",
-             "nabirds": "dataset.nabirds_path"}
+_BINDINGS = {
+    "celeba": "dataset.local_path",
+    "cub": "dataset.cub_path",
+    "birdsnap": "dataset.birdsnap_path",
+    "nabirds": "dataset.nabirds_path",
+}
 _CHUNK = 256  # Images submitted to the worker threads at once (bounds the memory of decoded tfds images).
 
 _logger = logging.getLogger(__name__)
@@ -125,6 +134,7 @@ class _Item:
     crop) or `(x, y, width, height)` pixels (birds; for tfds boxes normalised `[ymin, xmin, ymax, xmax]`
     with `normalized_box=True`). `split` is 'train' | 'validation' | 'test' | 'pool' (hold-out pending).
     """
+
     source: str
     split: str
     name: str
@@ -137,9 +147,10 @@ class _Item:
 @dataclasses.dataclass
 class _Source:
     """The listing of one source: what to decode and how it was found."""
+
     name: str
-    description: str                      # e.g. "folder:/data/CUB_200_2011" or "tfds:caltech_birds2011".
-    items: List[_Item]                    # Present images (local folders) or a lazy tfds iterable.
+    description: str  # e.g. "folder:/data/CUB_200_2011" or "tfds:caltech_birds2011".
+    items: List[_Item]  # Present images (local folders) or a lazy tfds iterable.
     fingerprint: str
     num_listed: int
     missing: List[str]
@@ -178,18 +189,29 @@ def check_celeba_crop(crop) -> Union[str, Tuple[int, int, int, int]]:
     if isinstance(crop, str):
         if crop == "none":
             return "none"
-        raise ValueError(f"crop={crop!r} must be None (the default face crop {CELEBA_FACE_CROP}), 'none' (use the "
-                         "whole, pre-cropped image) or (top, left, height, width) in 178x218 coordinates; set "
-                         "dataset.crop.")
+        raise ValueError(
+            f"crop={crop!r} must be None (the default face crop {CELEBA_FACE_CROP}), 'none' (use the "
+            "whole, pre-cropped image) or (top, left, height, width) in 178x218 coordinates; set "
+            "dataset.crop."
+        )
     values = tuple(crop) if isinstance(crop, (tuple, list)) else None
     height, width = CELEBA_ALIGNED_SHAPE
-    if (values is None or len(values) != 4
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
-            or values[0] < 0 or values[1] < 0 or values[2] < 1 or values[3] < 1
-            or values[0] + values[2] > height or values[1] + values[3] > width):
-        raise ValueError(f"crop={crop!r} must be four ints (top, left, height, width) of a window inside the "
-                         f"{width}x{height} (width x height) aligned CelebA image, e.g. {CELEBA_FACE_CROP} "
-                         "(rows 40:188, columns 15:163); set dataset.crop.")
+    if (
+        values is None
+        or len(values) != 4
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
+        or values[0] < 0
+        or values[1] < 0
+        or values[2] < 1
+        or values[3] < 1
+        or values[0] + values[2] > height
+        or values[1] + values[3] > width
+    ):
+        raise ValueError(
+            f"crop={crop!r} must be four ints (top, left, height, width) of a window inside the "
+            f"{width}x{height} (width x height) aligned CelebA image, e.g. {CELEBA_FACE_CROP} "
+            "(rows 40:188, columns 15:163); set dataset.crop."
+        )
     return tuple(int(v) for v in values)
 
 
@@ -211,8 +233,9 @@ def celeba_crop_window(height: int, width: int, crop) -> Tuple[int, int, int, in
     return top, left, window_height, window_width
 
 
-def square_box_window(height: int, width: int, box: Sequence[float], box_scale: float = 1.0
-                      ) -> Tuple[int, int, int, int]:
+def square_box_window(
+    height: int, width: int, box: Sequence[float], box_scale: float = 1.0
+) -> Tuple[int, int, int, int]:
     """The square ROI `(top, left, side, side)` around a bounding box `(x, y, box_width, box_height)` (pixels).
 
     The box is clipped to the image; side = round(max(box width, box height) * box_scale), centred on the
@@ -226,8 +249,10 @@ def square_box_window(height: int, width: int, box: Sequence[float], box_scale: 
     x0, y0 = max(x, 0.0), max(y, 0.0)
     x1, y1 = min(x + box_width, float(width)), min(y + box_height, float(height))
     if not all(map(math.isfinite, (x, y, box_width, box_height))) or x1 - x0 < 1.0 or y1 - y0 < 1.0:
-        raise _Rejected(f"bounding box (x={x:g}, y={y:g}, w={box_width:g}, h={box_height:g}) is empty or lies "
-                        f"outside the {width}x{height} image")
+        raise _Rejected(
+            f"bounding box (x={x:g}, y={y:g}, w={box_width:g}, h={box_height:g}) is empty or lies "
+            f"outside the {width}x{height} image"
+        )
     side = max(_round_half_up(max(x1 - x0, y1 - y0) * box_scale), 1)
     top = _round_half_up((y0 + y1) / 2.0 - side / 2.0)
     left = _round_half_up((x0 + x1) / 2.0 - side / 2.0)
@@ -243,7 +268,7 @@ def crop_window(image: np.ndarray, window: Tuple[int, int, int, int]) -> np.ndar
     top, left, window_height, window_width = window
     height, width = image.shape[:2]
     if top >= 0 and left >= 0 and top + window_height <= height and left + window_width <= width:
-        return image[top:top + window_height, left:left + window_width]
+        return image[top : top + window_height, left : left + window_width]
     rows = np.clip(np.arange(top, top + window_height), 0, height - 1)
     cols = np.clip(np.arange(left, left + window_width), 0, width - 1)
     return image[rows[:, None], cols[None, :]]
@@ -258,8 +283,9 @@ def resize_to_uint8(patch: np.ndarray, resolution: int) -> np.ndarray:
     """
     if int(patch.max()) == int(patch.min()):
         raise _Rejected(f"blank image: every pixel of the crop equals {int(patch.max())}")
-    resized = tf.image.resize(tf.convert_to_tensor(patch, tf.float32), [resolution, resolution],
-                              method="bilinear", antialias=True).numpy()
+    resized = tf.image.resize(
+        tf.convert_to_tensor(patch, tf.float32), [resolution, resolution], method="bilinear", antialias=True
+    ).numpy()
     if not np.all(np.isfinite(resized)) or resized.min() < -1.0 or resized.max() > 256.0:
         raise _Rejected(f"resized values outside [0, 255] (min {resized.min()}, max {resized.max()})")
     return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
@@ -322,8 +348,11 @@ def _listing_fingerprint(root: str, paths: Sequence[str], metadata_files: Sequen
 
 
 def _list_images(folder: str) -> List[str]:
-    return sorted(name for name in os.listdir(folder)
-                  if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name)))
+    return sorted(
+        name
+        for name in os.listdir(folder)
+        if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))
+    )
 
 
 def _find_partition_file(folder: str) -> Optional[str]:
@@ -347,10 +376,12 @@ def _read_partition(path: str) -> Dict[str, str]:
                     continue  # A header line.
                 raise data_lib.DataUnavailableError(
                     f"{path}:{number}: expected '<image file> <0|1|2>', got {line.strip()!r}. Fix or remove the "
-                    "partition file (without it the official CelebA id ranges are used).")
+                    "partition file (without it the official CelebA id ranges are used)."
+                )
             if int(fields[1]) not in _PARTITION_SPLITS:
                 raise data_lib.DataUnavailableError(
-                    f"{path}:{number}: partition {fields[1]} is not 0 (train), 1 (validation) or 2 (test).")
+                    f"{path}:{number}: partition {fields[1]} is not 0 (train), 1 (validation) or 2 (test)."
+                )
             partition[fields[0]] = _PARTITION_SPLITS[int(fields[1])]
     return partition
 
@@ -369,15 +400,19 @@ def _official_celeba_split(name: str) -> Optional[str]:
 def list_celeba_folder(local_path) -> _Source:
     """Lists a folder of aligned CelebA images and assigns the splits (see the module docstring)."""
     folder = _abspath(local_path)
-    expected = ("a folder of aligned CelebA images 000001.jpg ... 202599.jpg (any resolution, e.g. the official "
-                "img_align_celeba/ or a downsampled copy)")
+    expected = (
+        "a folder of aligned CelebA images 000001.jpg ... 202599.jpg (any resolution, e.g. the official "
+        "img_align_celeba/ or a downsampled copy)"
+    )
     if not os.path.isdir(folder):
-        hint = " It is a file: unzip it (img_align_celeba.zip) and point to the folder." if os.path.isfile(folder) \
-            else ""
+        hint = (
+            " It is a file: unzip it (img_align_celeba.zip) and point to the folder." if os.path.isfile(folder) else ""
+        )
         raise data_lib.DataUnavailableError(
             f"dataset.local_path={os.fspath(local_path)!r} is not a folder (resolved to {folder}).{hint} Expected "
             f"{expected}. Set dataset.local_path to that folder, or leave it unset to read tensorflow-datasets "
-            "celeb_a (dataset.data_dir, dataset.manual_dir).")
+            "celeb_a (dataset.data_dir, dataset.manual_dir)."
+        )
     names = _list_images(folder)
     if not names and os.path.isdir(os.path.join(folder, "img_align_celeba")):
         folder = os.path.join(folder, "img_align_celeba")
@@ -385,7 +420,8 @@ def list_celeba_folder(local_path) -> _Source:
     if not names:
         raise data_lib.DataUnavailableError(
             f"dataset.local_path={os.fspath(local_path)!r} ({folder}) holds no .jpg/.jpeg/.png images. Expected "
-            f"{expected}. Set dataset.local_path to that folder. Entries found: {sorted(os.listdir(folder))[:10]}.")
+            f"{expected}. Set dataset.local_path to that folder. Entries found: {sorted(os.listdir(folder))[:10]}."
+        )
     partition_file = _find_partition_file(folder)
     notes, missing = [], []
     metadata = []
@@ -400,27 +436,33 @@ def list_celeba_folder(local_path) -> _Source:
         rule = f"partition file {partition_file}"
         num_listed = len(partition)
         if unlisted:
-            notes.append(f"{len(unlisted)} images not in {os.path.basename(partition_file)} were ignored "
-                         f"(e.g. {unlisted[:3]})")
+            notes.append(
+                f"{len(unlisted)} images not in {os.path.basename(partition_file)} were ignored (e.g. {unlisted[:3]})"
+            )
     else:
         splits = [_official_celeba_split(name) for name in names]
         unnumbered = [name for name, split in zip(names, splits) if split is None]
         rule = "official CelebA id ranges (1-162770 train, 162771-182637 validation, 182638-202599 test)"
         num_listed = len(names)
         if unnumbered:
-            notes.append(f"{len(unnumbered)} images without a CelebA id in 1..202599 (e.g. {unnumbered[:3]}) go "
-                         "to the hold-out pool")
+            notes.append(
+                f"{len(unnumbered)} images without a CelebA id in 1..202599 (e.g. {unnumbered[:3]}) go "
+                "to the hold-out pool"
+            )
     counts = {split: splits.count(split) for split in data_lib.SPLIT_NAMES}
     if counts["validation"] == 0 or counts["test"] == 0 or None in splits:
-        notes.append(f"{rule} -> {counts} images per split here (a partial copy?), so all {len(names)} images "
-                     "form one pool with a seeded validation / test hold-out instead")
+        notes.append(
+            f"{rule} -> {counts} images per split here (a partial copy?), so all {len(names)} images "
+            "form one pool with a seeded validation / test hold-out instead"
+        )
         splits = ["pool"] * len(names)
     else:
         notes.append(f"splits from the {rule}")
     paths = [os.path.join(folder, name) for name in names]
     items = [_Item("celeba", split, name, path=path) for name, split, path in zip(names, splits, paths)]
-    return _Source("celeba", f"folder:{folder}", items, _listing_fingerprint(folder, paths, metadata), num_listed,
-                   missing, notes)
+    return _Source(
+        "celeba", f"folder:{folder}", items, _listing_fingerprint(folder, paths, metadata), num_listed, missing, notes
+    )
 
 
 def _locate(path, source: str, marker_dir: str, required: Sequence[str]) -> str:
@@ -432,7 +474,8 @@ def _locate(path, source: str, marker_dir: str, required: Sequence[str]) -> str:
     raise data_lib.DataUnavailableError(
         f"{_BINDINGS[source]}={os.fspath(path)!r}: expected {marker_dir}/{', '.join(required)} and "
         f"{marker_dir}/images/ under {root} (or {', '.join(required)} directly in it); found {found}. Set "
-        f"{_BINDINGS[source]} to the {marker_dir} folder of the {source} release.")
+        f"{_BINDINGS[source]} to the {marker_dir} folder of the {source} release."
+    )
 
 
 def _read_id_table(path: str, num_fields: int, binding: str) -> Dict[str, List[str]]:
@@ -445,7 +488,8 @@ def _read_id_table(path: str, num_fields: int, binding: str) -> Dict[str, List[s
             if len(fields) != num_fields:
                 raise data_lib.DataUnavailableError(
                     f"{path}:{number}: expected {num_fields} space-separated fields, got {line.strip()!r}. The file "
-                    f"is damaged or not from this dataset; fix {binding}.")
+                    f"is damaged or not from this dataset; fix {binding}."
+                )
             table[fields[0]] = fields[1:]
     return table
 
@@ -464,12 +508,14 @@ def list_cub_style(path, source: str) -> _Source:
         if image_id not in boxes or image_id not in is_train:
             raise data_lib.DataUnavailableError(
                 f"{root}: image id {image_id} of images.txt has no row in bounding_boxes.txt or "
-                f"train_test_split.txt. The metadata files are from different releases; fix {binding}.")
+                f"train_test_split.txt. The metadata files are from different releases; fix {binding}."
+            )
         try:
             box = tuple(float(v) for v in boxes[image_id])
         except ValueError as error:
-            raise data_lib.DataUnavailableError(f"{files[1]}: bad box for id {image_id}: {boxes[image_id]}; fix "
-                                                f"{binding}.") from error
+            raise data_lib.DataUnavailableError(
+                f"{files[1]}: bad box for id {image_id}: {boxes[image_id]}; fix {binding}."
+            ) from error
         file_path = os.path.join(root, "images", relative)
         if not os.path.isfile(file_path):
             missing.append(relative)
@@ -492,7 +538,8 @@ def list_birdsnap(path) -> _Source:
         raise data_lib.DataUnavailableError(
             f"{listing}: the header line {header[:8]} lacks the fields {list(needed)}. Birdsnap's images.txt is "
             f"tab-separated with a header (url, md5, path, species_id, bb_x1, bb_y1, bb_x2, bb_y2, ...); fix "
-            f"{binding}.")
+            f"{binding}."
+        )
     column = {field: header.index(field) for field in needed}
     test_file = os.path.join(root, "test_images.txt")
     test_paths, notes = set(), []
@@ -511,8 +558,9 @@ def list_birdsnap(path) -> _Source:
             relative = row[column["path"]].strip()
             x1, y1, x2, y2 = (float(row[column[k]]) for k in ("bb_x1", "bb_y1", "bb_x2", "bb_y2"))
         except (IndexError, ValueError) as error:
-            raise data_lib.DataUnavailableError(f"{listing}:{number}: malformed row {row[:8]}; fix {binding}.") \
-                from error
+            raise data_lib.DataUnavailableError(
+                f"{listing}:{number}: malformed row {row[:8]}; fix {binding}."
+            ) from error
         listed[relative] = True
         file_path = os.path.join(image_dir, relative)
         if not os.path.isfile(file_path):
@@ -521,8 +569,15 @@ def list_birdsnap(path) -> _Source:
         split = "test" if relative in test_paths else "train"
         items.append(_Item("birdsnap", split, relative, path=file_path, box=(x1, y1, x2 - x1, y2 - y1)))
     metadata = [listing] + ([test_file] if os.path.isfile(test_file) else [])
-    source = _make_local_source("birdsnap", root, items, listed, missing, metadata,
-                                f"birdsnap (images under {os.path.relpath(image_dir, root)}/)")
+    source = _make_local_source(
+        "birdsnap",
+        root,
+        items,
+        listed,
+        missing,
+        metadata,
+        f"birdsnap (images under {os.path.relpath(image_dir, root)}/)",
+    )
     source.notes.extend(notes)
     return source
 
@@ -532,7 +587,8 @@ def _make_local_source(source, root, items, listed, missing, metadata, marker) -
         raise data_lib.DataUnavailableError(
             f"{_BINDINGS[source]}: none of the {len(listed)} images listed under {root} exists on disk (e.g. "
             f"{os.path.join(root, 'images', missing[0]) if missing else '(empty listing)'}). Expected the image "
-            f"files of the {marker} release under its images/ folder; fix {_BINDINGS[source]}.")
+            f"files of the {marker} release under its images/ folder; fix {_BINDINGS[source]}."
+        )
     fingerprint = _listing_fingerprint(root, [item.path for item in items], metadata)
     notes = [f"{len(missing)} of {len(listed)} listed images are not on disk"] if missing else []
     return _Source(source, f"folder:{root}", items, fingerprint, len(listed), missing, notes)
@@ -549,10 +605,12 @@ def _tfds_builder(tfds_name: str, data_dir, download: bool, manual_dir, splits: 
     def unavailable(error: BaseException) -> data_lib.DataUnavailableError:
         return data_lib.DataUnavailableError(
             f"Could not load tfds dataset {tfds_name!r} (data_dir={data_dir!r}, manual_dir={manual_dir!r}, "
-            f"download={download}): {type(error).__name__}: {data_lib._first_line(error)}. {binding_hint}")
+            f"download={download}): {type(error).__name__}: {data_lib._first_line(error)}. {binding_hint}"
+        )
 
     try:
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
         builder = tfds.builder(tfds_name, data_dir=data_dir)
     except Exception as error:  # ImportError, unknown builder, ...
         raise unavailable(error) from error
@@ -576,7 +634,8 @@ def _tfds_builder(tfds_name: str, data_dir, download: bool, manual_dir, splits: 
                 raise data_lib.DataUnavailableError(
                     f"dataset.manual_dir={os.fspath(manual_dir)!r} lacks {absent}. tfds celeb_a is prepared from the "
                     f"five original files {list(CELEBA_MANUAL_FILES)} (checksums verified; tfds never downloads "
-                    f"CelebA here). {binding_hint}")
+                    f"CelebA here). {binding_hint}"
+                )
         download_config = tfds.download.DownloadConfig(manual_dir=manual)
     else:
         download_config = None
@@ -614,36 +673,56 @@ def _tfds_count(builder, split: str, dataset: tf.data.Dataset) -> int:
     return int(dataset.reduce(np.int64(0), lambda count, _: count + 1).numpy())
 
 
-def _tfds_source(source_name: str, tfds_name: str, builder, datasets: Dict[str, tf.data.Dataset],
-                 with_box: bool) -> _Source:
+def _tfds_source(
+    source_name: str, tfds_name: str, builder, datasets: Dict[str, tf.data.Dataset], with_box: bool
+) -> _Source:
 
     def items_of(split, dataset):
         def make_items():
             for index, example in enumerate(dataset.as_numpy_iterator()):
                 box = tuple(float(v) for v in example["bbox"]) if with_box else None
-                yield _Item(source_name, split, f"{tfds_name}/{split}[{index}]", image=example["image"], box=box,
-                            normalized_box=with_box)
+                yield _Item(
+                    source_name,
+                    split,
+                    f"{tfds_name}/{split}[{index}]",
+                    image=example["image"],
+                    box=box,
+                    normalized_box=with_box,
+                )
+
         return make_items
 
     splits = {split: items_of(split, dataset) for split, dataset in datasets.items()}
     counts = {split: _tfds_count(builder, split, dataset) for split, dataset in datasets.items()}
-    return _Source(source_name, f"tfds:{tfds_name}:{builder.version}", [],
-                   _tfds_fingerprint(tfds_name, builder, datasets, "image"), sum(counts.values()), [],
-                   [f"splits from tfds {tfds_name}"], tfds_splits=splits, tfds_counts=counts)
+    return _Source(
+        source_name,
+        f"tfds:{tfds_name}:{builder.version}",
+        [],
+        _tfds_fingerprint(tfds_name, builder, datasets, "image"),
+        sum(counts.values()),
+        [],
+        [f"splits from tfds {tfds_name}"],
+        tfds_splits=splits,
+        tfds_counts=counts,
+    )
 
 
 def list_tfds_celeba(data_dir, download, manual_dir) -> _Source:
-    hint = ("Point dataset.local_path at a folder of aligned CelebA JPEGs (000001.jpg ..., any resolution), or set "
-            f"dataset.manual_dir to a folder holding {list(CELEBA_MANUAL_FILES)}, or dataset.data_dir to a tfds "
-            "data directory where celeb_a is already prepared.")
+    hint = (
+        "Point dataset.local_path at a folder of aligned CelebA JPEGs (000001.jpg ..., any resolution), or set "
+        f"dataset.manual_dir to a folder holding {list(CELEBA_MANUAL_FILES)}, or dataset.data_dir to a tfds "
+        "data directory where celeb_a is already prepared."
+    )
     builder, datasets = _tfds_builder("celeb_a", data_dir, download, manual_dir, data_lib.SPLIT_NAMES, hint)
     return _tfds_source("celeba", "celeb_a", builder, datasets, with_box=False)
 
 
 def list_tfds_cub(data_dir, download, manual_dir) -> _Source:
-    hint = ("Set dataset.cub_path to a local CUB_200_2011 folder (images.txt, bounding_boxes.txt, "
-            "train_test_split.txt, images/), or dataset.data_dir to a tfds data directory where caltech_birds2011 "
-            "is prepared.")
+    hint = (
+        "Set dataset.cub_path to a local CUB_200_2011 folder (images.txt, bounding_boxes.txt, "
+        "train_test_split.txt, images/), or dataset.data_dir to a tfds data directory where caltech_birds2011 "
+        "is prepared."
+    )
     builder, datasets = _tfds_builder("caltech_birds2011", data_dir, download, manual_dir, ("train", "test"), hint)
     return _tfds_source("cub", "caltech_birds2011", builder, datasets, with_box=True)
 
@@ -656,10 +735,11 @@ def list_tfds_cub(data_dir, download, manual_dir) -> _Source:
 @dataclasses.dataclass
 class _Processed:
     """Per-item outcome of preprocessing, in submission order."""
+
     items: List[_Item]
     ok: List[bool]
     rejected: List[dict]
-    windows: Dict[str, List[int]]           # "HxW" -> face window, CelebA only (one entry per image size seen).
+    windows: Dict[str, List[int]]  # "HxW" -> face window, CelebA only (one entry per image size seen).
 
 
 def _process_item(item: _Item, resolution: int, crop, box_scale: float) -> Tuple[np.ndarray, Optional[tuple]]:
@@ -684,11 +764,13 @@ def _process_item(item: _Item, resolution: int, crop, box_scale: float) -> Tuple
     return resize_to_uint8(crop_window(image, window), resolution), (size_key, window)
 
 
-def _preprocess(items: Iterable[_Item], pool_path: str, capacity: int, resolution: int, crop, box_scale: float,
-                num_workers: int) -> _Processed:
+def _preprocess(
+    items: Iterable[_Item], pool_path: str, capacity: int, resolution: int, crop, box_scale: float, num_workers: int
+) -> _Processed:
     """Decodes, crops and resizes `items` into rows 0.. of a uint8 `[capacity, R, R, 3]` .npy memory map."""
-    pool = np.lib.format.open_memmap(pool_path, mode="w+", dtype=np.uint8,
-                                     shape=(max(capacity, 1), resolution, resolution, 3))
+    pool = np.lib.format.open_memmap(
+        pool_path, mode="w+", dtype=np.uint8, shape=(max(capacity, 1), resolution, resolution, 3)
+    )
     done = _Processed([], [], [], {})
     last_log = [time.perf_counter()]
 
@@ -700,7 +782,7 @@ def _preprocess(items: Iterable[_Item], pool_path: str, capacity: int, resolutio
             return index, str(reason), None
         finally:
             item.image = None  # tfds pixels: keep only the listing, not every decoded image.
-        pool[index] = pixels
+        pool[index] = pixels  # noqa: F821 (the cell is deleted only after the pool is closed)
         return index, None, (size_key, window)
 
     def run(chunk):
@@ -708,8 +790,9 @@ def _preprocess(items: Iterable[_Item], pool_path: str, capacity: int, resolutio
             item = chunk[index - chunk[0][0]][1]
             done.ok.append(reason is None)
             if reason is not None:
-                done.rejected.append({"source": item.source, "split": item.split, "image": item.path or item.name,
-                                      "reason": reason})
+                done.rejected.append(
+                    {"source": item.source, "split": item.split, "image": item.path or item.name, "reason": reason}
+                )
             elif info[0] is not None:
                 done.windows.setdefault(f"{info[0][0]}x{info[0][1]}", list(info[1]))
         if time.perf_counter() - last_log[0] > 10.0:
@@ -742,7 +825,7 @@ def _write_npy(path: str, source: np.ndarray, rows: np.ndarray) -> None:
         if len(rows):
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows),) + source.shape[1:])
             for start in range(0, len(rows), 1024):
-                out[start:start + 1024] = source[rows[start:start + 1024]]
+                out[start : start + 1024] = source[rows[start : start + 1024]]
             out.flush()
             del out
         else:
@@ -760,12 +843,15 @@ def _holdout_size(validation_size, pool_size: int, num_holdouts: int, dataset: s
     if validation_size is None:
         validation_size = DEFAULT_HOLDOUT_FRACTION
     if isinstance(validation_size, bool) or not isinstance(validation_size, (int, float, np.integer, np.floating)):
-        raise ValueError(f"validation_size={validation_size!r} must be an int (images) or a float in (0, 1) (fraction "
-                         "of the training pool); set dataset.validation_size.")
+        raise ValueError(
+            f"validation_size={validation_size!r} must be an int (images) or a float in (0, 1) (fraction "
+            "of the training pool); set dataset.validation_size."
+        )
     if isinstance(validation_size, (float, np.floating)):
         if not 0.0 < validation_size < 1.0:
-            raise ValueError(f"validation_size={validation_size!r} as a fraction must lie in (0, 1); set "
-                             "dataset.validation_size.")
+            raise ValueError(
+                f"validation_size={validation_size!r} as a fraction must lie in (0, 1); set dataset.validation_size."
+            )
         size = max(1, _round_half_up(validation_size * pool_size))
     else:
         size = int(validation_size)
@@ -773,7 +859,8 @@ def _holdout_size(validation_size, pool_size: int, num_holdouts: int, dataset: s
         raise ValueError(
             f"validation_size={validation_size!r} holds out {num_holdouts} x {size} of the {pool_size} {dataset} "
             f"images that the hold-out draws from, leaving no training images; set dataset.validation_size to a "
-            f"smaller count or a fraction such as 0.05.")
+            f"smaller count or a fraction such as 0.05."
+        )
     return size
 
 
@@ -804,24 +891,47 @@ def _load_cached(folder: str, key: str) -> Optional[Tuple[Dict[str, np.ndarray],
             _logger.warning("Cache %s is damaged (%s: %s); rebuilding it.", folder, type(error).__name__, error)
             return None
         if array.shape[0] != count or array.dtype != np.uint8:
-            _logger.warning("Cache %s: %s.npy has %s %s, the manifest says %d; rebuilding it.", folder, split,
-                            array.dtype, array.shape, count)
+            _logger.warning(
+                "Cache %s: %s.npy has %s %s, the manifest says %d; rebuilding it.",
+                folder,
+                split,
+                array.dtype,
+                array.shape,
+                count,
+            )
             return None
         arrays[split] = array
     return arrays, manifest
 
 
-def build_or_load(dataset: str, sources: Sequence[_Source], *, resolution: int, crop, box_scale: float,
-                  holdout: Optional[dict], cache_dir, data_dir, max_corrupt_fraction: float, num_workers,
-                  describe_crop: str) -> Tuple[Dict[str, np.ndarray], dict, str]:
+def build_or_load(
+    dataset: str,
+    sources: Sequence[_Source],
+    *,
+    resolution: int,
+    crop,
+    box_scale: float,
+    holdout: Optional[dict],
+    cache_dir,
+    data_dir,
+    max_corrupt_fraction: float,
+    num_workers,
+    describe_crop: str,
+) -> Tuple[Dict[str, np.ndarray], dict, str]:
     """Returns `({split: uint8 [n, R, R, 3] memmap}, manifest, manifest path)`, preprocessing on a cache miss.
 
     `holdout`: None (the sources' own splits) or `{'seed', 'validation_size', 'num_holdouts'}`: 'pool' items
     and, for the birds composite, 'train' items are split by a seeded permutation (see `_assign_splits`).
     """
-    key_material = {"format": CACHE_FORMAT, "dataset": dataset, "resolution": resolution, "crop": describe_crop,
-                    "box_scale": box_scale, "holdout": holdout,
-                    "sources": [(s.name, s.description, s.fingerprint) for s in sources]}
+    key_material = {
+        "format": CACHE_FORMAT,
+        "dataset": dataset,
+        "resolution": resolution,
+        "crop": describe_crop,
+        "box_scale": box_scale,
+        "holdout": holdout,
+        "sources": [(s.name, s.description, s.fingerprint) for s in sources],
+    }
     key = hashlib.sha256(json.dumps(key_material, sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = os.path.join(_cache_root(cache_dir, data_dir), f"{dataset}-{resolution}-{key}")
     manifest_path = os.path.join(folder, "manifest.json")
@@ -839,8 +949,14 @@ def build_or_load(dataset: str, sources: Sequence[_Source], *, resolution: int, 
         for source in sources:
             yield from source.iterate()
 
-    _logger.warning("Preprocessing %d %s images to %dx%d into %s (once; later runs reuse it) ...", capacity, dataset,
-                    resolution, resolution, folder)
+    _logger.warning(
+        "Preprocessing %d %s images to %dx%d into %s (once; later runs reuse it) ...",
+        capacity,
+        dataset,
+        resolution,
+        resolution,
+        folder,
+    )
     fd, pool_path = tempfile.mkstemp(prefix=".pool-", suffix=".npy", dir=folder)
     os.close(fd)
     try:
@@ -848,9 +964,15 @@ def build_or_load(dataset: str, sources: Sequence[_Source], *, resolution: int, 
         num_present = len(processed.items)
         rejected = processed.rejected
         if rejected:
-            _logger.warning("%d of %d %s images were rejected (corrupt, undecodable, blank or bad box) and skipped; "
-                            "first: %s. The full list is in %s.", len(rejected), num_present, dataset, rejected[0],
-                            manifest_path)
+            _logger.warning(
+                "%d of %d %s images were rejected (corrupt, undecodable, blank or bad box) and skipped; "
+                "first: %s. The full list is in %s.",
+                len(rejected),
+                num_present,
+                dataset,
+                rejected[0],
+                manifest_path,
+            )
         if num_present and len(rejected) > max_corrupt_fraction * num_present:
             report = os.path.join(folder, "rejected.json")
             artifacts.atomic_write_text(report, json.dumps(rejected, indent=1))
@@ -859,7 +981,8 @@ def build_or_load(dataset: str, sources: Sequence[_Source], *, resolution: int, 
                 f"are corrupt or unusable, more than max_corrupt_fraction={max_corrupt_fraction} allows (e.g. "
                 f"{rejected[0]['image']}: {rejected[0]['reason']}). The list with reasons is in {report}. Re-fetch "
                 "or delete those files (a damaged download or extraction?), or raise dataset.max_corrupt_fraction "
-                "to train without them.")
+                "to train without them."
+            )
         rows, split_sources, split_rule = _assign_splits(processed, holdout, dataset)
         pool = np.load(pool_path, mmap_mode="r")
         for split in data_lib.SPLIT_NAMES:
@@ -869,11 +992,13 @@ def build_or_load(dataset: str, sources: Sequence[_Source], *, resolution: int, 
         if os.path.exists(pool_path):
             os.unlink(pool_path)
     seconds = time.perf_counter() - start
-    manifest = _manifest(dataset, key, resolution, describe_crop, box_scale, sources, processed, rows, split_sources,
-                         split_rule, seconds)
+    manifest = _manifest(
+        dataset, key, resolution, describe_crop, box_scale, sources, processed, rows, split_sources, split_rule, seconds
+    )
     artifacts.atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
-    _logger.warning("Preprocessed %d %s images in %.1f s: %s.", num_present - len(rejected), dataset, seconds,
-                    manifest["splits"])
+    _logger.warning(
+        "Preprocessed %d %s images in %.1f s: %s.", num_present - len(rejected), dataset, seconds, manifest["splits"]
+    )
     cached = _load_cached(folder, key)
     if cached is None:
         raise RuntimeError(f"The cache just written to {folder} could not be read back.")
@@ -896,13 +1021,15 @@ def _assign_splits(processed: _Processed, holdout: Optional[dict], dataset: str)
         order = np.random.default_rng(seed).permutation(len(pool))
         good["validation"] = sorted(pool[order[:size]].tolist())
         if num_holdouts == 2:
-            good["test"] = sorted(pool[order[size:2 * size]].tolist())
-        good["train"] = sorted(pool[order[num_holdouts * size:]].tolist())
+            good["test"] = sorted(pool[order[size : 2 * size]].tolist())
+        good["train"] = sorted(pool[order[num_holdouts * size :]].tolist())
         good["pool"] = []
         held = "validation and test" if num_holdouts == 2 else "validation"
-        rule = (f"seeded hold-out (seed={seed}, validation_size={holdout['validation_size']!r}): {size} images "
-                f"each for {held}, drawn with np.random.default_rng({seed}).permutation from the {len(pool)} usable "
-                f"{'images' if num_holdouts == 2 else 'training images'}")
+        rule = (
+            f"seeded hold-out (seed={seed}, validation_size={holdout['validation_size']!r}): {size} images "
+            f"each for {held}, drawn with np.random.default_rng({seed}).permutation from the {len(pool)} usable "
+            f"{'images' if num_holdouts == 2 else 'training images'}"
+        )
     rows = {split: np.asarray(good[split], np.int64) for split in data_lib.SPLIT_NAMES}
     split_sources = {}
     for split in data_lib.SPLIT_NAMES:
@@ -914,29 +1041,47 @@ def _assign_splits(processed: _Processed, holdout: Optional[dict], dataset: str)
     return rows, split_sources, rule
 
 
-def _manifest(dataset, key, resolution, describe_crop, box_scale, sources, processed, rows, split_sources,
-              split_rule, seconds) -> dict:
+def _manifest(
+    dataset, key, resolution, describe_crop, box_scale, sources, processed, rows, split_sources, split_rule, seconds
+) -> dict:
     per_source = []
     for source in sources:
         used = {split: split_sources[split].get(source.name, 0) for split in data_lib.SPLIT_NAMES}
         rejected = [r for r in processed.rejected if r["source"] == source.name]
-        per_source.append({
-            "name": source.name, "source": source.description, "listed": source.num_listed,
-            "present": source.num_items(),
-            "missing": len(source.missing), "missing_examples": source.missing[:20], "rejected": len(rejected),
-            "used": used, "total_used": sum(used.values()), "notes": source.notes})
+        per_source.append(
+            {
+                "name": source.name,
+                "source": source.description,
+                "listed": source.num_listed,
+                "present": source.num_items(),
+                "missing": len(source.missing),
+                "missing_examples": source.missing[:20],
+                "rejected": len(rejected),
+                "used": used,
+                "total_used": sum(used.values()),
+                "notes": source.notes,
+            }
+        )
     manifest = {
-        "format": CACHE_FORMAT, "key": key, "dataset": dataset, "resolution": resolution,
+        "format": CACHE_FORMAT,
+        "key": key,
+        "dataset": dataset,
+        "resolution": resolution,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "preprocess_seconds": round(seconds, 2), "crop": describe_crop, "box_scale": box_scale,
-        "split_rule": split_rule, "splits": {split: int(len(rows[split])) for split in data_lib.SPLIT_NAMES},
-        "sources": per_source, "rejected": processed.rejected,
+        "preprocess_seconds": round(seconds, 2),
+        "crop": describe_crop,
+        "box_scale": box_scale,
+        "split_rule": split_rule,
+        "splits": {split: int(len(rows[split])) for split in data_lib.SPLIT_NAMES},
+        "sources": per_source,
+        "rejected": processed.rejected,
         "files": {split: f"{split}.npy" for split in data_lib.SPLIT_NAMES},
         "pixel_format": "uint8 [num_images, R, R, 3] in [0, 255]",
     }
     if processed.windows:
-        manifest["crop_windows"] = {size: {"rows": [w[0], w[0] + w[2]], "cols": [w[1], w[1] + w[3]]}
-                                    for size, w in processed.windows.items()}
+        manifest["crop_windows"] = {
+            size: {"rows": [w[0], w[0] + w[2]], "cols": [w[1], w[1] + w[3]]} for size, w in processed.windows.items()
+        }
     if dataset == "birds":
         total = sum(manifest["splits"].values())
         manifest["paper_total"] = PAPER_BIRDS_TOTAL
@@ -951,8 +1096,9 @@ def _manifest(dataset, key, resolution, describe_crop, box_scale, sources, proce
 
 def check_resolution(resolution) -> int:
     if isinstance(resolution, bool) or resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution={resolution!r} must be one of {RESOLUTIONS} for the RGB datasets; set "
-                         "dataset.resolution.")
+        raise ValueError(
+            f"resolution={resolution!r} must be one of {RESOLUTIONS} for the RGB datasets; set dataset.resolution."
+        )
     return int(resolution)
 
 
@@ -963,26 +1109,45 @@ def _check_fraction(value, what) -> float:
 
 
 def _source_text(dataset, resolution, manifest, manifest_path, crop_text) -> str:
-    parts = [f"{s['name']}={s['source']} ({s['total_used']} used: {s['used']['train']} train, "
-             f"{s['used']['validation']} validation, {s['used']['test']} test"
-             + (f"; {s['rejected']} rejected" if s["rejected"] else "")
-             + "".join(f"; {note}" for note in s["notes"]) + ")" for s in manifest["sources"]]
+    parts = [
+        f"{s['name']}={s['source']} ({s['total_used']} used: {s['used']['train']} train, "
+        f"{s['used']['validation']} validation, {s['used']['test']} test"
+        + (f"; {s['rejected']} rejected" if s["rejected"] else "")
+        + "".join(f"; {note}" for note in s["notes"])
+        + ")"
+        for s in manifest["sources"]
+    ]
     text = f"{dataset} {resolution}x{resolution}, {crop_text}; " + " + ".join(parts)
     if dataset == "birds":
         text += f"; total {manifest['total']} images vs the paper's {PAPER_BIRDS_TOTAL}"
     return f"{text}; splits: {manifest['split_rule']}; cache manifest {manifest_path}"
 
 
-def load_celeba(*, local_path, data_dir, download, manual_dir, resolution, crop, validation_size, seed,
-                cache_dir, flip, max_corrupt_fraction, num_workers) -> data_lib.ImageSplits:
+def load_celeba(
+    *,
+    local_path,
+    data_dir,
+    download,
+    manual_dir,
+    resolution,
+    crop,
+    validation_size,
+    seed,
+    cache_dir,
+    flip,
+    max_corrupt_fraction,
+    num_workers,
+) -> data_lib.ImageSplits:
     """CelebA at `resolution` x `resolution` (see the module docstring). Returns uint8 memmap splits."""
     resolution = check_resolution(resolution)
     crop = check_celeba_crop(crop)
     max_corrupt_fraction = _check_fraction(max_corrupt_fraction, "max_corrupt_fraction")
     if local_path is not None:
         if manual_dir is not None:
-            raise ValueError("Set either dataset.local_path (a folder of aligned CelebA images) or dataset.manual_dir "
-                             "(the five original files for tfds celeb_a), not both.")
+            raise ValueError(
+                "Set either dataset.local_path (a folder of aligned CelebA images) or dataset.manual_dir "
+                "(the five original files for tfds celeb_a), not both."
+            )
         source = list_celeba_folder(local_path)
         holdout = None
         if any(item.split == "pool" for item in source.items):
@@ -994,33 +1159,69 @@ def load_celeba(*, local_path, data_dir, download, manual_dir, resolution, crop,
     if crop == "none":
         crop_text = "whole image (crop='none')"
     else:
-        crop_text = (f"face crop rows {crop[0]}:{crop[0] + crop[2]}, columns {crop[1]}:{crop[1] + crop[3]} of the "
-                     "178x218 image, scaled to each image's size")
+        crop_text = (
+            f"face crop rows {crop[0]}:{crop[0] + crop[2]}, columns {crop[1]}:{crop[1] + crop[3]} of the "
+            "178x218 image, scaled to each image's size"
+        )
     arrays, manifest, manifest_path = build_or_load(
-        "celeba", [source], resolution=resolution, crop=crop, box_scale=1.0, holdout=holdout, cache_dir=cache_dir,
-        data_dir=data_dir, max_corrupt_fraction=max_corrupt_fraction, num_workers=num_workers,
-        describe_crop=crop_text)
-    return data_lib.ImageSplits("celeba", "none", arrays["train"], arrays["validation"], arrays["test"],
-                                _source_text("celeba", resolution, manifest, manifest_path, crop_text),
-                                flip=bool(flip), manifest_path=manifest_path)
+        "celeba",
+        [source],
+        resolution=resolution,
+        crop=crop,
+        box_scale=1.0,
+        holdout=holdout,
+        cache_dir=cache_dir,
+        data_dir=data_dir,
+        max_corrupt_fraction=max_corrupt_fraction,
+        num_workers=num_workers,
+        describe_crop=crop_text,
+    )
+    return data_lib.ImageSplits(
+        "celeba",
+        "none",
+        arrays["train"],
+        arrays["validation"],
+        arrays["test"],
+        _source_text("celeba", resolution, manifest, manifest_path, crop_text),
+        flip=bool(flip),
+        manifest_path=manifest_path,
+    )
 
 
-def load_birds(*, cub_path, birdsnap_path, nabirds_path, data_dir, download, manual_dir, resolution, box_scale,
-               validation_size, seed, cache_dir, flip, max_corrupt_fraction, num_workers) -> data_lib.ImageSplits:
+def load_birds(
+    *,
+    cub_path,
+    birdsnap_path,
+    nabirds_path,
+    data_dir,
+    download,
+    manual_dir,
+    resolution,
+    box_scale,
+    validation_size,
+    seed,
+    cache_dir,
+    flip,
+    max_corrupt_fraction,
+    num_workers,
+) -> data_lib.ImageSplits:
     """The Birds composite (CUB + Birdsnap + NABirds, any subset) at `resolution` (see the module docstring)."""
     resolution = check_resolution(resolution)
     max_corrupt_fraction = _check_fraction(max_corrupt_fraction, "max_corrupt_fraction")
     box_scale = 1.0 if box_scale is None else box_scale
     if isinstance(box_scale, bool) or not isinstance(box_scale, (int, float)) or not 0.0 < box_scale <= 4.0:
-        raise ValueError(f"box_scale={box_scale!r} must be a number in (0, 4] (the square ROI side over the longer "
-                         "box side); set dataset.box_scale.")
+        raise ValueError(
+            f"box_scale={box_scale!r} must be a number in (0, 4] (the square ROI side over the longer "
+            "box side); set dataset.box_scale."
+        )
     if cub_path is None and birdsnap_path is None and nabirds_path is None:
         raise data_lib.DataUnavailableError(
             "dataset.name='birds' needs at least one source: set dataset.cub_path (a CUB_200_2011 folder with "
             "images.txt, bounding_boxes.txt, train_test_split.txt, images/; or 'tfds' for tensorflow-datasets "
             "caltech_birds2011), dataset.birdsnap_path (a Birdsnap folder with images.txt and images/) and/or "
             "dataset.nabirds_path (a nabirds folder with images.txt, bounding_boxes.txt, train_test_split.txt, "
-            "images/).")
+            "images/)."
+        )
     sources = []
     if cub_path is not None:
         if cub_path == "tfds":
@@ -1034,12 +1235,30 @@ def load_birds(*, cub_path, birdsnap_path, nabirds_path, data_dir, download, man
     holdout = {"seed": int(seed), "validation_size": validation_size, "num_holdouts": 1}
     num_train = sum(source.num_items("train") for source in sources)
     _holdout_size(validation_size, num_train, 1, "birds training")  # Fail before decoding.
-    crop_text = (f"square bounding-box ROI (side = {box_scale:g} x the longer box side, shifted inside the image, "
-                 "edge-replicated where larger)")
+    crop_text = (
+        f"square bounding-box ROI (side = {box_scale:g} x the longer box side, shifted inside the image, "
+        "edge-replicated where larger)"
+    )
     arrays, manifest, manifest_path = build_or_load(
-        "birds", sources, resolution=resolution, crop=None, box_scale=float(box_scale), holdout=holdout,
-        cache_dir=cache_dir, data_dir=data_dir, max_corrupt_fraction=max_corrupt_fraction, num_workers=num_workers,
-        describe_crop=crop_text)
-    return data_lib.ImageSplits("birds", "none", arrays["train"], arrays["validation"], arrays["test"],
-                                _source_text("birds", resolution, manifest, manifest_path, crop_text),
-                                flip=bool(flip), manifest_path=manifest_path)
+        "birds",
+        sources,
+        resolution=resolution,
+        crop=None,
+        box_scale=float(box_scale),
+        holdout=holdout,
+        cache_dir=cache_dir,
+        data_dir=data_dir,
+        max_corrupt_fraction=max_corrupt_fraction,
+        num_workers=num_workers,
+        describe_crop=crop_text,
+    )
+    return data_lib.ImageSplits(
+        "birds",
+        "none",
+        arrays["train"],
+        arrays["validation"],
+        arrays["test"],
+        _source_text("birds", resolution, manifest, manifest_path, crop_text),
+        flip=bool(flip),
+        manifest_path=manifest_path,
+    )

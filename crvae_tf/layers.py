@@ -65,8 +65,10 @@ def to_channel_blocks(x, num_blocks: int):
     """
     _, height, width, channels = x.shape
     if channels % num_blocks:
-        raise ValueError(f"{channels} channels cannot be split into {num_blocks} equal channel blocks; "
-                                          "choose num_time_steps dividing the channel count.")
+        raise ValueError(
+            f"{channels} channels cannot be split into {num_blocks} equal channel blocks; "
+            "choose num_time_steps dividing the channel count."
+        )
     x = ops.transpose(x, (0, 3, 1, 2))  # [batch, C, H, W]
     return ops.reshape(x, (-1, num_blocks, channels // num_blocks * height * width))
 
@@ -107,13 +109,28 @@ class BatchNorm(keras.layers.BatchNormalization):
     """
 
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable and mask is None and len(inputs.shape) == 4
-                and self.axis in (-1, 3) and self.center and self.scale and not self.renorm):
+        if not (
+            training
+            and self.trainable
+            and mask is None
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and self.center
+            and self.scale
+            and not self.renorm
+        ):
             return super().call(inputs, training=training, mask=mask)
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            inputs, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
-            epsilon=self.epsilon, data_format="NHWC", is_training=True,
-            exponential_avg_factor=1.0 - self.momentum)
+            inputs,
+            self.gamma,
+            self.beta,
+            mean=self.moving_mean,
+            variance=self.moving_variance,
+            epsilon=self.epsilon,
+            data_format="NHWC",
+            is_training=True,
+            exponential_avg_factor=1.0 - self.momentum,
+        )
         # With exponential_avg_factor < 1 the kernel returns the updated moving statistics.
         self.moving_mean.assign(mean)
         self.moving_variance.assign(variance)
@@ -126,8 +143,9 @@ class LearnedBias(keras.layers.Layer):
 
     def build(self, input_shape):
         limit = 0.01 * math.sqrt(3.0)
-        self.bias = self.add_weight(name="bias", shape=tuple(input_shape[1:]),
-                                                                initializer=keras.initializers.RandomUniform(-limit, limit))
+        self.bias = self.add_weight(
+            name="bias", shape=tuple(input_shape[1:]), initializer=keras.initializers.RandomUniform(-limit, limit)
+        )
 
     def call(self, x):
         return x + self.bias
@@ -148,16 +166,20 @@ class BlockDense(keras.layers.Layer):
 
     def build(self, input_shape):
         _, steps, features = input_shape
-        self.kernel = self.add_weight(name="kernel", shape=(steps, features, self.units),
-                                                                    initializer=torch_uniform(features))
+        self.kernel = self.add_weight(
+            name="kernel", shape=(steps, features, self.units), initializer=torch_uniform(features)
+        )
         self.bias = self.add_weight(name="bias", shape=(steps, self.units), initializer=self.bias_initializer)
 
     def call(self, x):
         return ops.einsum("bti,tio->bto", x, self.kernel) + self.bias
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units,
-                        "bias_initializer": keras.initializers.serialize(self.bias_initializer)}
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -192,9 +214,11 @@ class StackedLSTM(keras.layers.Layer):
         bias_init = ForgetBiasOne(self.units)
         for layer in range(self.num_layers):
             fan_in = features if layer == 0 else self.units
-            weights = {f"kernel_{layer}": ((fan_in, 4 * self.units), init),
-                       f"recurrent_kernel_{layer}": ((self.units, 4 * self.units), init),
-                       f"bias_{layer}": ((4 * self.units,), bias_init)}
+            weights = {
+                f"kernel_{layer}": ((fan_in, 4 * self.units), init),
+                f"recurrent_kernel_{layer}": ((self.units, 4 * self.units), init),
+                f"bias_{layer}": ((4 * self.units,), bias_init),
+            }
             for name, (shape, initializer) in weights.items():
                 # One attribute per weight: TF checkpoints track attributes, not the contents of lists.
                 setattr(self, name, self.add_weight(name=name, shape=shape, initializer=initializer))
@@ -207,8 +231,9 @@ class StackedLSTM(keras.layers.Layer):
         for kernel, recurrent_kernel, bias in zip(self.kernels, self.recurrent_kernels, self.biases):
             features = x.shape[-1]
             # Input projection of all steps at once: [batch*T, in] @ [in, 4U].
-            projected = ops.reshape(ops.matmul(ops.reshape(x, (-1, features)), kernel) + bias,
-                                                            (-1, steps, 4 * self.units))
+            projected = ops.reshape(
+                ops.matmul(ops.reshape(x, (-1, features)), kernel) + bias, (-1, steps, 4 * self.units)
+            )
             h = c = None
             outputs = []
             for t in range(steps):
@@ -240,8 +265,7 @@ class ForgetBiasOne(keras.initializers.Initializer):
     def __call__(self, shape, dtype=None):
         bound = 1.0 / math.sqrt(self.units)
         values = keras.random.uniform(shape, -bound, bound, dtype=dtype)
-        forget = ops.concatenate([ops.zeros((self.units,)), ops.ones((self.units,)),
-                                                            ops.zeros((2 * self.units,))])
+        forget = ops.concatenate([ops.zeros((self.units,)), ops.ones((self.units,)), ops.zeros((2 * self.units,))])
         return values + ops.cast(forget, values.dtype)
 
     def get_config(self):
@@ -278,8 +302,7 @@ class TorchDropout(keras.layers.Layer):
       seed: integer seed of the layer's SeedGenerator, or None.
     """
 
-    def __init__(self, rate: float, spatial: bool = False, stochastic_inference: bool = False, seed=None,
-                 **kwargs):
+    def __init__(self, rate: float, spatial: bool = False, stochastic_inference: bool = False, seed=None, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"TorchDropout rate must be in [0, 1), got {rate}")
@@ -298,8 +321,10 @@ class TorchDropout(keras.layers.Layer):
         shape = ops.shape(inputs)
         if self.spatial:
             if len(inputs.shape) < 3:
-                raise ValueError(f"spatial TorchDropout needs [batch, ..., channels] inputs, got shape "
-                                 f"{inputs.shape}; use spatial=False for vectors")
+                raise ValueError(
+                    f"spatial TorchDropout needs [batch, ..., channels] inputs, got shape "
+                    f"{inputs.shape}; use spatial=False for vectors"
+                )
             shape = (shape[0],) + (1,) * (len(inputs.shape) - 2) + (shape[-1],)
         keep = keras.random.uniform(shape, seed=self.seed_generator) >= self.rate
         return inputs * ops.cast(keep, inputs.dtype)
@@ -308,8 +333,13 @@ class TorchDropout(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "spatial": self.spatial,
-                "stochastic_inference": self.stochastic_inference, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "rate": self.rate,
+            "spatial": self.spatial,
+            "stochastic_inference": self.stochastic_inference,
+            "seed": self.seed,
+        }
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -362,34 +392,40 @@ class MinibatchDiscrimination(keras.layers.Layer):
 
     def build(self, input_shape):
         if len(input_shape) != 2:
-            raise ValueError(f"MinibatchDiscrimination takes [batch, features] inputs, got shape {input_shape}; "
-                             "flatten first")
+            raise ValueError(
+                f"MinibatchDiscrimination takes [batch, features] inputs, got shape {input_shape}; flatten first"
+            )
         features = int(input_shape[-1])
         size = self.num_kernels * self.kernel_dim
         self.kernel = self.add_weight(name="kernel", shape=(features, size), initializer=torch_uniform(features))
-        self.bias = (self.add_weight(name="bias", shape=(size,), initializer="zeros") if self.use_bias else None)
+        self.bias = self.add_weight(name="bias", shape=(size,), initializer="zeros") if self.use_bias else None
 
     def call(self, x):
         m = ops.matmul(x, self.kernel)
         if self.bias is not None:
             m = m + self.bias
-        m = ops.reshape(m, (-1, self.num_kernels, self.kernel_dim))                    # [N, B, C]
+        m = ops.reshape(m, (-1, self.num_kernels, self.kernel_dim))  # [N, B, C]
         distances = ops.sum(ops.abs(ops.expand_dims(m, 1) - ops.expand_dims(m, 0)), axis=-1)  # [N, N, B]
-        similarity = ops.mean(ops.exp(-distances), axis=1)                               # [N, B]
+        similarity = ops.mean(ops.exp(-distances), axis=1)  # [N, B]
         return ops.concatenate([x, similarity], axis=-1)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (input_shape[-1] + self.num_kernels,)
 
     def get_config(self):
-        return {**super().get_config(), "num_kernels": self.num_kernels, "kernel_dim": self.kernel_dim,
-                "use_bias": self.use_bias}
+        return {
+            **super().get_config(),
+            "num_kernels": self.num_kernels,
+            "kernel_dim": self.kernel_dim,
+            "use_bias": self.use_bias,
+        }
 
 
 def conv(filters, kernel_size, name=None, init_out=None):
     """Same-padded stride-1 conv with the authors' ConvInit and zero bias."""
-    return keras.layers.Conv2D(filters, kernel_size, padding="same", name=name,
-                                                          kernel_initializer=conv_init(kernel_size, init_out or filters))
+    return keras.layers.Conv2D(
+        filters, kernel_size, padding="same", name=name, kernel_initializer=conv_init(kernel_size, init_out or filters)
+    )
 
 
 def batch_norm(momentum, epsilon, name=None):
@@ -405,8 +441,14 @@ class LatentHead(keras.layers.Layer):
     `infer(features, training)` and `generate(z, training)`.
     """
 
-    def __init__(self, feature_shape, num_time_steps: int = 1, batchnorm_momentum: float = 0.9,
-                              batchnorm_epsilon: float = 1e-5, **kwargs):
+    def __init__(
+        self,
+        feature_shape,
+        num_time_steps: int = 1,
+        batchnorm_momentum: float = 0.9,
+        batchnorm_epsilon: float = 1e-5,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.feature_shape = tuple(int(d) for d in feature_shape)
         if len(self.feature_shape) != 3:
@@ -429,18 +471,24 @@ class LatentHead(keras.layers.Layer):
     def variable_groups(self):
         """Maps parameter group name -> list of trainable variables owned by this head."""
         collect = lambda layers: [v for layer in layers for v in layer.trainable_variables]
-        return {"encoder": collect(self._encoder_layers),
-                        "latent_head": collect(self._latent_head_layers),
-                        "decoder": collect(self._decoder_layers)}
+        return {
+            "encoder": collect(self._encoder_layers),
+            "latent_head": collect(self._latent_head_layers),
+            "decoder": collect(self._decoder_layers),
+        }
 
     def _check_time_steps(self, dim, what):
         if dim % self.num_time_steps:
             raise ValueError(f"{what} ({dim}) is not divisible by num_time_steps={self.num_time_steps}")
 
     def get_config(self):
-        return {**super().get_config(), "feature_shape": self.feature_shape,
-                        "num_time_steps": self.num_time_steps, "batchnorm_momentum": self.batchnorm_momentum,
-                        "batchnorm_epsilon": self.batchnorm_epsilon}
+        return {
+            **super().get_config(),
+            "feature_shape": self.feature_shape,
+            "num_time_steps": self.num_time_steps,
+            "batchnorm_momentum": self.batchnorm_momentum,
+            "batchnorm_epsilon": self.batchnorm_epsilon,
+        }
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -456,8 +504,7 @@ class FCHead(LatentHead):
         self.latent_dim = int(latent_dim)
         self._check_time_steps(self.latent_dim, "latent_dim")
         fan_in = math.prod(self.feature_shape)
-        dense = lambda units, fan, name: keras.layers.Dense(units, kernel_initializer=torch_uniform(fan),
-                                                                                                                name=name)
+        dense = lambda units, fan, name: keras.layers.Dense(units, kernel_initializer=torch_uniform(fan), name=name)
         self.loc_dense = dense(self.latent_dim, fan_in, "loc")
         self.log_variance_dense = dense(self.latent_dim, fan_in, "log_variance")
         self.generation_dense = dense(fan_in, self.latent_dim, "generation")
@@ -529,8 +576,9 @@ class _BlockedHead(_ConvLatentHead):
         height, width, feature_channels = self.feature_shape
         self._check_time_steps(feature_channels, "the encoder feature channels")
         if loc_path == "dense":
-            self.loc_layer = keras.layers.Dense(self.latent_dim, name="loc",
-                                                                                    kernel_initializer=torch_uniform(height * width * feature_channels))
+            self.loc_layer = keras.layers.Dense(
+                self.latent_dim, name="loc", kernel_initializer=torch_uniform(height * width * feature_channels)
+            )
         else:
             self.loc_layer = conv(self.latent_channels, 3, name="loc")
         self.loc_offset = LearnedBias(name="loc_offset")  # -mu0 of the paper, b_enc of the code
@@ -561,8 +609,9 @@ class BlockFCHead(_BlockedHead):
         super().__init__(feature_shape, **kwargs)
         height, width, feature_channels = self.feature_shape
         self.inference_blocks = BlockDense(self.latent_dim // self.num_time_steps, name="inference_blocks")
-        self.generation_blocks = BlockDense(feature_channels // self.num_time_steps * height * width,
-                                                                                name="generation_blocks")
+        self.generation_blocks = BlockDense(
+            feature_channels // self.num_time_steps * height * width, name="generation_blocks"
+        )
         self.generation_offset = LearnedBias(name="generation_offset")
         self._latent_head_layers = [self.inference_blocks, self.generation_blocks]
         self._decoder_layers = [self.generation_offset]
@@ -596,9 +645,16 @@ class ChannelRecurrentHead(_BlockedHead):
     "inference only" ablations. Both True is the paper's crVAE.
     """
 
-    def __init__(self, feature_shape, hidden_units: int = 512, num_layers: int = 2,
-                              recurrent_inference: bool = True, recurrent_generation: bool = True,
-                              inference_batchnorm: bool = False, **kwargs):
+    def __init__(
+        self,
+        feature_shape,
+        hidden_units: int = 512,
+        num_layers: int = 2,
+        recurrent_inference: bool = True,
+        recurrent_generation: bool = True,
+        inference_batchnorm: bool = False,
+        **kwargs,
+    ):
         super().__init__(feature_shape, **kwargs)
         self.hidden_units = int(hidden_units)
         self.num_layers = int(num_layers)
@@ -606,17 +662,28 @@ class ChannelRecurrentHead(_BlockedHead):
         self.recurrent_generation = bool(recurrent_generation)
         self.inference_batchnorm = bool(inference_batchnorm)
         step_dim = self.latent_dim // self.num_time_steps
-        time_shared = lambda name: keras.layers.Dense(step_dim, name=name,
-                                                                                                    kernel_initializer=torch_uniform(self.hidden_units),
-                                                                                                    bias_initializer=torch_uniform(self.hidden_units))
+        time_shared = lambda name: keras.layers.Dense(
+            step_dim,
+            name=name,
+            kernel_initializer=torch_uniform(self.hidden_units),
+            bias_initializer=torch_uniform(self.hidden_units),
+        )
         if self.recurrent_inference:
             self.inference_lstm = StackedLSTM(self.hidden_units, self.num_layers, name="inference_lstm")
-            self.inference_bn = (keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="inference_bn",
-                                                                                                                      gamma_initializer=keras.initializers.RandomUniform(0, 1))
-                                                      if self.inference_batchnorm else None)
+            self.inference_bn = (
+                keras.layers.BatchNormalization(
+                    momentum=0.9,
+                    epsilon=1e-5,
+                    name="inference_bn",
+                    gamma_initializer=keras.initializers.RandomUniform(0, 1),
+                )
+                if self.inference_batchnorm
+                else None
+            )
             self.inference_dense = time_shared("inference_dense")
             inference = [self.inference_lstm, self.inference_dense] + (
-                    [self.inference_bn] if self.inference_bn is not None else [])
+                [self.inference_bn] if self.inference_bn is not None else []
+            )
         else:
             self.inference_blocks = BlockDense(step_dim, name="inference_blocks")
             inference = [self.inference_blocks]
@@ -636,12 +703,13 @@ class ChannelRecurrentHead(_BlockedHead):
     def infer(self, features, training=False):
         blocks = to_channel_blocks(features, self.num_time_steps)  # [B, T, C_feat/T*H*W]
         if self.recurrent_inference:
-            hidden = self.inference_lstm(blocks)                     # [B, T, hidden]
+            hidden = self.inference_lstm(blocks)  # [B, T, hidden]
             if self.inference_bn is not None:
-                hidden = ops.reshape(self.inference_bn(ops.reshape(hidden, (-1, self.hidden_units)),
-                                                                                              training=training), (-1, self.num_time_steps,
-                                                                                                                                        self.hidden_units))
-            steps = self.inference_dense(hidden)                     # [B, T, D/T]
+                hidden = ops.reshape(
+                    self.inference_bn(ops.reshape(hidden, (-1, self.hidden_units)), training=training),
+                    (-1, self.num_time_steps, self.hidden_units),
+                )
+            steps = self.inference_dense(hidden)  # [B, T, D/T]
         else:
             steps = self.inference_blocks(blocks)
         return self._loc(features), ops.reshape(steps, (-1, self.latent_dim))
@@ -660,10 +728,14 @@ class ChannelRecurrentHead(_BlockedHead):
         return self.entry_bn(self.entry_conv(self._to_nhwc(u, self.latent_channels)), training=training)
 
     def get_config(self):
-        return {**super().get_config(), "hidden_units": self.hidden_units, "num_layers": self.num_layers,
-                        "recurrent_inference": self.recurrent_inference,
-                        "recurrent_generation": self.recurrent_generation,
-                        "inference_batchnorm": self.inference_batchnorm}
+        return {
+            **super().get_config(),
+            "hidden_units": self.hidden_units,
+            "num_layers": self.num_layers,
+            "recurrent_inference": self.recurrent_inference,
+            "recurrent_generation": self.recurrent_generation,
+            "inference_batchnorm": self.inference_batchnorm,
+        }
 
 
 HEADS = {"fc": FCHead, "conv": ConvHead, "block_fc": BlockFCHead, "channel_recurrent": ChannelRecurrentHead}

@@ -44,7 +44,8 @@ class LatentVariableModel(keras.Model):
         # (`reset_evaluation_rng`): validating never perturbs the training stream, so a resumed run
         # matches an uninterrupted one, and every checkpoint is scored with the same noise.
         self.eval_seed_generator = keras.random.SeedGenerator(
-            None if seed is None else seed + 1, name="eval_seed_generator")
+            None if seed is None else seed + 1, name="eval_seed_generator"
+        )
         self._eval_initial_state = keras.ops.convert_to_numpy(self.eval_seed_generator.state)
 
     @property
@@ -63,8 +64,7 @@ class LatentVariableModel(keras.Model):
     def decode(self, z, training=False):
         """`[batch, latent_dim]` -> the decoder's float32 output `[batch, H, W, C]` (the VAE family: Bernoulli
         logits; the adversarial family: tanh images in [-1, 1])."""
-        return tf.cast(self.decoder(self.latent_head.generate(z, training=training), training=training),
-                       tf.float32)
+        return tf.cast(self.decoder(self.latent_head.generate(z, training=training), training=training), tf.float32)
 
     def call(self, images, training=False):
         """Decoder output for the posterior mean (deterministic) of images in `input_range`."""
@@ -91,8 +91,9 @@ class LatentVariableModel(keras.Model):
         self.group_clip_values = dict(clip_values or {})
         for name, optimizer in self.group_optimizers.items():
             optimizer.build(groups[name])
-        keras.Model.compile(self, optimizer=self.group_optimizers.get(
-            "encoder", next(iter(self.group_optimizers.values()))), **kwargs)
+        keras.Model.compile(
+            self, optimizer=self.group_optimizers.get("encoder", next(iter(self.group_optimizers.values()))), **kwargs
+        )
 
     def reset_evaluation_rng(self):
         """Restarts the evaluation noise stream (call before each evaluation pass)."""
@@ -125,9 +126,19 @@ class VAE(LatentVariableModel):
     # trains on [-1, 1]; exporters and image grids map through this.
     input_range = (0.0, 1.0)
 
-    def __init__(self, encoder, latent_head, decoder, image_shape=(28, 28, 1), kl_weight: float = 1.0,
-                 kl_step_weights=None, seed=None, num_importance_samples: int = 1,
-                 num_validation_samples: int = 5, **kwargs):
+    def __init__(
+        self,
+        encoder,
+        latent_head,
+        decoder,
+        image_shape=(28, 28, 1),
+        kl_weight: float = 1.0,
+        kl_step_weights=None,
+        seed=None,
+        num_importance_samples: int = 1,
+        num_validation_samples: int = 5,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.latent_head = latent_head
@@ -138,22 +149,30 @@ class VAE(LatentVariableModel):
         if kl_step_weights is not None:
             kl_step_weights = [float(w) for w in kl_step_weights]
             if len(kl_step_weights) != self.num_time_steps:
-                raise ValueError(f"kl_step_weights has {len(kl_step_weights)} entries; the latent head has "
-                                 f"num_time_steps={self.num_time_steps}. Give one weight per time step.")
+                raise ValueError(
+                    f"kl_step_weights has {len(kl_step_weights)} entries; the latent head has "
+                    f"num_time_steps={self.num_time_steps}. Give one weight per time step."
+                )
         self.kl_step_weights = kl_step_weights
         self.num_importance_samples = int(num_importance_samples)
         self.num_validation_samples = int(num_validation_samples)
         if self.num_importance_samples < 1 or self.num_validation_samples < 1:
-            raise ValueError(f"num_importance_samples ({num_importance_samples}) and num_validation_samples "
-                             f"({num_validation_samples}) must be >= 1.")
-        if self.num_importance_samples > 1 and (self.kl_weight != 1.0 or any(
-                w != 1.0 for w in (kl_step_weights or []))):
-            raise ValueError(f"IWAE training (num_importance_samples={self.num_importance_samples}) optimises a bound "
-                             f"on log p(x) and has no KL weight; set kl_weight=1 and no kl_step_weights (got "
-                             f"kl_weight={kl_weight}, kl_step_weights={kl_step_weights}).")
+            raise ValueError(
+                f"num_importance_samples ({num_importance_samples}) and num_validation_samples "
+                f"({num_validation_samples}) must be >= 1."
+            )
+        if self.num_importance_samples > 1 and (
+            self.kl_weight != 1.0 or any(w != 1.0 for w in (kl_step_weights or []))
+        ):
+            raise ValueError(
+                f"IWAE training (num_importance_samples={self.num_importance_samples}) optimises a bound "
+                f"on log p(x) and has no KL weight; set kl_weight=1 and no kl_step_weights (got "
+                f"kl_weight={kl_weight}, kl_step_weights={kl_step_weights})."
+            )
         self._init_noise_streams(seed)
         names = ["loss", "distortion", "rate", "elbo", "active_units", f"iwae_{self.num_validation_samples}"] + [
-            f"kl_step_{t + 1}" for t in range(self.num_time_steps)]
+            f"kl_step_{t + 1}" for t in range(self.num_time_steps)
+        ]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.group_optimizers = {}
         self.group_clip_values = {}
@@ -247,12 +266,18 @@ class VAE(LatentVariableModel):
             distortion = bounds.bernoulli_distortion(images, self.decode(z, training=training))
             loss = distortion + bounds.weighted_rate(kl_steps, self.kl_weight, self.kl_step_weights)
         else:
-            z = self.sample_posterior(loc, log_variance, num_samples=k, training=training)     # [k, B, D]
+            z = self.sample_posterior(loc, log_variance, num_samples=k, training=training)  # [k, B, D]
             logits = self.decode_samples(z, training=training)
             distortion = tf.reduce_mean(bounds.bernoulli_distortion(images, logits), axis=0)
             loss = -bounds.iwae_bound(bounds.log_importance_weights(images, logits, z, loc, log_variance))
-        return {"loss": loss, "distortion": distortion, "rate": rate, "elbo": -(distortion + rate),
-                "kl_steps": kl_steps, "loc": loc}
+        return {
+            "loss": loss,
+            "distortion": distortion,
+            "rate": rate,
+            "elbo": -(distortion + rate),
+            "kl_steps": kl_steps,
+            "loc": loc,
+        }
 
     # ------------------------------------------------------------------ training
     def compile(self, optimizers=None, clip_values=None, **kwargs):
@@ -270,8 +295,10 @@ class VAE(LatentVariableModel):
             optimizers = keras.optimizers.Adam()
         if isinstance(optimizers, keras.optimizers.Optimizer):
             if len(groups) > 1:
-                raise ValueError("Give one optimizer per parameter group (a dict); an optimizer instance can "
-                                 "only be applied to the variables it was built with.")
+                raise ValueError(
+                    "Give one optimizer per parameter group (a dict); an optimizer instance can "
+                    "only be applied to the variables it was built with."
+                )
             optimizers = {next(iter(groups)): optimizers}
         self._attach_optimizers(groups, optimizers, clip_values, **kwargs)
 
@@ -293,8 +320,9 @@ class VAE(LatentVariableModel):
         # Var_x(E_q[z_d]) > 0.01, estimated on the batch.
         variance = tf.math.reduce_variance(terms["loc"], axis=0)
         self._trackers["active_units"].update_state(tf.reduce_sum(tf.cast(variance > 0.01, tf.float32)))
-        return {name: tracker.result() for name, tracker in self._trackers.items()
-                if name != iwae_name or iwae is not None}
+        return {
+            name: tracker.result() for name, tracker in self._trackers.items() if name != iwae_name or iwae is not None
+        }
 
     def train_step(self, data):
         images = self._images(data)
@@ -309,7 +337,7 @@ class VAE(LatentVariableModel):
         start = 0
         for name in names:
             group_vars = groups[name]
-            grads = gradients[start:start + len(group_vars)]
+            grads = gradients[start : start + len(group_vars)]
             start += len(group_vars)
             clip = self.group_clip_values.get(name)
             if clip:
@@ -320,21 +348,25 @@ class VAE(LatentVariableModel):
     def test_step(self, data):
         """ELBO terms (one sample, analytic KL) and IWAE_k (k = `num_validation_samples`), evaluation mode."""
         images = self._images(data)
-        loc, log_variance = self.encode(images, training=False)          # once for both
+        loc, log_variance = self.encode(images, training=False)  # once for both
         z = self.sample_posterior(loc, log_variance, num_samples=self.num_validation_samples, training=False)
         iwae = bounds.iwae_bound(self.log_importance_weights_at(images, loc, log_variance, z))
         return self._update_trackers(self._terms(images, loc, log_variance, training=False), iwae)
 
     # ------------------------------------------------------------------ serialization
     def get_config(self):
-        return {**super().get_config(),
-                "encoder": keras.saving.serialize_keras_object(self.encoder),
-                "latent_head": keras.saving.serialize_keras_object(self.latent_head),
-                "decoder": keras.saving.serialize_keras_object(self.decoder),
-                "image_shape": self.image_shape, "kl_weight": self.kl_weight,
-                "kl_step_weights": self.kl_step_weights, "seed": self.seed,
-                "num_importance_samples": self.num_importance_samples,
-                "num_validation_samples": self.num_validation_samples}
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "latent_head": keras.saving.serialize_keras_object(self.latent_head),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "image_shape": self.image_shape,
+            "kl_weight": self.kl_weight,
+            "kl_step_weights": self.kl_step_weights,
+            "seed": self.seed,
+            "num_importance_samples": self.num_importance_samples,
+            "num_validation_samples": self.num_validation_samples,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -346,8 +378,7 @@ class VAE(LatentVariableModel):
 
 def parameter_counts(model: VAE) -> dict:
     """Trainable parameter counts per group and in total."""
-    counts = {name: int(sum(v.numpy().size for v in variables))
-              for name, variables in model.variable_groups().items()}
+    counts = {name: int(sum(v.numpy().size for v in variables)) for name, variables in model.variable_groups().items()}
     counts["total"] = sum(counts.values())
     return counts
 

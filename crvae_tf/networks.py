@@ -43,17 +43,29 @@ def _conv_block(filters, kernel_size, stride, padding, activation, momentum, eps
     if padding:
         block.append(keras.layers.ZeroPadding2D(padding, name=f"{name}_pad"))
     block += [
-        keras.layers.Conv2D(filters, kernel_size, strides=stride, padding="valid", name=f"{name}_conv",
-                            kernel_initializer=L.conv_init(kernel_size, filters)),
+        keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=stride,
+            padding="valid",
+            name=f"{name}_conv",
+            kernel_initializer=L.conv_init(kernel_size, filters),
+        ),
         L.batch_norm(momentum, epsilon, name=f"{name}_bn"),
-        L.CReLU(name=f"{name}_crelu") if activation == "crelu"
+        L.CReLU(name=f"{name}_crelu")
+        if activation == "crelu"
         else keras.layers.LeakyReLU(negative_slope=0.1, name=f"{name}_leaky"),
     ]
     return block
 
 
-def mnist_encoder(base_channels: int = 32, last_stride2_kernel: int = 3, batchnorm_momentum: float = 0.9,
-                  batchnorm_epsilon: float = 1e-5, name: str = "encoder") -> keras.Sequential:
+def mnist_encoder(
+    base_channels: int = 32,
+    last_stride2_kernel: int = 3,
+    batchnorm_momentum: float = 0.9,
+    batchnorm_epsilon: float = 1e-5,
+    name: str = "encoder",
+) -> keras.Sequential:
     """The authors' MNIST inference network: `[batch, 28, 28, 1] -> [batch, 4, 4, 8*base_channels]`.
 
     Args:
@@ -80,18 +92,32 @@ def mnist_encoder(base_channels: int = 32, last_stride2_kernel: int = 3, batchno
 def _deconv_block(filters, padding, momentum, epsilon, name):
     """Torch SpatialFullConvolution(k=4, s=2, p) -> BN -> LeakyReLU(0.1)."""
     if padding == 1:
-        deconv = [keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same", name=f"{name}_deconv",
-                                               kernel_initializer=L.conv_init(4, filters))]
+        deconv = [
+            keras.layers.Conv2DTranspose(
+                filters, 4, strides=2, padding="same", name=f"{name}_deconv", kernel_initializer=L.conv_init(4, filters)
+            )
+        ]
     else:  # (n-1)*2 - 2p + 4: a valid transposed conv followed by a symmetric crop of p - 0
-        deconv = [keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="valid", name=f"{name}_deconv",
-                                               kernel_initializer=L.conv_init(4, filters)),
-                  keras.layers.Cropping2D(padding, name=f"{name}_crop")]
-    return deconv + [L.batch_norm(momentum, epsilon, name=f"{name}_bn"),
-                     keras.layers.LeakyReLU(negative_slope=0.1, name=f"{name}_leaky")]
+        deconv = [
+            keras.layers.Conv2DTranspose(
+                filters,
+                4,
+                strides=2,
+                padding="valid",
+                name=f"{name}_deconv",
+                kernel_initializer=L.conv_init(4, filters),
+            ),
+            keras.layers.Cropping2D(padding, name=f"{name}_crop"),
+        ]
+    return deconv + [
+        L.batch_norm(momentum, epsilon, name=f"{name}_bn"),
+        keras.layers.LeakyReLU(negative_slope=0.1, name=f"{name}_leaky"),
+    ]
 
 
-def mnist_decoder(base_channels: int = 32, batchnorm_momentum: float = 0.9, batchnorm_epsilon: float = 1e-5,
-                  name: str = "decoder") -> keras.Sequential:
+def mnist_decoder(
+    base_channels: int = 32, batchnorm_momentum: float = 0.9, batchnorm_epsilon: float = 1e-5, name: str = "decoder"
+) -> keras.Sequential:
     """The authors' MNIST generation network: `[batch, 4, 4, 8b] -> [batch, 28, 28, 1]` Bernoulli logits."""
     b, bn = base_channels, (batchnorm_momentum, batchnorm_epsilon)
     net = [keras.Input((4, 4, 8 * b))]
@@ -99,10 +125,17 @@ def mnist_decoder(base_channels: int = 32, batchnorm_momentum: float = 0.9, batc
     net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv1")
     net += _deconv_block(4 * b, 1, *bn, "deconv2")
     net += _conv_block(4 * b, 3, 1, 1, "leaky", *bn, "conv2")
-    net += _deconv_block(2 * b, 2, *bn, "deconv3")   # 16 -> 30
+    net += _deconv_block(2 * b, 2, *bn, "deconv3")  # 16 -> 30
     net += _conv_block(2 * b, 3, 1, 1, "leaky", *bn, "conv3")
-    net += [keras.layers.Conv2D(1, 3, padding="valid", name="logits",   # 30 -> 28
-                                kernel_initializer=L.conv_init(3, 1))]
+    net += [
+        keras.layers.Conv2D(
+            1,
+            3,
+            padding="valid",
+            name="logits",  # 30 -> 28
+            kernel_initializer=L.conv_init(3, 1),
+        )
+    ]
     return keras.Sequential(net, name=name)
 
 
@@ -115,8 +148,10 @@ RGB_RESOLUTIONS = (64, 128)
 
 def _check_resolution(resolution, what):
     if resolution not in RGB_RESOLUTIONS:
-        raise ValueError(f"{what}: resolution must be one of {RGB_RESOLUTIONS} (the paper's CelebA / Birds sizes), "
-                         f"got {resolution!r}; other sizes need their own stage list")
+        raise ValueError(
+            f"{what}: resolution must be one of {RGB_RESOLUTIONS} (the paper's CelebA / Birds sizes), "
+            f"got {resolution!r}; other sizes need their own stage list"
+        )
 
 
 def _torch_conv(filters, kernel_size, fan_in, name):
@@ -125,8 +160,9 @@ def _torch_conv(filters, kernel_size, fan_in, name):
     For odd kernels at stride 1 Keras `same` padding is symmetric, i.e. Torch padding k // 2.
     """
     init = L.torch_uniform(kernel_size * kernel_size * fan_in)
-    return keras.layers.Conv2D(filters, kernel_size, padding="same", kernel_initializer=init,
-                               bias_initializer=init, name=name)
+    return keras.layers.Conv2D(
+        filters, kernel_size, padding="same", kernel_initializer=init, bias_initializer=init, name=name
+    )
 
 
 def _dropout(rate, spatial, torch_dropout, seed, name):
@@ -142,8 +178,13 @@ def _seed(seed, index):
     return None if seed is None else int(seed) + index
 
 
-def rgb_encoder(resolution: int = 64, base_channels: int = 32, batchnorm_momentum: float = 0.1,
-                batchnorm_epsilon: float = 1e-6, name: str = "encoder") -> keras.Sequential:
+def rgb_encoder(
+    resolution: int = 64,
+    base_channels: int = 32,
+    batchnorm_momentum: float = 0.1,
+    batchnorm_epsilon: float = 1e-6,
+    name: str = "encoder",
+) -> keras.Sequential:
     """The authors' RGB inference network: `[batch, R, R, 3]` (pixels in [-1, 1]) -> `[batch, 4, 4, 8b]`.
 
     Code `models/allconv_lstm.lua` L28-67 (crVAE-GAN) = `allconv_baseline.lua` L23-62 (VAE-GAN); notes 2.2.
@@ -190,9 +231,14 @@ def rgb_encoder(resolution: int = 64, base_channels: int = 32, batchnorm_momentu
     return keras.Sequential(net, name=name)
 
 
-def rgb_decoder(resolution: int = 64, base_channels: int = 32, feature_channels=None,
-                batchnorm_momentum: float = 0.1, batchnorm_epsilon: float = 1e-6,
-                name: str = "decoder") -> keras.Sequential:
+def rgb_decoder(
+    resolution: int = 64,
+    base_channels: int = 32,
+    feature_channels=None,
+    batchnorm_momentum: float = 0.1,
+    batchnorm_epsilon: float = 1e-6,
+    name: str = "decoder",
+) -> keras.Sequential:
     """The authors' RGB generation network: `[batch, 4, 4, F]` -> `[batch, R, R, 3]`, tanh outputs in [-1, 1].
 
     Code `models/allconv_lstm.lua` L142-172 = `allconv_baseline.lua` L79-109; notes 4.2. F is the latent
@@ -241,14 +287,21 @@ def rgb_decoder(resolution: int = 64, base_channels: int = 32, feature_channels=
         last = b
         net += _deconv_block(last, 1, *bn, "deconv5")
     net += _conv_block(last, 3, 1, 1, "leaky", *bn, "conv2")
-    net += [keras.layers.Conv2D(3, 3, padding="same", name="output_conv", kernel_initializer=L.conv_init(3, 3)),
-            keras.layers.Activation("tanh", name="tanh")]
+    net += [
+        keras.layers.Conv2D(3, 3, padding="same", name="output_conv", kernel_initializer=L.conv_init(3, 3)),
+        keras.layers.Activation("tanh", name="tanh"),
+    ]
     return keras.Sequential(net, name=name)
 
 
-def discriminator_trunk(resolution: int = 64, widths=(64, 128, 256, 256), dropout_rate: float = 0.5,
-                        torch_dropout: bool = True, seed=None,
-                        name: str = "discriminator_trunk") -> keras.Sequential:
+def discriminator_trunk(
+    resolution: int = 64,
+    widths=(64, 128, 256, 256),
+    dropout_rate: float = 0.5,
+    torch_dropout: bool = True,
+    seed=None,
+    name: str = "discriminator_trunk",
+) -> keras.Sequential:
     """The discriminator's conv trunk ("Dfeat"): `[batch, R, R, 3]` -> `[batch, 4, 4, widths[-1]]`.
 
     Code `models/allconv_lstm.lua` L178-200 (crVAE-GAN) and `allconv_baseline.lua` L115-140 (VAE-GAN);
@@ -293,25 +346,36 @@ def discriminator_trunk(resolution: int = 64, widths=(64, 128, 256, 256), dropou
     if resolution == 128 and len(widths) == 4:
         widths = (widths[0],) + widths
     if len(widths) != num_stages:
-        raise ValueError(f"discriminator_trunk at {resolution}x{resolution} needs {num_stages} widths "
-                         f"(4 at 64, 4 or 5 at 128), got {len(widths)}: {widths}")
+        raise ValueError(
+            f"discriminator_trunk at {resolution}x{resolution} needs {num_stages} widths "
+            f"(4 at 64, 4 or 5 at 128), got {len(widths)}: {widths}"
+        )
     first = 1 if resolution == 64 else 0
     net = [keras.Input((resolution, resolution, 3))]
     fan_in = 3
     for index, width in enumerate(widths):
         stage = f"stage{first + index}"
         kernel = 3 if index == num_stages - 1 else 5
-        net += [_torch_conv(width, kernel, fan_in, f"{stage}_conv"),
-                keras.layers.MaxPooling2D(2, name=f"{stage}_pool"),
-                keras.layers.ReLU(name=f"{stage}_relu"),
-                _dropout(dropout_rate, True, torch_dropout, _seed(seed, index), f"{stage}_dropout")]
+        net += [
+            _torch_conv(width, kernel, fan_in, f"{stage}_conv"),
+            keras.layers.MaxPooling2D(2, name=f"{stage}_pool"),
+            keras.layers.ReLU(name=f"{stage}_relu"),
+            _dropout(dropout_rate, True, torch_dropout, _seed(seed, index), f"{stage}_dropout"),
+        ]
         fan_in = width
     return keras.Sequential(net, name=name)
 
 
-def discriminator_head(feature_shape, units: int = 1024, num_kernels: int = 100, kernel_dim: int = 5,
-                       dropout_rate: float = 0.5, torch_dropout: bool = True, seed=None,
-                       name: str = "discriminator") -> keras.Sequential:
+def discriminator_head(
+    feature_shape,
+    units: int = 1024,
+    num_kernels: int = 100,
+    kernel_dim: int = 5,
+    dropout_rate: float = 0.5,
+    torch_dropout: bool = True,
+    seed=None,
+    name: str = "discriminator",
+) -> keras.Sequential:
     """The GAN head of the discriminator: trunk features `[batch, H, W, C]` -> `[batch, 1]` LOGITS.
 
     Code `models/allconv_lstm.lua` L222-229 (crVAE-GAN) = `allconv_baseline.lua` L141-148; notes 6.1, 6.3:
@@ -347,22 +411,30 @@ def discriminator_head(feature_shape, units: int = 1024, num_kernels: int = 100,
     if len(feature_shape) != 3:
         raise ValueError(f"discriminator_head: feature_shape must be (height, width, channels), got {feature_shape}")
     fan_in = feature_shape[0] * feature_shape[1] * feature_shape[2]
-    net = [keras.Input(feature_shape),
-           keras.layers.Permute((3, 1, 2), name="to_chw"),
-           keras.layers.Flatten(name="flatten"),
-           keras.layers.Dense(units, kernel_initializer=L.torch_uniform(fan_in), bias_initializer="zeros",
-                              name="dense"),
-           L.RowL2Normalize(1e-10, name="normalize"),
-           _dropout(dropout_rate, False, torch_dropout, seed, "dropout"),
-           keras.layers.ReLU(name="relu"),
-           L.MinibatchDiscrimination(num_kernels, kernel_dim, name="minibatch"),
-           keras.layers.Dense(1, kernel_initializer=L.torch_uniform(units + num_kernels), bias_initializer="zeros",
-                              name="logits")]
+    net = [
+        keras.Input(feature_shape),
+        keras.layers.Permute((3, 1, 2), name="to_chw"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(units, kernel_initializer=L.torch_uniform(fan_in), bias_initializer="zeros", name="dense"),
+        L.RowL2Normalize(1e-10, name="normalize"),
+        _dropout(dropout_rate, False, torch_dropout, seed, "dropout"),
+        keras.layers.ReLU(name="relu"),
+        L.MinibatchDiscrimination(num_kernels, kernel_dim, name="minibatch"),
+        keras.layers.Dense(
+            1, kernel_initializer=L.torch_uniform(units + num_kernels), bias_initializer="zeros", name="logits"
+        ),
+    ]
     return keras.Sequential(net, name=name)
 
 
-def q_head(feature_shape, latent_shape=(4, 4, 64), hidden_channels: int = 64, batchnorm_momentum: float = 0.1,
-           batchnorm_epsilon: float = 1e-6, name: str = "q_head") -> keras.Sequential:
+def q_head(
+    feature_shape,
+    latent_shape=(4, 4, 64),
+    hidden_channels: int = 64,
+    batchnorm_momentum: float = 0.1,
+    batchnorm_epsilon: float = 1e-6,
+    name: str = "q_head",
+) -> keras.Sequential:
     """The MI head "Q" (code `recon`): trunk features `[batch, H, W, C]` -> predicted u, `[batch, latent_dim]`.
 
     Code `models/allconv_lstm.lua` L203-217; notes 6.1 (the WACV mutual-information regulariser: Q predicts
@@ -398,25 +470,39 @@ def q_head(feature_shape, latent_shape=(4, 4, 64), hidden_channels: int = 64, ba
     feature_shape = tuple(int(d) for d in feature_shape)
     latent_shape = tuple(int(d) for d in latent_shape)
     if len(feature_shape) != 3 or len(latent_shape) != 3:
-        raise ValueError(f"q_head: feature_shape and latent_shape must be (height, width, channels), got "
-                         f"{feature_shape} and {latent_shape}")
+        raise ValueError(
+            f"q_head: feature_shape and latent_shape must be (height, width, channels), got "
+            f"{feature_shape} and {latent_shape}"
+        )
     height, width, channels = feature_shape
     latent_channels = latent_shape[-1]
     latent_dim = latent_shape[0] * latent_shape[1] * latent_channels
     fan_in = height * width * latent_channels
 
     def bn(bn_name):
-        return L.BatchNorm(momentum=batchnorm_momentum, epsilon=batchnorm_epsilon, name=bn_name,
-                           gamma_initializer=keras.initializers.RandomUniform(0.0, 1.0))
+        return L.BatchNorm(
+            momentum=batchnorm_momentum,
+            epsilon=batchnorm_epsilon,
+            name=bn_name,
+            gamma_initializer=keras.initializers.RandomUniform(0.0, 1.0),
+        )
 
-    net = [keras.Input(feature_shape),
-           _torch_conv(hidden_channels, 3, channels, "conv1_conv"), bn("conv1_bn"),
-           keras.layers.LeakyReLU(negative_slope=0.2, name="conv1_leaky"),
-           _torch_conv(latent_channels, 1, hidden_channels, "conv2_conv"), bn("conv2_bn"),
-           keras.layers.LeakyReLU(negative_slope=0.1, name="conv2_leaky"),
-           keras.layers.Permute((3, 1, 2), name="to_chw"),
-           keras.layers.Flatten(name="flatten"),
-           keras.layers.Dense(latent_dim, kernel_initializer=L.torch_uniform(fan_in),
-                              bias_initializer=L.torch_uniform(fan_in), name="dense"),
-           L.LearnedBias(name="offset")]
+    net = [
+        keras.Input(feature_shape),
+        _torch_conv(hidden_channels, 3, channels, "conv1_conv"),
+        bn("conv1_bn"),
+        keras.layers.LeakyReLU(negative_slope=0.2, name="conv1_leaky"),
+        _torch_conv(latent_channels, 1, hidden_channels, "conv2_conv"),
+        bn("conv2_bn"),
+        keras.layers.LeakyReLU(negative_slope=0.1, name="conv2_leaky"),
+        keras.layers.Permute((3, 1, 2), name="to_chw"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(
+            latent_dim,
+            kernel_initializer=L.torch_uniform(fan_in),
+            bias_initializer=L.torch_uniform(fan_in),
+            name="dense",
+        ),
+        L.LearnedBias(name="offset"),
+    ]
     return keras.Sequential(net, name=name)

@@ -12,16 +12,18 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-import gin  # noqa: E402
+from absl import (
+    app,  # noqa: E402
+    flags,  # noqa: E402
+    logging,  # noqa: E402
+)
 
 from crvae_tf import train_lib  # noqa: E402
 
 FLAGS = flags.DEFINE_multi_string("gin_file", [], "Gin recipe file(s), applied in order.")
-BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings that override the files, e.g. "
-                                     "\"train.max_steps=300\".")
+BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", [], 'Gin bindings that override the files, e.g. "train.max_steps=300".'
+)
 MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output directory; resumed when it holds a checkpoint.")
 flags.mark_flag_as_required("model_dir")
 

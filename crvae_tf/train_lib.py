@@ -24,14 +24,13 @@ import time
 from typing import NamedTuple
 
 from absl import logging
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
-from crvae_tf import artifacts
-from crvae_tf import builders
+from crvae_tf import artifacts, builders
 from crvae_tf import data as data_lib
+import gin
 
 
 class _GinResourceProbeFilter(logging_std.Filter):
@@ -71,6 +70,7 @@ BEST_DIR = os.path.join("checkpoints", "best")
 
 class Checkpoints(NamedTuple):
     """The checkpoint objects of a run (see `restore_or_initialize`)."""
+
     checkpoint: tf.train.Checkpoint
     manager: tf.train.CheckpointManager
     best_manager: tf.train.CheckpointManager
@@ -90,14 +90,21 @@ def restore_or_initialize(model_dir, model, optimizers, max_to_keep=3) -> Checkp
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     best_score = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_validation_score")
     layer_states = layer_rng_states(model)
-    checkpoint = tf.train.Checkpoint(model=model, step=step, epoch=epoch, rng_state=model.seed_generator.state,
-                                     best_validation_score=best_score,
-                                     **({"layer_rng_states": layer_states} if layer_states else {}),
-                                     **{f"{name}_optimizer": opt for name, opt in optimizers.items()})
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINT_DIR),
-                                         max_to_keep=max_to_keep, checkpoint_name="ckpt")
-    best_manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, BEST_DIR), max_to_keep=1,
-                                              checkpoint_name="ckpt")
+    checkpoint = tf.train.Checkpoint(
+        model=model,
+        step=step,
+        epoch=epoch,
+        rng_state=model.seed_generator.state,
+        best_validation_score=best_score,
+        **({"layer_rng_states": layer_states} if layer_states else {}),
+        **{f"{name}_optimizer": opt for name, opt in optimizers.items()},
+    )
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(model_dir, CHECKPOINT_DIR), max_to_keep=max_to_keep, checkpoint_name="ckpt"
+    )
+    best_manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(model_dir, BEST_DIR), max_to_keep=1, checkpoint_name="ckpt"
+    )
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("Restored %s (step %d)", manager.latest_checkpoint, int(step.numpy()))
@@ -114,11 +121,12 @@ def layer_rng_states(model) -> list:
 
 class Run(NamedTuple):
     """A trained run rebuilt by `load_run`."""
-    model: object          # crvae_tf.models.VAE, weights restored, in evaluation use
-    step: int              # the training step of the restored checkpoint
+
+    model: object  # crvae_tf.models.VAE, weights restored, in evaluation use
+    step: int  # the training step of the restored checkpoint
     checkpoint_path: str
-    splits: data_lib.ImageSplits   # the run's training dataset (train / validation / test)
-    seed: int              # train.seed of the run
+    splits: data_lib.ImageSplits  # the run's training dataset (train / validation / test)
+    seed: int  # train.seed of the run
 
 
 def resolve_checkpoint(model_dir: str, checkpoint="latest") -> str:
@@ -127,10 +135,15 @@ def resolve_checkpoint(model_dir: str, checkpoint="latest") -> str:
     if checkpoint in ("latest", "best"):
         path = tf.train.latest_checkpoint(os.path.join(model_dir, BEST_DIR) if checkpoint == "best" else folder)
         if path is None:
-            what = ("no best checkpoint (written after the first validation pass)" if checkpoint == "best"
-                    else "no checkpoint")
-            raise FileNotFoundError(f"{model_dir} has {what} under {folder}. Train it with "
-                                    f"python -m crvae_tf.train --model_dir={model_dir} ...")
+            what = (
+                "no best checkpoint (written after the first validation pass)"
+                if checkpoint == "best"
+                else "no checkpoint"
+            )
+            raise FileNotFoundError(
+                f"{model_dir} has {what} under {folder}. Train it with "
+                f"python -m crvae_tf.train --model_dir={model_dir} ..."
+            )
         return path
     try:
         number = int(checkpoint)
@@ -168,8 +181,10 @@ def load_run(model_dir: str, checkpoint="latest", gin_bindings=()) -> Run:
     """
     configs = [os.path.join(model_dir, name) for name in ("operative_config.gin", "config.gin")]
     if not os.path.isfile(configs[0]):
-        raise FileNotFoundError(f"{model_dir} has no operative_config.gin: it is not a crvae_tf run directory "
-                                "(train one with python -m crvae_tf.train --model_dir=...).")
+        raise FileNotFoundError(
+            f"{model_dir} has no operative_config.gin: it is not a crvae_tf run directory "
+            "(train one with python -m crvae_tf.train --model_dir=...)."
+        )
     path = resolve_checkpoint(model_dir, checkpoint)
     gin.clear_config()
     parse_gin([c for c in configs if os.path.isfile(c)], list(gin_bindings), finalize=False)
@@ -181,8 +196,15 @@ def load_run(model_dir: str, checkpoint="latest", gin_bindings=()) -> Run:
     return Run(model, int(step.numpy()), path, splits, seed)
 
 
-PROGRESS_KEYS = ("loss", "distortion", "rate", "active_units", "reconstruction", "discriminator_accuracy",
-                 "discriminator_skip_rate")
+PROGRESS_KEYS = (
+    "loss",
+    "distortion",
+    "rate",
+    "active_units",
+    "reconstruction",
+    "discriminator_accuracy",
+    "discriminator_skip_rate",
+)
 _TAG_PREFIXES = (("kl_step_", "kl/step_"), ("discriminator_", "discriminator/"), ("generator_", "generator/"))
 
 
@@ -191,7 +213,7 @@ def summary_tag(key: str) -> str:
     'discriminator/loss_real', 'generator_adversarial' -> 'generator/adversarial'; others unchanged."""
     for prefix, tag in _TAG_PREFIXES:
         if key.startswith(prefix):
-            return tag + key[len(prefix):]
+            return tag + key[len(prefix) :]
     return key
 
 
@@ -213,8 +235,10 @@ class CollapseMonitor:
 
     def describe(self, step: int) -> str:
         verdict = "wins" if self.value == 1.0 else "loses"
-        return (f"The discriminator's batch accuracy has been {self.value:.0f} for {self.pinned} consecutive steps "
-                f"(step {step}): it {verdict} outright and the generator gets no useful signal.")
+        return (
+            f"The discriminator's batch accuracy has been {self.value:.0f} for {self.pinned} consecutive steps "
+            f"(step {step}): it {verdict} outright and the generator gets no useful signal."
+        )
 
 
 def _npy_bytes(array) -> bytes:
@@ -224,25 +248,27 @@ def _npy_bytes(array) -> bytes:
 
 
 @gin.configurable("train", denylist=["model_dir"])
-def train(model_dir: str,
-          # The loop.
-          max_steps: int = gin.REQUIRED,
-          batch_size: int = 128,
-          seed: int = 0,
-          jit_compile: bool = False,
-          # Logging and evaluation.
-          log_every_steps: int = 50,
-          image_every_steps: int = 500,
-          validation_every_steps=None,
-          num_validation_images=None,
-          num_image_samples: int = 64,
-          progress_bar: bool = True,
-          # Checkpoints.
-          checkpoint_every_steps: int = 500,
-          checkpoint_every_secs: float = 300.0,
-          keep_checkpoints: int = 3,
-          # Adversarial family.
-          discriminator_collapse_steps=1000):
+def train(
+    model_dir: str,
+    # The loop.
+    max_steps: int = gin.REQUIRED,
+    batch_size: int = 128,
+    seed: int = 0,
+    jit_compile: bool = False,
+    # Logging and evaluation.
+    log_every_steps: int = 50,
+    image_every_steps: int = 500,
+    validation_every_steps=None,
+    num_validation_images=None,
+    num_image_samples: int = 64,
+    progress_bar: bool = True,
+    # Checkpoints.
+    checkpoint_every_steps: int = 500,
+    checkpoint_every_secs: float = 300.0,
+    keep_checkpoints: int = 3,
+    # Adversarial family.
+    discriminator_collapse_steps=1000,
+):
     """Trains the configured model, resuming from the latest checkpoint in `model_dir`.
 
     Args:
@@ -271,9 +297,12 @@ def train(model_dir: str,
     """
     if max_steps is None or int(max_steps) < 1:
         raise ValueError(f"train.max_steps must be a positive integer, got {max_steps}")
-    for name, value in (("batch_size", batch_size), ("log_every_steps", log_every_steps),
-                        ("image_every_steps", image_every_steps),
-                        ("checkpoint_every_steps", checkpoint_every_steps)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("log_every_steps", log_every_steps),
+        ("image_every_steps", image_every_steps),
+        ("checkpoint_every_steps", checkpoint_every_steps),
+    ):
         if int(value) < 1:
             raise ValueError(f"train.{name} must be >= 1, got {value}")
     os.makedirs(model_dir, exist_ok=True)
@@ -288,7 +317,7 @@ def train(model_dir: str,
     checkpoints = restore_or_initialize(model_dir, model, optimizers, keep_checkpoints)
     manager, step_var, epoch_var = checkpoints.manager, checkpoints.step, checkpoints.epoch
     selection_metric, selection_mode = model.selection_metric
-    sign = 1.0 if selection_mode == "max" else -1.0     # best_score holds sign * metric: higher is better
+    sign = 1.0 if selection_mode == "max" else -1.0  # best_score holds sign * metric: higher is better
     validation_every_steps = validation_every_steps or steps_per_epoch
 
     train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb", "train"))
@@ -302,11 +331,20 @@ def train(model_dir: str,
     test_step = tf.function(model.test_step, reduce_retracing=True)
 
     # Fixed inputs for the image grids: the first validation images (fixed binarization) and a fixed z.
-    fixed_images = next(iter(data_lib.make_dataset(
-        splits.validation[:num_image_samples], batch_size=num_image_samples,
-        binarization=splits.binarization, seed=seed, training=False)))
-    fixed_z = tf.constant(np.random.default_rng(seed).standard_normal((num_image_samples, model.latent_dim)),
-                          tf.float32)
+    fixed_images = next(
+        iter(
+            data_lib.make_dataset(
+                splits.validation[:num_image_samples],
+                batch_size=num_image_samples,
+                binarization=splits.binarization,
+                seed=seed,
+                training=False,
+            )
+        )
+    )
+    fixed_z = tf.constant(
+        np.random.default_rng(seed).standard_normal((num_image_samples, model.latent_dim)), tf.float32
+    )
     validation_images = splits.validation[:num_validation_images] if num_validation_images else splits.validation
 
     def log_scalars(writer, logs, step):
@@ -315,16 +353,18 @@ def train(model_dir: str,
                 tf.summary.scalar(summary_tag(key), value, step=step)
             if writer is train_writer:
                 for name, optimizer in optimizers.items():
-                    tf.summary.scalar(f"learning_rate/{name}", builders.current_learning_rate(optimizer),
-                                      step=step)
+                    tf.summary.scalar(f"learning_rate/{name}", builders.current_learning_rate(optimizer), step=step)
                 tf.summary.scalar("epoch", step / steps_per_epoch, step=step)
         writer.flush()
 
     def log_images(step):
         reconstructions = model.reconstruct(fixed_images)
         samples = model.generate(fixed_z)
-        for kind, images in (("inputs", fixed_images), ("reconstructions", reconstructions),
-                             ("prior_samples", samples)):
+        for kind, images in (
+            ("inputs", fixed_images),
+            ("reconstructions", reconstructions),
+            ("prior_samples", samples),
+        ):
             grid = artifacts.image_grid(images.numpy())
             artifacts.write_png(os.path.join(model_dir, "images", f"{kind}-{step:08d}.png"), grid)
             with train_writer.as_default():
@@ -340,8 +380,9 @@ def train(model_dir: str,
         model.reset_evaluation_rng()
         saved_states = [v.numpy() for v in seed_states]
         logs = {}
-        for batch in data_lib.make_dataset(validation_images, batch_size=batch_size,
-                                           binarization=splits.binarization, seed=seed, training=False):
+        for batch in data_lib.make_dataset(
+            validation_images, batch_size=batch_size, binarization=splits.binarization, seed=seed, training=False
+        ):
             logs = test_step(batch)
         logs = {k: float(v) for k, v in logs.items()}
         for variable, state in zip(seed_states, saved_states):
@@ -353,9 +394,18 @@ def train(model_dir: str,
             # the model's selection metric (IWAE_k for the VAE family).
             checkpoints.best_score.assign(sign * logs[selection_metric])
             checkpoints.best_manager.save(checkpoint_number=step)
-            artifacts.atomic_write_text(os.path.join(model_dir, BEST_DIR, "best.json"), json.dumps(
-                {"step": step, "metric": selection_metric, "mode": selection_mode, "value": logs[selection_metric],
-                 "split": "validation"}))
+            artifacts.atomic_write_text(
+                os.path.join(model_dir, BEST_DIR, "best.json"),
+                json.dumps(
+                    {
+                        "step": step,
+                        "metric": selection_metric,
+                        "mode": selection_mode,
+                        "value": logs[selection_metric],
+                        "split": "validation",
+                    }
+                ),
+            )
         return logs
 
     last_save = time.time()
@@ -371,8 +421,11 @@ def train(model_dir: str,
         print(f"Resuming from step {step} ({manager.latest_checkpoint})", flush=True)
     else:
         log_images(0)
-    progbar = keras.utils.Progbar(max_steps, interval=5.0, unit_name="step",
-                                  stateful_metrics=[m.name for m in model.metrics]) if progress_bar else None
+    progbar = (
+        keras.utils.Progbar(max_steps, interval=5.0, unit_name="step", stateful_metrics=[m.name for m in model.metrics])
+        if progress_bar
+        else None
+    )
     train_logs, validation_logs = {}, {}
     start_time, start_step = time.time(), step
     collapse_monitor = CollapseMonitor(discriminator_collapse_steps)
@@ -384,45 +437,64 @@ def train(model_dir: str,
 
     while step < max_steps:
         epoch, skip = divmod(step, steps_per_epoch)
-        dataset = data_lib.make_dataset(splits.train, batch_size=batch_size, binarization=splits.binarization,
-                                        seed=seed, training=True, epoch=epoch, skip_batches=skip, flip=splits.flip)
+        dataset = data_lib.make_dataset(
+            splits.train,
+            batch_size=batch_size,
+            binarization=splits.binarization,
+            seed=seed,
+            training=True,
+            epoch=epoch,
+            skip_batches=skip,
+            flip=splits.flip,
+        )
         for batch in dataset:
             logs = train_step(batch)
             step += 1
             step_var.assign(step)
             epoch_var.assign(step // steps_per_epoch)
-            nonfinite = {k: float(logs[k]) for k in ("loss", "discriminator_loss")
-                         if k in logs and not np.isfinite(float(logs[k]))}
+            nonfinite = {
+                k: float(logs[k])
+                for k in ("loss", "discriminator_loss")
+                if k in logs and not np.isfinite(float(logs[k]))
+            }
             if nonfinite:
                 bad = save_batch(batch, "nonfinite")
                 raise NonFiniteLossError(
                     f"The training loss became non-finite at step {step} ({nonfinite}). The last good checkpoint "
                     f"({manager.latest_checkpoint}) was kept and the offending batch saved to {bad}. "
-                    "Lower optimizer.learning_rate or set optimizer.group_gradient_clip.")
+                    "Lower optimizer.learning_rate or set optimizer.group_gradient_clip."
+                )
             if "discriminator_batch_accuracy" in logs and collapse_monitor.update(
-                    float(logs["discriminator_batch_accuracy"])):
+                float(logs["discriminator_batch_accuracy"])
+            ):
                 bad = save_batch(batch, "collapse")
                 raise DiscriminatorCollapseError(
-                    f"{collapse_monitor.describe(step)} The last good checkpoint ({manager.latest_checkpoint}) was kept "
-                    f"and the last batch saved to {bad}. Adjust model.adversarial_weight, "
+                    f"{collapse_monitor.describe(step)} The last good checkpoint ({manager.latest_checkpoint}) "
+                    f"was kept and the last batch saved to {bad}. Adjust model.adversarial_weight, "
                     "model.discriminator_accuracy_threshold or the discriminator learning rate "
-                    "(optimizer.group_learning_rate_scale), or raise train.discriminator_collapse_steps.")
+                    "(optimizer.group_learning_rate_scale), or raise train.discriminator_collapse_steps."
+                )
             if progbar is not None:
                 progbar.update(step, [(k, float(v)) for k, v in logs.items() if k in PROGRESS_KEYS])
             if step % log_every_steps == 0 or step % validation_every_steps == 0 or step == max_steps:
                 train_logs = {k: float(v) for k, v in logs.items()}
                 log_scalars(train_writer, train_logs, step)
                 with train_writer.as_default():
-                    tf.summary.scalar("images_per_second",
-                                      (step - start_step) * batch_size / max(time.time() - start_time, 1e-9),
-                                      step=step)
+                    tf.summary.scalar(
+                        "images_per_second",
+                        (step - start_step) * batch_size / max(time.time() - start_time, 1e-9),
+                        step=step,
+                    )
                 model.reset_metrics()
             if step % validation_every_steps == 0 or step == max_steps:
                 validation_logs = validate(step)
             if step % image_every_steps == 0 or step == max_steps:
                 log_images(step)
-            if (step % checkpoint_every_steps == 0 or step == max_steps
-                    or (checkpoint_every_secs and time.time() - last_save >= checkpoint_every_secs)):
+            if (
+                step % checkpoint_every_steps == 0
+                or step == max_steps
+                or (checkpoint_every_secs and time.time() - last_save >= checkpoint_every_secs)
+            ):
                 save(step)
             if step >= max_steps:
                 break
@@ -430,4 +502,10 @@ def train(model_dir: str,
         save(step)
     train_writer.close()
     validation_writer.close()
-    return {"step": step, "initial_step": initial_step, "train": train_logs, "validation": validation_logs, "checkpoint": manager.latest_checkpoint}
+    return {
+        "step": step,
+        "initial_step": initial_step,
+        "train": train_logs,
+        "validation": validation_logs,
+        "checkpoint": manager.latest_checkpoint,
+    }

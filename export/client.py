@@ -71,8 +71,9 @@ def make_inputs(signature: str, num: int = 16, seed: int = 0, latent_dim=None, i
         raise ValueError(f"Unknown signature {signature!r}; the model serves {sorted(SIGNATURES)}.")
     if signature == "serving_default":
         if not latent_dim:
-            raise ValueError("serving_default needs the latent width D (--latent_dim, or read from the model "
-                             "metadata).")
+            raise ValueError(
+                "serving_default needs the latent width D (--latent_dim, or read from the model metadata)."
+            )
         return {"z": np.random.default_rng(seed).standard_normal((num, int(latent_dim))).astype(np.float32)}
     if signature == "sample":
         return {"num": np.asarray(num, np.int32), "seed": np.asarray(seed, np.int64)}
@@ -82,8 +83,9 @@ def make_inputs(signature: str, num: int = 16, seed: int = 0, latent_dim=None, i
     if images.ndim != 4:
         raise ValueError(f"images must be [batch, height, width, channels], got shape {images.shape}")
     if images.size and (images.min() < 0.0 or images.max() > 1.0):
-        raise ValueError(f"images must be in [0, 1] (got [{images.min()}, {images.max()}]); divide 8-bit images "
-                         "by 255.")
+        raise ValueError(
+            f"images must be in [0, 1] (got [{images.min()}, {images.max()}]); divide 8-bit images by 255."
+        )
     return {"images": images}
 
 
@@ -93,6 +95,7 @@ def load_images(paths) -> np.ndarray:
     if len(paths) == 1 and paths[0].endswith(".npy"):
         return np.load(paths[0]).astype(np.float32)
     import tensorflow as tf  # only for PNG decoding
+
     return np.stack([tf.io.decode_png(tf.io.read_file(p)).numpy().astype(np.float32) / 255.0 for p in paths])
 
 
@@ -128,8 +131,9 @@ def parse_rest_response(signature: str, payload: dict) -> dict:
 
 def _http(url: str, body=None, timeout: float = 60.0, urlopen=urllib.request.urlopen) -> dict:
     data = None if body is None else json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                     method="GET" if data is None else "POST")
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}, method="GET" if data is None else "POST"
+    )
     try:
         with urlopen(request, timeout=timeout) as response:
             return json.loads(response.read().decode("utf-8"))
@@ -141,15 +145,25 @@ def _http(url: str, body=None, timeout: float = 60.0, urlopen=urllib.request.url
             pass
         raise ServingError(f"{url}: HTTP {error.code}: {text}") from None
     except urllib.error.URLError as error:
-        raise ServingError(f"{url}: cannot reach the server ({error.reason}). Is tensorflow_model_server running "
-                           "with --rest_api_port (export/README.md)?") from None
+        raise ServingError(
+            f"{url}: cannot reach the server ({error.reason}). Is tensorflow_model_server running "
+            "with --rest_api_port (export/README.md)?"
+        ) from None
 
 
-def rest_predict(server: str, model: str, signature: str, inputs: dict, version=None, timeout: float = 60.0,
-                 urlopen=urllib.request.urlopen) -> dict:
+def rest_predict(
+    server: str,
+    model: str,
+    signature: str,
+    inputs: dict,
+    version=None,
+    timeout: float = 60.0,
+    urlopen=urllib.request.urlopen,
+) -> dict:
     """POST {server}/v1/models/{model}[/versions/{v}]:predict; returns dict output name -> array."""
-    payload = _http(_model_url(server, model, version) + ":predict", rest_request_body(signature, inputs), timeout,
-                    urlopen)
+    payload = _http(
+        _model_url(server, model, version) + ":predict", rest_request_body(signature, inputs), timeout, urlopen
+    )
     return parse_rest_response(signature, payload)
 
 
@@ -159,8 +173,9 @@ def latent_dim_from_metadata_json(payload: dict) -> int:
     return int(signature["inputs"]["z"]["tensor_shape"]["dim"][1]["size"])
 
 
-def rest_latent_dim(server: str, model: str, version=None, timeout: float = 60.0,
-                    urlopen=urllib.request.urlopen) -> int:
+def rest_latent_dim(
+    server: str, model: str, version=None, timeout: float = 60.0, urlopen=urllib.request.urlopen
+) -> int:
     payload = _http(_model_url(server, model, version) + "/metadata", None, timeout, urlopen)
     return latent_dim_from_metadata_json(payload)
 
@@ -171,12 +186,12 @@ def rest_latent_dim(server: str, model: str, version=None, timeout: float = 60.0
 def _serving_apis():
     try:
         import tensorflow as tf
-        from tensorflow_serving.apis import get_model_metadata_pb2
-        from tensorflow_serving.apis import predict_pb2
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
+        from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
     except ImportError as error:
-        raise ImportError(f"gRPC mode needs tensorflow-serving-api ({error}): pip install "
-                          "'tensorflow-serving-api==2.21.0' (or pip install -e '.[serving]').") from error
+        raise ImportError(
+            f"gRPC mode needs tensorflow-serving-api ({error}): pip install "
+            "'tensorflow-serving-api==2.21.0' (or pip install -e '.[serving]')."
+        ) from error
     return tf, get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 
@@ -202,22 +217,30 @@ def parse_grpc_response(response) -> dict:
 
 def _stub(server: str):
     import grpc
+
     _, _, _, prediction_service_pb2_grpc = _serving_apis()
-    channel = grpc.insecure_channel(server, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    channel = grpc.insecure_channel(
+        server,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
     return prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
 def _grpc_call(method, request, server: str, timeout: float):
     import grpc
+
     try:
         return method(request, timeout=timeout)
     except grpc.RpcError as error:
         raise ServingError(f"{server}: gRPC {error.code().name}: {error.details()}") from None
 
 
-def grpc_predict(server: str, model: str, signature: str, inputs: dict, version=None, timeout: float = 60.0,
-                 stub=None) -> dict:
+def grpc_predict(
+    server: str, model: str, signature: str, inputs: dict, version=None, timeout: float = 60.0, stub=None
+) -> dict:
     """PredictionService.Predict on {server} (host:port of --port); returns dict output name -> array."""
     stub = stub or _stub(server)
     response = _grpc_call(stub.Predict, grpc_request(model, signature, inputs, version), server, timeout)
@@ -253,7 +276,7 @@ def image_grid(images, columns=None, padding: int = 1) -> np.ndarray:
     for i, image in enumerate(images):
         r, col = divmod(i, columns)
         top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[top:top + h, left:left + w] = image
+        grid[top : top + h, left : left + w] = image
     return np.round(grid * 255.0).astype(np.uint8)
 
 
@@ -267,8 +290,12 @@ def encode_png(grid: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     raw = b"".join(b"\x00" + grid[row].tobytes() for row in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _atomic_write(path: str, payload: bytes) -> None:
@@ -294,6 +321,7 @@ def write_outputs(signature: str, outputs: dict, out: str) -> dict:
         summary["png"] = out
     else:
         import io
+
         buffer = io.BytesIO()
         np.savez(buffer, **outputs)
         _atomic_write(out, buffer.getvalue())
@@ -305,21 +333,29 @@ def write_outputs(signature: str, outputs: dict, out: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--server", default="localhost:8501", help="host:port: 8501 (REST) or 8500 (gRPC) by default.")
     parser.add_argument("--mode", choices=("rest", "grpc"), default="rest")
     parser.add_argument("--model", default="crvae", help="The model name in models.config / --model_name.")
-    parser.add_argument("--version", type=int, default=None,
-                        help="A specific version (training step); default: the latest.")
+    parser.add_argument(
+        "--version", type=int, default=None, help="A specific version (training step); default: the latest."
+    )
     parser.add_argument("--signature", choices=sorted(SIGNATURES), default="sample")
     parser.add_argument("--num", type=int, default=16, help="sample / serving_default: how many images.")
-    parser.add_argument("--seed", type=int, default=0, help="sample: the server's stateless seed; serving_default: "
-                        "the numpy seed of z.")
-    parser.add_argument("--latent_dim", type=int, default=None, help="serving_default: D (default: from the "
-                        "model's metadata).")
-    parser.add_argument("--images", nargs="+", default=None, help="encode / reconstruct: a .npy file (float32 "
-                        "[N, H, W, C] in [0, 1]) or PNG files.")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="sample: the server's stateless seed; serving_default: the numpy seed of z."
+    )
+    parser.add_argument(
+        "--latent_dim", type=int, default=None, help="serving_default: D (default: from the model's metadata)."
+    )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        default=None,
+        help="encode / reconstruct: a .npy file (float32 [N, H, W, C] in [0, 1]) or PNG files.",
+    )
     parser.add_argument("--out", default="grid.png", help="PNG grid of the returned images (encode: .npz).")
     parser.add_argument("--timeout", type=float, default=60.0, help="Seconds per request.")
     args = parser.parse_args(argv)
@@ -328,15 +364,18 @@ def main(argv=None) -> dict:
     try:
         latent_dim = args.latent_dim
         if args.signature == "serving_default" and not latent_dim:
-            latent_dim = (rest_latent_dim(args.server, args.model, args.version, args.timeout) if args.mode == "rest"
-                          else grpc_latent_dim(args.server, args.model, args.version, args.timeout))
+            latent_dim = (
+                rest_latent_dim(args.server, args.model, args.version, args.timeout)
+                if args.mode == "rest"
+                else grpc_latent_dim(args.server, args.model, args.version, args.timeout)
+            )
         images = load_images(args.images) if args.images else None
         inputs = make_inputs(args.signature, args.num, args.seed, latent_dim, images)
         predict = rest_predict if args.mode == "rest" else grpc_predict
         outputs = predict(args.server, args.model, args.signature, inputs, args.version, args.timeout)
     except (ServingError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     summary = write_outputs(args.signature, outputs, args.out)
     print(json.dumps(summary), flush=True)
     return summary

@@ -8,8 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from crvae_tf import adversarial
-from crvae_tf import layers
+from crvae_tf import adversarial, layers
 
 IMAGE_SHAPE = (16, 16, 3)
 BATCH = 8
@@ -17,24 +16,43 @@ BATCH = 8
 
 def tiny_parts(kind="channel_recurrent", with_q=True, seed=0):
     keras.utils.set_random_seed(seed)
-    encoder = keras.Sequential([keras.Input(IMAGE_SHAPE), keras.layers.Conv2D(8, 3, strides=4, padding="same"),
-                                layers.BatchNorm(momentum=0.1, epsilon=1e-6), keras.layers.LeakyReLU(0.1)],
-                               name="encoder")
+    encoder = keras.Sequential(
+        [
+            keras.Input(IMAGE_SHAPE),
+            keras.layers.Conv2D(8, 3, strides=4, padding="same"),
+            layers.BatchNorm(momentum=0.1, epsilon=1e-6),
+            keras.layers.LeakyReLU(0.1),
+        ],
+        name="encoder",
+    )
     if kind == "channel_recurrent":
-        head = layers.ChannelRecurrentHead((4, 4, 8), latent_channels=4, num_time_steps=2, hidden_units=8,
-                                           loc_path="conv", inference_batchnorm=True, name="latent_head")
+        head = layers.ChannelRecurrentHead(
+            (4, 4, 8),
+            latent_channels=4,
+            num_time_steps=2,
+            hidden_units=8,
+            loc_path="conv",
+            inference_batchnorm=True,
+            name="latent_head",
+        )
     else:
         head = layers.FCHead((4, 4, 8), latent_dim=16, name="latent_head")
-    decoder = keras.Sequential([keras.Input((4, 4, 8)), keras.layers.Conv2DTranspose(3, 4, strides=4),
-                                keras.layers.Activation("tanh")], name="decoder")
-    trunk = keras.Sequential([keras.Input(IMAGE_SHAPE), keras.layers.Conv2D(4, 3, strides=4, padding="same"),
-                              keras.layers.ReLU()], name="discriminator_trunk")
-    disc = keras.Sequential([keras.Input((4, 4, 4)), keras.layers.Flatten(), keras.layers.Dense(1)],
-                            name="discriminator")
+    decoder = keras.Sequential(
+        [keras.Input((4, 4, 8)), keras.layers.Conv2DTranspose(3, 4, strides=4), keras.layers.Activation("tanh")],
+        name="decoder",
+    )
+    trunk = keras.Sequential(
+        [keras.Input(IMAGE_SHAPE), keras.layers.Conv2D(4, 3, strides=4, padding="same"), keras.layers.ReLU()],
+        name="discriminator_trunk",
+    )
+    disc = keras.Sequential(
+        [keras.Input((4, 4, 4)), keras.layers.Flatten(), keras.layers.Dense(1)], name="discriminator"
+    )
     q = None
     if with_q:
-        q = keras.Sequential([keras.Input((4, 4, 4)), keras.layers.Flatten(), keras.layers.Dense(head.latent_dim)],
-                             name="q_head")
+        q = keras.Sequential(
+            [keras.Input((4, 4, 4)), keras.layers.Flatten(), keras.layers.Dense(head.latent_dim)], name="q_head"
+        )
     return encoder, head, decoder, trunk, disc, q
 
 
@@ -43,8 +61,11 @@ def make_model(kind="channel_recurrent", learning_rates=None, **kwargs):
     model = adversarial.VAEGAN(*tiny_parts(kind, with_q), image_shape=IMAGE_SHAPE, seed=3, **kwargs)
     model.build()
     rates = learning_rates or {}
-    optimizers = {name: keras.optimizers.Adam(rates.get(name, 1e-3), name=f"{name}_adam")
-                  for name, variables in model.variable_groups().items() if variables}
+    optimizers = {
+        name: keras.optimizers.Adam(rates.get(name, 1e-3), name=f"{name}_adam")
+        for name, variables in model.variable_groups().items()
+        if variables
+    }
     model.compile(optimizers=optimizers)
     return model
 
@@ -61,8 +82,13 @@ def changed(before, after):
     return {name for name in before if any(not np.array_equal(a, b) for a, b in zip(before[name], after[name]))}
 
 
-CRVAE_GAN = dict(kl_weight=1e-4, kl_step_weights=[3.0, 2.0], adversarial_weight=0.1, mutual_information_weight=0.5,
-                 mutual_information_step_weights=[0.1, 1.5])
+CRVAE_GAN = dict(
+    kl_weight=1e-4,
+    kl_step_weights=[3.0, 2.0],
+    adversarial_weight=0.1,
+    mutual_information_weight=0.5,
+    mutual_information_step_weights=[0.1, 1.5],
+)
 
 
 class GroupIsolationTest(tf.test.TestCase):
@@ -82,13 +108,17 @@ class GroupIsolationTest(tf.test.TestCase):
         # With beta = kappa = 0 the generator side sees only reconstruction + KL: its update must equal the
         # update of the same model whose discriminator never trains.
         updates = []
-        for threshold in (1.0, 1e-9):   # discriminator steps on every batch / never
+        for threshold in (1.0, 1e-9):  # discriminator steps on every batch / never
             model = make_model(kl_weight=1e-2, adversarial_weight=0.0, discriminator_accuracy_threshold=threshold)
             before = snapshot(model)
             model.train_step(images())
             after = snapshot(model)
-            updates.append({name: [b - a for a, b in zip(before[name], after[name])]
-                            for name in ("encoder", "latent_head", "decoder")})
+            updates.append(
+                {
+                    name: [b - a for a, b in zip(before[name], after[name])]
+                    for name in ("encoder", "latent_head", "decoder")
+                }
+            )
         for name in updates[0]:
             for first, second in zip(updates[0][name], updates[1][name]):
                 self.assertAllClose(first, second, atol=1e-7)
@@ -130,7 +160,7 @@ class SkipRuleTest(tf.test.TestCase):
         real, rec, prior = (tf.fill([8, 2, 2, 1], v) for v in (1.0, 2.0, 3.0))
         real = real * tf.reshape(tf.range(8, dtype=tf.float32), [8, 1, 1, 1])
         batch, labels, kind = adversarial.VAEGAN.discriminator_batch(real, rec, prior)
-        self.assertAllEqual(batch[:, 0, 0, 0], [0, 2, 4, 6, 2, 2, 3, 3])    # half real, 1/4 rec., 1/4 prior
+        self.assertAllEqual(batch[:, 0, 0, 0], [0, 2, 4, 6, 2, 2, 3, 3])  # half real, 1/4 rec., 1/4 prior
         self.assertAllEqual(labels, [1, 1, 1, 1, 0, 0, 0, 0])
         self.assertAllEqual(kind, [0, 0, 0, 0, 1, 1, 2, 2])
 
@@ -139,13 +169,15 @@ class SkipRuleTest(tf.test.TestCase):
             with self.subTest(threshold=threshold):
                 model = self._oracle_model(threshold)
                 head_before = [v.numpy().copy() for v in model.discriminator.trainable_variables]
-                logs = model.train_step(tf.ones([BATCH] + list(IMAGE_SHAPE)))   # real = +1 after the [-1, 1] map
+                logs = model.train_step(tf.ones([BATCH] + list(IMAGE_SHAPE)))  # real = +1 after the [-1, 1] map
                 self.assertAllClose(logs["discriminator_batch_accuracy"], 1.0)
                 self.assertAllClose(logs["discriminator_skip_rate"], 0.0 if expect_update else 1.0)
                 iterations = int(model.group_optimizers["discriminator"].iterations.numpy())
                 self.assertEqual(iterations, 1 if expect_update else 0)
-                moved = any(not np.array_equal(a, b.numpy()) for a, b in
-                            zip(head_before, model.discriminator.trainable_variables))
+                moved = any(
+                    not np.array_equal(a, b.numpy())
+                    for a, b in zip(head_before, model.discriminator.trainable_variables)
+                )
                 self.assertEqual(moved, expect_update)
 
     def test_accuracy_metrics_per_kind(self):
@@ -155,13 +187,15 @@ class SkipRuleTest(tf.test.TestCase):
             value = float(logs[f"discriminator_accuracy_{name}"])
             self.assertBetween(value, 0.0, 1.0)
         # Overall accuracy = 1/2 real + 1/4 reconstruction + 1/4 prior.
-        expected = (0.5 * float(logs["discriminator_accuracy_real"]) + 0.25 * float(
-            logs["discriminator_accuracy_reconstruction"]) + 0.25 * float(logs["discriminator_accuracy_prior"]))
+        expected = (
+            0.5 * float(logs["discriminator_accuracy_real"])
+            + 0.25 * float(logs["discriminator_accuracy_reconstruction"])
+            + 0.25 * float(logs["discriminator_accuracy_prior"])
+        )
         self.assertAllClose(float(logs["discriminator_accuracy"]), expected, atol=1e-6)
 
 
 class LossTermsTest(tf.test.TestCase):
-
     def test_reconstruction_normalization(self):
         x = tf.zeros([2, 16, 16, 3])
         y = tf.concat([tf.fill([1, 16, 16, 3], 0.5), tf.fill([1, 16, 16, 3], 1.0)], 0)
@@ -179,7 +213,7 @@ class LossTermsTest(tf.test.TestCase):
         self.assertAllClose(minimax, np.log(1 - d), rtol=1e-5)
 
     def test_mutual_information_step_weights(self):
-        model = make_model(**CRVAE_GAN)     # T = 2 steps of 32 dims, weights 0.1 and 1.5
+        model = make_model(**CRVAE_GAN)  # T = 2 steps of 32 dims, weights 0.1 and 1.5
         u = np.zeros((1, 64), np.float32)
         q = np.concatenate([np.full((1, 32), 1.0), np.full((1, 32), 2.0)], 1).astype(np.float32)
         weighted = model.mutual_information_term(tf.constant(q), tf.constant(u))
@@ -210,7 +244,6 @@ class LossTermsTest(tf.test.TestCase):
 
 
 class WarmupScheduleTest(tf.test.TestCase):
-
     def test_code_warmup(self):
         schedule = adversarial.WarmupSchedule(1e-3, ((10, 0.02), (30, 0.2)))
         values = [float(schedule(tf.constant(step, tf.int64))) for step in (0, 9, 10, 29, 30, 500)]
@@ -228,7 +261,6 @@ class WarmupScheduleTest(tf.test.TestCase):
 
 
 class LearningTest(tf.test.TestCase):
-
     def test_reconstruction_falls_with_every_term_on(self):
         model = make_model(learning_rates={name: 3e-3 for name in adversarial.GROUPS}, **CRVAE_GAN)
         step = tf.function(model.train_step)

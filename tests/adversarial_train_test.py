@@ -4,15 +4,13 @@ contents, a known-good short run, resume, and the collapse / evaluation guards."
 import glob
 import os
 
-import gin
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-
-from crvae_tf import eval_lib
-from crvae_tf import train_lib
-
 import testing_utils
+
+from crvae_tf import eval_lib, train_lib
+import gin
 
 CELEBA64 = os.path.join(testing_utils.GIN_DIR, "celeba64.gin")
 
@@ -37,7 +35,6 @@ def tags(event_dir):
 
 
 class AdversarialTrainingTest(testing_utils.GinTestCase):
-
     def setUp(self):
         super().setUp()
         root = self.get_temp_dir()
@@ -47,10 +44,17 @@ class AdversarialTrainingTest(testing_utils.GinTestCase):
         self.cache = os.path.join(root, "cache")
 
     def train(self, model_dir, max_steps, extra=(), recipe=CELEBA64, kind="channel_recurrent", local=True):
-        bindings = (testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings(kind)
-                    + testing_utils.TINY_ADVERSARIAL_BINDINGS
-                    + [f"train.max_steps = {max_steps}", f"dataset.cache_dir = '{self.cache}'",
-                       "dataset.validation_size = 8", "train.image_every_steps = 1000"])
+        bindings = (
+            testing_utils.TINY_BINDINGS
+            + testing_utils.tiny_head_bindings(kind)
+            + testing_utils.TINY_ADVERSARIAL_BINDINGS
+            + [
+                f"train.max_steps = {max_steps}",
+                f"dataset.cache_dir = '{self.cache}'",
+                "dataset.validation_size = 8",
+                "train.image_every_steps = 1000",
+            ]
+        )
         if local:
             bindings.append(f"dataset.local_path = '{self.faces}'")
         train_lib.parse_gin([recipe], bindings + list(extra))
@@ -70,26 +74,43 @@ class AdversarialTrainingTest(testing_utils.GinTestCase):
         """A short crVAE-GAN run (MI term on) on generated faces: reconstruction falls, the discriminator neither
         wins nor loses outright, and TensorBoard has every adversarial scalar and the image grids."""
         model_dir = os.path.join(self.get_temp_dir(), "good")
-        result = self.train(model_dir, 24, extra=["model.mutual_information_weight = 0.02",
-                                                  "optimizer.learning_rate = 1e-3",
-                                                  "train.image_every_steps = 24"])
+        result = self.train(
+            model_dir,
+            24,
+            extra=[
+                "model.mutual_information_weight = 0.02",
+                "optimizer.learning_rate = 1e-3",
+                "train.image_every_steps = 24",
+            ],
+        )
         self.assertEqual(result["step"], 24)
         train = scalars(os.path.join(model_dir, "tb", "train"))
         accuracy = np.mean(list(train["discriminator/accuracy"].values()))
         self.assertBetween(accuracy, 0.05, 0.95)
         reconstruction = [train["reconstruction"][s] for s in sorted(train["reconstruction"])]
         self.assertLess(np.mean(reconstruction[-4:]), np.mean(reconstruction[:4]))
-        for tag in ("discriminator/loss_real", "discriminator/loss_reconstruction", "discriminator/loss_prior",
-                    "discriminator/accuracy", "discriminator/accuracy_real", "discriminator/skip_rate",
-                    "generator/adversarial", "kl/step_1", "kl/step_8", "reconstruction", "mutual_information",
-                    "learning_rate/discriminator", "learning_rate/q_head"):
+        for tag in (
+            "discriminator/loss_real",
+            "discriminator/loss_reconstruction",
+            "discriminator/loss_prior",
+            "discriminator/accuracy",
+            "discriminator/accuracy_real",
+            "discriminator/skip_rate",
+            "generator/adversarial",
+            "kl/step_1",
+            "kl/step_8",
+            "reconstruction",
+            "mutual_information",
+            "learning_rate/discriminator",
+            "learning_rate/q_head",
+        ):
             self.assertIn(tag, train, msg=tag)
         self.assertTrue({"inputs", "reconstructions", "prior_samples"} <= tags(os.path.join(model_dir, "tb", "train")))
         validation = scalars(os.path.join(model_dir, "tb", "validation"))
         self.assertIn("discriminator/accuracy_prior", validation)
         self.assertTrue(os.path.isfile(os.path.join(model_dir, "checkpoints", "best", "best.json")))
         pngs = glob.glob(os.path.join(model_dir, "images", "prior_samples-*.png"))
-        self.assertLen(pngs, 2)           # step 0 and step 24
+        self.assertLen(pngs, 2)  # step 0 and step 24
 
     def test_resume_matches_a_straight_run(self):
         straight = os.path.join(self.get_temp_dir(), "straight")
@@ -112,13 +133,17 @@ class AdversarialTrainingTest(testing_utils.GinTestCase):
 
 
 class RecipeBenchmarkTest(testing_utils.GinTestCase):
-
     def test_bench_recipe_times_the_adversarial_step(self):
         from crvae_tf import bench
-        bindings = (testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("channel_recurrent")
-                    + testing_utils.TINY_ADVERSARIAL_BINDINGS)
-        result = bench.bench_recipe(os.path.join(testing_utils.GIN_DIR, "birds128.gin"), steps=2, warmup=1,
-                                    batch_size=4, bindings=bindings)
+
+        bindings = (
+            testing_utils.TINY_BINDINGS
+            + testing_utils.tiny_head_bindings("channel_recurrent")
+            + testing_utils.TINY_ADVERSARIAL_BINDINGS
+        )
+        result = bench.bench_recipe(
+            os.path.join(testing_utils.GIN_DIR, "birds128.gin"), steps=2, warmup=1, batch_size=4, bindings=bindings
+        )
         self.assertEqual(result["image_shape"], [128, 128, 3])
         self.assertEqual(result["batch_size"], 4)
         self.assertGreater(result["step_s_median"], 0.0)
@@ -126,7 +151,6 @@ class RecipeBenchmarkTest(testing_utils.GinTestCase):
 
 
 class CollapseMonitorTest(tf.test.TestCase):
-
     def test_stops_after_patience_pinned_steps_only(self):
         monitor = train_lib.CollapseMonitor(3)
         self.assertEqual([monitor.update(a) for a in (1.0, 1.0, 0.75, 1.0, 1.0)], [False] * 5)

@@ -3,22 +3,23 @@
 import math
 
 import numpy as np
-import tensorflow as tf
 from scipy import special, stats
+import tensorflow as tf
 
 from crvae_tf import bounds
 
 
 def _fixed(seed=0, batch=5, latent=24, pixels=(4, 4, 1)):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(batch, latent)).astype(np.float32),
-            rng.normal(scale=0.7, size=(batch, latent)).astype(np.float32),
-            (rng.random((batch,) + pixels) < 0.4).astype(np.float32),
-            rng.normal(scale=2.0, size=(batch,) + pixels).astype(np.float32))
+    return (
+        rng.normal(size=(batch, latent)).astype(np.float32),
+        rng.normal(scale=0.7, size=(batch, latent)).astype(np.float32),
+        (rng.random((batch,) + pixels) < 0.4).astype(np.float32),
+        rng.normal(scale=2.0, size=(batch,) + pixels).astype(np.float32),
+    )
 
 
 class BoundsTest(tf.test.TestCase):
-
     def test_distortion_matches_numpy_bce_sum(self):
         _, _, x, logits = _fixed()
         p = special.expit(logits.astype(np.float64))
@@ -38,8 +39,7 @@ class BoundsTest(tf.test.TestCase):
         p = special.expit(logits.astype(np.float64))
         log_lik = (x * np.log(p) + (1 - x) * np.log1p(-p)).sum(axis=(1, 2, 3))
         kl = (0.5 * (loc.astype(np.float64) ** 2 + np.exp(log_var) - log_var - 1.0)).sum(-1)
-        elbo = -bounds.bernoulli_distortion(x, logits) - tf.reduce_sum(
-            bounds.kl_per_time_step(loc, log_var, 4), -1)
+        elbo = -bounds.bernoulli_distortion(x, logits) - tf.reduce_sum(bounds.kl_per_time_step(loc, log_var, 4), -1)
         self.assertAllClose(elbo, log_lik - kl, rtol=1e-5)
 
     def test_weighted_rate(self):
@@ -65,8 +65,9 @@ class BoundsTest(tf.test.TestCase):
         log_w = bounds.log_importance_weights(x, logits, z, loc, log_var)
         self.assertEqual(log_w.shape, (7, 3))
         self.assertAllClose(log_w, log_lik + log_prior - log_q, rtol=1e-4)
-        self.assertAllClose(bounds.iwae_bound(log_w), special.logsumexp(log_lik + log_prior - log_q, 0) - math.log(7),
-                            rtol=1e-4)
+        self.assertAllClose(
+            bounds.iwae_bound(log_w), special.logsumexp(log_lik + log_prior - log_q, 0) - math.log(7), rtol=1e-4
+        )
 
     def test_iwae_with_one_sample_is_the_log_weight_and_grows_with_jensen(self):
         log_w = tf.constant([[-3.0, -1.0], [-5.0, -2.0]])

@@ -2,40 +2,72 @@
 
 import os
 
-import gin
 import keras
-
-from crvae_tf import builders
-from crvae_tf import layers
-from crvae_tf import models
-from crvae_tf import train_lib
-
 import testing_utils
+
+from crvae_tf import builders, layers, models, train_lib
+import gin
 
 # Pinned parameter counts of the paper-size models (also in README.md).
 PINNED = {
     "mnist_vae": (layers.FCHead, {"encoder": 9614080, "latent_head": 0, "decoder": 6679745, "total": 16293825}),
     "mnist_cvae": (layers.ConvHead, {"encoder": 1518464, "latent_head": 0, "decoder": 2629569, "total": 4148033}),
-    "mnist_bcvae": (layers.BlockFCHead,
-                    {"encoder": 1109824, "latent_head": 1053696, "decoder": 2485441, "total": 4648961}),
-    "mnist_crvae_inference": (layers.ChannelRecurrentHead,
-                              {"encoder": 5157632, "latent_head": 4396160, "decoder": 2630593, "total": 12184385}),
-    "mnist_crvae_generation": (layers.ChannelRecurrentHead,
-                               {"encoder": 5157632, "latent_head": 4002944, "decoder": 2630593, "total": 11791169}),
-    "mnist_crvae": (layers.ChannelRecurrentHead,
-                    {"encoder": 5157632, "latent_head": 7741696, "decoder": 2630593, "total": 15529921}),
+    "mnist_bcvae": (
+        layers.BlockFCHead,
+        {"encoder": 1109824, "latent_head": 1053696, "decoder": 2485441, "total": 4648961},
+    ),
+    "mnist_crvae_inference": (
+        layers.ChannelRecurrentHead,
+        {"encoder": 5157632, "latent_head": 4396160, "decoder": 2630593, "total": 12184385},
+    ),
+    "mnist_crvae_generation": (
+        layers.ChannelRecurrentHead,
+        {"encoder": 5157632, "latent_head": 4002944, "decoder": 2630593, "total": 11791169},
+    ),
+    "mnist_crvae": (
+        layers.ChannelRecurrentHead,
+        {"encoder": 5157632, "latent_head": 7741696, "decoder": 2630593, "total": 15529921},
+    ),
 }
 
 
 # Adversarial recipes (paper presets: no Q head; the code presets' kappa = 0.02 adds a 1,202,560-parameter Q head).
-_CRVAE_GAN_64 = {"encoder": 2699936, "latent_head": 7742720, "decoder": 2549635, "discriminator_trunk": 1619328,
-                 "discriminator": 4708953, "q_head": 0, "total": 19320572}
-_CRVAE_GAN_128 = {"encoder": 2751232, "latent_head": 7742720, "decoder": 2553891, "discriminator_trunk": 1721792,
-                  "discriminator": 4708953, "q_head": 0, "total": 19478588}
-_VAE_GAN_64 = {"encoder": 10942048, "latent_head": 0, "decoder": 6598787, "discriminator_trunk": 553792,
-               "discriminator": 4708953, "q_head": 0, "total": 22803580}
-_VAE_GAN_128 = {"encoder": 10993344, "latent_head": 0, "decoder": 6603043, "discriminator_trunk": 579424,
-                "discriminator": 4708953, "q_head": 0, "total": 22884764}
+_CRVAE_GAN_64 = {
+    "encoder": 2699936,
+    "latent_head": 7742720,
+    "decoder": 2549635,
+    "discriminator_trunk": 1619328,
+    "discriminator": 4708953,
+    "q_head": 0,
+    "total": 19320572,
+}
+_CRVAE_GAN_128 = {
+    "encoder": 2751232,
+    "latent_head": 7742720,
+    "decoder": 2553891,
+    "discriminator_trunk": 1721792,
+    "discriminator": 4708953,
+    "q_head": 0,
+    "total": 19478588,
+}
+_VAE_GAN_64 = {
+    "encoder": 10942048,
+    "latent_head": 0,
+    "decoder": 6598787,
+    "discriminator_trunk": 553792,
+    "discriminator": 4708953,
+    "q_head": 0,
+    "total": 22803580,
+}
+_VAE_GAN_128 = {
+    "encoder": 10993344,
+    "latent_head": 0,
+    "decoder": 6603043,
+    "discriminator_trunk": 579424,
+    "discriminator": 4708953,
+    "q_head": 0,
+    "total": 22884764,
+}
 PINNED_ADVERSARIAL = {
     "celeba64": (64, layers.ChannelRecurrentHead, _CRVAE_GAN_64),
     "celeba64_vaegan": (64, layers.FCHead, _VAE_GAN_64),
@@ -52,7 +84,6 @@ def parse(recipe, bindings=()):
 
 
 class BuildersTest(testing_utils.GinTestCase):
-
     def test_recipes_build_the_pinned_models(self):
         for recipe, (head_cls, counts) in PINNED.items():
             with self.subTest(recipe=recipe):
@@ -77,22 +108,31 @@ class BuildersTest(testing_utils.GinTestCase):
         self.assertEqual(models.parameter_counts(model)["q_head"], 1202560)
 
     def test_adversarial_optimizers_follow_the_code(self):
-        parse("celeba64", testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("channel_recurrent")
-              + testing_utils.TINY_ADVERSARIAL_BINDINGS + ["model.mutual_information_weight = 0.02"])
+        parse(
+            "celeba64",
+            testing_utils.TINY_BINDINGS
+            + testing_utils.tiny_head_bindings("channel_recurrent")
+            + testing_utils.TINY_ADVERSARIAL_BINDINGS
+            + ["model.mutual_information_weight = 0.02"],
+        )
         model = builders.build_model(image_shape=(64, 64, 3), seed=0)
         optimizers, clips = builders.build_optimizers(model, steps_per_epoch=100)
         self.assertEqual(sorted(optimizers), sorted(builders.adversarial.GROUPS))
         self.assertEqual(clips, {"latent_head": 5.0})
         rates = {name: builders.current_learning_rate(opt) for name, opt in optimizers.items()}
         self.assertAllClose(rates["encoder"], 3e-3)
-        self.assertAllClose(rates["latent_head"], 3e-3 / 8)         # LR / T
+        self.assertAllClose(rates["latent_head"], 3e-3 / 8)  # LR / T
         self.assertAllClose(rates["discriminator_trunk"], 3e-3 / 2)  # LR / 2
-        self.assertAllClose(rates["discriminator"], 3e-3 / 50)      # adam_gan warm-up, first 10 steps
+        self.assertAllClose(rates["discriminator"], 3e-3 / 50)  # adam_gan warm-up, first 10 steps
 
     def test_adversarial_model_trains_in_mixed_bfloat16(self):
-        parse("celeba128", testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("channel_recurrent")
-              + testing_utils.TINY_ADVERSARIAL_BINDINGS + ["model.mutual_information_weight = 0.02",
-                                                           "model.precision = 'mixed_bfloat16'"])
+        parse(
+            "celeba128",
+            testing_utils.TINY_BINDINGS
+            + testing_utils.tiny_head_bindings("channel_recurrent")
+            + testing_utils.TINY_ADVERSARIAL_BINDINGS
+            + ["model.mutual_information_weight = 0.02", "model.precision = 'mixed_bfloat16'"],
+        )
         model = builders.build_model(image_shape=(128, 128, 3), seed=0)
         optimizers, clips = builders.build_optimizers(model, steps_per_epoch=10)
         model.compile(optimizers=optimizers, clip_values=clips)
@@ -138,12 +178,19 @@ class BuildersTest(testing_utils.GinTestCase):
         self.assertAlmostEqual(float(encoder_opt._learning_rate(50 * 390 - 1)), 3e-3, places=8)
 
     def test_precision_binding(self):
-        parse("mnist_crvae", ["encoder.base_channels = 4", "decoder.base_channels = 4",
-                              "latent_head.latent_channels = 8", "latent_head.hidden_units = 8",
-                              "model.precision = 'mixed_bfloat16'"])
+        parse(
+            "mnist_crvae",
+            [
+                "encoder.base_channels = 4",
+                "decoder.base_channels = 4",
+                "latent_head.latent_channels = 8",
+                "latent_head.hidden_units = 8",
+                "model.precision = 'mixed_bfloat16'",
+            ],
+        )
         model = builders.build_model(seed=0)
         self.assertEqual(model.latent_head.inference_lstm.compute_dtype, "bfloat16")
-        self.assertEqual(keras.config.dtype_policy().name, "float32")   # the global policy is restored
+        self.assertEqual(keras.config.dtype_policy().name, "float32")  # the global policy is restored
         parse("mnist_crvae", ["model.precision = 'float16'"])
         with self.assertRaisesRegex(ValueError, "model.precision"):
             builders.build_model(seed=0)

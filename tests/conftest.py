@@ -1,4 +1,5 @@
 """Test-session setup: quiet TensorFlow, import the package from this checkout."""
+
 import os
 import sys
 

@@ -4,14 +4,12 @@ import os
 
 import numpy as np
 import tensorflow as tf
+import testing_utils
 
 from crvae_tf import data
 
-import testing_utils
-
 
 class SpritesTest(tf.test.TestCase):
-
     def test_deterministic_ranged_and_factored(self):
         images, factors = data.generate_sprites(64, seed=3)
         again, _ = data.generate_sprites(64, seed=3)
@@ -50,18 +48,20 @@ class SpritesTest(tf.test.TestCase):
 
 
 class LocalFilesTest(tf.test.TestCase):
-
     def test_keras_mnist_validation_is_held_out_from_train(self):
-        path = testing_utils.write_fake_mnist(os.path.join(self.get_temp_dir(), "mnist.npz"), num_train=100,
-                                              num_test=20)
+        path = testing_utils.write_fake_mnist(
+            os.path.join(self.get_temp_dir(), "mnist.npz"), num_train=100, num_test=20
+        )
         raw = np.load(path)
         splits = data.load_image_splits("mnist", local_path=path, validation_size=30, seed=5)
         self.assertEqual((len(splits.train), len(splits.validation), len(splits.test)), (70, 30, 20))
         self.assertAllInRange(splits.train, 0.0, 1.0)
         # Train + validation is a permutation of the training file; the test split is the test file.
         pool = np.concatenate([splits.train, splits.validation])
-        self.assertAllClose(np.sort((pool[..., 0] * 255).round().reshape(100, -1), axis=0),
-                            np.sort(raw["x_train"].reshape(100, -1).astype(np.float32), axis=0))
+        self.assertAllClose(
+            np.sort((pool[..., 0] * 255).round().reshape(100, -1), axis=0),
+            np.sort(raw["x_train"].reshape(100, -1).astype(np.float32), axis=0),
+        )
         self.assertAllClose(splits.test[..., 0] * 255, raw["x_test"], atol=1e-3)
         train = {image.tobytes() for image in splits.train}
         validation = {image.tobytes() for image in splits.validation}
@@ -104,9 +104,9 @@ class LocalFilesTest(tf.test.TestCase):
 
 
 class TfdsTest(tf.test.TestCase):
-
     def test_tfds_mnist_through_mock_data(self):
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
         with tfds.testing.mock_data(num_examples=24):
             splits = data.load_image_splits("mnist", validation_size=4, download=False)
         self.assertEqual(splits.source.split(" ")[0], "tfds:mnist")
@@ -121,7 +121,6 @@ class TfdsTest(tf.test.TestCase):
 
 
 class PipelineTest(tf.test.TestCase):
-
     def test_binarize_is_an_unbiased_bernoulli_draw(self):
         p = np.linspace(0.0, 1.0, 11, dtype=np.float32)
         images = np.tile(p, (20000, 1))
@@ -147,14 +146,17 @@ class PipelineTest(tf.test.TestCase):
 
     def test_evaluation_covers_every_image_once_with_fixed_noise(self):
         images = np.tile(np.arange(11, dtype=np.float32)[:, None, None, None] / 10.0, (1, 2, 2, 1))
-        batches = [b.numpy() for b in data.make_dataset(images, batch_size=4, binarization="static", seed=0,
-                                                        training=False)]
+        batches = [
+            b.numpy() for b in data.make_dataset(images, batch_size=4, binarization="static", seed=0, training=False)
+        ]
         self.assertEqual([len(b) for b in batches], [4, 4, 3])
         self.assertAllEqual(np.concatenate(batches), images)
-        first = [b.numpy() for b in data.make_dataset(images, batch_size=4, binarization="dynamic", seed=0,
-                                                      training=False)]
-        second = [b.numpy() for b in data.make_dataset(images, batch_size=4, binarization="dynamic", seed=0,
-                                                       training=False)]
+        first = [
+            b.numpy() for b in data.make_dataset(images, batch_size=4, binarization="dynamic", seed=0, training=False)
+        ]
+        second = [
+            b.numpy() for b in data.make_dataset(images, batch_size=4, binarization="dynamic", seed=0, training=False)
+        ]
         for a, b in zip(first, second):
             self.assertAllEqual(a, b)
 

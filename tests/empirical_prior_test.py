@@ -10,24 +10,18 @@ import io
 import json
 import os
 
-from absl import app
-from absl import flags
-import gin
+from absl import app, flags
 import numpy as np
 from scipy import stats
 import tensorflow as tf
-
-from crvae_tf import builders
-from crvae_tf import data as data_lib
-from crvae_tf import empirical_prior
-from crvae_tf import explore
-from crvae_tf import layers
-from crvae_tf import train_lib
-
 import testing_utils
 
+from crvae_tf import builders, empirical_prior, explore, layers, train_lib
+from crvae_tf import data as data_lib
+import gin
+
 EmpiricalPrior = empirical_prior.EmpiricalPrior
-SHAPE = (3, 2, 3)           # C x H x W: 3 channels of 6 spatial positions
+SHAPE = (3, 2, 3)  # C x H x W: 3 channels of 6 spatial positions
 CHANNELS, PIXELS = SHAPE[0], SHAPE[1] * SHAPE[2]
 DIM = CHANNELS * PIXELS
 
@@ -51,28 +45,28 @@ def _sample_known(num, seed=1):
 
 def _tiny_model(kind):
     gin.clear_config()
-    gin.parse_config(["encoder.base_channels = 4", "decoder.base_channels = 4", f"latent_head.kind = '{kind}'"]
-                     + testing_utils.tiny_head_bindings(kind))
+    gin.parse_config(
+        ["encoder.base_channels = 4", "decoder.base_channels = 4", f"latent_head.kind = '{kind}'"]
+        + testing_utils.tiny_head_bindings(kind)
+    )
     return builders.build_model(seed=0)
 
 
 class EstimatorTest(testing_utils.GinTestCase):
-
     def test_matches_numpy_mean_and_unbiased_covariance(self):
         z = np.random.default_rng(0).normal(3.0, 1.5, (40, DIM))
         prior = EmpiricalPrior.from_latents(z, SHAPE)
         per_channel = z.reshape(40, CHANNELS, PIXELS)
         for k in range(CHANNELS):
             self.assertAllClose(prior.mean[k], np.mean(per_channel[:, k], axis=0), rtol=1e-12, atol=1e-12)
-            self.assertAllClose(prior.covariance[k], np.cov(per_channel[:, k], rowvar=False), rtol=1e-10,
-                                atol=1e-12)
+            self.assertAllClose(prior.covariance[k], np.cov(per_channel[:, k], rowvar=False), rtol=1e-10, atol=1e-12)
         self.assertEqual(prior.num_images, 40)
         self.assertEqual(prior.mean.dtype, np.float64)
 
     def test_recovers_a_known_correlated_mvn(self):
         means, covariances = _known_mvn()
         prior = EmpiricalPrior.from_latents(_sample_known(40000), SHAPE)
-        scale = np.sqrt(np.einsum("cii->ci", covariances))                      # per-dimension std
+        scale = np.sqrt(np.einsum("cii->ci", covariances))  # per-dimension std
         self.assertAllClose(prior.mean, means, atol=float(4 * scale.max() / np.sqrt(40000)))
         # Relative to sqrt(Sigma_ii Sigma_jj): the sampling error of a covariance is ~ 1/sqrt(N).
         normaliser = scale[:, :, None] * scale[:, None, :]
@@ -80,7 +74,7 @@ class EstimatorTest(testing_utils.GinTestCase):
         self.assertEqual(prior.get_config()["jitter_max"], 0.0)
 
     def test_streaming_over_batches_equals_one_shot(self):
-        z = _sample_known(257) + 1e4   # a large offset: the shifted sums must not lose precision
+        z = _sample_known(257) + 1e4  # a large offset: the shifted sums must not lose precision
         one_shot = EmpiricalPrior.from_latents(z, SHAPE)
         bounds = [0, 1, 8, 100, 101, 257]
         streamed = EmpiricalPrior.from_latents((z[a:b] for a, b in zip(bounds[:-1], bounds[1:])), SHAPE)
@@ -97,7 +91,7 @@ class EstimatorTest(testing_utils.GinTestCase):
         nhwc = rng.normal(size=(30, SHAPE[1], SHAPE[2], CHANNELS)) + np.arange(CHANNELS) * 10.0
         prior = EmpiricalPrior.from_latents(np.asarray(layers.nhwc_to_flat(nhwc)), SHAPE)
         for k in range(CHANNELS):
-            plane = nhwc[..., k].reshape(30, PIXELS)   # (h, w) row-major
+            plane = nhwc[..., k].reshape(30, PIXELS)  # (h, w) row-major
             self.assertAllClose(prior.mean[k], plane.mean(axis=0))
             self.assertAllClose(prior.covariance[k], np.cov(plane, rowvar=False))
 
@@ -111,8 +105,9 @@ class EstimatorTest(testing_utils.GinTestCase):
         normaliser = scale[:, :, None] * scale[:, None, :]
         for k in range(CHANNELS):
             self.assertAllClose(z[:, k].mean(axis=0), means[k], atol=float(4 * scale.max() / np.sqrt(1e5)))
-            self.assertAllClose(np.cov(z[:, k], rowvar=False) / normaliser[k], covariances[k] / normaliser[k],
-                                atol=0.02)
+            self.assertAllClose(
+                np.cov(z[:, k], rowvar=False) / normaliser[k], covariances[k] / normaliser[k], atol=0.02
+            )
 
     def test_same_seed_same_samples(self):
         prior = EmpiricalPrior.from_latents(_sample_known(100), SHAPE)
@@ -146,7 +141,7 @@ class EstimatorTest(testing_utils.GinTestCase):
         path = empirical_prior.prior_path(os.path.join(self.get_temp_dir(), "run"), 7)
         self.assertTrue(path.endswith(os.path.join("run", "empirical_prior", "step7.npz")))
         prior.save(path)
-        self.assertEqual(os.listdir(os.path.dirname(path)), ["step7.npz"])   # no temp file left behind
+        self.assertEqual(os.listdir(os.path.dirname(path)), ["step7.npz"])  # no temp file left behind
         loaded = EmpiricalPrior.load(path)
         for name in ("mean", "covariance", "cholesky", "jitter"):
             np.testing.assert_array_equal(getattr(loaded, name), getattr(prior, name))
@@ -166,8 +161,9 @@ class EstimatorTest(testing_utils.GinTestCase):
         self.assertEqual(config["jittered_channels"], CHANNELS)
         for k in range(CHANNELS):
             self.assertLessEqual(prior.jitter[k], 1e-6 * np.mean(np.diag(prior.covariance[k])))
-            self.assertAllClose(prior.cholesky[k] @ prior.cholesky[k].T,
-                                prior.covariance[k] + prior.jitter[k] * np.eye(PIXELS))
+            self.assertAllClose(
+                prior.cholesky[k] @ prior.cholesky[k].T, prior.covariance[k] + prior.jitter[k] * np.eye(PIXELS)
+            )
         self.assertTrue(np.all(np.isfinite(prior.log_prob(prior.sample(3, seed=0)))))
 
     def test_bad_inputs_give_clear_errors(self):
@@ -180,7 +176,6 @@ class EstimatorTest(testing_utils.GinTestCase):
 
 
 class ModelTest(testing_utils.GinTestCase):
-
     def test_fc_head_is_rejected(self):
         model = _tiny_model("fc")
         with self.assertRaisesRegex(ValueError, r"convolutional latent.*FCHead.*latent_head.kind='fc'"):
@@ -224,41 +219,62 @@ class ExploreBinaryTest(testing_utils.GinTestCase):
         tmp = self.get_temp_dir()
         mnist = testing_utils.write_fake_mnist(os.path.join(tmp, "mnist.npz"))
         model_dir = os.path.join(tmp, "cvae")
-        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "mnist_cvae.gin")],
-                            testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("conv") + [
-                                "train.max_steps = 2", f"dataset.local_path = '{mnist}'",
-                                "dataset.validation_size = 40"], finalize=False)
+        train_lib.parse_gin(
+            [os.path.join(testing_utils.GIN_DIR, "mnist_cvae.gin")],
+            testing_utils.TINY_BINDINGS
+            + testing_utils.tiny_head_bindings("conv")
+            + ["train.max_steps = 2", f"dataset.local_path = '{mnist}'", "dataset.validation_size = 40"],
+            finalize=False,
+        )
         train_lib.train(model_dir)
         gin.clear_config()
         try:
-            stdout = self._explore(f"--model_dir={model_dir}", "--mode=empirical_prior", "--num_samples=6",
-                                   "--max_images=50", "--seed=1")
+            stdout = self._explore(
+                f"--model_dir={model_dir}", "--mode=empirical_prior", "--num_samples=6", "--max_images=50", "--seed=1"
+            )
             summary = json.loads(stdout.strip().splitlines()[-1])
             prior_file = os.path.join(model_dir, "empirical_prior", "step2.npz")
-            pngs = [os.path.join(model_dir, "explore", f"{kind}-step2.png")
-                    for kind in ("empirical_prior", "standard_prior")]
-            self.assertEqual((summary["step"], summary["num_images"], summary["prior"], summary["reused_prior"]),
-                             (2, 50, prior_file, False))
+            pngs = [
+                os.path.join(model_dir, "explore", f"{kind}-step2.png")
+                for kind in ("empirical_prior", "standard_prior")
+            ]
+            self.assertEqual(
+                (summary["step"], summary["num_images"], summary["prior"], summary["reused_prior"]),
+                (2, 50, prior_file, False),
+            )
             self.assertEqual([summary["empirical_prior_png"], summary["standard_prior_png"]], pngs)
             self.assertEqual(summary["latent_shape"], [8, 4, 4])
             for png in pngs:
                 grid = tf.io.decode_png(open(png, "rb").read()).numpy()
-                self.assertEqual(grid.shape, (2 * 29 + 1, 3 * 29 + 1, 1))   # 6 samples: 3 columns x 2 rows
+                self.assertEqual(grid.shape, (2 * 29 + 1, 3 * 29 + 1, 1))  # 6 samples: 3 columns x 2 rows
             # Saved with the model: fitted on the TRAINING split, binarized as the evaluation pipeline, run seed.
             prior = EmpiricalPrior.load(prior_file)
             self.assertEqual((prior.step, prior.split, prior.num_images, prior.seed), (2, "train", 50, 1208))
             run = train_lib.load_run(model_dir)
-            oracle = EmpiricalPrior.fit(run.model, data_lib.make_dataset(
-                run.splits.train[:50], batch_size=explore.FIT_BATCH_SIZE, binarization=run.splits.binarization,
-                seed=run.seed, training=False), seed=run.seed)
+            oracle = EmpiricalPrior.fit(
+                run.model,
+                data_lib.make_dataset(
+                    run.splits.train[:50],
+                    batch_size=explore.FIT_BATCH_SIZE,
+                    binarization=run.splits.binarization,
+                    seed=run.seed,
+                    training=False,
+                ),
+                seed=run.seed,
+            )
             np.testing.assert_array_equal(prior.mean, oracle.mean)
             np.testing.assert_array_equal(prior.covariance, oracle.covariance)
 
             # Second call: the saved prior is reused (file untouched), the grids are identical.
             written = {path: open(path, "rb").read() for path in pngs + [prior_file]}
             os.utime(prior_file, (0, 0))
-            summary = json.loads(self._explore(f"--model_dir={model_dir}", "--num_samples=6", "--max_images=50",
-                                               "--seed=1", "--checkpoint=2").strip().splitlines()[-1])
+            summary = json.loads(
+                self._explore(
+                    f"--model_dir={model_dir}", "--num_samples=6", "--max_images=50", "--seed=1", "--checkpoint=2"
+                )
+                .strip()
+                .splitlines()[-1]
+            )
             self.assertTrue(summary["reused_prior"])
             self.assertEqual(os.stat(prior_file).st_mtime, 0)
             for path, payload in written.items():

@@ -11,21 +11,18 @@ import shutil
 import tempfile
 from unittest import mock
 
-from absl import app
-from absl import flags
-import gin
+from absl import app, flags
 import numpy as np
 import tensorflow as tf
-
-from crvae_tf import data as data_lib
-from crvae_tf import eval_lib
-from crvae_tf import evaluate as evaluate_binary
-from crvae_tf import train_lib
-
 import testing_utils
 
-K = 20            # importance samples: a multiple of 5, so IWAE_5 uses every sample
-BATCH = 8         # 21 test images: batches of 8, 8, 5
+from crvae_tf import data as data_lib
+from crvae_tf import eval_lib, train_lib
+from crvae_tf import evaluate as evaluate_binary
+import gin
+
+K = 20  # importance samples: a multiple of 5, so IWAE_5 uses every sample
+BATCH = 8  # 21 test images: batches of 8, 8, 5
 NUM_TEST = 21
 
 
@@ -36,7 +33,6 @@ def write_fake_binarized_mnist(path, flip_pixel=None):
 
 
 class EvalLibTest(testing_utils.GinTestCase):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -46,11 +42,19 @@ class EvalLibTest(testing_utils.GinTestCase):
         cls.test_bits = write_fake_binarized_mnist(cls.binarized)
         cls.run_dir = os.path.join(cls.tmp, "run")
         gin.clear_config()
-        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
-                            testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("channel_recurrent") + [
-                                f"dataset.local_path = '{mnist}'", "dataset.validation_size = 40",
-                                "train.max_steps = 4", "train.validation_every_steps = 2"], finalize=False)
-        train_lib.train(cls.run_dir)   # checkpoints at steps 2 and 4, validations (and 'best') at 2 and 4
+        train_lib.parse_gin(
+            [os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
+            testing_utils.TINY_BINDINGS
+            + testing_utils.tiny_head_bindings("channel_recurrent")
+            + [
+                f"dataset.local_path = '{mnist}'",
+                "dataset.validation_size = 40",
+                "train.max_steps = 4",
+                "train.validation_every_steps = 2",
+            ],
+            finalize=False,
+        )
+        train_lib.train(cls.run_dir)  # checkpoints at steps 2 and 4, validations (and 'best') at 2 and 4
         gin.clear_config()
 
     @classmethod
@@ -66,8 +70,11 @@ class EvalLibTest(testing_utils.GinTestCase):
 
     def evaluate(self, model_dir=None, data=None, extra_bindings=(), **kwargs):
         kwargs = {"num_importance_samples": K, "batch_size": BATCH, "chunk_size": 3, **kwargs}
-        return eval_lib.evaluate(model_dir or self.run_dir, gin_bindings=[
-            f"eval_dataset.local_path = '{data or self.binarized}'", *extra_bindings], **kwargs)
+        return eval_lib.evaluate(
+            model_dir or self.run_dir,
+            gin_bindings=[f"eval_dataset.local_path = '{data or self.binarized}'", *extra_bindings],
+            **kwargs,
+        )
 
     @staticmethod
     def per_image(result):
@@ -88,8 +95,10 @@ class EvalLibTest(testing_utils.GinTestCase):
         self.assertEqual(result["num_images_in_split"], NUM_TEST)
         self.assertIsNone(result["max_images"])
         self.assertEqual(result["data_sha256"], hashlib.sha256(self.test_bits.tobytes()).hexdigest())
-        self.assertEqual((result["split"], result["dataset"], result["binarization"], result["dataset_role"]),
-                         ("test", "binarized_mnist", "static", "eval_dataset"))
+        self.assertEqual(
+            (result["split"], result["dataset"], result["binarization"], result["dataset_role"]),
+            ("test", "binarized_mnist", "static", "eval_dataset"),
+        )
         self.assertIn(self.binarized, result["source"])
         self.assertEqual((result["step"], result["num_importance_samples"], result["seed"]), (4, K, 0))
         self.assertEqual(result["precision"], "float32")
@@ -140,32 +149,36 @@ class EvalLibTest(testing_utils.GinTestCase):
 
     def test_data_hash_and_cap_are_recorded(self):
         full = self.evaluate()
-        full_log_likelihood = self.per_image(full)["log_likelihood"]   # the next call rewrites the same file
+        full_log_likelihood = self.per_image(full)["log_likelihood"]  # the next call rewrites the same file
         changed = os.path.join(self.get_temp_dir(), "binarized_mnist.npz")
         write_fake_binarized_mnist(changed, flip_pixel=(3, 400))
         self.assertNotEqual(self.evaluate(data=changed)["data_sha256"], full["data_sha256"])
         capped = self.evaluate(max_images=10)
-        self.assertEqual((capped["num_images"], capped["max_images"], capped["num_images_in_split"]),
-                         (10, 10, NUM_TEST))
+        self.assertEqual(
+            (capped["num_images"], capped["max_images"], capped["num_images_in_split"]), (10, 10, NUM_TEST)
+        )
         # The cap takes images spread evenly over the split (the static test set is sorted by digit).
         subset = np.round(np.linspace(0, NUM_TEST - 1, 10)).astype(int)
         self.assertEqual(capped["data_sha256"], hashlib.sha256(self.test_bits[subset].tobytes()).hexdigest())
         self.assertTrue(capped["result_path"].endswith(f"test-step4-k{K}-n10.json"))
-        self.assertTrue(os.path.exists(full["result_path"]))   # a capped run never replaces a full one
-        self.assertAllClose(self.per_image(capped)["log_likelihood"], full_log_likelihood[subset],
-                            rtol=1e-6, atol=1e-3)
+        self.assertTrue(os.path.exists(full["result_path"]))  # a capped run never replaces a full one
+        self.assertAllClose(self.per_image(capped)["log_likelihood"], full_log_likelihood[subset], rtol=1e-6, atol=1e-3)
 
     def test_validation_split_is_the_runs_own(self):
         result = self.evaluate(split="validation", num_importance_samples=5)
-        self.assertEqual((result["dataset"], result["binarization"], result["dataset_role"], result["num_images"]),
-                         ("mnist", "dynamic", "run_dataset", 40))
+        self.assertEqual(
+            (result["dataset"], result["binarization"], result["dataset_role"], result["num_images"]),
+            ("mnist", "dynamic", "run_dataset", 40),
+        )
         self.assertTrue(result["result_path"].endswith("validation-step4-k5.json"))
         self.assertTrue(np.isfinite(result["nll"]))
 
     def test_without_eval_dataset_the_runs_own_test_split(self):
         result = self.evaluate(num_importance_samples=5, extra_bindings=["eval_dataset.name = None"])
-        self.assertEqual((result["dataset"], result["binarization"], result["dataset_role"], result["num_images"]),
-                         ("mnist", "dynamic", "run_dataset", 60))
+        self.assertEqual(
+            (result["dataset"], result["binarization"], result["dataset_role"], result["num_images"]),
+            ("mnist", "dynamic", "run_dataset", 60),
+        )
         # A recipe's eval_dataset never scores a model on images of another kind (e.g. the sprites quickstart).
         with self.assertRaisesRegex(ValueError, "eval_dataset.name=None"):
             self.evaluate(extra_bindings=["dataset.name = 'sprites'", "dataset.local_path = None"])
@@ -192,16 +205,17 @@ class EvalLibTest(testing_utils.GinTestCase):
         images = tf.constant(self.test_bits[:6], tf.float32)
         image_ids, sample_ids = tf.range(10, 16, dtype=tf.int64), tf.range(7, 11, dtype=tf.int64)
         loc, log_variance = run.model.encode(images)
-        weights = sampler._log_weights(images, loc, log_variance, image_ids, sample_ids).numpy()   # [4, 6]
+        weights = sampler._log_weights(images, loc, log_variance, image_ids, sample_ids).numpy()  # [4, 6]
         eps = sampler.noise(image_ids, sample_ids).numpy()
-        self.assertAllClose(eps[1, 2], tf.random.stateless_normal(
-            [run.model.latent_dim], seed=[3 * 2 ** 32 + 12, 8], alg="philox"))
+        self.assertAllClose(
+            eps[1, 2], tf.random.stateless_normal([run.model.latent_dim], seed=[3 * 2**32 + 12, 8], alg="philox")
+        )
         z = loc.numpy() + np.exp(0.5 * log_variance.numpy()) * eps
         logits = run.model.decode(z.reshape(-1, run.model.latent_dim)).numpy().reshape((4, 6, -1)).astype(np.float64)
         x = self.test_bits[:6].reshape(1, 6, -1)
         log_px_z = np.sum(x * logits - np.logaddexp(0.0, logits), axis=-1)
-        log_pz = -0.5 * np.sum(z ** 2 + math.log(2 * math.pi), axis=-1)
-        log_qz = -0.5 * np.sum(eps ** 2 + log_variance.numpy() + math.log(2 * math.pi), axis=-1)
+        log_pz = -0.5 * np.sum(z**2 + math.log(2 * math.pi), axis=-1)
+        log_qz = -0.5 * np.sum(eps**2 + log_variance.numpy() + math.log(2 * math.pi), axis=-1)
         self.assertAllClose(weights, log_px_z + log_pz - log_qz, rtol=1e-5, atol=1e-2)
         # One trace each for every batch and chunk size (the last, smaller batch and chunk included).
         batches = [images[:4], images[4:]]
@@ -231,20 +245,31 @@ class EvalLibTest(testing_utils.GinTestCase):
 
     def test_polling_evaluates_each_checkpoint_once(self):
         model_dir = self.fresh_run()
-        kwargs = dict(num_importance_samples=5, batch_size=BATCH, max_images=8,
-                      gin_bindings=[f"eval_dataset.local_path = '{self.binarized}'"])
+        kwargs = dict(
+            num_importance_samples=5,
+            batch_size=BATCH,
+            max_images=8,
+            gin_bindings=[f"eval_dataset.local_path = '{self.binarized}'"],
+        )
         printed = []
-        results = eval_lib.evaluate_new_checkpoints(model_dir, poll_seconds=0.01, timeout=0, on_result=printed.append,
-                                                    **kwargs)
+        results = eval_lib.evaluate_new_checkpoints(
+            model_dir, poll_seconds=0.01, timeout=0, on_result=printed.append, **kwargs
+        )
         self.assertEqual([r["step"] for r in results], [2, 4])
         self.assertEqual(printed, results)
         self.assertEqual(eval_lib.evaluate_new_checkpoints(model_dir, poll_seconds=0.01, timeout=0, **kwargs), [])
 
     def test_binary_prints_the_result_as_its_last_line(self):
         model_dir = self.fresh_run()
-        argv = ["evaluate", f"--model_dir={model_dir}", "--checkpoint=2", "--num_importance_samples=5",
-                "--max_images=9", f"--batch_size={BATCH}",
-                f"--gin_bindings=eval_dataset.local_path = '{self.binarized}'"]
+        argv = [
+            "evaluate",
+            f"--model_dir={model_dir}",
+            "--checkpoint=2",
+            "--num_importance_samples=5",
+            "--max_images=9",
+            f"--batch_size={BATCH}",
+            f"--gin_bindings=eval_dataset.local_path = '{self.binarized}'",
+        ]
         try:
             flags.FLAGS.unparse_flags()
             flags.FLAGS(argv)
@@ -254,12 +279,18 @@ class EvalLibTest(testing_utils.GinTestCase):
             result = json.loads(output.getvalue().strip().splitlines()[-1])
             for key in ("nll", "nll_stderr", "num_importance_samples", "split", "step", "data_sha256"):
                 self.assertIn(key, result)
-            self.assertEqual((result["step"], result["num_importance_samples"], result["split"],
-                              result["num_images"]), (2, 5, "test", 9))
+            self.assertEqual(
+                (result["step"], result["num_importance_samples"], result["split"], result["num_images"]),
+                (2, 5, "test", 9),
+            )
             with open(result["result_path"]) as f:
                 self.assertEqual(json.load(f), result)
-            for bad, message in (("--checkpoint=last", "--checkpoint"), ("--num_importance_samples=0", "--num_imp"),
-                                 ("--max_images=0", "--max_images"), ("--checkpoint=3", "no checkpoint for step 3")):
+            for bad, message in (
+                ("--checkpoint=last", "--checkpoint"),
+                ("--num_importance_samples=0", "--num_imp"),
+                ("--max_images=0", "--max_images"),
+                ("--checkpoint=3", "no checkpoint for step 3"),
+            ):
                 flags.FLAGS.unparse_flags()
                 flags.FLAGS(argv + [bad])
                 with self.assertRaisesRegex(app.UsageError, message):

@@ -18,44 +18,97 @@ import sys
 import tempfile
 from unittest import mock
 
-from absl import app
-from absl import flags
-import gin
+from absl import app, flags
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
-
-from crvae_tf import export as export_binary
-from crvae_tf import export_lib
-from crvae_tf import train_lib
-
 import testing_utils
 
-FAMILIES = {"vae": ("mnist_vae.gin", "fc"), "cvae": ("mnist_cvae.gin", "conv"),
-            "bcvae": ("mnist_bcvae.gin", "block_fc"), "crvae": ("mnist_crvae.gin", "channel_recurrent")}
-SIGNED = "crvae_gan"   # the adversarial family: a tiny crVAE-GAN on fake faces, pixels in [-1, 1] inside
+from crvae_tf import export as export_binary
+from crvae_tf import export_lib, train_lib
+import gin
+
+FAMILIES = {
+    "vae": ("mnist_vae.gin", "fc"),
+    "cvae": ("mnist_cvae.gin", "conv"),
+    "bcvae": ("mnist_bcvae.gin", "block_fc"),
+    "crvae": ("mnist_crvae.gin", "channel_recurrent"),
+}
+SIGNED = "crvae_gan"  # the adversarial family: a tiny crVAE-GAN on fake faces, pixels in [-1, 1] inside
 STEP = 1
 SAMPLE_NUM, SAMPLE_SEED = 5, 123
 CLIENT_PATH = os.path.join(testing_utils.REPO, "export", "client.py")
 
 # Every op the serving graphs of the four families may contain. A new op (a new layer, a TF upgrade) fails
 # `test_serving_graph_is_core_tf_without_cudnn_or_xla` until it is reviewed for TF Serving and added here.
-OP_ALLOWLIST = frozenset({
-    # arithmetic, activations, layers
-    "AddV2", "BiasAdd", "Conv2D", "Conv2DBackpropInput", "Einsum", "Exp", "LeakyRelu", "MatMul", "Mul", "Neg",
-    "RealDiv", "Relu", "Rsqrt", "Sigmoid", "Sub", "Tanh",
-    # shapes and layout
-    "ConcatV2", "GatherV2", "Pack", "Pad", "Prod", "Reshape", "Shape", "Split", "Squeeze", "StridedSlice",
-    "Transpose", "Cast", "Identity", "Const", "NoOp", "Select",
-    # input checks (Assert under If for float data), comparisons, reductions
-    "All", "Assert", "EnsureShape", "Equal", "GreaterEqual", "If", "LessEqual", "LogicalAnd", "Max", "Min",
-    # stateless sampling (seed scrambling of tf.random.stateless_normal)
-    "StatelessRandomNormalV2", "StatelessRandomUniformFullIntV2", "BitwiseOr", "LeftShift",
-    # variables, function calls, checkpoint save/restore
-    "AssignVariableOp", "DisableCopyOnRead", "MergeV2Checkpoints", "Placeholder", "ReadVariableOp", "RestoreV2",
-    "SaveV2", "ShardedFilename", "StatefulPartitionedCall", "StaticRegexFullMatch", "StringJoin", "VarHandleOp",
-})
+OP_ALLOWLIST = frozenset(
+    {
+        # arithmetic, activations, layers
+        "AddV2",
+        "BiasAdd",
+        "Conv2D",
+        "Conv2DBackpropInput",
+        "Einsum",
+        "Exp",
+        "LeakyRelu",
+        "MatMul",
+        "Mul",
+        "Neg",
+        "RealDiv",
+        "Relu",
+        "Rsqrt",
+        "Sigmoid",
+        "Sub",
+        "Tanh",
+        # shapes and layout
+        "ConcatV2",
+        "GatherV2",
+        "Pack",
+        "Pad",
+        "Prod",
+        "Reshape",
+        "Shape",
+        "Split",
+        "Squeeze",
+        "StridedSlice",
+        "Transpose",
+        "Cast",
+        "Identity",
+        "Const",
+        "NoOp",
+        "Select",
+        # input checks (Assert under If for float data), comparisons, reductions
+        "All",
+        "Assert",
+        "EnsureShape",
+        "Equal",
+        "GreaterEqual",
+        "If",
+        "LessEqual",
+        "LogicalAnd",
+        "Max",
+        "Min",
+        # stateless sampling (seed scrambling of tf.random.stateless_normal)
+        "StatelessRandomNormalV2",
+        "StatelessRandomUniformFullIntV2",
+        "BitwiseOr",
+        "LeftShift",
+        # variables, function calls, checkpoint save/restore
+        "AssignVariableOp",
+        "DisableCopyOnRead",
+        "MergeV2Checkpoints",
+        "Placeholder",
+        "ReadVariableOp",
+        "RestoreV2",
+        "SaveV2",
+        "ShardedFilename",
+        "StatefulPartitionedCall",
+        "StaticRegexFullMatch",
+        "StringJoin",
+        "VarHandleOp",
+    }
+)
 
 # Runs in a fresh interpreter that cannot import crvae_tf or keras: TF Serving's side of the contract.
 SERVING_SCRIPT = r"""
@@ -105,8 +158,14 @@ def run_serving_process(spec_path):
     env.update(CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
     with open(spec_path) as f:
         out = json.load(f)["out"]
-    child = subprocess.run([sys.executable, "-c", SERVING_SCRIPT, spec_path], cwd=os.path.dirname(spec_path),
-                           env=env, capture_output=True, text=True, timeout=600)
+    child = subprocess.run(
+        [sys.executable, "-c", SERVING_SCRIPT, spec_path],
+        cwd=os.path.dirname(spec_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if child.returncode:
         raise AssertionError(f"serving-side process failed (exit {child.returncode}):\n{child.stderr[-4000:]}")
     with np.load(out) as arrays:
@@ -132,8 +191,14 @@ def parse_saved_model_cli(text):
             tensor[1] = line.split(":", 1)[1].strip()
         elif line.startswith("Method name is:") and current is not None:
             current["method"] = line.split(":", 1)[1].strip()
-    return {name: {"method": s["method"], "inputs": {k: tuple(v) for k, v in s["inputs"].items()},
-                   "outputs": {k: tuple(v) for k, v in s["outputs"].items()}} for name, s in signatures.items()}
+    return {
+        name: {
+            "method": s["method"],
+            "inputs": {k: tuple(v) for k, v in s["inputs"].items()},
+            "outputs": {k: tuple(v) for k, v in s["outputs"].items()},
+        }
+        for name, s in signatures.items()
+    }
 
 
 def cli_form(dtype, shape):
@@ -157,8 +222,9 @@ class SessionSignatures:
         sig = self.meta_graph.signature_def[signature]
         names = sorted(inputs)
         outputs = sorted(sig.outputs)
-        options = config_pb2.CallableOptions(feed=[sig.inputs[n].name for n in names],
-                                             fetch=[sig.outputs[n].name for n in outputs])
+        options = config_pb2.CallableOptions(
+            feed=[sig.inputs[n].name for n in names], fetch=[sig.outputs[n].name for n in outputs]
+        )
         callable_ = self.session._make_callable_from_options(options)
         results = callable_(*[np.asarray(inputs[n]) for n in names])
         return dict(zip(outputs, results))
@@ -168,7 +234,6 @@ class SessionSignatures:
 
 
 class ExportTest(testing_utils.GinTestCase):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -178,25 +243,34 @@ class ExportTest(testing_utils.GinTestCase):
         for name, (recipe, kind) in FAMILIES.items():
             model_dir = os.path.join(cls.tmp, "runs", name)
             gin.clear_config()
-            train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, recipe)], cls.bindings(kind, max_steps=STEP),
-                                finalize=False)
+            train_lib.parse_gin(
+                [os.path.join(testing_utils.GIN_DIR, recipe)], cls.bindings(kind, max_steps=STEP), finalize=False
+            )
             train_lib.train(model_dir)
             gin.clear_config()
             cls.runs[name] = model_dir
             cls.exports[name] = export_lib.export_run(model_dir, os.path.join(cls.tmp, "exports", name))
-            cls.models[name] = train_lib.load_run(model_dir).model     # the in-memory reference
+            cls.models[name] = train_lib.load_run(model_dir).model  # the in-memory reference
             with open(os.path.join(model_dir, "operative_config.gin")) as f:
                 cls.operative[name] = f.read()
         gin.clear_config()
         # The adversarial family through the same export_run: a crVAE-GAN (with its Q head) on fake faces.
         faces = testing_utils.write_faces(os.path.join(cls.tmp, "faces"), 109, 89, range(1, 25))
         model_dir = os.path.join(cls.tmp, "runs", SIGNED)
-        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "celeba64.gin")], testing_utils.TINY_BINDINGS
-                            + testing_utils.tiny_head_bindings("channel_recurrent")
-                            + testing_utils.TINY_ADVERSARIAL_BINDINGS
-                            + [f"dataset.local_path = '{faces}'", f"dataset.cache_dir = '{cls.tmp}/cache'",
-                               "dataset.validation_size = 4", f"train.max_steps = {STEP}",
-                               "model.mutual_information_weight = 0.02"], finalize=False)
+        train_lib.parse_gin(
+            [os.path.join(testing_utils.GIN_DIR, "celeba64.gin")],
+            testing_utils.TINY_BINDINGS
+            + testing_utils.tiny_head_bindings("channel_recurrent")
+            + testing_utils.TINY_ADVERSARIAL_BINDINGS
+            + [
+                f"dataset.local_path = '{faces}'",
+                f"dataset.cache_dir = '{cls.tmp}/cache'",
+                "dataset.validation_size = 4",
+                f"train.max_steps = {STEP}",
+                "model.mutual_information_weight = 0.02",
+            ],
+            finalize=False,
+        )
         train_lib.train(model_dir)
         gin.clear_config()
         cls.exports[SIGNED] = export_lib.export_run(model_dir, os.path.join(cls.tmp, "exports", SIGNED))
@@ -214,9 +288,16 @@ class ExportTest(testing_utils.GinTestCase):
         for restart in range(2):
             spec_path = os.path.join(cls.tmp, f"serve-{restart}.json")
             with open(spec_path, "w") as f:
-                json.dump({"exports": {name: e.path for name, e in cls.exports.items()}, "inputs": inputs_path,
-                           "out": os.path.join(cls.tmp, f"served-{restart}.npz"), "num": SAMPLE_NUM,
-                           "seed": SAMPLE_SEED}, f)
+                json.dump(
+                    {
+                        "exports": {name: e.path for name, e in cls.exports.items()},
+                        "inputs": inputs_path,
+                        "out": os.path.join(cls.tmp, f"served-{restart}.npz"),
+                        "num": SAMPLE_NUM,
+                        "seed": SAMPLE_SEED,
+                    },
+                    f,
+                )
             cls.served.append(run_serving_process(spec_path))
 
     @classmethod
@@ -226,8 +307,11 @@ class ExportTest(testing_utils.GinTestCase):
 
     @classmethod
     def bindings(cls, kind, max_steps):
-        return testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings(kind) + [
-            f"dataset.local_path = '{cls.mnist}'", "dataset.validation_size = 40", f"train.max_steps = {max_steps}"]
+        return (
+            testing_utils.TINY_BINDINGS
+            + testing_utils.tiny_head_bindings(kind)
+            + [f"dataset.local_path = '{cls.mnist}'", "dataset.validation_size = 40", f"train.max_steps = {max_steps}"]
+        )
 
     def expected(self, name):
         """What the in-memory model computes on the fixed inputs (the values every serving path must match)."""
@@ -237,10 +321,14 @@ class ExportTest(testing_utils.GinTestCase):
         lo, hi = model.input_range
         loc, log_variance = model.encode(tf.constant(lo + (hi - lo) * images), training=False)
         sample_z = tf.random.stateless_normal([SAMPLE_NUM, model.latent_dim], seed=[SAMPLE_SEED, 0], alg="philox")
-        return {"serving_default/images": model.generate(tf.constant(z)).numpy(),
-                "sample/z": sample_z.numpy(), "sample/images": model.generate(sample_z).numpy(),
-                "encode/loc": loc.numpy(), "encode/scale": np.exp(0.5 * log_variance.numpy()),
-                "reconstruct/images": model.generate(loc).numpy()}
+        return {
+            "serving_default/images": model.generate(tf.constant(z)).numpy(),
+            "sample/z": sample_z.numpy(),
+            "sample/images": model.generate(sample_z).numpy(),
+            "encode/loc": loc.numpy(),
+            "encode/scale": np.exp(0.5 * log_variance.numpy()),
+            "reconstruct/images": model.generate(loc).numpy(),
+        }
 
     # ------------------------------------------------------------------------------------------ layout
 
@@ -252,8 +340,12 @@ class ExportTest(testing_utils.GinTestCase):
             with self.subTest(family=name):
                 self.assertEqual(os.listdir(export_dir), [str(STEP)])
                 self.assertEqual(export_lib.versions(export_dir), [STEP])
-                for file in ("saved_model.pb", "variables/variables.index", export_lib.METADATA_FILE,
-                             export_lib.OPERATIVE_CONFIG_FILE):
+                for file in (
+                    "saved_model.pb",
+                    "variables/variables.index",
+                    export_lib.METADATA_FILE,
+                    export_lib.OPERATIVE_CONFIG_FILE,
+                ):
                     self.assertTrue(os.path.isfile(os.path.join(export.path, file)), msg=file)
                 with open(os.path.join(export.path, export_lib.METADATA_FILE)) as f:
                     metadata = json.load(f)
@@ -271,8 +363,11 @@ class ExportTest(testing_utils.GinTestCase):
                 self.assertEqual(set(metadata["signatures"]), set(export_lib.SIGNATURES))
                 with open(os.path.join(export.path, export_lib.OPERATIVE_CONFIG_FILE)) as f:
                     self.assertEqual(f.read(), self.operative[name])
-                self.assertEqual(oct(os.stat(os.path.join(export.path, export_lib.METADATA_FILE)).st_mode & 0o444),
-                                 oct(0o444), msg="metadata must be readable by a serving container's user")
+                self.assertEqual(
+                    oct(os.stat(os.path.join(export.path, export_lib.METADATA_FILE)).st_mode & 0o444),
+                    oct(0o444),
+                    msg="metadata must be readable by a serving container's user",
+                )
         # Flat latent for the VAE; C x 4 x 4 (channel-major) for the conv-shaped latents (tiny: 8 channels).
         self.assertEqual(self.exports["vae"].metadata["latent_shape"], [16])
         for name in ("cvae", "bcvae", "crvae"):
@@ -289,8 +384,13 @@ class ExportTest(testing_utils.GinTestCase):
         for name in ("vae", "crvae"):
             export = self.exports[name]
             with self.subTest(family=name):
-                shown = subprocess.run(command + ["show", "--all", "--dir", export.path], capture_output=True,
-                                       text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
+                shown = subprocess.run(
+                    command + ["show", "--all", "--dir", export.path],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                ).stdout
                 parsed = parse_saved_model_cli(shown)
                 self.assertEqual(set(parsed) - {"__saved_model_init_op"}, set(export_lib.SIGNATURES))
                 model = self.models[name]
@@ -298,8 +398,11 @@ class ExportTest(testing_utils.GinTestCase):
                 for signature, spec in table.items():
                     self.assertEqual(parsed[signature]["method"], "tensorflow/serving/predict")
                     for side in ("inputs", "outputs"):
-                        self.assertEqual(parsed[signature][side],
-                                         {k: cli_form(*v) for k, v in spec[side].items()}, msg=f"{signature} {side}")
+                        self.assertEqual(
+                            parsed[signature][side],
+                            {k: cli_form(*v) for k, v in spec[side].items()},
+                            msg=f"{signature} {side}",
+                        )
                 d = model.latent_dim
                 self.assertEqual(parsed["serving_default"]["inputs"], {"z": ("DT_FLOAT", f"(-1, {d})")})
                 self.assertEqual(parsed["sample"]["inputs"], {"num": ("DT_INT32", "()"), "seed": ("DT_INT64", "()")})
@@ -310,14 +413,20 @@ class ExportTest(testing_utils.GinTestCase):
             table = export_lib.signature_table(self.models[name].latent_dim, self.models[name].image_shape)
             for signature, spec in table.items():
                 for side in ("inputs", "outputs"):
-                    got = {k: (tf.dtypes.as_dtype(v.dtype).name, [d.size for d in v.tensor_shape.dim])
-                           for k, v in getattr(proto[signature], side).items()}
-                    self.assertEqual(got, {k: (dtype, list(shape)) for k, (dtype, shape) in spec[side].items()},
-                                     msg=f"{name} {signature} {side}")
+                    got = {
+                        k: (tf.dtypes.as_dtype(v.dtype).name, [d.size for d in v.tensor_shape.dim])
+                        for k, v in getattr(proto[signature], side).items()
+                    }
+                    self.assertEqual(
+                        got,
+                        {k: (dtype, list(shape)) for k, (dtype, shape) in spec[side].items()},
+                        msg=f"{name} {signature} {side}",
+                    )
 
     @staticmethod
     def signature_defs(path):
         from tensorflow.core.protobuf import saved_model_pb2
+
         proto = saved_model_pb2.SavedModel()
         with open(os.path.join(path, "saved_model.pb"), "rb") as f:
             proto.ParseFromString(f.read())
@@ -336,16 +445,22 @@ class ExportTest(testing_utils.GinTestCase):
             with self.subTest(family=name):
                 self.assertEqual(list(served[f"{name}/signature_names"]), sorted(export_lib.SIGNATURES))
                 for batch in (1, 3):
-                    self.assertAllClose(served[f"{name}/serving_default/images/{batch}"],
-                                        expected["serving_default/images"][:batch], atol=1e-5, rtol=0)
+                    self.assertAllClose(
+                        served[f"{name}/serving_default/images/{batch}"],
+                        expected["serving_default/images"][:batch],
+                        atol=1e-5,
+                        rtol=0,
+                    )
                 self.assertAllEqual(served[f"{name}/sample/z/1"], expected["sample/z"])
                 self.assertAllClose(served[f"{name}/sample/images/1"], expected["sample/images"], atol=1e-5, rtol=0)
                 for key in ("encode/loc", "encode/scale", "reconstruct/images"):
                     self.assertAllClose(served[f"{name}/{key}"], expected[key], atol=1e-5, rtol=1e-5, msg=key)
                 self.assertEqual(int(served[f"{name}/training_step"]), STEP)
                 self.assertEqual(list(served[f"{name}/latent_shape"]), self.exports[name].metadata["latent_shape"])
-                self.assertEqual(json.loads(str(served[f"{name}/metadata_json"]))["operative_config"],
-                                 self.exports[name].metadata["operative_config"])
+                self.assertEqual(
+                    json.loads(str(served[f"{name}/metadata_json"]))["operative_config"],
+                    self.exports[name].metadata["operative_config"],
+                )
                 for key in ("serving_default/images/3", "sample/images/1", "reconstruct/images"):
                     self.assertTrue(0.0 <= served[f"{name}/{key}"].min() and served[f"{name}/{key}"].max() <= 1.0)
         # The [-1, 1] model: exported encode(x in [0, 1]) == VAEGAN.encode(2x - 1), so the mapping happened.
@@ -366,12 +481,13 @@ class ExportTest(testing_utils.GinTestCase):
                     self.assertEqual(first[f"{name}/sample/{key}/2"].tobytes(), reference)
                     self.assertEqual(second[f"{name}/sample/{key}/1"].tobytes(), reference)
                     self.assertEqual(second[f"{name}/sample/{key}/2"].tobytes(), reference)
-                self.assertEqual(first[f"{name}/sample/images/1"].shape,
-                                 (SAMPLE_NUM,) + tuple(self.models[name].image_shape))
+                self.assertEqual(
+                    first[f"{name}/sample/images/1"].shape, (SAMPLE_NUM,) + tuple(self.models[name].image_shape)
+                )
         loaded = tf.saved_model.load(self.exports["crvae"].path)
         a = loaded.signatures["sample"](num=tf.constant(2), seed=tf.constant(SAMPLE_SEED, tf.int64))["z"].numpy()
         b = loaded.signatures["sample"](num=tf.constant(2), seed=tf.constant(SAMPLE_SEED + 1, tf.int64))["z"].numpy()
-        self.assertAllEqual(a, first["crvae/sample/z/1"][:2])   # the first rows do not depend on num
+        self.assertAllEqual(a, first["crvae/sample/z/1"][:2])  # the first rows do not depend on num
         self.assertFalse(np.allclose(a, b))
 
     def test_tf_serving_style_session_restores_and_serves_every_signature(self):
@@ -412,13 +528,25 @@ class ExportTest(testing_utils.GinTestCase):
             ("encode", {"images": np.zeros([2, 28, 28, 3], np.float32)}, image_shape, True),
             ("reconstruct", {"images": np.zeros([2, 32, 32, 1], np.float32)}, image_shape, True),
             ("encode", {"images": np.full([2, 28, 28, 1], 255.0, np.float32)}, re.escape("in [0, 1]"), True),
-            ("sample", {"num": np.int32(0), "seed": np.int64(1)}, re.escape("num must be an int32 scalar in [1, "),
-             True),
+            (
+                "sample",
+                {"num": np.int32(0), "seed": np.int64(1)},
+                re.escape("num must be an int32 scalar in [1, "),
+                True,
+            ),
             ("sample", {"num": np.int32(export_lib.MAX_SAMPLE_NUM + 1), "seed": np.int64(1)}, "num must be", True),
-            ("sample", {"num": np.array([2], np.int32), "seed": np.int64(1)},
-             re.escape("[1] is not compatible with expected shape []"), False),
-            ("sample", {"num": np.int32(2), "seed": np.array([1, 2], np.int64)},
-             re.escape("[2] is not compatible with expected shape []"), False),
+            (
+                "sample",
+                {"num": np.array([2], np.int32), "seed": np.int64(1)},
+                re.escape("[1] is not compatible with expected shape []"),
+                False,
+            ),
+            (
+                "sample",
+                {"num": np.int32(2), "seed": np.array([1, 2], np.int64)},
+                re.escape("[2] is not compatible with expected shape []"),
+                False,
+            ),
         ]
         try:
             for signature, inputs, pattern, via_load in cases:
@@ -441,14 +569,20 @@ class ExportTest(testing_utils.GinTestCase):
         for name, export in self.exports.items():
             with self.subTest(family=name):
                 ops = export_lib.saved_model_ops(export.path)
-                self.assertIn("Conv2DBackpropInput", ops)   # the decoder, inside the function library
+                self.assertIn("Conv2DBackpropInput", ops)  # the decoder, inside the function library
                 self.assertEqual(sorted(op for op in ops if op.startswith("CudnnRNN")), [])
                 self.assertEqual(sorted(set(ops) - OP_ALLOWLIST), [], msg="new ops: review them for TF Serving")
                 self.assertEqual(export_lib.xla_compiled_functions(export.path), [])
                 self.assertEqual(dict(export_lib.check_serving_graph(export.path)), dict(ops))
         # The crVAE's LSTMs are plain matmuls: no RNN op of any kind.
-        self.assertEqual([op for op in export_lib.saved_model_ops(self.exports["crvae"].path)
-                          if "RNN" in op or "LSTM" in op or op == "While"], [])
+        self.assertEqual(
+            [
+                op
+                for op in export_lib.saved_model_ops(self.exports["crvae"].path)
+                if "RNN" in op or "LSTM" in op or op == "While"
+            ],
+            [],
+        )
 
     def test_graph_checks_reject_cudnn_custom_and_xla(self):
         """`check_serving_graph` refuses a cuDNN op, a non-core op and an XLA-compiled function, naming the fix."""
@@ -499,8 +633,9 @@ class ExportTest(testing_utils.GinTestCase):
         self.assertEqual(sorted(op for op in export.ops if op.startswith("Cudnn")), [])
         z = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
         loaded = tf.saved_model.load(export.path)
-        self.assertAllClose(loaded.signatures["serving_default"](z=tf.constant(z))["images"],
-                            model.generate(tf.constant(z)), atol=1e-6)
+        self.assertAllClose(
+            loaded.signatures["serving_default"](z=tf.constant(z))["images"], model.generate(tf.constant(z)), atol=1e-6
+        )
 
     # ------------------------------------------------------------------------------------------ atomicity
 
@@ -514,9 +649,9 @@ class ExportTest(testing_utils.GinTestCase):
         real_save = tf.saved_model.save
 
         def save_then_die(module, path, **kwargs):
-            real_save(module, path, **kwargs)              # saved_model.pb and variables/ are on disk...
+            real_save(module, path, **kwargs)  # saved_model.pb and variables/ are on disk...
             self.assertTrue(os.path.exists(os.path.join(path, "saved_model.pb")))
-            self.assertEqual(export_lib.versions(export_dir), [1])   # ...but not visible as a version
+            self.assertEqual(export_lib.versions(export_dir), [1])  # ...but not visible as a version
             raise RuntimeError("disk full")
 
         def die_midway(module, path, **kwargs):
@@ -526,11 +661,17 @@ class ExportTest(testing_utils.GinTestCase):
             raise KeyboardInterrupt
 
         for version, patch, error in (
-                (2, mock.patch.object(tf.saved_model, "save", side_effect=save_then_die), RuntimeError),
-                (3, mock.patch.object(tf.saved_model, "save", side_effect=die_midway), KeyboardInterrupt),
-                (4, mock.patch.object(export_lib, "check_serving_graph",
-                                      side_effect=export_lib.ServingGraphError("CudnnRNNV3")), ValueError),
-                (1, mock.patch.object(tf.saved_model, "save", side_effect=save_then_die), RuntimeError)):
+            (2, mock.patch.object(tf.saved_model, "save", side_effect=save_then_die), RuntimeError),
+            (3, mock.patch.object(tf.saved_model, "save", side_effect=die_midway), KeyboardInterrupt),
+            (
+                4,
+                mock.patch.object(
+                    export_lib, "check_serving_graph", side_effect=export_lib.ServingGraphError("CudnnRNNV3")
+                ),
+                ValueError,
+            ),
+            (1, mock.patch.object(tf.saved_model, "save", side_effect=save_then_die), RuntimeError),
+        ):
             with self.subTest(version=version, error=error.__name__):
                 with patch, self.assertRaises(error):
                     export_lib.export_model(model, export_dir, version, overwrite=True)
@@ -569,8 +710,12 @@ class ExportTest(testing_utils.GinTestCase):
         model_dir = os.path.join(self.get_temp_dir(), "run")
         shutil.copytree(self.runs["crvae"], model_dir)
         export_dir = os.path.join(self.get_temp_dir(), "served")
-        argv = ["export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
-                f"--gin_bindings=dataset.local_path = '{self.mnist}'"]
+        argv = [
+            "export",
+            f"--model_dir={model_dir}",
+            f"--export_dir={export_dir}",
+            f"--gin_bindings=dataset.local_path = '{self.mnist}'",
+        ]
         try:
             flags.FLAGS.unparse_flags()
             flags.FLAGS(argv + [f"--checkpoint={STEP}"])
@@ -584,9 +729,12 @@ class ExportTest(testing_utils.GinTestCase):
             self.assertEqual(export_lib.versions(export_dir), [STEP])
             with open(os.path.join(result["path"], export_lib.METADATA_FILE)) as f:
                 self.assertIn(f"dataset.local_path = '{self.mnist}'", json.load(f)["gin_bindings"])
-            for bad, message in (("--checkpoint=last", "--checkpoint"), ("--checkpoint=9", "no checkpoint for step 9"),
-                                 ("--checkpoint=latest", "already exists.*--overwrite"),
-                                 (f"--model_dir={model_dir}-missing", "is not a directory")):
+            for bad, message in (
+                ("--checkpoint=last", "--checkpoint"),
+                ("--checkpoint=9", "no checkpoint for step 9"),
+                ("--checkpoint=latest", "already exists.*--overwrite"),
+                (f"--model_dir={model_dir}-missing", "is not a directory"),
+            ):
                 with self.subTest(flag=bad):
                     flags.FLAGS.unparse_flags()
                     flags.FLAGS(argv + [bad])
@@ -604,8 +752,11 @@ class ExportTest(testing_utils.GinTestCase):
     def test_missing_data_names_the_binding_that_fixes_it(self):
         """A run whose dataset file moved fails fast (no download attempt) with the dataset.local_path hint."""
         with self.assertRaisesRegex(Exception, "dataset.local_path"):
-            export_lib.export_run(self.runs["vae"], os.path.join(self.get_temp_dir(), "e"),
-                                  gin_bindings=[f"dataset.local_path = '{self.mnist}.moved'"])
+            export_lib.export_run(
+                self.runs["vae"],
+                os.path.join(self.get_temp_dir(), "e"),
+                gin_bindings=[f"dataset.local_path = '{self.mnist}.moved'"],
+            )
         self.assertFalse(os.path.exists(os.path.join(self.get_temp_dir(), "e", str(STEP))))
 
     # ------------------------------------------------------------------------------------------ client
@@ -623,11 +774,15 @@ class ExportTest(testing_utils.GinTestCase):
         signature's inputs with its dtypes and compatible shapes, survives serialization, and fed to the export
         (as a server would) gives the in-memory results, parsed back by the client from a PredictResponse."""
         try:
-            from tensorflow_serving.apis import predict_pb2
-            from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: F401
+            from tensorflow_serving.apis import (
+                predict_pb2,
+                prediction_service_pb2_grpc,  # noqa: F401
+            )
         except ImportError as error:  # a clear failure, never a silent skip
-            self.fail(f"tensorflow-serving-api is required for this test ({error}): "
-                      "pip install 'tensorflow-serving-api==2.21.0' (or pip install -e '.[test]').")
+            self.fail(
+                f"tensorflow-serving-api is required for this test ({error}): "
+                "pip install 'tensorflow-serving-api==2.21.0' (or pip install -e '.[test]')."
+            )
         client = load_client()
         name = "crvae"
         model = self.models[name]
@@ -645,8 +800,10 @@ class ExportTest(testing_utils.GinTestCase):
             with self.subTest(signature=signature):
                 request = client.grpc_request("crvae", signature, inputs, version=STEP)
                 request = predict_pb2.PredictRequest.FromString(request.SerializeToString())
-                self.assertEqual((request.model_spec.name, request.model_spec.signature_name,
-                                  request.model_spec.version.value), ("crvae", signature, STEP))
+                self.assertEqual(
+                    (request.model_spec.name, request.model_spec.signature_name, request.model_spec.version.value),
+                    ("crvae", signature, STEP),
+                )
                 spec = signature_defs[signature]
                 self.assertEqual(set(request.inputs), set(spec.inputs))
                 feed = {}
@@ -662,8 +819,9 @@ class ExportTest(testing_utils.GinTestCase):
                 response.model_spec.CopyFrom(request.model_spec)
                 for key, value in loaded.signatures[signature](**feed).items():
                     response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
-                outputs = client.parse_grpc_response(predict_pb2.PredictResponse.FromString(
-                    response.SerializeToString()))
+                outputs = client.parse_grpc_response(
+                    predict_pb2.PredictResponse.FromString(response.SerializeToString())
+                )
                 self.assertEqual(set(outputs), set(spec.outputs))
                 if signature == "sample":
                     self.assertAllEqual(outputs["z"], expected["sample/z"])
@@ -693,12 +851,19 @@ class ExportTest(testing_utils.GinTestCase):
         loaded = tf.saved_model.load(self.exports[name].path)
         signature_defs = self.signature_defs(self.exports[name].path)
         for signature in export_lib.SIGNATURES:
-            inputs = client.make_inputs(signature, num=2, seed=3, latent_dim=self.models[name].latent_dim,
-                                        images=self.inputs[f"{name}/images"][:2])
+            inputs = client.make_inputs(
+                signature,
+                num=2,
+                seed=3,
+                latent_dim=self.models[name].latent_dim,
+                images=self.inputs[f"{name}/images"][:2],
+            )
             body = json.loads(json.dumps(client.rest_request_body(signature, inputs)))
             self.assertEqual(body["signature_name"], signature)
-            feed = {k: tf.constant(v, tf.dtypes.as_dtype(signature_defs[signature].inputs[k].dtype))
-                    for k, v in body["inputs"].items()}
+            feed = {
+                k: tf.constant(v, tf.dtypes.as_dtype(signature_defs[signature].inputs[k].dtype))
+                for k, v in body["inputs"].items()
+            }
             for key, value in feed.items():
                 np.testing.assert_array_equal(value.numpy(), inputs[key])
             result = {k: v.numpy().tolist() for k, v in loaded.signatures[signature](**feed).items()}
@@ -710,8 +875,19 @@ class ExportTest(testing_utils.GinTestCase):
                 self.assertAllClose(value, np.asarray(result[key], np.float32))
         with self.assertRaisesRegex(client.ServingError, "z must be"):
             client.parse_rest_response("serving_default", {"error": "assertion failed: [z must be [batch, 128]"})
-        metadata = {"metadata": {"signature_def": {"signature_def": {"serving_default": {"inputs": {"z": {
-            "dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": "128"}]}}}}}}}}
+        metadata = {
+            "metadata": {
+                "signature_def": {
+                    "signature_def": {
+                        "serving_default": {
+                            "inputs": {
+                                "z": {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": "128"}]}}
+                            }
+                        }
+                    }
+                }
+            }
+        }
         self.assertEqual(client.latent_dim_from_metadata_json(metadata), 128)
 
         class FakeResponse(io.BytesIO):
@@ -727,8 +903,9 @@ class ExportTest(testing_utils.GinTestCase):
             sent.append(request)
             return FakeResponse(json.dumps({"outputs": {"images": [[[[0.5]]]], "z": [[0.0]]}}).encode())
 
-        outputs = client.rest_predict("localhost:8501", "crvae", "sample", client.make_inputs("sample", 1, 7),
-                                      version=STEP, urlopen=fake_urlopen)
+        outputs = client.rest_predict(
+            "localhost:8501", "crvae", "sample", client.make_inputs("sample", 1, 7), version=STEP, urlopen=fake_urlopen
+        )
         self.assertEqual(sent[0].full_url, f"http://localhost:8501/v1/models/crvae/versions/{STEP}:predict")
         self.assertEqual(json.loads(sent[0].data), {"signature_name": "sample", "inputs": {"num": 1, "seed": 7}})
         self.assertEqual(outputs["images"].shape, (1, 1, 1, 1))
@@ -759,6 +936,7 @@ class ExportTest(testing_utils.GinTestCase):
         """export/models.config is a valid ModelServerConfig whose models point under /models."""
         from google.protobuf import text_format
         from tensorflow_serving.config import model_server_config_pb2
+
         with open(os.path.join(testing_utils.REPO, "export", "models.config")) as f:
             config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
         models = config.model_config_list.config
@@ -771,8 +949,15 @@ class ExportTest(testing_utils.GinTestCase):
         """`python -m crvae_tf.bench --serving`'s measurement: p50/p99 of the exported serving_default and of Keras
         predict per batch size, on one recipe's weights (tiny here; the figures are in the final report)."""
         from crvae_tf import bench
-        rows = bench.bench_serving("vae", [1, 4], iterations=3, warmup=1, gin_dir=testing_utils.GIN_DIR,
-                                   bindings=testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("fc"))
+
+        rows = bench.bench_serving(
+            "vae",
+            [1, 4],
+            iterations=3,
+            warmup=1,
+            gin_dir=testing_utils.GIN_DIR,
+            bindings=testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("fc"),
+        )
         self.assertEqual([row["batch_size"] for row in rows], [1, 4])
         for row in rows:
             for key in ("exported_p50_ms", "exported_p99_ms", "keras_p50_ms", "keras_p99_ms"):
@@ -790,8 +975,16 @@ class ExportTest(testing_utils.GinTestCase):
             self.assertIn(f"`{signature}`", readme)
             for name in list(spec["inputs"]) + list(spec["outputs"]):
                 self.assertIn(f"`{name}`", readme)
-        for text in ("docker run", "tensorflow/serving", ":predict", "PredictRequest", "models.config",
-                     export_lib.METADATA_FILE, "CudnnRNN", "--overwrite"):
+        for text in (
+            "docker run",
+            "tensorflow/serving",
+            ":predict",
+            "PredictRequest",
+            "models.config",
+            export_lib.METADATA_FILE,
+            "CudnnRNN",
+            "--overwrite",
+        ):
             self.assertIn(text, readme)
 
 

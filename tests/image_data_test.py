@@ -7,15 +7,13 @@ import json
 import os
 from unittest import mock
 
-import gin
 import numpy as np
 import tensorflow as tf
-
-from crvae_tf import builders
-from crvae_tf import data
-from crvae_tf import image_data
-
 import testing_utils
+
+from crvae_tf import builders, data, image_data
+import gin
+
 
 def _tags(images):
     """The identity tag (blue channel, exact for PNG sources) of each uint8 [N, R, R, 3] image."""
@@ -28,7 +26,6 @@ def _manifest(splits):
 
 
 class CelebaFolderTest(tf.test.TestCase):
-
     def setUp(self):
         super().setUp()
         self.cache = os.path.join(self.get_temp_dir(), "cache")
@@ -53,7 +50,9 @@ class CelebaFolderTest(tf.test.TestCase):
         self.assertEqual(image_data.celeba_crop_window(109, 89, image_data.CELEBA_FACE_CROP), (20, 8, 74, 74))
         for height, width, resolution in ((109, 89, 64), (218, 178, 128), (109, 89, 128)):
             with self.subTest(size=(height, width), resolution=resolution):
-                folder = testing_utils.write_faces(os.path.join(self.get_temp_dir(), f"faces{height}"), height, width, range(1, 7))
+                folder = testing_utils.write_faces(
+                    os.path.join(self.get_temp_dir(), f"faces{height}"), height, width, range(1, 7)
+                )
                 splits = self.load(folder, resolution=resolution, validation_size=1)
                 self.assertEqual(splits.train.dtype, np.uint8)
                 self.assertIsInstance(splits.train, np.memmap)
@@ -72,7 +71,7 @@ class CelebaFolderTest(tf.test.TestCase):
 
     def test_partition_file_assigns_the_splits(self):
         root = os.path.join(self.get_temp_dir(), "celeba")
-        folder = testing_utils.write_faces(os.path.join(root, "img_align_celeba"), 109, 89, range(1, 11), fmt="png")
+        testing_utils.write_faces(os.path.join(root, "img_align_celeba"), 109, 89, range(1, 11), fmt="png")
         partition = {1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 6: 1, 7: 2, 8: 2, 9: 2, 11: 0}  # 10 unlisted, 11 not on disk.
         os.makedirs(os.path.join(root, "Eval"))
         with open(os.path.join(root, "Eval", "list_eval_partition.txt"), "w") as f:
@@ -95,7 +94,9 @@ class CelebaFolderTest(tf.test.TestCase):
         self.assertIn("official CelebA id ranges", splits.source)
 
     def test_partial_copy_falls_back_to_a_disjoint_seeded_holdout(self):
-        folder = testing_utils.write_faces(os.path.join(self.get_temp_dir(), "partial"), 109, 89, range(1, 21), fmt="png")
+        folder = testing_utils.write_faces(
+            os.path.join(self.get_temp_dir(), "partial"), 109, 89, range(1, 21), fmt="png"
+        )
         splits = self.load(folder, validation_size=3, seed=4)
         self.assertEqual((len(splits.train), len(splits.validation), len(splits.test)), (14, 3, 3))
         tags = [set(_tags(splits.split(s))) for s in data.SPLIT_NAMES]
@@ -121,7 +122,9 @@ class CelebaFolderTest(tf.test.TestCase):
             second = self.load(folder, validation_size=1)
         self.assertEqual(second.manifest_path, first.manifest_path)
         self.assertAllEqual(second.train, first.train)
-        testing_utils.write_image(os.path.join(folder, "000003.png"), testing_utils.fake_face(109, 89, 77), "png")  # Changed content.
+        testing_utils.write_image(
+            os.path.join(folder, "000003.png"), testing_utils.fake_face(109, 89, 77), "png"
+        )  # Changed content.
         decode = mock.Mock(side_effect=image_data.decode_image_file)
         with mock.patch.object(image_data, "decode_image_file", decode):
             third = self.load(folder, validation_size=1)
@@ -130,14 +133,13 @@ class CelebaFolderTest(tf.test.TestCase):
         self.assertIn(77, _tags(np.concatenate([third.train, third.validation, third.test])))
         # Files are complete .npy arrays, no temporaries are left behind.
         cache_folder = os.path.dirname(third.manifest_path)
-        self.assertEqual(sorted(os.listdir(cache_folder)), ["manifest.json", "test.npy", "train.npy",
-                                                            "validation.npy"])
+        self.assertEqual(sorted(os.listdir(cache_folder)), ["manifest.json", "test.npy", "train.npy", "validation.npy"])
 
     def write_corrupt(self, folder):
         good = testing_utils.write_faces(folder, 109, 89, range(1, 21), fmt="png")
         payload = tf.io.encode_jpeg(testing_utils.fake_face(109, 89, 21)).numpy()
         with open(os.path.join(good, "000021.jpg"), "wb") as f:
-            f.write(payload[:len(payload) // 3])  # Truncated JPEG.
+            f.write(payload[: len(payload) // 3])  # Truncated JPEG.
         with open(os.path.join(good, "000022.jpg"), "wb") as f:
             f.write(b"<!DOCTYPE html><html><body>Google Drive - Virus scan warning</body></html>")
         open(os.path.join(good, "000023.jpg"), "wb").close()  # Zero bytes.
@@ -163,8 +165,12 @@ class CelebaFolderTest(tf.test.TestCase):
         folder = self.write_corrupt(os.path.join(self.get_temp_dir(), "corrupt"))
         with self.assertRaisesRegex(data.DataUnavailableError, r"4 of the 24 .*rejected.json.*max_corrupt_fraction"):
             self.load(folder, validation_size=2)
-        reports = [os.path.join(root, name) for root, _, names in os.walk(self.cache) for name in names
-                   if name == "rejected.json"]
+        reports = [
+            os.path.join(root, name)
+            for root, _, names in os.walk(self.cache)
+            for name in names
+            if name == "rejected.json"
+        ]
         self.assertLen(reports, 1)
         with open(reports[0]) as f:
             self.assertLen(json.load(f), 4)
@@ -182,17 +188,18 @@ class CelebaFolderTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "dataset.resolution only apply to the RGB datasets"):
             data.load_image_splits("mnist", resolution=64)
         # tfds celeb_a that is not prepared: never downloaded, the error lists the three ways to provide it.
-        with self.assertRaisesRegex(data.DataUnavailableError,
-                                    r"dataset.local_path.*dataset.manual_dir.*img_align_celeba.zip.*dataset.data_dir"):
+        with self.assertRaisesRegex(
+            data.DataUnavailableError, r"dataset.local_path.*dataset.manual_dir.*img_align_celeba.zip.*dataset.data_dir"
+        ):
             data.load_image_splits("celeba", resolution=64, data_dir=self.get_temp_dir(), download=True)
         with self.assertRaisesRegex(data.DataUnavailableError, r"dataset.manual_dir=.* lacks .*identity_CelebA.txt"):
             data.load_image_splits("celeba", resolution=64, data_dir=self.get_temp_dir(), manual_dir=empty)
 
 
 class CelebaTfdsTest(tf.test.TestCase):
-
     def test_mock_celeb_a_is_face_cropped(self):
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
         cache = os.path.join(self.get_temp_dir(), "cache")
         with tfds.testing.mock_data(num_examples=5):
             splits = data.load_image_splits("celeba", resolution=64, download=False, cache_dir=cache)
@@ -204,7 +211,6 @@ class CelebaTfdsTest(tf.test.TestCase):
 
 
 class BirdsTest(tf.test.TestCase):
-
     def setUp(self):
         super().setUp()
         self.cache = os.path.join(self.get_temp_dir(), "cache")
@@ -217,24 +223,26 @@ class BirdsTest(tf.test.TestCase):
 
     def test_cub_folder_crops_square_rois(self):
         boxes = {
-            "001.A/a.jpg": (60, 80, (10, 20, 30, 30), True),     # Square box: the ROI is the box.
-            "001.A/b.jpg": (100, 120, (20, 40, 60, 20), True),   # Wide box: the square adds rows above / below.
-            "002.B/c.jpg": (50, 70, (55, 2, 12, 12), False),     # At the right edge: shifted inside.
-            "002.B/d.jpg": (30, 50, (5, 10, 40, 12), True),      # Wider than the image is tall: edge rows.
+            "001.A/a.jpg": (60, 80, (10, 20, 30, 30), True),  # Square box: the ROI is the box.
+            "001.A/b.jpg": (100, 120, (20, 40, 60, 20), True),  # Wide box: the square adds rows above / below.
+            "002.B/c.jpg": (50, 70, (55, 2, 12, 12), False),  # At the right edge: shifted inside.
+            "002.B/d.jpg": (30, 50, (5, 10, 40, 12), True),  # Wider than the image is tall: edge rows.
         }
-        entries = [(rel, testing_utils.fake_bird(h, w, box, 10 * i), box, train) for i, (rel, (h, w, box, train))
-                   in enumerate(boxes.items(), 1)]
+        entries = [
+            (rel, testing_utils.fake_bird(h, w, box, 10 * i), box, train)
+            for i, (rel, (h, w, box, train)) in enumerate(boxes.items(), 1)
+        ]
         entries.append(("003.C/missing.jpg", None, (0, 0, 5, 5), True))
         root = testing_utils.write_cub_style(os.path.join(self.get_temp_dir(), "CUB_200_2011"), entries)
         splits = self.load(cub_path=os.path.dirname(root))  # The parent of CUB_200_2011/ works too.
         everything = np.concatenate([splits.train, splits.validation, splits.test]).astype(np.float32)
         by_tag = {int(round(image[..., 2].mean())): image for image in everything}
         self.assertEqual(sorted(by_tag), [10, 20, 30, 40])
-        self.assertGreater(by_tag[10][1:-1, 1:-1, 1].min(), 200)             # All box.
-        green_rows = by_tag[20][:, 32, 1] > 128                               # 20 of 60 rows are box.
+        self.assertGreater(by_tag[10][1:-1, 1:-1, 1].min(), 200)  # All box.
+        green_rows = by_tag[20][:, 32, 1] > 128  # 20 of 60 rows are box.
         self.assertNear(green_rows.mean(), 20 / 60, 0.04)
-        self.assertNear(np.nonzero(green_rows)[0].mean(), 31.5, 1.0)          # ... centred.
-        self.assertGreater(by_tag[30][1:-1, 1:-1, 1].min(), 200)              # Shifted, still all box.
+        self.assertNear(np.nonzero(green_rows)[0].mean(), 31.5, 1.0)  # ... centred.
+        self.assertGreater(by_tag[30][1:-1, 1:-1, 1].min(), 200)  # Shifted, still all box.
         # 40 x 40 square in a 30-row image: rows -4..-1 and 30..35 repeat rows 0 and 29 (the green ramp).
         self.assertAllEqual(by_tag[40][0], by_tag[40][5])
         self.assertAllEqual(by_tag[40][-1], by_tag[40][-9])
@@ -251,10 +259,15 @@ class BirdsTest(tf.test.TestCase):
 
     def test_composite_of_cub_birdsnap_and_nabirds_counts_each_source(self):
         box = (4, 6, 20, 16)
-        cub = testing_utils.write_cub_style(os.path.join(self.get_temp_dir(), "cub", "CUB_200_2011"), [
-            (f"001.A/{i}.jpg", testing_utils.fake_bird(40, 36, box, 10 + i), box, i < 3) for i in range(4)])
-        nabirds = testing_utils.write_cub_style(os.path.join(self.get_temp_dir(), "nabirds"), [
-            (f"0817/{i}.jpg", testing_utils.fake_bird(30, 50, box, 60 + i), box, i != 0) for i in range(5)], ids_are_uuids=True)
+        cub = testing_utils.write_cub_style(
+            os.path.join(self.get_temp_dir(), "cub", "CUB_200_2011"),
+            [(f"001.A/{i}.jpg", testing_utils.fake_bird(40, 36, box, 10 + i), box, i < 3) for i in range(4)],
+        )
+        nabirds = testing_utils.write_cub_style(
+            os.path.join(self.get_temp_dir(), "nabirds"),
+            [(f"0817/{i}.jpg", testing_utils.fake_bird(30, 50, box, 60 + i), box, i != 0) for i in range(5)],
+            ids_are_uuids=True,
+        )
         birdsnap = os.path.join(self.get_temp_dir(), "birdsnap")
         os.makedirs(os.path.join(birdsnap, "download", "images", "Blue_Jay"))
         header = ["url", "md5", "path", "species_id", "bb_x1", "bb_y1", "bb_x2", "bb_y2", "back_x", "back_y"]
@@ -263,7 +276,11 @@ class BirdsTest(tf.test.TestCase):
             relative = f"Blue_Jay/{i}.jpg"
             rows.append([f"http://x/{i}.jpg", "0" * 32, relative, "1", "4", "6", "24", "22", "5", "5"])
             if i != 5:  # The last one could not be fetched.
-                testing_utils.write_image(os.path.join(birdsnap, "download", "images", relative), testing_utils.fake_bird(32, 32, box, 120 + i), "png")
+                testing_utils.write_image(
+                    os.path.join(birdsnap, "download", "images", relative),
+                    testing_utils.fake_bird(32, 32, box, 120 + i),
+                    "png",
+                )
         with open(os.path.join(birdsnap, "images.txt"), "w") as f:
             f.write("\n".join("\t".join(row) for row in [header] + rows) + "\n")
         with open(os.path.join(birdsnap, "test_images.txt"), "w") as f:
@@ -273,8 +290,9 @@ class BirdsTest(tf.test.TestCase):
         manifest = _manifest(splits)
         used = {s["name"]: s["used"] for s in manifest["sources"]}
         self.assertEqual({name: u["test"] for name, u in used.items()}, {"cub": 1, "birdsnap": 1, "nabirds": 1})
-        self.assertEqual({name: u["train"] + u["validation"] for name, u in used.items()},
-                         {"cub": 3, "birdsnap": 4, "nabirds": 4})
+        self.assertEqual(
+            {name: u["train"] + u["validation"] for name, u in used.items()}, {"cub": 3, "birdsnap": 4, "nabirds": 4}
+        )
         self.assertEqual([s["missing"] for s in manifest["sources"]], [0, 1, 0])
         self.assertEqual((len(splits.train), len(splits.validation), len(splits.test)), (9, 2, 3))
         self.assertEqual((manifest["total"], manifest["paper_total"]), (14, 106474))
@@ -289,6 +307,7 @@ class BirdsTest(tf.test.TestCase):
 
     def test_tfds_caltech_birds2011_through_mock_data(self):
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
         box = (10, 5, 20, 20)  # x, y, w, h in a 40 x 50 (height x width) image.
         normalized = np.array([5 / 40, 10 / 50, 25 / 40, 30 / 50], np.float32)
 
@@ -307,19 +326,23 @@ class BirdsTest(tf.test.TestCase):
             self.assertGreater(image[1:-1, 1:-1, 1].min(), 200)
 
     def test_missing_sources_name_the_bindings(self):
-        with self.assertRaisesRegex(data.DataUnavailableError,
-                                    r"dataset.cub_path.*dataset.birdsnap_path.*dataset.nabirds_path"):
+        with self.assertRaisesRegex(
+            data.DataUnavailableError, r"dataset.cub_path.*dataset.birdsnap_path.*dataset.nabirds_path"
+        ):
             self.load()
         empty = os.path.join(self.get_temp_dir(), "empty")
         os.makedirs(empty)
-        with self.assertRaisesRegex(data.DataUnavailableError,
-                                    r"dataset.cub_path=.*images.txt, bounding_boxes.txt, train_test_split.txt"):
+        with self.assertRaisesRegex(
+            data.DataUnavailableError, r"dataset.cub_path=.*images.txt, bounding_boxes.txt, train_test_split.txt"
+        ):
             self.load(cub_path=empty)
         with self.assertRaisesRegex(data.DataUnavailableError, r"dataset.nabirds_path=.*nabirds/images.txt"):
             self.load(nabirds_path=empty)
         with self.assertRaisesRegex(data.DataUnavailableError, r"dataset.birdsnap_path=.*birdsnap/images.txt"):
             self.load(birdsnap_path=empty)
-        absent = testing_utils.write_cub_style(os.path.join(self.get_temp_dir(), "absent"), [("a/1.jpg", None, (0, 0, 4, 4), True)])
+        absent = testing_utils.write_cub_style(
+            os.path.join(self.get_temp_dir(), "absent"), [("a/1.jpg", None, (0, 0, 4, 4), True)]
+        )
         with self.assertRaisesRegex(data.DataUnavailableError, r"dataset.cub_path: none of the 1 images"):
             self.load(cub_path=absent)
         with self.assertRaisesRegex(ValueError, "unset dataset.local_path"):
@@ -376,21 +399,27 @@ class PipelineTest(tf.test.TestCase):
         self.assertEqual([len(b) for b in batches], [4, 4, 4, 4, 4, 1])
         self.assertAllEqual(np.concatenate(batches), self.raw.astype(np.float32) / 255.0)
         floats = self.raw[:5].astype(np.float32) / 255.0
-        passed = [b.numpy() for b in data.make_dataset(floats, batch_size=5, binarization="none", seed=0,
-                                                       training=False)]
+        passed = [
+            b.numpy() for b in data.make_dataset(floats, batch_size=5, binarization="none", seed=0, training=False)
+        ]
         self.assertAllEqual(passed[0], floats)
         with self.assertRaisesRegex(ValueError, "binarization='none' takes uint8"):
             data.make_dataset(self.raw.astype(np.int32), batch_size=2, binarization="none", seed=0, training=True)
 
 
 class GinSurfaceTest(testing_utils.GinTestCase):
-
     def test_build_dataset_bindings_reach_the_celeba_loader(self):
         folder = testing_utils.write_faces(os.path.join(self.get_temp_dir(), "faces"), 109, 89, range(1, 7), fmt="png")
-        gin.parse_config([
-            "dataset.name = 'celeba'", f"dataset.local_path = '{folder}'", "dataset.resolution = 64",
-            f"dataset.cache_dir = '{self.get_temp_dir()}/cache'", "dataset.validation_size = 1",
-            "dataset.flip = False"])
+        gin.parse_config(
+            [
+                "dataset.name = 'celeba'",
+                f"dataset.local_path = '{folder}'",
+                "dataset.resolution = 64",
+                f"dataset.cache_dir = '{self.get_temp_dir()}/cache'",
+                "dataset.validation_size = 1",
+                "dataset.flip = False",
+            ]
+        )
         splits = builders.build_dataset(seed=2)
         self.assertEqual((splits.name, splits.image_shape, splits.flip), ("celeba", (64, 64, 3), False))
         self.assertEqual((len(splits.train), len(splits.validation), len(splits.test)), (4, 1, 1))

@@ -8,8 +8,18 @@ import testing_utils
 
 PACKAGE = os.path.join(testing_utils.REPO, "crvae_tf")
 # Modules that must be importable in a notebook or a serving job without gin or absl flags.
-GIN_FREE = ("layers", "networks", "models", "adversarial", "bounds", "distributions", "data", "image_data", "artifacts",
-            "empirical_prior")
+GIN_FREE = (
+    "layers",
+    "networks",
+    "models",
+    "adversarial",
+    "bounds",
+    "distributions",
+    "data",
+    "image_data",
+    "artifacts",
+    "empirical_prior",
+)
 # Binaries: the only modules that may define absl flags.
 BINARIES = ("train", "bench", "evaluate", "export", "explore")
 
@@ -28,13 +38,14 @@ def imported_modules(module):
 
 
 class ImportRulesTest(unittest.TestCase):
-
     def test_model_code_is_gin_free(self):
         for module in GIN_FREE:
             with self.subTest(module=module):
                 imports = imported_modules(module)
-                self.assertFalse({name for name in imports if name == "gin" or name.startswith("gin.")},
-                                 msg=f"crvae_tf/{module}.py imports gin")
+                self.assertFalse(
+                    {name for name in imports if name == "gin" or name.startswith("gin.")},
+                    msg=f"crvae_tf/{module}.py imports gin",
+                )
 
     def test_only_binaries_define_flags(self):
         for filename in sorted(os.listdir(PACKAGE)):

@@ -2,11 +2,10 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 from scipy import special
+import tensorflow as tf
 
-from crvae_tf import layers
-from crvae_tf import networks
+from crvae_tf import layers, networks
 
 
 def numpy_lstm(x, kernels, recurrent_kernels, biases):
@@ -28,14 +27,13 @@ def numpy_lstm(x, kernels, recurrent_kernels, biases):
 
 
 class LayersTest(tf.test.TestCase):
-
     def test_channel_blocks_are_contiguous_channel_groups_in_chw_order(self):
         x = np.arange(2 * 3 * 3 * 8, dtype=np.float32).reshape(2, 3, 3, 8)  # NHWC
         blocks = layers.to_channel_blocks(x, 4).numpy()
         nchw = x.transpose(0, 3, 1, 2)
         self.assertEqual(blocks.shape, (2, 4, 2 * 9))
         for t in range(4):
-            self.assertAllEqual(blocks[:, t], nchw[:, 2 * t:2 * t + 2].reshape(2, -1))
+            self.assertAllEqual(blocks[:, t], nchw[:, 2 * t : 2 * t + 2].reshape(2, -1))
         flat = layers.nhwc_to_flat(x)
         self.assertAllEqual(layers.flat_to_nhwc(flat, 8, 3, 3), x)
         self.assertAllEqual(tf.reshape(flat, (2, 4, 18)), blocks)  # step t == slice t of the flat code
@@ -46,8 +44,12 @@ class LayersTest(tf.test.TestCase):
         layer = layers.StackedLSTM(6, num_layers=2)
         x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
         out = layer(x).numpy()
-        oracle = numpy_lstm(x.astype(np.float64), [k.numpy() for k in layer.kernels],
-                            [u.numpy() for u in layer.recurrent_kernels], [b.numpy() for b in layer.biases])
+        oracle = numpy_lstm(
+            x.astype(np.float64),
+            [k.numpy() for k in layer.kernels],
+            [u.numpy() for u in layer.recurrent_kernels],
+            [b.numpy() for b in layer.biases],
+        )
         self.assertEqual(out.shape, (3, 5, 6))
         self.assertAllClose(out, oracle, atol=1e-5)
 
@@ -79,15 +81,25 @@ class LayersTest(tf.test.TestCase):
 
     def test_heads_shapes_and_round_trip(self):
         feature_shape = (4, 4, 32)
-        cases = [layers.FCHead(feature_shape, latent_dim=16),
-                 layers.ConvHead(feature_shape, latent_channels=8, num_time_steps=4),
-                 layers.BlockFCHead(feature_shape, latent_channels=8, num_time_steps=4),
-                 layers.ChannelRecurrentHead(feature_shape, latent_channels=8, num_time_steps=4, hidden_units=8,
-                                             loc_path="dense"),
-                 layers.ChannelRecurrentHead(feature_shape, latent_channels=8, num_time_steps=4, hidden_units=8,
-                                             recurrent_generation=False, inference_batchnorm=True),
-                 layers.ChannelRecurrentHead(feature_shape, latent_channels=8, num_time_steps=4, hidden_units=8,
-                                             recurrent_inference=False)]
+        cases = [
+            layers.FCHead(feature_shape, latent_dim=16),
+            layers.ConvHead(feature_shape, latent_channels=8, num_time_steps=4),
+            layers.BlockFCHead(feature_shape, latent_channels=8, num_time_steps=4),
+            layers.ChannelRecurrentHead(
+                feature_shape, latent_channels=8, num_time_steps=4, hidden_units=8, loc_path="dense"
+            ),
+            layers.ChannelRecurrentHead(
+                feature_shape,
+                latent_channels=8,
+                num_time_steps=4,
+                hidden_units=8,
+                recurrent_generation=False,
+                inference_batchnorm=True,
+            ),
+            layers.ChannelRecurrentHead(
+                feature_shape, latent_channels=8, num_time_steps=4, hidden_units=8, recurrent_inference=False
+            ),
+        ]
         features = np.random.default_rng(0).normal(size=(3,) + feature_shape).astype(np.float32)
         for head in cases:
             loc, log_var = head.infer(features)
@@ -105,8 +117,9 @@ class LayersTest(tf.test.TestCase):
             self.assertCountEqual(grouped, [id(v) for v in head.trainable_variables])
 
     def test_recurrence_switches_pick_the_modules(self):
-        head = layers.ChannelRecurrentHead((4, 4, 32), latent_channels=8, num_time_steps=4, hidden_units=8,
-                                           recurrent_generation=False)
+        head = layers.ChannelRecurrentHead(
+            (4, 4, 32), latent_channels=8, num_time_steps=4, hidden_units=8, recurrent_generation=False
+        )
         self.assertTrue(hasattr(head, "inference_lstm"))
         self.assertFalse(hasattr(head, "generation_lstm"))
         self.assertIsInstance(head.generation_blocks, layers.BlockDense)
@@ -124,8 +137,11 @@ class LayersTest(tf.test.TestCase):
         flat = x.reshape(-1, 3).astype(np.float64)
         self.assertAllClose(fused.moving_mean, 0.1 * flat.mean(0), rtol=1e-5)
         self.assertAllClose(fused.moving_variance, 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
-        inference = ((x - fused.moving_mean.numpy()) / np.sqrt(fused.moving_variance.numpy() + 1e-5)
-                     * [0.5, 1.0, 2.0] + [0.1, -0.2, 0.3])
+        inference = (x - fused.moving_mean.numpy()) / np.sqrt(fused.moving_variance.numpy() + 1e-5) * [
+            0.5,
+            1.0,
+            2.0,
+        ] + [0.1, -0.2, 0.3]
         self.assertAllClose(fused(x, training=False), inference, atol=1e-5)
         # Gradients flow to the input, gamma and beta.
         with tf.GradientTape() as tape:

@@ -9,8 +9,8 @@ import functools
 import math
 
 import numpy as np
-import tensorflow as tf
 from scipy import special, stats
+import tensorflow as tf
 
 from crvae_tf import bounds
 
@@ -22,9 +22,9 @@ def _linear_gaussian(seed=0):
     rng = np.random.default_rng(seed)
     w, b = rng.normal(size=(OBS, LATENT)), rng.normal(size=OBS)
     x = rng.normal(size=(BATCH, LATENT)) @ w.T + b + SIGMA * rng.normal(size=(BATCH, OBS))
-    log_px = stats.multivariate_normal(b, w @ w.T + SIGMA ** 2 * np.eye(OBS)).logpdf(x)
-    post_cov = np.linalg.inv(np.eye(LATENT) + w.T @ w / SIGMA ** 2)
-    post_mean = (x - b) @ w @ post_cov / SIGMA ** 2
+    log_px = stats.multivariate_normal(b, w @ w.T + SIGMA**2 * np.eye(OBS)).logpdf(x)
+    post_cov = np.linalg.inv(np.eye(LATENT) + w.T @ w / SIGMA**2)
+    post_mean = (x - b) @ w @ post_cov / SIGMA**2
     return w, b, x, log_px, post_mean, post_cov
 
 
@@ -42,7 +42,7 @@ def _log_weights_fn(w, b, x, q_mean, q_chol, seed):
     return fn
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _imperfect_proposal_estimates(repeats=1000):
     """log p(x) `[batch]` and {k: (IWAE_k, ELBO_k)} `[repeats, batch]`, k in KS, from independent draws of
     q(z|x) = N(posterior mean + posterior std, 1.5 * diag(posterior covariance)), a strictly worse proposal."""
@@ -52,14 +52,14 @@ def _imperfect_proposal_estimates(repeats=1000):
     chol = np.diag(np.sqrt(1.5 * np.diag(post_cov)))
     estimates = {}
     for k in KS:
-        est = bounds.importance_sampled_log_likelihood(_log_weights_fn(w, b, x_rep, mean_rep, chol, seed=k), k,
-                                                       chunk_size=256)
+        est = bounds.importance_sampled_log_likelihood(
+            _log_weights_fn(w, b, x_rep, mean_rep, chol, seed=k), k, chunk_size=256
+        )
         estimates[k] = (est.log_likelihood.numpy().reshape(repeats, BATCH), est.elbo.numpy().reshape(repeats, BATCH))
     return log_px, estimates
 
 
 class LikelihoodTest(tf.test.TestCase):
-
     def test_elbo_below_iwae_below_log_likelihood(self):
         log_px, estimates = _imperfect_proposal_estimates()
         for k in KS:
@@ -88,10 +88,10 @@ class LikelihoodTest(tf.test.TestCase):
             with self.subTest(chunk_size=chunk_size):
                 sizes = []
 
-                def fn(n):
+                def fn(n, sizes=sizes):
                     start = sum(sizes)
                     sizes.append(n)
-                    return tf.constant(log_w[start:start + n])
+                    return tf.constant(log_w[start : start + n])
 
                 est = bounds.importance_sampled_log_likelihood(fn, num_samples, chunk_size)
                 full, rest = divmod(num_samples, chunk_size)
@@ -113,11 +113,11 @@ class LikelihoodTest(tf.test.TestCase):
         rng = np.random.default_rng(3)
         low, high = -1e4 + rng.normal(size=(60, 1)), 1e3 + rng.normal(size=(60, 1))
         # Columns: all low, all high, the max jumping up mid-stream, and down mid-stream.
-        log_w = np.concatenate([low, high, np.concatenate([low[:30], high[30:]]),
-                                np.concatenate([high[:30], low[30:]])], axis=1)
-        est = bounds.streaming_log_mean_exp(log_w[i:i + 7] for i in range(0, 60, 7))
-        self.assertAllClose(est.log_likelihood, special.logsumexp(log_w, axis=0) - math.log(60), rtol=1e-14,
-                            atol=0)
+        log_w = np.concatenate(
+            [low, high, np.concatenate([low[:30], high[30:]]), np.concatenate([high[:30], low[30:]])], axis=1
+        )
+        est = bounds.streaming_log_mean_exp(log_w[i : i + 7] for i in range(0, 60, 7))
+        self.assertAllClose(est.log_likelihood, special.logsumexp(log_w, axis=0) - math.log(60), rtol=1e-14, atol=0)
         self.assertAllClose(est.elbo, log_w.mean(0), rtol=1e-14, atol=0)
         self.assertAllClose(est.log_likelihood[0], np.log(np.exp(log_w[:, 0] + 1e4).mean()) - 1e4, rtol=1e-14)
 
@@ -139,8 +139,11 @@ class LikelihoodTest(tf.test.TestCase):
 
     def test_arguments_are_validated(self):
         fn = lambda n: tf.zeros([n, 2])  # noqa: E731
-        for kwargs in ({"num_samples": 0, "chunk_size": 4}, {"num_samples": 10, "chunk_size": 0},
-                       {"num_samples": -3, "chunk_size": 4}):
+        for kwargs in (
+            {"num_samples": 0, "chunk_size": 4},
+            {"num_samples": 10, "chunk_size": 0},
+            {"num_samples": -3, "chunk_size": 4},
+        ):
             with self.subTest(**kwargs), self.assertRaisesRegex(ValueError, "must be >= 1"):
                 bounds.importance_sampled_log_likelihood(fn, **kwargs)
         with self.assertRaisesRegex(ValueError, r"expected \[4, batch\]"):

@@ -5,30 +5,34 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-
-from crvae_tf import layers
-from crvae_tf import models
-from crvae_tf import networks
-
 import testing_utils
+
+from crvae_tf import layers, models, networks
 
 
 def tiny_model(kind="channel_recurrent", seed=0, kl_weight=1.0, kl_step_weights=None, num_importance_samples=1):
     keras.utils.set_random_seed(seed)
-    head_args = {"fc": dict(latent_dim=16), "conv": dict(latent_channels=8, num_time_steps=4),
-                 "block_fc": dict(latent_channels=8, num_time_steps=4),
-                 "channel_recurrent": dict(latent_channels=8, num_time_steps=4, hidden_units=16,
-                                           loc_path="dense")}[kind]
-    model = models.VAE(networks.mnist_encoder(base_channels=4), layers.HEADS[kind]((4, 4, 32), **head_args),
-                       networks.mnist_decoder(base_channels=4), kl_weight=kl_weight,
-                       kl_step_weights=kl_step_weights, seed=seed, num_importance_samples=num_importance_samples)
+    head_args = {
+        "fc": dict(latent_dim=16),
+        "conv": dict(latent_channels=8, num_time_steps=4),
+        "block_fc": dict(latent_channels=8, num_time_steps=4),
+        "channel_recurrent": dict(latent_channels=8, num_time_steps=4, hidden_units=16, loc_path="dense"),
+    }[kind]
+    model = models.VAE(
+        networks.mnist_encoder(base_channels=4),
+        layers.HEADS[kind]((4, 4, 32), **head_args),
+        networks.mnist_decoder(base_channels=4),
+        kl_weight=kl_weight,
+        kl_step_weights=kl_step_weights,
+        seed=seed,
+        num_importance_samples=num_importance_samples,
+    )
     model.build()
     return model
 
 
 def adam_groups(model, lr=3e-3, **overrides):
-    return {name: overrides.get(name, keras.optimizers.Adam(lr))
-            for name, v in model.variable_groups().items() if v}
+    return {name: overrides.get(name, keras.optimizers.Adam(lr)) for name, v in model.variable_groups().items() if v}
 
 
 def fixed_batch(n=8, seed=0):
@@ -40,7 +44,6 @@ def fixed_batch(n=8, seed=0):
 
 
 class ModelTest(testing_utils.GinTestCase):
-
     def test_terms_are_consistent(self):
         model = tiny_model(kl_weight=0.5, kl_step_weights=[1.0, 2.0, 0.0, 1.0])
         terms = model.compute_terms(fixed_batch(), training=False)
@@ -75,8 +78,10 @@ class ModelTest(testing_utils.GinTestCase):
 
     def test_gradient_clamp_is_applied_per_group(self):
         model = tiny_model()
-        model.compile(optimizers={name: keras.optimizers.SGD(1.0) for name in adam_groups(model)},
-                      clip_values={"latent_head": 1e-3})
+        model.compile(
+            optimizers={name: keras.optimizers.SGD(1.0) for name in adam_groups(model)},
+            clip_values={"latent_head": 1e-3},
+        )
         head_vars = model.variable_groups()["latent_head"]
         before = [v.numpy().copy() for v in head_vars]
         model.train_step(fixed_batch())
@@ -105,7 +110,7 @@ class ModelTest(testing_utils.GinTestCase):
     def test_loss_is_deterministic_falls_and_overfits_eight_images(self):
         model, losses = self._train(seed=3, steps=150)
         _, again = self._train(seed=3, steps=3)
-        self.assertAllClose(losses[:3], again, rtol=1e-5)   # same seed, same losses
+        self.assertAllClose(losses[:3], again, rtol=1e-5)  # same seed, same losses
         self.assertLess(np.mean(losses[-10:]), 0.5 * np.mean(losses[:3]))
         # Overfit: the 8 training images are reconstructed almost exactly from their posterior means.
         recon = tf.sigmoid(model(fixed_batch(), training=False))
@@ -149,7 +154,7 @@ class ModelTest(testing_utils.GinTestCase):
         log_w = model.log_importance_weights(images, 6, training=True).numpy().astype(np.float64)
         oracle = -(np.log(np.mean(np.exp(log_w - log_w.max(0)), 0)) + log_w.max(0))
         self.assertAllClose(terms["loss"], oracle, rtol=1e-4)
-        self.assertAllLessEqual(terms["loss"] - (-log_w.mean(0)), 1e-3)   # IWAE >= ELBO, per image
+        self.assertAllLessEqual(terms["loss"] - (-log_w.mean(0)), 1e-3)  # IWAE >= ELBO, per image
         # test_step reports IWAE_5 on top of the ELBO terms; train_step does not.
         model.compile(optimizers=adam_groups(model))
         logs = model.test_step(images)

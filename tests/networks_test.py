@@ -7,12 +7,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from crvae_tf import layers
-from crvae_tf import networks
+from crvae_tf import layers, networks
 
 # Tiny widths: every builder in a few milliseconds.
-TINY_ENCODER = dict(base_channels=4)                       # 4x4x32 features
-TINY_TRUNK = dict(widths=(4, 8, 8, 8))                       # 4x4x8 features
+TINY_ENCODER = dict(base_channels=4)  # 4x4x32 features
+TINY_TRUNK = dict(widths=(4, 8, 8, 8))  # 4x4x8 features
 TINY_HEAD = dict(units=16, num_kernels=6, kernel_dim=3)
 TINY_LATENT = (4, 4, 8)
 
@@ -29,15 +28,15 @@ def trainable_count(model):
 #   total 2551392.
 PINNED = {
     "rgb_encoder_64": 2551392,
-    "rgb_encoder_128": 2602688,      # + conv0 (4832 + 64) and conv1 on 64 instead of 6 channels (+46400)
-    "rgb_decoder_64": 2400387,       # 1049344 + 590592 + 524672 + 131264 + 65728 + 37056 + 1731
-    "rgb_decoder_128": 2404643,      # + deconv5 (32800 + 64), conv2 64->32 ch, output conv on 32 ch
-    "trunk_crvaegan_64": 1619328,    # 4864 + 204928 + 819456 + 590080
-    "trunk_crvaegan_128": 1721792,   # + stage0 3->64 (4864), stage1 on 64 channels (102464)
-    "trunk_vaegan_64": 553792,       # 2432 + 51264 + 204928 + 295168
+    "rgb_encoder_128": 2602688,  # + conv0 (4832 + 64) and conv1 on 64 instead of 6 channels (+46400)
+    "rgb_decoder_64": 2400387,  # 1049344 + 590592 + 524672 + 131264 + 65728 + 37056 + 1731
+    "rgb_decoder_128": 2404643,  # + deconv5 (32800 + 64), conv2 64->32 ch, output conv on 32 ch
+    "trunk_crvaegan_64": 1619328,  # 4864 + 204928 + 819456 + 590080
+    "trunk_crvaegan_128": 1721792,  # + stage0 3->64 (4864), stage1 on 64 channels (102464)
+    "trunk_vaegan_64": 553792,  # 2432 + 51264 + 204928 + 295168
     "trunk_vaegan_128": 579424,
-    "discriminator_head": 4708953,   # 4096*1024+1024 + (1024*500+500) + 1124+1
-    "q_head": 1202560,               # 147520 + 128 + 4160 + 128 + 1049600 + 1024
+    "discriminator_head": 4708953,  # 4096*1024+1024 + (1024*500+500) + 1124+1
+    "q_head": 1202560,  # 147520 + 128 + 4160 + 128 + 1049600 + 1024
 }
 
 # Full adversarial models (trainable): generator = encoder + latent head + decoder.
@@ -71,7 +70,6 @@ def round_trip(model):
 
 
 class RGBNetworksTest(tf.test.TestCase):
-
     def test_encoder_and_decoder_shapes_and_output_range(self):
         rng = np.random.default_rng(0)
         for resolution in (64, 128):
@@ -102,8 +100,7 @@ class RGBNetworksTest(tf.test.TestCase):
             self.assertEqual(out.shape, (2, resolution, resolution, 3))
             self.assertAllInRange(out, -1.0, 1.0)
             self.assertGreater(np.abs(out).max(), 0.9)
-        self.assertEqual(networks.rgb_decoder(64, base_channels=4, feature_channels=12).input_shape,
-                         (None, 4, 4, 12))
+        self.assertEqual(networks.rgb_decoder(64, base_channels=4, feature_channels=12).input_shape, (None, 4, 4, 12))
 
     def test_discriminator_shapes(self):
         rng = np.random.default_rng(1)
@@ -143,10 +140,10 @@ class RGBNetworksTest(tf.test.TestCase):
         head = networks.discriminator_head((4, 4, 8), **TINY_HEAD)
         features = np.random.default_rng(2).normal(size=(5, 4, 4, 8)).astype(np.float32)
         dense, minibatch, logits = head.get_layer("dense"), head.get_layer("minibatch"), head.get_layer("logits")
-        x = features.transpose(0, 3, 1, 2).reshape(5, -1)            # Torch nn.View order (C, H, W)
+        x = features.transpose(0, 3, 1, 2).reshape(5, -1)  # Torch nn.View order (C, H, W)
         x = x @ dense.kernel.numpy() + dense.bias.numpy()
-        x = x / np.sqrt((x ** 2).sum(1, keepdims=True) + 1e-10)
-        x = np.maximum(0.5 * x, 0.0)                                   # Torch v1 dropout at inference: x (1 - p)
+        x = x / np.sqrt((x**2).sum(1, keepdims=True) + 1e-10)
+        x = np.maximum(0.5 * x, 0.0)  # Torch v1 dropout at inference: x (1 - p)
         x = numpy_minibatch_discrimination(x, minibatch.kernel.numpy(), minibatch.bias.numpy(), 6, 3)
         expected = x @ logits.kernel.numpy() + logits.bias.numpy()
         self.assertAllClose(head(features, training=False), expected, atol=1e-5)
@@ -164,8 +161,10 @@ class RGBNetworksTest(tf.test.TestCase):
 
     def test_pinned_parameter_counts(self):
         built = {
-            "rgb_encoder_64": networks.rgb_encoder(64), "rgb_encoder_128": networks.rgb_encoder(128),
-            "rgb_decoder_64": networks.rgb_decoder(64), "rgb_decoder_128": networks.rgb_decoder(128),
+            "rgb_encoder_64": networks.rgb_encoder(64),
+            "rgb_encoder_128": networks.rgb_encoder(128),
+            "rgb_decoder_64": networks.rgb_decoder(64),
+            "rgb_decoder_128": networks.rgb_decoder(128),
             "trunk_crvaegan_64": networks.discriminator_trunk(64),
             "trunk_crvaegan_128": networks.discriminator_trunk(128),
             "trunk_vaegan_64": networks.discriminator_trunk(64, widths=(32, 64, 128, 256)),
@@ -180,7 +179,7 @@ class RGBNetworksTest(tf.test.TestCase):
 
     def test_initialisation_follows_the_code(self):
         encoder = networks.rgb_encoder(64, base_channels=8)
-        conv = encoder.get_layer("conv2_conv")                            # ConvInit: U(+-1/sqrt(k*k*C_out)), bias 0
+        conv = encoder.get_layer("conv2_conv")  # ConvInit: U(+-1/sqrt(k*k*C_out)), bias 0
         bound = 1 / math.sqrt(3 * 3 * 16)
         self.assertAllInRange(conv.kernel, -bound, bound)
         self.assertGreater(np.abs(conv.kernel.numpy()).max(), 0.9 * bound)
@@ -192,7 +191,7 @@ class RGBNetworksTest(tf.test.TestCase):
         self.assertAllEqual(out_conv.bias, np.zeros(3))
 
         trunk = networks.discriminator_trunk(64, widths=(16, 32, 32, 64))
-        conv = trunk.get_layer("stage2_conv")                              # Torch default: U(+-1/sqrt(k*k*C_in))
+        conv = trunk.get_layer("stage2_conv")  # Torch default: U(+-1/sqrt(k*k*C_in))
         bound = 1 / math.sqrt(5 * 5 * 16)
         for weights in (conv.kernel, conv.bias):
             self.assertAllInRange(weights, -bound, bound)
@@ -209,7 +208,7 @@ class RGBNetworksTest(tf.test.TestCase):
         self.assertAllInRange(head.get_layer("minibatch").kernel, -1 / 8, 1 / 8)
 
         q = networks.q_head((4, 4, 16), latent_shape=(4, 4, 16), hidden_channels=16)
-        gamma = q.get_layer("conv1_bn").gamma.numpy()                    # nn default: gamma ~ U(0, 1)
+        gamma = q.get_layer("conv1_bn").gamma.numpy()  # nn default: gamma ~ U(0, 1)
         self.assertAllInRange(gamma, 0.0, 1.0)
         self.assertLess(gamma.min(), 0.9)
         self.assertAllEqual(q.get_layer("conv1_bn").beta, np.zeros(16))
@@ -245,7 +244,6 @@ class RGBNetworksTest(tf.test.TestCase):
 
 
 class AdversarialLayersTest(tf.test.TestCase):
-
     def test_minibatch_discrimination_matches_numpy_oracle(self):
         rng = np.random.default_rng(5)
         layer = layers.MinibatchDiscrimination(num_kernels=4, kernel_dim=3)
@@ -278,7 +276,7 @@ class AdversarialLayersTest(tf.test.TestCase):
         layer.build(x.shape)
         layer.kernel.assign(np.eye(2, dtype=np.float32))
         self.assertAllClose(layer(x), [[1.0, 0.0, 0.567667641], [0.0, 1.0, 0.567667641]], atol=1e-6)
-        self.assertAllClose(layer(x[:1]), [[1.0, 0.0, 1.0]])       # a batch of one: only the diagonal
+        self.assertAllClose(layer(x[:1]), [[1.0, 0.0, 1.0]])  # a batch of one: only the diagonal
 
     def test_row_l2_normalize(self):
         x = np.random.default_rng(6).normal(size=(4, 9)).astype(np.float32)
@@ -286,28 +284,30 @@ class AdversarialLayersTest(tf.test.TestCase):
         out = layers.RowL2Normalize()(x).numpy()
         expected = x / np.sqrt((x.astype(np.float64) ** 2).sum(1, keepdims=True) + 1e-10)
         self.assertAllClose(out, expected, atol=1e-6)
-        self.assertAllEqual(out[2], np.zeros(9))                        # epsilon: no NaN on a zero row
+        self.assertAllEqual(out[2], np.zeros(9))  # epsilon: no NaN on a zero row
         self.assertAllClose(np.linalg.norm(out[[0, 1, 3]], axis=1), np.ones(3), atol=1e-5)
 
     def test_torch_dropout_plain(self):
         x = np.full((64, 50), 3.0, np.float32)
         layer = layers.TorchDropout(0.5, seed=1)
         out = layer(x, training=True).numpy()
-        self.assertTrue(np.all((out == 0.0) | (out == 3.0)))             # masked, not rescaled
+        self.assertTrue(np.all((out == 0.0) | (out == 3.0)))  # masked, not rescaled
         self.assertBetween(float((out == 0.0).mean()), 0.45, 0.55)
-        self.assertAllEqual(layer(x, training=False), np.full((64, 50), 1.5))   # inference: (1 - p) x
-        self.assertAllEqual(layer(x), np.full((64, 50), 1.5))                   # default: inference
+        self.assertAllEqual(layer(x, training=False), np.full((64, 50), 1.5))  # inference: (1 - p) x
+        self.assertAllEqual(layer(x), np.full((64, 50), 1.5))  # default: inference
         stochastic = layers.TorchDropout(0.25, stochastic_inference=True, seed=1)(x, training=False).numpy()
         self.assertTrue(np.all((stochastic == 0.0) | (stochastic == 3.0)))
         self.assertBetween(float((stochastic == 0.0).mean()), 0.2, 0.3)
 
     def test_torch_dropout_spatial(self):
         x = np.random.default_rng(7).uniform(1.0, 2.0, (4, 5, 5, 16)).astype(np.float32)
-        for layer, training in ((layers.TorchDropout(0.5, spatial=True, seed=2), True),
-                                (layers.TorchDropout(0.5, spatial=True, stochastic_inference=True, seed=2), False)):
+        for layer, training in (
+            (layers.TorchDropout(0.5, spatial=True, seed=2), True),
+            (layers.TorchDropout(0.5, spatial=True, stochastic_inference=True, seed=2), False),
+        ):
             out = layer(x, training=training).numpy()
-            dropped = np.all(out == 0.0, axis=(1, 2))                    # [batch, channels]
-            kept = np.all(out == x, axis=(1, 2))                         # unscaled
+            dropped = np.all(out == 0.0, axis=(1, 2))  # [batch, channels]
+            kept = np.all(out == x, axis=(1, 2))  # unscaled
             self.assertTrue(np.all(dropped | kept))
             self.assertTrue(dropped.any() and kept.any())
         deterministic = layers.TorchDropout(0.5, spatial=True)
@@ -319,9 +319,9 @@ class AdversarialLayersTest(tf.test.TestCase):
         second = layers.TorchDropout(0.5, spatial=True, seed=3)
         other = layers.TorchDropout(0.5, spatial=True, seed=4)
         mask = first(x, training=True).numpy()
-        self.assertAllEqual(second(x, training=True), mask)              # same seed, same mask
+        self.assertAllEqual(second(x, training=True), mask)  # same seed, same mask
         self.assertNotAllEqual(other(x, training=True), mask)
-        self.assertNotAllEqual(first(x, training=True), mask)            # the generator advances
+        self.assertNotAllEqual(first(x, training=True), mask)  # the generator advances
         # Inside a compiled function too.
         compiled = layers.TorchDropout(0.5, spatial=True, seed=3)
         self.assertAllEqual(tf.function(lambda t: compiled(t, training=True))(x), mask)
@@ -344,11 +344,13 @@ class AdversarialLayersTest(tf.test.TestCase):
         rng = np.random.default_rng(9)
         vectors = rng.normal(size=(5, 6)).astype(np.float32)
         maps = rng.normal(size=(2, 3, 3, 8)).astype(np.float32)
-        cases = [(layers.MinibatchDiscrimination(3, 2), vectors, {}),
-                 (layers.MinibatchDiscrimination(3, 2, use_bias=False), vectors, {}),
-                 (layers.RowL2Normalize(1e-6), vectors, {}),
-                 (layers.TorchDropout(0.3, seed=6), vectors, {"training": True}),
-                 (layers.TorchDropout(0.5, spatial=True, stochastic_inference=True, seed=7), maps, {})]
+        cases = [
+            (layers.MinibatchDiscrimination(3, 2), vectors, {}),
+            (layers.MinibatchDiscrimination(3, 2, use_bias=False), vectors, {}),
+            (layers.RowL2Normalize(1e-6), vectors, {}),
+            (layers.TorchDropout(0.3, seed=6), vectors, {"training": True}),
+            (layers.TorchDropout(0.5, spatial=True, stochastic_inference=True, seed=7), maps, {}),
+        ]
         for layer, x, kwargs in cases:
             with self.subTest(layer=type(layer).__name__):
                 config = keras.saving.serialize_keras_object(layer)
@@ -385,8 +387,15 @@ class CompositionTest(tf.test.TestCase):
     def test_crvae_gan_and_vae_gan_compose(self):
         for resolution in (64, 128):
             with self.subTest(resolution=resolution):
-                crvae = layers.ChannelRecurrentHead((4, 4, 32), latent_channels=8, num_time_steps=8, hidden_units=16,
-                                                    num_layers=2, loc_path="conv", inference_batchnorm=True)
+                crvae = layers.ChannelRecurrentHead(
+                    (4, 4, 32),
+                    latent_channels=8,
+                    num_time_steps=8,
+                    hidden_units=16,
+                    num_layers=2,
+                    loc_path="conv",
+                    inference_batchnorm=True,
+                )
                 self._check(resolution, crvae, 128, with_q=True)
                 self._check(resolution, layers.FCHead((4, 4, 32), latent_dim=128), 128, with_q=False)
 
@@ -394,9 +403,15 @@ class CompositionTest(tf.test.TestCase):
         counts = {}
         for resolution in (64, 128):
             encoder, decoder = networks.rgb_encoder(resolution), networks.rgb_decoder(resolution)
-            crvae_head = layers.ChannelRecurrentHead((4, 4, 256), latent_channels=64, num_time_steps=8,
-                                                     hidden_units=512, num_layers=2, loc_path="conv",
-                                                     inference_batchnorm=True)
+            crvae_head = layers.ChannelRecurrentHead(
+                (4, 4, 256),
+                latent_channels=64,
+                num_time_steps=8,
+                hidden_units=512,
+                num_layers=2,
+                loc_path="conv",
+                inference_batchnorm=True,
+            )
             fc_head = layers.FCHead((4, 4, 256), latent_dim=1024)
             for head in (crvae_head, fc_head):
                 head.build(None)
@@ -406,9 +421,14 @@ class CompositionTest(tf.test.TestCase):
             discriminator = trainable_count(networks.discriminator_head((4, 4, 256)))
             generator = trainable_count(encoder) + trainable_count(decoder)
             counts[f"crvae_gan_{resolution}"] = {
-                "generator": generator + trainable_count(crvae_head), "trunk": trainable_count(trunk),
-                "discriminator": discriminator, "q": trainable_count(networks.q_head((4, 4, 256)))}
+                "generator": generator + trainable_count(crvae_head),
+                "trunk": trainable_count(trunk),
+                "discriminator": discriminator,
+                "q": trainable_count(networks.q_head((4, 4, 256))),
+            }
             counts[f"vae_gan_{resolution}"] = {
-                "generator": generator + trainable_count(fc_head), "trunk": trainable_count(baseline_trunk),
-                "discriminator": discriminator}
+                "generator": generator + trainable_count(fc_head),
+                "trunk": trainable_count(baseline_trunk),
+                "discriminator": discriminator,
+            }
         self.assertEqual(counts, PINNED_MODELS)

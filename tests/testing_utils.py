@@ -2,9 +2,10 @@
 
 import os
 
-import gin
 import numpy as np
 import tensorflow as tf
+
+import gin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(REPO, "gin")
@@ -62,11 +63,16 @@ def write_fake_mnist(path, num_train=300, num_test=60, seed=0):
         yy, xx = np.mgrid[:28, :28]
         cy, cx = rng.uniform(9, 19, (2, n, 1, 1))
         radius = rng.uniform(4, 8, (n, 1, 1))
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius ** 2))
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
         return np.clip(blob * 255 + rng.integers(0, 3, (n, 28, 28)), 0, 255).astype(np.uint8)
 
-    np.savez(path, x_train=images(num_train), y_train=rng.integers(0, 10, num_train).astype(np.uint8),
-             x_test=images(num_test), y_test=rng.integers(0, 10, num_test).astype(np.uint8))
+    np.savez(
+        path,
+        x_train=images(num_train),
+        y_train=rng.integers(0, 10, num_train).astype(np.uint8),
+        x_test=images(num_test),
+        y_test=rng.integers(0, 10, num_test).astype(np.uint8),
+    )
     return path
 
 
@@ -116,8 +122,12 @@ def fake_face(height, width, tag):
     rows = slice(int(np.floor(top)) - 1, int(np.ceil(top + size[0])) + 1)
     cols = slice(int(np.floor(left)) - 1, int(np.ceil(left + size[1])) + 1)
     image[rows, cols, 1] = 255
-    mark_rows = slice(int(round(top + FACE_MARK[0] * size[0])), int(round(top + (FACE_MARK[0] + FACE_MARK[2]) * size[0])))
-    mark_cols = slice(int(round(left + FACE_MARK[1] * size[1])), int(round(left + (FACE_MARK[1] + FACE_MARK[3]) * size[1])))
+    mark_rows = slice(
+        int(round(top + FACE_MARK[0] * size[0])), int(round(top + (FACE_MARK[0] + FACE_MARK[2]) * size[0]))
+    )
+    mark_cols = slice(
+        int(round(left + FACE_MARK[1] * size[1])), int(round(left + (FACE_MARK[1] + FACE_MARK[3]) * size[1]))
+    )
     image[mark_rows, mark_cols, 0] = 255
     image[..., 2] = tag
     return image
@@ -127,17 +137,18 @@ def write_faces(folder, height, width, ids, fmt="jpeg"):
     os.makedirs(folder, exist_ok=True)
     for image_id in ids:
         ext = "png" if fmt == "png" else "jpg"
-        write_image(os.path.join(folder, f"{image_id:06d}.{ext}"), fake_face(height, width, image_id % 250),
-                     fmt)
+        write_image(os.path.join(folder, f"{image_id:06d}.{ext}"), fake_face(height, width, image_id % 250), fmt)
     return folder
 
 
 def write_cub_style(root, entries, ids_are_uuids=False):
     """entries: (relative path, image or None (listed but absent), (x, y, w, h), is_train)."""
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
-    with open(os.path.join(root, "images.txt"), "w") as images, \
-            open(os.path.join(root, "bounding_boxes.txt"), "w") as boxes, \
-            open(os.path.join(root, "train_test_split.txt"), "w") as split:
+    with (
+        open(os.path.join(root, "images.txt"), "w") as images,
+        open(os.path.join(root, "bounding_boxes.txt"), "w") as boxes,
+        open(os.path.join(root, "train_test_split.txt"), "w") as split,
+    ):
         for number, (relative, pixels, box, is_train) in enumerate(entries, 1):
             image_id = f"{number:08x}-0000-4000-8000-{number:012x}" if ids_are_uuids else str(number)
             images.write(f"{image_id} {relative}\n")
@@ -156,7 +167,7 @@ def fake_bird(height, width, box, tag):
     image[..., 0] = np.linspace(0, 90, width, dtype=np.uint8)[None, :]
     image[..., 1] = np.linspace(0, 100, height, dtype=np.uint8)[:, None]
     x, y, w, h = (int(v) for v in box)
-    image[y:y + h, x:x + w, 1] = 255
+    image[y : y + h, x : x + w, 1] = 255
     image[..., 2] = tag
     return image
 
@@ -171,6 +182,12 @@ def write_fake_cub(root, num_images, seed=0):
         w, h = rng.integers(20, int(min(height, width)) - 10, 2)
         x, y = rng.integers(0, width - w), rng.integers(0, height - h)
         box = (int(x), int(y), int(w), int(h))
-        entries.append((f"{index % 3:03d}.Bird/bird_{index:04d}.png", fake_bird(int(height), int(width), box, index),
-                        box, index % 4 != 0))
+        entries.append(
+            (
+                f"{index % 3:03d}.Bird/bird_{index:04d}.png",
+                fake_bird(int(height), int(width), box, index),
+                box,
+                index % 4 != 0,
+            )
+        )
     return write_cub_style(root, entries)

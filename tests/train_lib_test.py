@@ -12,18 +12,23 @@ import sys
 import time
 
 from absl import flags
-import gin
 import numpy as np
 import tensorflow as tf
+import testing_utils
 
 from crvae_tf import train as train_binary
 from crvae_tf import train_lib
-
-import testing_utils
+import gin
 
 RECIPES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(testing_utils.GIN_DIR, "*.gin")))
-KIND = {"mnist_vae.gin": "fc", "mnist_cvae.gin": "conv", "mnist_bcvae.gin": "block_fc", "celeba64_vaegan.gin": "fc",
-        "celeba128_vaegan.gin": "fc", "birds128_vaegan.gin": "fc"}
+KIND = {
+    "mnist_vae.gin": "fc",
+    "mnist_cvae.gin": "conv",
+    "mnist_bcvae.gin": "block_fc",
+    "celeba64_vaegan.gin": "fc",
+    "celeba128_vaegan.gin": "fc",
+    "birds128_vaegan.gin": "fc",
+}
 # Recipe-specific overrides that keep the smoke run tiny.
 TINY_OVERRIDES = {"mnist_crvae_iwae40.gin": ["model.num_importance_samples = 3"]}
 
@@ -33,7 +38,6 @@ def _kind(recipe):
 
 
 class RecipesTest(testing_utils.GinTestCase):
-
     def setUp(self):
         super().setUp()
         root = self.get_temp_dir()
@@ -47,15 +51,23 @@ class RecipesTest(testing_utils.GinTestCase):
         self.cache = os.path.join(root, "cache")
 
     def _bindings(self, recipe, max_steps=2):
-        bindings = testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings(_kind(recipe)) + [
-            f"train.max_steps = {max_steps}"]
+        bindings = (
+            testing_utils.TINY_BINDINGS
+            + testing_utils.tiny_head_bindings(_kind(recipe))
+            + [f"train.max_steps = {max_steps}"]
+        )
         if recipe.startswith("mnist"):
             bindings += [f"dataset.local_path = '{self.mnist}'", "dataset.validation_size = 40"]
         elif recipe.startswith(("celeba", "birds")):
             bindings += testing_utils.TINY_ADVERSARIAL_BINDINGS + [
-                f"dataset.cache_dir = '{self.cache}'", "dataset.validation_size = 4"]
-            bindings.append(f"dataset.local_path = '{self.faces}'" if recipe.startswith("celeba")
-                            else f"dataset.cub_path = '{self.cub}'")
+                f"dataset.cache_dir = '{self.cache}'",
+                "dataset.validation_size = 4",
+            ]
+            bindings.append(
+                f"dataset.local_path = '{self.faces}'"
+                if recipe.startswith("celeba")
+                else f"dataset.cub_path = '{self.cub}'"
+            )
         return bindings + TINY_OVERRIDES.get(recipe, [])
 
     def test_every_recipe_is_listed(self):
@@ -76,8 +88,11 @@ class RecipesTest(testing_utils.GinTestCase):
             with self.subTest(recipe=recipe):
                 gin.clear_config()
                 model_dir = os.path.join(self.get_temp_dir(), recipe)
-                argv = ["train", f"--gin_file={os.path.join(testing_utils.GIN_DIR, recipe)}",
-                        f"--model_dir={model_dir}"] + [f"--gin_bindings={b}" for b in self._bindings(recipe)]
+                argv = [
+                    "train",
+                    f"--gin_file={os.path.join(testing_utils.GIN_DIR, recipe)}",
+                    f"--model_dir={model_dir}",
+                ] + [f"--gin_bindings={b}" for b in self._bindings(recipe)]
                 flags.FLAGS.unparse_flags()
                 flags.FLAGS(argv)
                 output = io.StringIO()
@@ -92,8 +107,11 @@ class RecipesTest(testing_utils.GinTestCase):
 
     def test_outputs_of_a_run(self):
         model_dir = os.path.join(self.get_temp_dir(), "run")
-        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
-                            self._bindings("mnist_crvae.gin", max_steps=4), finalize=False)
+        train_lib.parse_gin(
+            [os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
+            self._bindings("mnist_crvae.gin", max_steps=4),
+            finalize=False,
+        )
         train_lib.train(model_dir)
         operative = open(os.path.join(model_dir, "operative_config.gin")).read()
         self.assertIn("latent_head.kind = 'channel_recurrent'", operative)
@@ -107,9 +125,21 @@ class RecipesTest(testing_utils.GinTestCase):
             for event in tf.compat.v1.train.summary_iterator(event_file):
                 for value in event.summary.value:
                     tags.add(value.tag)
-        for tag in ("loss", "distortion", "rate", "elbo", "active_units", "kl/step_1", "kl/step_8",
-                    "learning_rate/encoder", "learning_rate/latent_head", "inputs", "reconstructions",
-                    "prior_samples", "gin/operative_config"):
+        for tag in (
+            "loss",
+            "distortion",
+            "rate",
+            "elbo",
+            "active_units",
+            "kl/step_1",
+            "kl/step_8",
+            "learning_rate/encoder",
+            "learning_rate/latent_head",
+            "inputs",
+            "reconstructions",
+            "prior_samples",
+            "gin/operative_config",
+        ):
             self.assertIn(tag, tags)
 
     def test_resume_matches_a_straight_run(self):
@@ -141,9 +171,11 @@ class RecipesTest(testing_utils.GinTestCase):
 
     def test_best_checkpoint_and_load_run(self):
         model_dir = os.path.join(self.get_temp_dir(), "selected")
-        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
-                            self._bindings("mnist_crvae.gin", max_steps=4) + ["train.validation_every_steps = 2"],
-                            finalize=False)
+        train_lib.parse_gin(
+            [os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
+            self._bindings("mnist_crvae.gin", max_steps=4) + ["train.validation_every_steps = 2"],
+            finalize=False,
+        )
         result = train_lib.train(model_dir)
         best = json.load(open(os.path.join(model_dir, "checkpoints", "best", "best.json")))
         self.assertIn(best["step"], (2, 4))
@@ -166,17 +198,22 @@ class RecipesTest(testing_utils.GinTestCase):
 
     def test_time_based_checkpoints(self):
         model_dir = os.path.join(self.get_temp_dir(), "timed")
-        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "mnist_vae.gin")],
-                            self._bindings("mnist_vae.gin", max_steps=3) + [
-                                "train.checkpoint_every_steps = 1000", "train.checkpoint_every_secs = 1e-9"],
-                            finalize=False)
+        train_lib.parse_gin(
+            [os.path.join(testing_utils.GIN_DIR, "mnist_vae.gin")],
+            self._bindings("mnist_vae.gin", max_steps=3)
+            + ["train.checkpoint_every_steps = 1000", "train.checkpoint_every_secs = 1e-9"],
+            finalize=False,
+        )
         train_lib.train(model_dir)
         state = tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
         self.assertEqual([int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths], [1, 2, 3])
 
     def test_bad_bindings_give_clear_errors(self):
-        train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, "mnist_vae.gin")],
-                            self._bindings("mnist_vae.gin") + ["latent_head.hidden_units = 8"], finalize=False)
+        train_lib.parse_gin(
+            [os.path.join(testing_utils.GIN_DIR, "mnist_vae.gin")],
+            self._bindings("mnist_vae.gin") + ["latent_head.hidden_units = 8"],
+            finalize=False,
+        )
         with self.assertRaisesRegex(ValueError, "does not use"):
             train_lib.train(os.path.join(self.get_temp_dir(), "bad"))
 
@@ -188,21 +225,32 @@ class KillAndResumeTest(testing_utils.GinTestCase):
         tmp = self.get_temp_dir()
         mnist = testing_utils.write_fake_mnist(os.path.join(tmp, "mnist.npz"))
         model_dir = os.path.join(tmp, "killed")
-        command = [sys.executable, "-m", "crvae_tf.train", "--gin_file", os.path.join(testing_utils.GIN_DIR,
-                                                                                      "mnist_crvae.gin"),
-                   "--model_dir", model_dir]
-        bindings = testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings("channel_recurrent") + [
-            f"dataset.local_path = '{mnist}'", "dataset.validation_size = 40", "train.image_every_steps = 1000"]
+        command = [
+            sys.executable,
+            "-m",
+            "crvae_tf.train",
+            "--gin_file",
+            os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin"),
+            "--model_dir",
+            model_dir,
+        ]
+        bindings = (
+            testing_utils.TINY_BINDINGS
+            + testing_utils.tiny_head_bindings("channel_recurrent")
+            + [f"dataset.local_path = '{mnist}'", "dataset.validation_size = 40", "train.image_every_steps = 1000"]
+        )
         env = dict(os.environ, PYTHONPATH=testing_utils.REPO)
         log_path = os.path.join(tmp, "first_run.log")
         with open(log_path, "w") as log:
             process = subprocess.Popen(
                 command + [f"--gin_bindings={b}" for b in bindings + ["train.max_steps=100000"]],
-                env=env, stdout=log, stderr=subprocess.STDOUT)
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             checkpoints = os.path.join(model_dir, "checkpoints")
             deadline = time.time() + 240
-            while (time.time() < deadline and process.poll() is None
-                   and not tf.train.latest_checkpoint(checkpoints)):
+            while time.time() < deadline and process.poll() is None and not tf.train.latest_checkpoint(checkpoints):
                 time.sleep(0.2)
             exited = process.poll()
             process.send_signal(signal.SIGKILL)
@@ -213,8 +261,13 @@ class KillAndResumeTest(testing_utils.GinTestCase):
         killed_at = int(latest.rsplit("-", 1)[1])
         self.assertGreaterEqual(killed_at, 2)
         target = killed_at + 2
-        rerun = subprocess.run(command + [f"--gin_bindings={b}" for b in bindings + [f"train.max_steps={target}"]],
-                               env=env, capture_output=True, text=True, timeout=300)
+        rerun = subprocess.run(
+            command + [f"--gin_bindings={b}" for b in bindings + [f"train.max_steps={target}"]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         self.assertEqual(rerun.returncode, 0, msg=rerun.stderr[-3000:])
         self.assertIn(f"Resuming from step {killed_at}", rerun.stdout)
         self.assertIn(f"Finished at step {target}", rerun.stdout)
