@@ -54,6 +54,7 @@ from absl import (
     app,  # noqa: E402
     flags,  # noqa: E402
 )
+import gin  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -66,7 +67,6 @@ from crvae_tf import (
     train_lib,  # noqa: E402
 )
 from crvae_tf import data as data_lib  # noqa: E402
-import gin  # noqa: E402
 
 VARIANTS = ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae")
 

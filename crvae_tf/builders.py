@@ -14,11 +14,11 @@ the same for every model variant:
     train.*        the loop (`max_steps`, `batch_size`, `seed`, logging/checkpoint cadence)
 """
 
+import gin
 import keras
 
 from crvae_tf import adversarial, layers, models, networks
 from crvae_tf import data as data_lib
-import gin
 
 
 @gin.configurable("dataset", denylist=["seed"])

@@ -48,13 +48,13 @@ import time
 from typing import Callable, Iterable, NamedTuple, Optional
 
 from absl import logging
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
 from crvae_tf import artifacts, bounds, builders, models, train_lib
 from crvae_tf import data as data_lib
-import gin
 
 SPLITS = ("test", "validation")
 DEFAULT_NUM_IMPORTANCE_SAMPLES = 10000  # Table 1 (notes 7: the authors ran K = 100 and K = 10,000)

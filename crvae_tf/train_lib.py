@@ -24,13 +24,13 @@ import time
 from typing import NamedTuple
 
 from absl import logging
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
 from crvae_tf import artifacts, builders
 from crvae_tf import data as data_lib
-import gin
 
 
 class _GinResourceProbeFilter(logging_std.Filter):

@@ -4,13 +4,14 @@ contents, a known-good short run, resume, and the collapse / evaluation guards."
 import glob
 import os
 
+import gin
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-import testing_utils
 
 from crvae_tf import eval_lib, train_lib
-import gin
+
+import testing_utils
 
 CELEBA64 = os.path.join(testing_utils.GIN_DIR, "celeba64.gin")
 

@@ -2,11 +2,12 @@
 
 import os
 
+import gin
 import keras
-import testing_utils
 
 from crvae_tf import builders, layers, models, train_lib
-import gin
+
+import testing_utils
 
 # Pinned parameter counts of the paper-size models (also in README.md).
 PINNED = {

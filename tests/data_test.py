@@ -4,9 +4,10 @@ import os
 
 import numpy as np
 import tensorflow as tf
-import testing_utils
 
 from crvae_tf import data
+
+import testing_utils
 
 
 class SpritesTest(tf.test.TestCase):

@@ -11,14 +11,15 @@ import json
 import os
 
 from absl import app, flags
+import gin
 import numpy as np
 from scipy import stats
 import tensorflow as tf
-import testing_utils
 
 from crvae_tf import builders, empirical_prior, explore, layers, train_lib
 from crvae_tf import data as data_lib
-import gin
+
+import testing_utils
 
 EmpiricalPrior = empirical_prior.EmpiricalPrior
 SHAPE = (3, 2, 3)  # C x H x W: 3 channels of 6 spatial positions

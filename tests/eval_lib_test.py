@@ -12,14 +12,15 @@ import tempfile
 from unittest import mock
 
 from absl import app, flags
+import gin
 import numpy as np
 import tensorflow as tf
-import testing_utils
 
 from crvae_tf import data as data_lib
 from crvae_tf import eval_lib, train_lib
 from crvae_tf import evaluate as evaluate_binary
-import gin
+
+import testing_utils
 
 K = 20  # importance samples: a multiple of 5, so IWAE_5 uses every sample
 BATCH = 8  # 21 test images: batches of 8, 8, 5

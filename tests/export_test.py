@@ -19,15 +19,16 @@ import tempfile
 from unittest import mock
 
 from absl import app, flags
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
-import testing_utils
 
 from crvae_tf import export as export_binary
 from crvae_tf import export_lib, train_lib
-import gin
+
+import testing_utils
 
 FAMILIES = {
     "vae": ("mnist_vae.gin", "fc"),

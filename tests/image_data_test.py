@@ -7,12 +7,13 @@ import json
 import os
 from unittest import mock
 
+import gin
 import numpy as np
 import tensorflow as tf
-import testing_utils
 
 from crvae_tf import builders, data, image_data
-import gin
+
+import testing_utils
 
 
 def _tags(images):

@@ -5,9 +5,10 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-import testing_utils
 
 from crvae_tf import layers, models, networks
+
+import testing_utils
 
 
 def tiny_model(kind="channel_recurrent", seed=0, kl_weight=1.0, kl_step_weights=None, num_importance_samples=1):

@@ -2,10 +2,9 @@
 
 import os
 
+import gin
 import numpy as np
 import tensorflow as tf
-
-import gin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(REPO, "gin")

@@ -12,13 +12,14 @@ import sys
 import time
 
 from absl import flags
+import gin
 import numpy as np
 import tensorflow as tf
-import testing_utils
 
 from crvae_tf import train as train_binary
 from crvae_tf import train_lib
-import gin
+
+import testing_utils
 
 RECIPES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(testing_utils.GIN_DIR, "*.gin")))
 KIND = {
