@@ -50,23 +50,19 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import (
-    app,  # noqa: E402
-    flags,  # noqa: E402
-)
-import gin  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from absl import app
+from absl import flags
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
 
-from crvae_tf import (
-    builders,  # noqa: E402
-    eval_lib,  # noqa: E402
-    layers,  # noqa: E402
-    models,  # noqa: E402
-    train_lib,  # noqa: E402
-)
-from crvae_tf import data as data_lib  # noqa: E402
+from crvae_tf import builders
+from crvae_tf import data as data_lib
+from crvae_tf import eval_lib
+from crvae_tf import models
+from crvae_tf import train_lib
+from crvae_tf.architectures import heads
 
 VARIANTS = ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae")
 
@@ -140,12 +136,12 @@ def head_macs(head) -> int:
     d, t = head.latent_dim, head.num_time_steps
     feat = h * w * cf
     conv3 = lambda cin, cout: h * w * 9 * cin * cout
-    if isinstance(head, layers.FCHead):
+    if isinstance(head, heads.FCHead):
         return 2 * feat * d + d * feat
-    if isinstance(head, layers.ConvHead):
+    if isinstance(head, heads.ConvHead):
         return 2 * conv3(cf, head.latent_channels) + conv3(head.latent_channels, cf)
     loc = feat * d if head.loc_path == "dense" else conv3(cf, head.latent_channels)
-    if isinstance(head, layers.BlockFCHead):
+    if isinstance(head, heads.BlockFCHead):
         return loc + feat * d // t + d * feat // t
     lstm = lambda i: sum(
         t * 4 * head.hidden_units * ((i if n == 0 else head.hidden_units) + head.hidden_units)

@@ -17,8 +17,10 @@ the same for every model variant:
 import gin
 import keras
 
-from crvae_tf import adversarial, layers, models, networks
 from crvae_tf import data as data_lib
+from crvae_tf import models
+from crvae_tf.architectures import heads
+from crvae_tf.architectures import networks
 
 
 @gin.configurable("dataset", denylist=["seed"])
@@ -295,8 +297,8 @@ def build_latent_head(
         ).items()
         if value is not None
     }
-    if kind not in layers.HEADS:
-        raise ValueError(f"latent_head.kind={kind!r} is not one of {sorted(layers.HEADS)}")
+    if kind not in heads.HEADS:
+        raise ValueError(f"latent_head.kind={kind!r} is not one of {sorted(heads.HEADS)}")
     unused = sorted(set(given) - _HEAD_ARGS[kind])
     if unused:
         raise ValueError(
@@ -305,7 +307,7 @@ def build_latent_head(
         )
     if kind != "fc":
         given.setdefault("num_time_steps", 8)
-    return layers.HEADS[kind](
+    return heads.HEADS[kind](
         feature_shape,
         batchnorm_momentum=batchnorm_momentum,
         batchnorm_epsilon=batchnorm_epsilon,
@@ -355,7 +357,7 @@ def build_model(
     Args:
       image_shape: from the dataset.
       family: 'vae' (`models.VAE`: Bernoulli likelihood, binary images) or 'vae_gan'
-        (`adversarial.VAEGAN`: MSE reconstruction + discriminator, RGB images; the latent head picks
+        (`models.VAEGAN`: MSE reconstruction + discriminator, RGB images; the latent head picks
         the VAE-GAN baseline ('fc') or the crVAE-GAN ('channel_recurrent')).
       kl_weight: alpha, per image (see `crvae_tf.models` / `crvae_tf.adversarial`).
       kl_step_weights: optional per-time-step KL weights, one per time step (alpha_t = kl_weight * w_t).
@@ -432,7 +434,7 @@ def build_model(
             with_q = bool(adversarial_args.get("mutual_information_weight"))
             latent_shape = (feature_shape[:2] + (head.latent_channels,)) if hasattr(head, "latent_channels") else None
             trunk, discriminator, q_head = build_discriminator(image_shape, latent_shape, with_q_head=with_q, seed=seed)
-            model = adversarial.VAEGAN(
+            model = models.VAEGAN(
                 encoder,
                 head,
                 decoder,
@@ -477,7 +479,7 @@ def build_optimizers(
       group_gradient_clip: dict group -> c, element-wise clamp to [-c, c] (original: latent_head 5).
       group_warmup: dict group -> [[until_step, factor], ...]: the rate is multiplied by `factor` while that
         optimizer has taken fewer than `until_step` steps (the code's adam_gan: {'discriminator':
-        [[10, 0.02], [30, 0.2]]}, `adversarial.WarmupSchedule`).
+        [[10, 0.02], [30, 0.2]]}, `models.WarmupSchedule`).
       lr_halving_epochs: halve every this many epochs (paper: 50); None keeps the rate constant.
       beta_1, beta_2, epsilon: Adam (the Torch code's epsilon is 1e-8).
 
@@ -507,7 +509,7 @@ def build_optimizers(
                 rate, decay_steps=max(1, int(lr_halving_epochs * steps_per_epoch)), decay_rate=0.5, staircase=True
             )
         if warmups.get(name):
-            rate = adversarial.WarmupSchedule(rate, warmups[name])
+            rate = models.WarmupSchedule(rate, warmups[name])
         optimizers[name] = keras.optimizers.Adam(
             rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, name=f"{name}_adam"
         )

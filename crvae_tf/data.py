@@ -42,7 +42,11 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict
+from typing import Optional
+from typing import Sequence
+from typing import Tuple
+from typing import Union
 
 import numpy as np
 import tensorflow as tf

@@ -33,7 +33,10 @@ import io
 import json
 import logging
 import os
-from typing import Iterable, Optional, Tuple, Union
+from typing import Iterable
+from typing import Optional
+from typing import Tuple
+from typing import Union
 
 import numpy as np
 import tensorflow as tf

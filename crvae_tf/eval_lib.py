@@ -45,7 +45,10 @@ import json
 import math
 import os
 import time
-from typing import Callable, Iterable, NamedTuple, Optional
+from typing import Callable
+from typing import Iterable
+from typing import NamedTuple
+from typing import Optional
 
 from absl import logging
 import gin
@@ -53,8 +56,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from crvae_tf import artifacts, bounds, builders, models, train_lib
+from crvae_tf import artifacts
+from crvae_tf import builders
 from crvae_tf import data as data_lib
+from crvae_tf import models
+from crvae_tf import train_lib
+from crvae_tf.objectives import bounds
 
 SPLITS = ("test", "validation")
 DEFAULT_NUM_IMPORTANCE_SAMPLES = 10000  # Table 1 (notes 7: the authors ran K = 100 and K = 10,000)

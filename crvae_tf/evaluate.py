@@ -18,16 +18,12 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import (
-    app,  # noqa: E402
-    flags,  # noqa: E402
-)
+from absl import app
+from absl import flags
 
-from crvae_tf import data as data_lib  # noqa: E402
-from crvae_tf import (
-    eval_lib,  # noqa: E402
-    train_lib,  # noqa: E402
-)
+from crvae_tf import data as data_lib
+from crvae_tf import eval_lib
+from crvae_tf import train_lib
 
 # --model_dir and --gin_bindings have the same meaning as in crvae_tf.train; allow_override lets both binaries be
 # imported into one process (the tests), whichever comes first.

@@ -29,20 +29,16 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import (
-    app,  # noqa: E402
-    flags,  # noqa: E402
-    logging,  # noqa: E402
-)
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
 
-from crvae_tf import (
-    artifacts,  # noqa: E402
-    train_lib,  # noqa: E402
-)
-from crvae_tf import data as data_lib  # noqa: E402
-from crvae_tf import empirical_prior as prior_lib  # noqa: E402
+from crvae_tf import artifacts
+from crvae_tf import data as data_lib
+from crvae_tf import empirical_prior as prior_lib
+from crvae_tf import train_lib
 
 MODES = ("empirical_prior",)
 EXPLORE_DIR = "explore"

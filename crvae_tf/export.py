@@ -16,16 +16,12 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import (
-    app,  # noqa: E402
-    flags,  # noqa: E402
-)
+from absl import app
+from absl import flags
 
-from crvae_tf import data as data_lib  # noqa: E402
-from crvae_tf import (
-    export_lib,  # noqa: E402
-    train_lib,  # noqa: E402
-)
+from crvae_tf import data as data_lib
+from crvae_tf import export_lib
+from crvae_tf import train_lib
 
 # --model_dir, --gin_bindings and --checkpoint mean the same as in crvae_tf.train / crvae_tf.evaluate;
 # allow_override lets the binaries be imported into one process (the tests), whichever comes first.

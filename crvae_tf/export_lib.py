@@ -46,7 +46,8 @@ import datetime
 import json
 import os
 import shutil
-from typing import NamedTuple, Optional
+from typing import NamedTuple
+from typing import Optional
 import uuid
 
 import keras

@@ -12,13 +12,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import (
-    app,  # noqa: E402
-    flags,  # noqa: E402
-    logging,  # noqa: E402
-)
+from absl import app
+from absl import flags
+from absl import logging
 
-from crvae_tf import train_lib  # noqa: E402
+from crvae_tf import train_lib
 
 FLAGS = flags.DEFINE_multi_string("gin_file", [], "Gin recipe file(s), applied in order.")
 BINDINGS = flags.DEFINE_multi_string(

@@ -29,7 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from crvae_tf import artifacts, builders
+from crvae_tf import artifacts
+from crvae_tf import builders
 from crvae_tf import data as data_lib
 
 

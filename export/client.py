@@ -186,7 +186,9 @@ def rest_latent_dim(
 def _serving_apis():
     try:
         import tensorflow as tf
-        from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+        from tensorflow_serving.apis import get_model_metadata_pb2
+        from tensorflow_serving.apis import predict_pb2
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
     except ImportError as error:
         raise ImportError(
             f"gRPC mode needs tensorflow-serving-api ({error}): pip install "

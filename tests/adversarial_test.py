@@ -8,7 +8,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from crvae_tf import adversarial, layers
+from crvae_tf import models
+from crvae_tf.architectures import blocks
+from crvae_tf.architectures import heads
+from crvae_tf.objectives import losses
 
 IMAGE_SHAPE = (16, 16, 3)
 BATCH = 8
@@ -20,13 +23,13 @@ def tiny_parts(kind="channel_recurrent", with_q=True, seed=0):
         [
             keras.Input(IMAGE_SHAPE),
             keras.layers.Conv2D(8, 3, strides=4, padding="same"),
-            layers.BatchNorm(momentum=0.1, epsilon=1e-6),
+            blocks.BatchNorm(momentum=0.1, epsilon=1e-6),
             keras.layers.LeakyReLU(0.1),
         ],
         name="encoder",
     )
     if kind == "channel_recurrent":
-        head = layers.ChannelRecurrentHead(
+        head = heads.ChannelRecurrentHead(
             (4, 4, 8),
             latent_channels=4,
             num_time_steps=2,
@@ -36,7 +39,7 @@ def tiny_parts(kind="channel_recurrent", with_q=True, seed=0):
             name="latent_head",
         )
     else:
-        head = layers.FCHead((4, 4, 8), latent_dim=16, name="latent_head")
+        head = heads.FCHead((4, 4, 8), latent_dim=16, name="latent_head")
     decoder = keras.Sequential(
         [keras.Input((4, 4, 8)), keras.layers.Conv2DTranspose(3, 4, strides=4), keras.layers.Activation("tanh")],
         name="decoder",
@@ -58,7 +61,7 @@ def tiny_parts(kind="channel_recurrent", with_q=True, seed=0):
 
 def make_model(kind="channel_recurrent", learning_rates=None, **kwargs):
     with_q = bool(kwargs.get("mutual_information_weight"))
-    model = adversarial.VAEGAN(*tiny_parts(kind, with_q), image_shape=IMAGE_SHAPE, seed=3, **kwargs)
+    model = models.VAEGAN(*tiny_parts(kind, with_q), image_shape=IMAGE_SHAPE, seed=3, **kwargs)
     model.build()
     rates = learning_rates or {}
     optimizers = {
@@ -159,7 +162,7 @@ class SkipRuleTest(tf.test.TestCase):
     def test_discriminator_batch_composition(self):
         real, rec, prior = (tf.fill([8, 2, 2, 1], v) for v in (1.0, 2.0, 3.0))
         real = real * tf.reshape(tf.range(8, dtype=tf.float32), [8, 1, 1, 1])
-        batch, labels, kind = adversarial.VAEGAN.discriminator_batch(real, rec, prior)
+        batch, labels, kind = losses.discriminator_batch(real, rec, prior)
         self.assertAllEqual(batch[:, 0, 0, 0], [0, 2, 4, 6, 2, 2, 3, 3])  # half real, 1/4 rec., 1/4 prior
         self.assertAllEqual(labels, [1, 1, 1, 1, 0, 0, 0, 0])
         self.assertAllEqual(kind, [0, 0, 0, 0, 1, 1, 2, 2])
@@ -236,33 +239,33 @@ class LossTermsTest(tf.test.TestCase):
 
     def test_bad_arguments_name_the_fix(self):
         with self.assertRaisesRegex(ValueError, "mutual_information_weight"):
-            adversarial.VAEGAN(*tiny_parts("fc", with_q=False), image_shape=IMAGE_SHAPE, mutual_information_weight=0.1)
+            models.VAEGAN(*tiny_parts("fc", with_q=False), image_shape=IMAGE_SHAPE, mutual_information_weight=0.1)
         with self.assertRaisesRegex(ValueError, "kl_step_weights has 3 entries"):
-            adversarial.VAEGAN(*tiny_parts(), image_shape=IMAGE_SHAPE, kl_step_weights=[1, 1, 1])
+            models.VAEGAN(*tiny_parts(), image_shape=IMAGE_SHAPE, kl_step_weights=[1, 1, 1])
         with self.assertRaisesRegex(ValueError, "adversarial_loss"):
-            adversarial.VAEGAN(*tiny_parts(), image_shape=IMAGE_SHAPE, adversarial_loss="wasserstein")
+            models.VAEGAN(*tiny_parts(), image_shape=IMAGE_SHAPE, adversarial_loss="wasserstein")
 
 
 class WarmupScheduleTest(tf.test.TestCase):
     def test_code_warmup(self):
-        schedule = adversarial.WarmupSchedule(1e-3, ((10, 0.02), (30, 0.2)))
+        schedule = models.WarmupSchedule(1e-3, ((10, 0.02), (30, 0.2)))
         values = [float(schedule(tf.constant(step, tf.int64))) for step in (0, 9, 10, 29, 30, 500)]
         self.assertAllClose(values, [2e-5, 2e-5, 2e-4, 2e-4, 1e-3, 1e-3])
-        restored = adversarial.WarmupSchedule.from_config(schedule.get_config())
+        restored = models.WarmupSchedule.from_config(schedule.get_config())
         self.assertAllClose(float(restored(tf.constant(12, tf.int64))), 2e-4)
 
     def test_wraps_decay(self):
         decay = keras.optimizers.schedules.ExponentialDecay(1e-3, 100, 0.5, staircase=True)
-        schedule = adversarial.WarmupSchedule(decay, ((10, 0.1),))
+        schedule = models.WarmupSchedule(decay, ((10, 0.1),))
         self.assertAllClose(float(schedule(tf.constant(5, tf.int64))), 1e-4)
         self.assertAllClose(float(schedule(tf.constant(150, tf.int64))), 5e-4)
-        restored = adversarial.WarmupSchedule.from_config(schedule.get_config())
+        restored = models.WarmupSchedule.from_config(schedule.get_config())
         self.assertAllClose(float(restored(tf.constant(150, tf.int64))), 5e-4)
 
 
 class LearningTest(tf.test.TestCase):
     def test_reconstruction_falls_with_every_term_on(self):
-        model = make_model(learning_rates={name: 3e-3 for name in adversarial.GROUPS}, **CRVAE_GAN)
+        model = make_model(learning_rates={name: 3e-3 for name in models.VAEGAN.GROUPS}, **CRVAE_GAN)
         step = tf.function(model.train_step)
         # Flat colour images: learnable by the tiny networks within a few dozen steps.
         colours = np.random.default_rng(1).uniform(0, 1, (BATCH, 1, 1, 3)).astype(np.float32)
@@ -281,7 +284,7 @@ class LearningTest(tf.test.TestCase):
     def test_serialization_round_trip(self):
         model = make_model(**CRVAE_GAN)
         config = model.get_config()
-        clone = adversarial.VAEGAN.from_config(config)
+        clone = models.VAEGAN.from_config(config)
         clone.build()
         for key in ("kl_step_weights", "mutual_information_step_weights", "adversarial_weight"):
             self.assertEqual(getattr(clone, key), getattr(model, key))

@@ -9,7 +9,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from crvae_tf import eval_lib, train_lib
+from crvae_tf import eval_lib
+from crvae_tf import train_lib
 
 import testing_utils
 

@@ -3,10 +3,11 @@
 import math
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
+from scipy import stats
 import tensorflow as tf
 
-from crvae_tf import bounds
+from crvae_tf.objectives import bounds
 
 
 def _fixed(seed=0, batch=5, latent=24, pixels=(4, 4, 1)):

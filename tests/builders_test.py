@@ -5,28 +5,31 @@ import os
 import gin
 import keras
 
-from crvae_tf import builders, layers, models, train_lib
+from crvae_tf import builders
+from crvae_tf import models
+from crvae_tf import train_lib
+from crvae_tf.architectures import heads
 
 import testing_utils
 
 # Pinned parameter counts of the paper-size models (also in README.md).
 PINNED = {
-    "mnist_vae": (layers.FCHead, {"encoder": 9614080, "latent_head": 0, "decoder": 6679745, "total": 16293825}),
-    "mnist_cvae": (layers.ConvHead, {"encoder": 1518464, "latent_head": 0, "decoder": 2629569, "total": 4148033}),
+    "mnist_vae": (heads.FCHead, {"encoder": 9614080, "latent_head": 0, "decoder": 6679745, "total": 16293825}),
+    "mnist_cvae": (heads.ConvHead, {"encoder": 1518464, "latent_head": 0, "decoder": 2629569, "total": 4148033}),
     "mnist_bcvae": (
-        layers.BlockFCHead,
+        heads.BlockFCHead,
         {"encoder": 1109824, "latent_head": 1053696, "decoder": 2485441, "total": 4648961},
     ),
     "mnist_crvae_inference": (
-        layers.ChannelRecurrentHead,
+        heads.ChannelRecurrentHead,
         {"encoder": 5157632, "latent_head": 4396160, "decoder": 2630593, "total": 12184385},
     ),
     "mnist_crvae_generation": (
-        layers.ChannelRecurrentHead,
+        heads.ChannelRecurrentHead,
         {"encoder": 5157632, "latent_head": 4002944, "decoder": 2630593, "total": 11791169},
     ),
     "mnist_crvae": (
-        layers.ChannelRecurrentHead,
+        heads.ChannelRecurrentHead,
         {"encoder": 5157632, "latent_head": 7741696, "decoder": 2630593, "total": 15529921},
     ),
 }
@@ -70,12 +73,12 @@ _VAE_GAN_128 = {
     "total": 22884764,
 }
 PINNED_ADVERSARIAL = {
-    "celeba64": (64, layers.ChannelRecurrentHead, _CRVAE_GAN_64),
-    "celeba64_vaegan": (64, layers.FCHead, _VAE_GAN_64),
-    "celeba128": (128, layers.ChannelRecurrentHead, _CRVAE_GAN_128),
-    "celeba128_vaegan": (128, layers.FCHead, _VAE_GAN_128),
-    "birds128": (128, layers.ChannelRecurrentHead, _CRVAE_GAN_128),
-    "birds128_vaegan": (128, layers.FCHead, _VAE_GAN_128),
+    "celeba64": (64, heads.ChannelRecurrentHead, _CRVAE_GAN_64),
+    "celeba64_vaegan": (64, heads.FCHead, _VAE_GAN_64),
+    "celeba128": (128, heads.ChannelRecurrentHead, _CRVAE_GAN_128),
+    "celeba128_vaegan": (128, heads.FCHead, _VAE_GAN_128),
+    "birds128": (128, heads.ChannelRecurrentHead, _CRVAE_GAN_128),
+    "birds128_vaegan": (128, heads.FCHead, _VAE_GAN_128),
 }
 
 
@@ -118,7 +121,7 @@ class BuildersTest(testing_utils.GinTestCase):
         )
         model = builders.build_model(image_shape=(64, 64, 3), seed=0)
         optimizers, clips = builders.build_optimizers(model, steps_per_epoch=100)
-        self.assertEqual(sorted(optimizers), sorted(builders.adversarial.GROUPS))
+        self.assertEqual(sorted(optimizers), sorted(builders.models.VAEGAN.GROUPS))
         self.assertEqual(clips, {"latent_head": 5.0})
         rates = {name: builders.current_learning_rate(opt) for name, opt in optimizers.items()}
         self.assertAllClose(rates["encoder"], 3e-3)

@@ -10,14 +10,19 @@ import io
 import json
 import os
 
-from absl import app, flags
+from absl import app
+from absl import flags
 import gin
 import numpy as np
 from scipy import stats
 import tensorflow as tf
 
-from crvae_tf import builders, empirical_prior, explore, layers, train_lib
+from crvae_tf import builders
 from crvae_tf import data as data_lib
+from crvae_tf import empirical_prior
+from crvae_tf import explore
+from crvae_tf import train_lib
+from crvae_tf.architectures import blocks
 
 import testing_utils
 
@@ -87,10 +92,10 @@ class EstimatorTest(testing_utils.GinTestCase):
             self.assertAllClose(streamed.covariance[k], np.cov(per_channel[:, k], rowvar=False), rtol=1e-8, atol=1e-8)
 
     def test_channel_k_is_the_models_channel_k(self):
-        """Flat latents are `layers.nhwc_to_flat` of NHWC codes: channel k of the prior is NHWC channel k."""
+        """Flat latents are `blocks.nhwc_to_flat` of NHWC codes: channel k of the prior is NHWC channel k."""
         rng = np.random.default_rng(2)
         nhwc = rng.normal(size=(30, SHAPE[1], SHAPE[2], CHANNELS)) + np.arange(CHANNELS) * 10.0
-        prior = EmpiricalPrior.from_latents(np.asarray(layers.nhwc_to_flat(nhwc)), SHAPE)
+        prior = EmpiricalPrior.from_latents(np.asarray(blocks.nhwc_to_flat(nhwc)), SHAPE)
         for k in range(CHANNELS):
             plane = nhwc[..., k].reshape(30, PIXELS)  # (h, w) row-major
             self.assertAllClose(prior.mean[k], plane.mean(axis=0))

@@ -11,14 +11,16 @@ import shutil
 import tempfile
 from unittest import mock
 
-from absl import app, flags
+from absl import app
+from absl import flags
 import gin
 import numpy as np
 import tensorflow as tf
 
 from crvae_tf import data as data_lib
-from crvae_tf import eval_lib, train_lib
+from crvae_tf import eval_lib
 from crvae_tf import evaluate as evaluate_binary
+from crvae_tf import train_lib
 
 import testing_utils
 

@@ -18,7 +18,8 @@ import sys
 import tempfile
 from unittest import mock
 
-from absl import app, flags
+from absl import app
+from absl import flags
 import gin
 import keras
 import numpy as np
@@ -26,7 +27,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
 from crvae_tf import export as export_binary
-from crvae_tf import export_lib, train_lib
+from crvae_tf import export_lib
+from crvae_tf import train_lib
 
 import testing_utils
 
@@ -775,10 +777,8 @@ class ExportTest(testing_utils.GinTestCase):
         signature's inputs with its dtypes and compatible shapes, survives serialization, and fed to the export
         (as a server would) gives the in-memory results, parsed back by the client from a PredictResponse."""
         try:
-            from tensorflow_serving.apis import (
-                predict_pb2,
-                prediction_service_pb2_grpc,  # noqa: F401
-            )
+            from tensorflow_serving.apis import predict_pb2
+            from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: F401
         except ImportError as error:  # a clear failure, never a silent skip
             self.fail(
                 f"tensorflow-serving-api is required for this test ({error}): "

@@ -11,7 +11,9 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from crvae_tf import builders, data, image_data
+from crvae_tf import builders
+from crvae_tf import data
+from crvae_tf import image_data
 
 import testing_utils
 

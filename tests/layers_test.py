@@ -5,7 +5,9 @@ import numpy as np
 from scipy import special
 import tensorflow as tf
 
-from crvae_tf import layers, networks
+from crvae_tf.architectures import blocks
+from crvae_tf.architectures import heads
+from crvae_tf.architectures import networks
 
 
 def numpy_lstm(x, kernels, recurrent_kernels, biases):
@@ -29,19 +31,19 @@ def numpy_lstm(x, kernels, recurrent_kernels, biases):
 class LayersTest(tf.test.TestCase):
     def test_channel_blocks_are_contiguous_channel_groups_in_chw_order(self):
         x = np.arange(2 * 3 * 3 * 8, dtype=np.float32).reshape(2, 3, 3, 8)  # NHWC
-        blocks = layers.to_channel_blocks(x, 4).numpy()
+        steps = blocks.to_channel_blocks(x, 4).numpy()
         nchw = x.transpose(0, 3, 1, 2)
-        self.assertEqual(blocks.shape, (2, 4, 2 * 9))
+        self.assertEqual(steps.shape, (2, 4, 2 * 9))
         for t in range(4):
-            self.assertAllEqual(blocks[:, t], nchw[:, 2 * t : 2 * t + 2].reshape(2, -1))
-        flat = layers.nhwc_to_flat(x)
-        self.assertAllEqual(layers.flat_to_nhwc(flat, 8, 3, 3), x)
-        self.assertAllEqual(tf.reshape(flat, (2, 4, 18)), blocks)  # step t == slice t of the flat code
+            self.assertAllEqual(steps[:, t], nchw[:, 2 * t : 2 * t + 2].reshape(2, -1))
+        flat = blocks.nhwc_to_flat(x)
+        self.assertAllEqual(blocks.flat_to_nhwc(flat, 8, 3, 3), x)
+        self.assertAllEqual(tf.reshape(flat, (2, 4, 18)), steps)  # step t == slice t of the flat code
         with self.assertRaisesRegex(ValueError, "channel blocks"):
-            layers.to_channel_blocks(x, 3)
+            blocks.to_channel_blocks(x, 3)
 
     def test_stacked_lstm_matches_numpy_oracle(self):
-        layer = layers.StackedLSTM(6, num_layers=2)
+        layer = blocks.StackedLSTM(6, num_layers=2)
         x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
         out = layer(x).numpy()
         oracle = numpy_lstm(
@@ -54,7 +56,7 @@ class LayersTest(tf.test.TestCase):
         self.assertAllClose(out, oracle, atol=1e-5)
 
     def test_stacked_lstm_forget_bias_init(self):
-        layer = layers.StackedLSTM(64, num_layers=1)
+        layer = blocks.StackedLSTM(64, num_layers=1)
         layer.build((None, 8, 16))
         bias = layer.biases[0].numpy()
         bound = 1 / 8.0
@@ -62,7 +64,7 @@ class LayersTest(tf.test.TestCase):
         self.assertAllInRange(np.concatenate([bias[:64], bias[128:]]), -bound, bound)
 
     def test_block_dense_is_independent_per_block(self):
-        layer = layers.BlockDense(3)
+        layer = blocks.BlockDense(3)
         x = np.random.default_rng(1).normal(size=(2, 4, 5)).astype(np.float32)
         out = layer(x).numpy()
         kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
@@ -82,13 +84,13 @@ class LayersTest(tf.test.TestCase):
     def test_heads_shapes_and_round_trip(self):
         feature_shape = (4, 4, 32)
         cases = [
-            layers.FCHead(feature_shape, latent_dim=16),
-            layers.ConvHead(feature_shape, latent_channels=8, num_time_steps=4),
-            layers.BlockFCHead(feature_shape, latent_channels=8, num_time_steps=4),
-            layers.ChannelRecurrentHead(
+            heads.FCHead(feature_shape, latent_dim=16),
+            heads.ConvHead(feature_shape, latent_channels=8, num_time_steps=4),
+            heads.BlockFCHead(feature_shape, latent_channels=8, num_time_steps=4),
+            heads.ChannelRecurrentHead(
                 feature_shape, latent_channels=8, num_time_steps=4, hidden_units=8, loc_path="dense"
             ),
-            layers.ChannelRecurrentHead(
+            heads.ChannelRecurrentHead(
                 feature_shape,
                 latent_channels=8,
                 num_time_steps=4,
@@ -96,7 +98,7 @@ class LayersTest(tf.test.TestCase):
                 recurrent_generation=False,
                 inference_batchnorm=True,
             ),
-            layers.ChannelRecurrentHead(
+            heads.ChannelRecurrentHead(
                 feature_shape, latent_channels=8, num_time_steps=4, hidden_units=8, recurrent_inference=False
             ),
         ]
@@ -117,16 +119,16 @@ class LayersTest(tf.test.TestCase):
             self.assertCountEqual(grouped, [id(v) for v in head.trainable_variables])
 
     def test_recurrence_switches_pick_the_modules(self):
-        head = layers.ChannelRecurrentHead(
+        head = heads.ChannelRecurrentHead(
             (4, 4, 32), latent_channels=8, num_time_steps=4, hidden_units=8, recurrent_generation=False
         )
         self.assertTrue(hasattr(head, "inference_lstm"))
         self.assertFalse(hasattr(head, "generation_lstm"))
-        self.assertIsInstance(head.generation_blocks, layers.BlockDense)
+        self.assertIsInstance(head.generation_blocks, blocks.BlockDense)
 
     def test_fused_batch_norm_matches_keras_and_torch_running_stats(self):
         x = np.random.default_rng(2).normal(1.5, 2.0, size=(6, 5, 5, 3)).astype(np.float32)
-        fused = layers.BatchNorm(momentum=0.9, epsilon=1e-5)
+        fused = blocks.BatchNorm(momentum=0.9, epsilon=1e-5)
         reference = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
         for layer in (fused, reference):
             layer.build(x.shape)
@@ -151,8 +153,8 @@ class LayersTest(tf.test.TestCase):
 
     def test_crelu_and_learned_bias(self):
         x = np.array([[[[1.0, -2.0]]]], np.float32)
-        self.assertAllEqual(layers.CReLU()(x), [[[[1.0, 0.0, 0.0, 2.0]]]])
-        bias = layers.LearnedBias()
+        self.assertAllEqual(blocks.CReLU()(x), [[[[1.0, 0.0, 0.0, 2.0]]]])
+        bias = blocks.LearnedBias()
         out = bias(np.zeros((2, 3), np.float32))
         self.assertAllInRange(out, -0.0174, 0.0174)
         self.assertAllEqual(out[0], out[1])

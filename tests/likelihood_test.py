@@ -9,10 +9,11 @@ import functools
 import math
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
+from scipy import stats
 import tensorflow as tf
 
-from crvae_tf import bounds
+from crvae_tf.objectives import bounds
 
 LATENT, OBS, SIGMA, BATCH = 2, 3, 0.5, 6
 KS = (1, 10, 100, 1000)

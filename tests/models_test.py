@@ -6,7 +6,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from crvae_tf import layers, models, networks
+from crvae_tf import models
+from crvae_tf.architectures import heads
+from crvae_tf.architectures import networks
 
 import testing_utils
 
@@ -21,7 +23,7 @@ def tiny_model(kind="channel_recurrent", seed=0, kl_weight=1.0, kl_step_weights=
     }[kind]
     model = models.VAE(
         networks.mnist_encoder(base_channels=4),
-        layers.HEADS[kind]((4, 4, 32), **head_args),
+        heads.HEADS[kind]((4, 4, 32), **head_args),
         networks.mnist_decoder(base_channels=4),
         kl_weight=kl_weight,
         kl_step_weights=kl_step_weights,
@@ -57,7 +59,7 @@ class ModelTest(testing_utils.GinTestCase):
             tiny_model(kl_step_weights=[1.0])
 
     def test_every_variable_in_exactly_one_group(self):
-        for kind in layers.HEADS:
+        for kind in heads.HEADS:
             model = tiny_model(kind)
             grouped = [id(v) for vs in model.variable_groups().values() for v in vs]
             self.assertCountEqual(grouped, [id(v) for v in model.trainable_variables], msg=kind)
@@ -165,7 +167,7 @@ class ModelTest(testing_utils.GinTestCase):
             tiny_model(num_importance_samples=4, kl_weight=0.784)
 
     def test_model_only_checkpoint_holds_every_weight(self):
-        for kind in layers.HEADS:
+        for kind in heads.HEADS:
             with self.subTest(kind=kind):
                 model, clone = tiny_model(kind, seed=1), tiny_model(kind, seed=2)
                 path = tf.train.Checkpoint(model=model).save(os.path.join(self.get_temp_dir(), kind, "ckpt"))

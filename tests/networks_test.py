@@ -7,7 +7,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from crvae_tf import layers, networks
+from crvae_tf.architectures import blocks
+from crvae_tf.architectures import discriminator_layers
+from crvae_tf.architectures import heads
+from crvae_tf.architectures import networks
 
 # Tiny widths: every builder in a few milliseconds.
 TINY_ENCODER = dict(base_channels=4)  # 4x4x32 features
@@ -111,7 +114,7 @@ class RGBNetworksTest(tf.test.TestCase):
             self.assertEqual([c.kernel.shape[0] for c in convs], [5] * (len(convs) - 1) + [3])
             self.assertEqual(len(convs), 4 if resolution == 64 else 5)
             self.assertEqual([c.filters for c in convs], ([4] if resolution == 128 else []) + [4, 8, 8, 8])
-            self.assertIsInstance(trunk.get_layer("stage4_dropout"), layers.TorchDropout)
+            self.assertIsInstance(trunk.get_layer("stage4_dropout"), discriminator_layers.TorchDropout)
             x = rng.uniform(-1, 1, (3, resolution, resolution, 3)).astype(np.float32)
             features = trunk(x, training=True)
             self.assertEqual(features.shape, (3, 4, 4, 8))
@@ -132,9 +135,9 @@ class RGBNetworksTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "feature_shape must be"):
             networks.discriminator_head((4, 4))
         with self.assertRaisesRegex(ValueError, r"rate must be in \[0, 1\)"):
-            layers.TorchDropout(1.0)
+            discriminator_layers.TorchDropout(1.0)
         with self.assertRaisesRegex(ValueError, "flatten first"):
-            layers.MinibatchDiscrimination(2, 2)(np.zeros((2, 3, 4), np.float32))
+            discriminator_layers.MinibatchDiscrimination(2, 2)(np.zeros((2, 3, 4), np.float32))
 
     def test_discriminator_head_matches_numpy_pipeline(self):
         head = networks.discriminator_head((4, 4, 8), **TINY_HEAD)
@@ -153,7 +156,7 @@ class RGBNetworksTest(tf.test.TestCase):
         features = np.random.default_rng(3).normal(size=(2, 4, 4, 8)).astype(np.float32)
         before_flatten = keras.Model(q.inputs[0], q.get_layer("conv2_leaky").output)(features)
         flat = keras.Model(q.inputs[0], q.get_layer("flatten").output)(features)
-        self.assertAllClose(flat, layers.nhwc_to_flat(before_flatten))
+        self.assertAllClose(flat, blocks.nhwc_to_flat(before_flatten))
         dense, offset = q.get_layer("dense"), q.get_layer("offset")
         expected = flat.numpy() @ dense.kernel.numpy() + dense.bias.numpy() + offset.bias.numpy()
         self.assertAllClose(q(features), expected, atol=1e-5)
@@ -246,7 +249,7 @@ class RGBNetworksTest(tf.test.TestCase):
 class AdversarialLayersTest(tf.test.TestCase):
     def test_minibatch_discrimination_matches_numpy_oracle(self):
         rng = np.random.default_rng(5)
-        layer = layers.MinibatchDiscrimination(num_kernels=4, kernel_dim=3)
+        layer = discriminator_layers.MinibatchDiscrimination(num_kernels=4, kernel_dim=3)
         x = rng.normal(size=(6, 7)).astype(np.float32)
         layer.build(x.shape)
         kernel = rng.normal(scale=0.3, size=(7, 12)).astype(np.float32)
@@ -271,7 +274,7 @@ class AdversarialLayersTest(tf.test.TestCase):
     def test_minibatch_discrimination_hand_example(self):
         # Two rows, one kernel of dimension 2, W = I: M = X; D_12 = |1 - 0| + |0 - 1| = 2;
         # o_1 = o_2 = (exp(0) + exp(-2)) / 2 = 0.567667641.
-        layer = layers.MinibatchDiscrimination(num_kernels=1, kernel_dim=2)
+        layer = discriminator_layers.MinibatchDiscrimination(num_kernels=1, kernel_dim=2)
         x = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
         layer.build(x.shape)
         layer.kernel.assign(np.eye(2, dtype=np.float32))
@@ -281,7 +284,7 @@ class AdversarialLayersTest(tf.test.TestCase):
     def test_row_l2_normalize(self):
         x = np.random.default_rng(6).normal(size=(4, 9)).astype(np.float32)
         x[2] = 0.0
-        out = layers.RowL2Normalize()(x).numpy()
+        out = discriminator_layers.RowL2Normalize()(x).numpy()
         expected = x / np.sqrt((x.astype(np.float64) ** 2).sum(1, keepdims=True) + 1e-10)
         self.assertAllClose(out, expected, atol=1e-6)
         self.assertAllEqual(out[2], np.zeros(9))  # epsilon: no NaN on a zero row
@@ -289,41 +292,43 @@ class AdversarialLayersTest(tf.test.TestCase):
 
     def test_torch_dropout_plain(self):
         x = np.full((64, 50), 3.0, np.float32)
-        layer = layers.TorchDropout(0.5, seed=1)
+        layer = discriminator_layers.TorchDropout(0.5, seed=1)
         out = layer(x, training=True).numpy()
         self.assertTrue(np.all((out == 0.0) | (out == 3.0)))  # masked, not rescaled
         self.assertBetween(float((out == 0.0).mean()), 0.45, 0.55)
         self.assertAllEqual(layer(x, training=False), np.full((64, 50), 1.5))  # inference: (1 - p) x
         self.assertAllEqual(layer(x), np.full((64, 50), 1.5))  # default: inference
-        stochastic = layers.TorchDropout(0.25, stochastic_inference=True, seed=1)(x, training=False).numpy()
+        stochastic = discriminator_layers.TorchDropout(0.25, stochastic_inference=True, seed=1)(
+            x, training=False
+        ).numpy()
         self.assertTrue(np.all((stochastic == 0.0) | (stochastic == 3.0)))
         self.assertBetween(float((stochastic == 0.0).mean()), 0.2, 0.3)
 
     def test_torch_dropout_spatial(self):
         x = np.random.default_rng(7).uniform(1.0, 2.0, (4, 5, 5, 16)).astype(np.float32)
         for layer, training in (
-            (layers.TorchDropout(0.5, spatial=True, seed=2), True),
-            (layers.TorchDropout(0.5, spatial=True, stochastic_inference=True, seed=2), False),
+            (discriminator_layers.TorchDropout(0.5, spatial=True, seed=2), True),
+            (discriminator_layers.TorchDropout(0.5, spatial=True, stochastic_inference=True, seed=2), False),
         ):
             out = layer(x, training=training).numpy()
             dropped = np.all(out == 0.0, axis=(1, 2))  # [batch, channels]
             kept = np.all(out == x, axis=(1, 2))  # unscaled
             self.assertTrue(np.all(dropped | kept))
             self.assertTrue(dropped.any() and kept.any())
-        deterministic = layers.TorchDropout(0.5, spatial=True)
+        deterministic = discriminator_layers.TorchDropout(0.5, spatial=True)
         self.assertAllClose(deterministic(x, training=False), 0.5 * x)
 
     def test_torch_dropout_seeds(self):
         x = np.ones((8, 4, 4, 32), np.float32)
-        first = layers.TorchDropout(0.5, spatial=True, seed=3)
-        second = layers.TorchDropout(0.5, spatial=True, seed=3)
-        other = layers.TorchDropout(0.5, spatial=True, seed=4)
+        first = discriminator_layers.TorchDropout(0.5, spatial=True, seed=3)
+        second = discriminator_layers.TorchDropout(0.5, spatial=True, seed=3)
+        other = discriminator_layers.TorchDropout(0.5, spatial=True, seed=4)
         mask = first(x, training=True).numpy()
         self.assertAllEqual(second(x, training=True), mask)  # same seed, same mask
         self.assertNotAllEqual(other(x, training=True), mask)
         self.assertNotAllEqual(first(x, training=True), mask)  # the generator advances
         # Inside a compiled function too.
-        compiled = layers.TorchDropout(0.5, spatial=True, seed=3)
+        compiled = discriminator_layers.TorchDropout(0.5, spatial=True, seed=3)
         self.assertAllEqual(tf.function(lambda t: compiled(t, training=True))(x), mask)
 
     def test_dropout_flags_in_the_networks(self):
@@ -345,11 +350,11 @@ class AdversarialLayersTest(tf.test.TestCase):
         vectors = rng.normal(size=(5, 6)).astype(np.float32)
         maps = rng.normal(size=(2, 3, 3, 8)).astype(np.float32)
         cases = [
-            (layers.MinibatchDiscrimination(3, 2), vectors, {}),
-            (layers.MinibatchDiscrimination(3, 2, use_bias=False), vectors, {}),
-            (layers.RowL2Normalize(1e-6), vectors, {}),
-            (layers.TorchDropout(0.3, seed=6), vectors, {"training": True}),
-            (layers.TorchDropout(0.5, spatial=True, stochastic_inference=True, seed=7), maps, {}),
+            (discriminator_layers.MinibatchDiscrimination(3, 2), vectors, {}),
+            (discriminator_layers.MinibatchDiscrimination(3, 2, use_bias=False), vectors, {}),
+            (discriminator_layers.RowL2Normalize(1e-6), vectors, {}),
+            (discriminator_layers.TorchDropout(0.3, seed=6), vectors, {"training": True}),
+            (discriminator_layers.TorchDropout(0.5, spatial=True, stochastic_inference=True, seed=7), maps, {}),
         ]
         for layer, x, kwargs in cases:
             with self.subTest(layer=type(layer).__name__):
@@ -387,7 +392,7 @@ class CompositionTest(tf.test.TestCase):
     def test_crvae_gan_and_vae_gan_compose(self):
         for resolution in (64, 128):
             with self.subTest(resolution=resolution):
-                crvae = layers.ChannelRecurrentHead(
+                crvae = heads.ChannelRecurrentHead(
                     (4, 4, 32),
                     latent_channels=8,
                     num_time_steps=8,
@@ -397,13 +402,13 @@ class CompositionTest(tf.test.TestCase):
                     inference_batchnorm=True,
                 )
                 self._check(resolution, crvae, 128, with_q=True)
-                self._check(resolution, layers.FCHead((4, 4, 32), latent_dim=128), 128, with_q=False)
+                self._check(resolution, heads.FCHead((4, 4, 32), latent_dim=128), 128, with_q=False)
 
     def test_full_width_model_parameter_counts(self):
         counts = {}
         for resolution in (64, 128):
             encoder, decoder = networks.rgb_encoder(resolution), networks.rgb_decoder(resolution)
-            crvae_head = layers.ChannelRecurrentHead(
+            crvae_head = heads.ChannelRecurrentHead(
                 (4, 4, 256),
                 latent_channels=64,
                 num_time_steps=8,
@@ -412,7 +417,7 @@ class CompositionTest(tf.test.TestCase):
                 loc_path="conv",
                 inference_batchnorm=True,
             )
-            fc_head = layers.FCHead((4, 4, 256), latent_dim=1024)
+            fc_head = heads.FCHead((4, 4, 256), latent_dim=1024)
             for head in (crvae_head, fc_head):
                 head.build(None)
             self.assertEqual(crvae_head.latent_dim, 1024)

@@ -57,15 +57,17 @@ Defects of the original crVAE-GAN loop (notes 5.4) are options that default to t
 import keras
 import tensorflow as tf
 
-from crvae_tf import bounds, models
+from crvae_tf.models.base import LatentVariableModel
+from crvae_tf.objectives import bounds
+from crvae_tf.objectives import losses
 
 GROUPS = ("encoder", "latent_head", "decoder", "discriminator_trunk", "discriminator", "q_head")
-ADVERSARIAL_LOSSES = ("non_saturating", "minimax")
-RECONSTRUCTION_NORMALIZATIONS = ("per_pixel", "per_image")
+ADVERSARIAL_LOSSES = losses.ADVERSARIAL_LOSSES
+RECONSTRUCTION_NORMALIZATIONS = losses.RECONSTRUCTION_NORMALIZATIONS
 
 
 @keras.saving.register_keras_serializable("crvae_tf")
-class VAEGAN(models.LatentVariableModel):
+class VAEGAN(LatentVariableModel):
     """VAE-GAN / crVAE-GAN with a discriminator, minibatch discrimination and an optional Q head.
 
     Args:
@@ -127,13 +129,13 @@ class VAEGAN(models.LatentVariableModel):
         self.image_shape = tuple(int(d) for d in image_shape)
         self.num_time_steps = latent_head.num_time_steps
         self.kl_weight = float(kl_weight)
-        self.kl_step_weights = _per_step(kl_step_weights, self.num_time_steps, "kl_step_weights")
+        self.kl_step_weights = bounds.check_step_weights(kl_step_weights, self.num_time_steps, "kl_step_weights")
         self.adversarial_weight = float(adversarial_weight)
         if adversarial_loss not in ADVERSARIAL_LOSSES:
             raise ValueError(f"adversarial_loss={adversarial_loss!r} is not one of {list(ADVERSARIAL_LOSSES)}.")
         self.adversarial_loss = adversarial_loss
         self.mutual_information_weight = float(mutual_information_weight)
-        self.mutual_information_step_weights = _per_step(
+        self.mutual_information_step_weights = bounds.check_step_weights(
             mutual_information_step_weights, self.num_time_steps, "mutual_information_step_weights"
         )
         if self.mutual_information_weight and (q_head is None or not hasattr(latent_head, "transform")):
@@ -226,71 +228,25 @@ class VAEGAN(models.LatentVariableModel):
         """u, the generation-path output that Q predicts (`latent_head.transform`); float32 `[batch, latent_dim]`."""
         return tf.cast(self.latent_head.transform(z), tf.float32)
 
-    # ------------------------------------------------------------------ loss terms (per image)
+    # ------------------------------------------------------------------ loss terms with this model's settings
     def reconstruction_error(self, images, reconstructions):
-        """Squared error per image `[batch]`: mean over pixels ('per_pixel') or sum ('per_image')."""
-        squared = tf.reshape(tf.square(reconstructions - images), [tf.shape(images)[0], -1])
-        if self.reconstruction_normalization == "per_pixel":
-            return tf.reduce_mean(squared, axis=-1)
-        return tf.reduce_sum(squared, axis=-1)
+        """`losses.reconstruction_error` with `reconstruction_normalization`: `[batch]`."""
+        return losses.reconstruction_error(images, reconstructions, self.reconstruction_normalization)
 
     def adversarial_term(self, logits):
-        """The generator's adversarial loss per image `[batch]` from discriminator logits `[batch, 1]`."""
-        logits = tf.cast(logits[:, 0], tf.float32)
-        if self.adversarial_loss == "non_saturating":
-            return tf.nn.softplus(-logits)  # -log D(y)
-        return -tf.nn.softplus(logits)  # log(1 - D(y))
+        """`losses.generator_adversarial_loss` with `adversarial_loss`: logits `[batch, 1]` -> `[batch]`."""
+        return losses.generator_adversarial_loss(logits, self.adversarial_loss)
 
     def mutual_information_term(self, predictions, u, weighted=True):
-        """Per-step weighted mean squared error of Q's prediction of u `[batch]` (u is a constant target)."""
-        squared = tf.square(tf.cast(predictions, tf.float32) - tf.stop_gradient(u))
-        steps = tf.reshape(squared, [-1, self.num_time_steps, self.latent_dim // self.num_time_steps])
-        per_step = tf.reduce_mean(steps, axis=-1)  # [batch, T]
-        if weighted and self.mutual_information_step_weights is not None:
-            per_step = per_step * tf.constant(self.mutual_information_step_weights, tf.float32)
-        return tf.reduce_sum(per_step, axis=-1) / self.num_time_steps  # mean over dims
-
-    @staticmethod
-    def discriminator_batch(real, reconstructions, prior_samples):
-        """The code's discriminator batch: every other real image, every 4th reconstruction and prior sample.
-
-        For a batch of B (divisible by 4): positions i = 0, 2, 4, ... real (B/2, label 1), i = 1, 5, ...
-        reconstructions (B/4, label 0), i = 3, 7, ... prior samples (B/4, label 0) — the 1-based
-        i = 0 / 3 (mod 4) rule of notes 5.3 shifted to 0-based indices.
-
-        Returns (images `[B, H, W, C]`, labels float32 `[B]`, kind int32 `[B]`: 0 real, 1 rec., 2 prior).
-        """
-        images = tf.concat([real[0::2], reconstructions[1::4], prior_samples[3::4]], axis=0)
-        num_real, num_rec = tf.shape(real[0::2])[0], tf.shape(reconstructions[1::4])[0]
-        num_prior = tf.shape(prior_samples[3::4])[0]
-        labels = tf.concat([tf.ones([num_real]), tf.zeros([num_rec + num_prior])], axis=0)
-        kind = tf.concat(
-            [tf.zeros([num_real], tf.int32), tf.ones([num_rec], tf.int32), tf.fill([num_prior], 2)], axis=0
-        )
-        return images, labels, kind
+        """`losses.mutual_information_error` with this model's per-step weights (`weighted=False`: none)."""
+        weights = self.mutual_information_step_weights if weighted else None
+        return losses.mutual_information_error(predictions, u, self.num_time_steps, weights)
 
     # ------------------------------------------------------------------ training
     def compile(self, optimizers, clip_values=None, **kwargs):
         """Attaches one optimizer per non-empty parameter group (`GROUPS`) and optional element-wise clamps."""
         groups = {name: variables for name, variables in self.variable_groups().items() if variables}
         self._attach_optimizers(groups, optimizers, clip_values, **kwargs)
-
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
-
-    def _apply(self, name, gradients, variables):
-        clip = self.group_clip_values.get(name)
-        if clip:
-            gradients = [tf.clip_by_value(g, -clip, clip) for g in gradients]
-        self.group_optimizers[name].apply(gradients, variables)
-
-    def _apply_split(self, names, groups, gradients):
-        start = 0
-        for name in names:
-            size = len(groups[name])
-            self._apply(name, gradients[start : start + size], groups[name])
-            start += size
 
     def _forward(self, x, training):
         """Everything the losses need for a batch x `[B, H, W, C]` in [-1, 1]."""
@@ -341,24 +297,24 @@ class VAEGAN(models.LatentVariableModel):
             encoder_loss = generator if self.encoder_adversarial_gradient else vae
             mi_loss = kappa * mi_rec + prior_kappa * mi_prior
 
-            d_images, labels, kind = self.discriminator_batch(
+            d_images, labels, kind = losses.discriminator_batch(
                 x, tf.stop_gradient(out["reconstructions"]), tf.stop_gradient(out["prior_samples"])
             )
             d_logits = tf.cast(
                 self.discriminator(self.discriminator_trunk(d_images, training=True), training=True)[:, 0], tf.float32
             )
-            d_losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=d_logits)
+            d_losses = losses.discriminator_loss(d_logits, labels)
             mean = lambda v: tf.reduce_mean(v) / replicas
-            losses = {
+            group_losses = {
                 "encoder": mean(encoder_loss),
                 "generator": mean(generator),
                 "mi": mean(mi_loss),
                 "discriminator": mean(d_losses),
             }
 
-        correct = tf.cast(tf.equal(tf.cast(d_logits > 0.0, tf.float32), labels), tf.float32)
+        correct = losses.discriminator_correct(d_logits, labels)
         accuracy = tf.reduce_mean(correct)
-        update = accuracy <= self.discriminator_accuracy_threshold
+        update = losses.discriminator_update_allowed(accuracy, self.discriminator_accuracy_threshold)
 
         # One backward pass per loss, over every group that loss trains.
         generator_groups = [
@@ -367,19 +323,19 @@ class VAEGAN(models.LatentVariableModel):
             if groups[name] and (name != "encoder" or self.encoder_adversarial_gradient)
         ]
         generator_vars = [v for name in generator_groups for v in groups[name]]
-        self._apply_split(generator_groups, groups, tape.gradient(losses["generator"], generator_vars))
+        self._apply_split(generator_groups, groups, tape.gradient(group_losses["generator"], generator_vars))
         if not self.encoder_adversarial_gradient:
-            self._apply("encoder", tape.gradient(losses["encoder"], groups["encoder"]), groups["encoder"])
+            self._apply("encoder", tape.gradient(group_losses["encoder"], groups["encoder"]), groups["encoder"])
         if groups["q_head"] and kappa:
-            self._apply("q_head", tape.gradient(losses["mi"], groups["q_head"]), groups["q_head"])
+            self._apply("q_head", tape.gradient(group_losses["mi"], groups["q_head"]), groups["q_head"])
         trunk, head = groups["discriminator_trunk"], groups["discriminator"]
-        d_gradients = tape.gradient(losses["discriminator"], trunk + head)
+        d_gradients = tape.gradient(group_losses["discriminator"], trunk + head)
         d_trunk, d_head = d_gradients[: len(trunk)], d_gradients[len(trunk) :]
         if kappa and groups["q_head"]:
             # The trunk always learns from the MI term (the code's phases A and B) and from the real/fake loss
             # only when the discriminator step is not skipped.
             gate = tf.cast(update, tf.float32)
-            mi_trunk = tape.gradient(losses["mi"], trunk, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            mi_trunk = tape.gradient(group_losses["mi"], trunk, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             self._apply("discriminator_trunk", [m + gate * g for m, g in zip(mi_trunk, d_trunk)], trunk)
 
             def step_discriminator():
@@ -412,11 +368,7 @@ class VAEGAN(models.LatentVariableModel):
         t = self._trackers
         for key in ("loss", "reconstruction", "rate", "generator_adversarial", "mutual_information"):
             t[key].update_state(terms[key])
-        kl_means = tf.reduce_mean(terms["kl_steps"], axis=0)
-        for step in range(self.num_time_steps):
-            t[f"kl_step_{step + 1}"].update_state(kl_means[step])
-        variance = tf.math.reduce_variance(terms["loc"], axis=0)
-        t["active_units"].update_state(tf.reduce_sum(tf.cast(variance > 0.01, tf.float32)))
+        self._update_latent_trackers(terms["kl_steps"], terms["loc"])
         if d_losses is not None:
             t["discriminator_loss"].update_state(d_losses)
             t["discriminator_accuracy"].update_state(correct)
@@ -437,10 +389,10 @@ class VAEGAN(models.LatentVariableModel):
         kl_steps = bounds.kl_per_time_step(out["loc"], out["log_variance"], self.num_time_steps)
         reconstruction = self.reconstruction_error(x, out["reconstructions"])
         vae = reconstruction + bounds.weighted_rate(kl_steps, self.kl_weight, self.kl_step_weights)
-        d_images, labels, kind = self.discriminator_batch(x, out["reconstructions"], out["prior_samples"])
+        d_images, labels, kind = losses.discriminator_batch(x, out["reconstructions"], out["prior_samples"])
         d_logits = tf.cast(self.discriminator(self.discriminator_trunk(d_images))[:, 0], tf.float32)
-        d_losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=d_logits)
-        correct = tf.cast(tf.equal(tf.cast(d_logits > 0.0, tf.float32), labels), tf.float32)
+        d_losses = losses.discriminator_loss(d_logits, labels)
+        correct = losses.discriminator_correct(d_logits, labels)
         adversarial = self.adversarial_term(
             self.discriminator(self.discriminator_trunk(out["reconstructions"]))
         ) + self.adversarial_term(self.discriminator(self.discriminator_trunk(out["prior_samples"])))
@@ -489,55 +441,3 @@ class VAEGAN(models.LatentVariableModel):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
-
-
-def _per_step(weights, num_time_steps, what):
-    if weights is None:
-        return None
-    weights = [float(w) for w in weights]
-    if len(weights) != num_time_steps:
-        raise ValueError(
-            f"{what} has {len(weights)} entries; the latent head has num_time_steps={num_time_steps}. "
-            "Give one weight per time step."
-        )
-    return weights
-
-
-class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A learning rate scaled by `factor_i` while the optimizer's step count is below `until_i`.
-
-    The code's `adam_gan` (notes 6.4) runs the discriminator head at LR/50 for its first 10 calls and LR/5
-    until call 30: `warmup=((10, 0.02), (30, 0.2))`. The count here is of discriminator steps actually taken
-    (the code counts skipped calls too; skips are rare while the discriminator is still warming up).
-    """
-
-    def __init__(self, schedule, warmup):
-        self.schedule = schedule
-        self.warmup = tuple((int(until), float(factor)) for until, factor in warmup)
-        if any(b[0] <= a[0] for a, b in zip(self.warmup, self.warmup[1:])):
-            raise ValueError(f"warmup boundaries must increase, got {warmup}")
-
-    def __call__(self, step):
-        rate = self.schedule(step) if callable(self.schedule) else tf.constant(self.schedule, tf.float32)
-        factor = tf.constant(1.0, tf.float32)
-        for until, scale in reversed(self.warmup):
-            factor = tf.where(tf.cast(step, tf.int64) < until, tf.constant(scale, tf.float32), factor)
-        return tf.cast(rate, tf.float32) * factor
-
-    def get_config(self):
-        schedule = (
-            keras.saving.serialize_keras_object(self.schedule)
-            if isinstance(self.schedule, keras.optimizers.schedules.LearningRateSchedule)
-            else self.schedule
-        )
-        return {"schedule": schedule, "warmup": [list(w) for w in self.warmup]}
-
-    @classmethod
-    def from_config(cls, config):
-        schedule = config["schedule"]
-        if isinstance(schedule, dict):
-            schedule = keras.saving.deserialize_keras_object(schedule)
-        return cls(schedule, config["warmup"])
-
-
-__all__ = ["VAEGAN", "GROUPS", "WarmupSchedule", "ADVERSARIAL_LOSSES", "RECONSTRUCTION_NORMALIZATIONS"]

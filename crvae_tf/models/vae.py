@@ -1,9 +1,9 @@
 """The VAE family as a Keras 3 subclassed model with a custom `train_step` / `test_step`.
 
 One class, `VAE`, covers the standard VAE, cVAE, bcVAE and every crVAE variant: the variant is the
-latent head (`crvae_tf.layers`). Gin-free.
+latent head (`crvae_tf.architectures.heads`). Gin-free.
 
-Objective, per image, in nats (`crvae_tf.bounds`):
+Objective, per image, in nats (`crvae_tf.objectives.bounds`):
     loss = distortion + kl_weight * sum_t kl_step_weights[t] * KL_t
 where distortion = -log p(x|z) with one reparameterised sample z = loc + exp(log_variance/2) * eps,
 and KL_t the analytic KL of time step t. The batch loss is the mean over images.
@@ -26,82 +26,10 @@ clamps the LSTM modules to [-5, 5] and trains them at LR / T).
 import keras
 import tensorflow as tf
 
-from crvae_tf import bounds
+from crvae_tf.models.base import LatentVariableModel
+from crvae_tf.objectives import bounds
 
 GROUPS = ("encoder", "latent_head", "decoder")
-
-
-class LatentVariableModel(keras.Model):
-    """What every model family shares: encoder -> latent head -> decoder, and two noise streams.
-
-    Subclasses set `encoder`, `latent_head`, `decoder` and call `_init_noise_streams(seed)` in `__init__`.
-    """
-
-    def _init_noise_streams(self, seed):
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
-        # Evaluation draws from its own stream, restarted before every evaluation pass
-        # (`reset_evaluation_rng`): validating never perturbs the training stream, so a resumed run
-        # matches an uninterrupted one, and every checkpoint is scored with the same noise.
-        self.eval_seed_generator = keras.random.SeedGenerator(
-            None if seed is None else seed + 1, name="eval_seed_generator"
-        )
-        self._eval_initial_state = keras.ops.convert_to_numpy(self.eval_seed_generator.state)
-
-    @property
-    def latent_dim(self) -> int:
-        return self.latent_head.latent_dim
-
-    def encode(self, images, training=False):
-        """`[batch, H, W, C]` pixels in `input_range` -> (loc, log_variance), each float32 `[batch, latent_dim]`.
-
-        Under a mixed-precision policy the networks compute in bfloat16; the posterior parameters, the
-        decoder outputs and hence every loss and bound are float32.
-        """
-        loc, log_variance = self.latent_head.infer(self.encoder(images, training=training), training=training)
-        return tf.cast(loc, tf.float32), tf.cast(log_variance, tf.float32)
-
-    def decode(self, z, training=False):
-        """`[batch, latent_dim]` -> the decoder's float32 output `[batch, H, W, C]` (the VAE family: Bernoulli
-        logits; the adversarial family: tanh images in [-1, 1])."""
-        return tf.cast(self.decoder(self.latent_head.generate(z, training=training), training=training), tf.float32)
-
-    def call(self, images, training=False):
-        """Decoder output for the posterior mean (deterministic) of images in `input_range`."""
-        loc, _ = self.encode(images, training=training)
-        return self.decode(loc, training=training)
-
-    def _generator_groups(self):
-        """The encoder / latent_head / decoder parameter groups (building the model first if needed)."""
-        if not self.built:
-            self.build()
-        groups = self.latent_head.variable_groups()
-        groups["encoder"] = list(self.encoder.trainable_variables) + groups["encoder"]
-        groups["decoder"] = groups["decoder"] + list(self.decoder.trainable_variables)
-        return groups
-
-    def _attach_optimizers(self, groups, optimizers, clip_values=None, **kwargs):
-        """Builds one optimizer per non-empty group of `groups` (every group of `self.GROUPS` must be covered)
-        and compiles with the encoder's as Keras' `optimizer` (so Keras builds no unused default one)."""
-        missing = sorted(set(groups) - set(optimizers))
-        unknown = sorted(set(optimizers) - set(self.GROUPS))
-        if missing or unknown:
-            raise ValueError(f"optimizers must cover the groups {sorted(groups)}; missing {missing}, unknown {unknown}")
-        self.group_optimizers = {name: optimizers[name] for name in self.GROUPS if name in groups}
-        self.group_clip_values = dict(clip_values or {})
-        for name, optimizer in self.group_optimizers.items():
-            optimizer.build(groups[name])
-        keras.Model.compile(
-            self, optimizer=self.group_optimizers.get("encoder", next(iter(self.group_optimizers.values()))), **kwargs
-        )
-
-    def reset_evaluation_rng(self):
-        """Restarts the evaluation noise stream (call before each evaluation pass)."""
-        self.eval_seed_generator.state.assign(self._eval_initial_state)
-
-    @staticmethod
-    def _images(data):
-        return data[0] if isinstance(data, (tuple, list)) else data
 
 
 @keras.saving.register_keras_serializable("crvae_tf")
@@ -146,13 +74,7 @@ class VAE(LatentVariableModel):
         self.image_shape = tuple(int(d) for d in image_shape)
         self.kl_weight = float(kl_weight)
         self.num_time_steps = latent_head.num_time_steps
-        if kl_step_weights is not None:
-            kl_step_weights = [float(w) for w in kl_step_weights]
-            if len(kl_step_weights) != self.num_time_steps:
-                raise ValueError(
-                    f"kl_step_weights has {len(kl_step_weights)} entries; the latent head has "
-                    f"num_time_steps={self.num_time_steps}. Give one weight per time step."
-                )
+        kl_step_weights = bounds.check_step_weights(kl_step_weights, self.num_time_steps)
         self.kl_step_weights = kl_step_weights
         self.num_importance_samples = int(num_importance_samples)
         self.num_validation_samples = int(num_validation_samples)
@@ -302,10 +224,6 @@ class VAE(LatentVariableModel):
             optimizers = {next(iter(groups)): optimizers}
         self._attach_optimizers(groups, optimizers, clip_values, **kwargs)
 
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
-
     def _update_trackers(self, terms, iwae=None):
         """Updates the trackers with a batch's terms (and IWAE_k, when given); returns their running means."""
         iwae_name = f"iwae_{self.num_validation_samples}"
@@ -313,13 +231,7 @@ class VAE(LatentVariableModel):
             self._trackers[iwae_name].update_state(iwae)
         for key in ("loss", "distortion", "rate", "elbo"):
             self._trackers[key].update_state(terms[key])
-        kl_means = tf.reduce_mean(terms["kl_steps"], axis=0)
-        for t in range(self.num_time_steps):
-            self._trackers[f"kl_step_{t + 1}"].update_state(kl_means[t])
-        # Active units (Burda et al. 2016): dimensions whose posterior mean varies across inputs,
-        # Var_x(E_q[z_d]) > 0.01, estimated on the batch.
-        variance = tf.math.reduce_variance(terms["loc"], axis=0)
-        self._trackers["active_units"].update_state(tf.reduce_sum(tf.cast(variance > 0.01, tf.float32)))
+        self._update_latent_trackers(terms["kl_steps"], terms["loc"])
         return {
             name: tracker.result() for name, tracker in self._trackers.items() if name != iwae_name or iwae is not None
         }
@@ -334,15 +246,7 @@ class VAE(LatentVariableModel):
             # Mean over the batch; divided by the replica count so that strategies sum correctly.
             loss = tf.reduce_mean(terms["loss"]) / tf.distribute.get_strategy().num_replicas_in_sync
         gradients = tape.gradient(loss, variables)
-        start = 0
-        for name in names:
-            group_vars = groups[name]
-            grads = gradients[start : start + len(group_vars)]
-            start += len(group_vars)
-            clip = self.group_clip_values.get(name)
-            if clip:
-                grads = [tf.clip_by_value(g, -clip, clip) for g in grads]
-            self.group_optimizers[name].apply(grads, group_vars)
+        self._apply_split(names, groups, gradients)
         return self._update_trackers(terms)
 
     def test_step(self, data):
@@ -381,6 +285,3 @@ def parameter_counts(model: VAE) -> dict:
     counts = {name: int(sum(v.numpy().size for v in variables)) for name, variables in model.variable_groups().items()}
     counts["total"] = sum(counts.values())
     return counts
-
-
-__all__ = ["LatentVariableModel", "VAE", "GROUPS", "parameter_counts"]

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from crvae_tf import distributions
+from crvae_tf.objectives import distributions
 
 tfd = tfp.distributions
 
@@ -72,6 +72,26 @@ def weighted_rate(kl_steps, kl_weight: float = 1.0, kl_step_weights=None):
             )
         kl_steps = kl_steps * weights
     return kl_weight * tf.reduce_sum(kl_steps, axis=-1)
+
+
+def check_step_weights(weights, num_time_steps: int, what: str = "kl_step_weights"):
+    """Validates per-time-step weights (one per step) and returns them as a list of floats (None stays None)."""
+    if weights is None:
+        return None
+    weights = [float(w) for w in weights]
+    if len(weights) != num_time_steps:
+        raise ValueError(
+            f"{what} has {len(weights)} entries; the latent head has num_time_steps={num_time_steps}. "
+            "Give one weight per time step."
+        )
+    return weights
+
+
+def active_units(loc, threshold: float = 0.01):
+    """Active units (Burda et al. 2016): latent dimensions whose posterior mean varies across inputs,
+    Var_x(E_q[z_d]) > threshold, estimated on a batch. `loc: [batch, latent_dim]` -> float32 scalar count."""
+    variance = tf.math.reduce_variance(tf.cast(loc, tf.float32), axis=0)
+    return tf.reduce_sum(tf.cast(variance > threshold, tf.float32))
 
 
 def log_importance_weights(images, logits, z, loc, log_variance):

@@ -35,7 +35,8 @@ cannot produce 28x28; the code's layers above are the default.
 
 import keras
 
-from crvae_tf import layers as L
+from crvae_tf.architectures import blocks
+from crvae_tf.architectures import discriminator_layers
 
 
 def _conv_block(filters, kernel_size, stride, padding, activation, momentum, epsilon, name):
@@ -49,10 +50,10 @@ def _conv_block(filters, kernel_size, stride, padding, activation, momentum, eps
             strides=stride,
             padding="valid",
             name=f"{name}_conv",
-            kernel_initializer=L.conv_init(kernel_size, filters),
+            kernel_initializer=blocks.conv_init(kernel_size, filters),
         ),
-        L.batch_norm(momentum, epsilon, name=f"{name}_bn"),
-        L.CReLU(name=f"{name}_crelu")
+        blocks.batch_norm(momentum, epsilon, name=f"{name}_bn"),
+        blocks.CReLU(name=f"{name}_crelu")
         if activation == "crelu"
         else keras.layers.LeakyReLU(negative_slope=0.1, name=f"{name}_leaky"),
     ]
@@ -94,7 +95,12 @@ def _deconv_block(filters, padding, momentum, epsilon, name):
     if padding == 1:
         deconv = [
             keras.layers.Conv2DTranspose(
-                filters, 4, strides=2, padding="same", name=f"{name}_deconv", kernel_initializer=L.conv_init(4, filters)
+                filters,
+                4,
+                strides=2,
+                padding="same",
+                name=f"{name}_deconv",
+                kernel_initializer=blocks.conv_init(4, filters),
             )
         ]
     else:  # (n-1)*2 - 2p + 4: a valid transposed conv followed by a symmetric crop of p - 0
@@ -105,12 +111,12 @@ def _deconv_block(filters, padding, momentum, epsilon, name):
                 strides=2,
                 padding="valid",
                 name=f"{name}_deconv",
-                kernel_initializer=L.conv_init(4, filters),
+                kernel_initializer=blocks.conv_init(4, filters),
             ),
             keras.layers.Cropping2D(padding, name=f"{name}_crop"),
         ]
     return deconv + [
-        L.batch_norm(momentum, epsilon, name=f"{name}_bn"),
+        blocks.batch_norm(momentum, epsilon, name=f"{name}_bn"),
         keras.layers.LeakyReLU(negative_slope=0.1, name=f"{name}_leaky"),
     ]
 
@@ -133,7 +139,7 @@ def mnist_decoder(
             3,
             padding="valid",
             name="logits",  # 30 -> 28
-            kernel_initializer=L.conv_init(3, 1),
+            kernel_initializer=blocks.conv_init(3, 1),
         )
     ]
     return keras.Sequential(net, name=name)
@@ -159,16 +165,18 @@ def _torch_conv(filters, kernel_size, fan_in, name):
 
     For odd kernels at stride 1 Keras `same` padding is symmetric, i.e. Torch padding k // 2.
     """
-    init = L.torch_uniform(kernel_size * kernel_size * fan_in)
+    init = blocks.torch_uniform(kernel_size * kernel_size * fan_in)
     return keras.layers.Conv2D(
         filters, kernel_size, padding="same", kernel_initializer=init, bias_initializer=init, name=name
     )
 
 
 def _dropout(rate, spatial, torch_dropout, seed, name):
-    """Torch7 v1 dropout (`L.TorchDropout`) or the Keras layer with the usual rescaling semantics."""
+    """Torch7 v1 dropout (`discriminator_layers.TorchDropout`) or the Keras layer with the usual rescaling semantics."""
     if torch_dropout:
-        return L.TorchDropout(rate, spatial=spatial, stochastic_inference=spatial, seed=seed, name=name)
+        return discriminator_layers.TorchDropout(
+            rate, spatial=spatial, stochastic_inference=spatial, seed=seed, name=name
+        )
     if spatial:
         return keras.layers.SpatialDropout2D(rate, seed=seed, name=name)
     return keras.layers.Dropout(rate, seed=seed, name=name)
@@ -219,7 +227,7 @@ def rgb_encoder(
     """
     _check_resolution(resolution, "rgb_encoder")
     b, bn = base_channels, (batchnorm_momentum, batchnorm_epsilon)
-    net = [keras.Input((resolution, resolution, 3)), L.CReLU(name="input_crelu")]
+    net = [keras.Input((resolution, resolution, 3)), blocks.CReLU(name="input_crelu")]
     if resolution == 128:
         net += _conv_block(b, 5, 2, 2, "crelu", *bn, "conv0")
     net += _conv_block(b, 5, 2, 2, "crelu", *bn, "conv1")
@@ -288,7 +296,7 @@ def rgb_decoder(
         net += _deconv_block(last, 1, *bn, "deconv5")
     net += _conv_block(last, 3, 1, 1, "leaky", *bn, "conv2")
     net += [
-        keras.layers.Conv2D(3, 3, padding="same", name="output_conv", kernel_initializer=L.conv_init(3, 3)),
+        keras.layers.Conv2D(3, 3, padding="same", name="output_conv", kernel_initializer=blocks.conv_init(3, 3)),
         keras.layers.Activation("tanh", name="tanh"),
     ]
     return keras.Sequential(net, name=name)
@@ -326,8 +334,8 @@ def discriminator_trunk(
     encoder/decoder/D head only; notes 10.2).
 
     Dropout: `torch_dropout=True` is Torch `nn.SpatialDropout(0.5, true)`: whole channels dropped with no
-    rescaling, in training AND inference (stochastic inference; `L.TorchDropout`). `torch_dropout=False`
-    uses Keras `SpatialDropout2D` (1/(1-p) rescale in training, identity in inference).
+    rescaling, in training AND inference (stochastic inference; `discriminator_layers.TorchDropout`).
+    `torch_dropout=False` uses Keras `SpatialDropout2D` (1/(1-p) rescale in training, identity in inference).
 
     128x128 (our choice; no 128 training code exists, notes 2.3): one more 5x5 stage, `stage0`, in front,
     repeating the first width, so the trunk still ends at 4x4. `widths` may also give all 5 widths.
@@ -383,10 +391,10 @@ def discriminator_head(
         layer                                              output (H x W x C = 4x4x256, defaults)
         to_chw + flatten (Torch nn.View, (C, H, W) order)  H*W*C = 4096
         dense       Dense(units), bias 0                   1024
-        normalize   x / sqrt(sum x^2 + 1e-10)              1024   (`L.RowL2Normalize`)
+        normalize   x / sqrt(sum x^2 + 1e-10)              1024   (`discriminator_layers.RowL2Normalize`)
         dropout     Dropout(0.5), Torch v1                 1024   (no train rescale; x(1-p) in inference)
         relu        ReLU                                   1024
-        minibatch   MinibatchDiscrimination(100, 5)        1124   (`L.MinibatchDiscrimination`)
+        minibatch   MinibatchDiscrimination(100, 5)        1124   (`discriminator_layers.MinibatchDiscrimination`)
         logits      Dense(1), bias 0                       1
 
     The code ends with a Sigmoid and BCE on probabilities; here the head returns logits and the sigmoid lives
@@ -415,13 +423,15 @@ def discriminator_head(
         keras.Input(feature_shape),
         keras.layers.Permute((3, 1, 2), name="to_chw"),
         keras.layers.Flatten(name="flatten"),
-        keras.layers.Dense(units, kernel_initializer=L.torch_uniform(fan_in), bias_initializer="zeros", name="dense"),
-        L.RowL2Normalize(1e-10, name="normalize"),
+        keras.layers.Dense(
+            units, kernel_initializer=blocks.torch_uniform(fan_in), bias_initializer="zeros", name="dense"
+        ),
+        discriminator_layers.RowL2Normalize(1e-10, name="normalize"),
         _dropout(dropout_rate, False, torch_dropout, seed, "dropout"),
         keras.layers.ReLU(name="relu"),
-        L.MinibatchDiscrimination(num_kernels, kernel_dim, name="minibatch"),
+        discriminator_layers.MinibatchDiscrimination(num_kernels, kernel_dim, name="minibatch"),
         keras.layers.Dense(
-            1, kernel_initializer=L.torch_uniform(units + num_kernels), bias_initializer="zeros", name="logits"
+            1, kernel_initializer=blocks.torch_uniform(units + num_kernels), bias_initializer="zeros", name="logits"
         ),
     ]
     return keras.Sequential(net, name=name)
@@ -446,7 +456,7 @@ def q_head(
         conv2   C1_Clat 1x1 -> BN -> LeakyReLU(0.1)               4x4x64
         to_chw + flatten (Torch nn.View, (C, H, W) order)         H*W*C_lat = 1024
         dense   Dense(prod(latent_shape))                         1024
-        offset  + learned bias (`L.LearnedBias`, U(+-0.01*sqrt(3)))  1024
+        offset  + learned bias (`blocks.LearnedBias`, U(+-0.01*sqrt(3)))  1024
 
     Output layout: the flat channel-major (C, H, W) vector of the module docstring of `layers` ("Latent
     layout"), i.e. the same layout as `ChannelRecurrentHead.transform(z)`, so the MI loss is a plain MSE
@@ -480,7 +490,7 @@ def q_head(
     fan_in = height * width * latent_channels
 
     def bn(bn_name):
-        return L.BatchNorm(
+        return blocks.BatchNorm(
             momentum=batchnorm_momentum,
             epsilon=batchnorm_epsilon,
             name=bn_name,
@@ -499,10 +509,10 @@ def q_head(
         keras.layers.Flatten(name="flatten"),
         keras.layers.Dense(
             latent_dim,
-            kernel_initializer=L.torch_uniform(fan_in),
-            bias_initializer=L.torch_uniform(fan_in),
+            kernel_initializer=blocks.torch_uniform(fan_in),
+            bias_initializer=blocks.torch_uniform(fan_in),
             name="dense",
         ),
-        L.LearnedBias(name="offset"),
+        blocks.LearnedBias(name="offset"),
     ]
     return keras.Sequential(net, name=name)

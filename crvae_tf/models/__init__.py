@@ -1,0 +1,15 @@
+"""The model families (gin-free Keras 3 subclassed models with custom `train_step`).
+
+base.LatentVariableModel   encoder -> latent head -> decoder, parameter groups, noise streams, trackers
+vae.VAE                    VAE, cVAE, bcVAE and every crVAE variant (the latent head is the variant)
+vae_gan.VAEGAN             VAE-GAN and crVAE-GAN (paper Eq. 4)
+schedules.WarmupSchedule   the discriminator's learning-rate warm-up
+"""
+
+from crvae_tf.models.base import LatentVariableModel
+from crvae_tf.models.schedules import WarmupSchedule
+from crvae_tf.models.vae import VAE
+from crvae_tf.models.vae import parameter_counts
+from crvae_tf.models.vae_gan import VAEGAN
+
+__all__ = ["LatentVariableModel", "VAE", "VAEGAN", "WarmupSchedule", "parameter_counts"]

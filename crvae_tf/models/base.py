@@ -1,0 +1,112 @@
+"""What every model family shares: encoder -> latent head -> decoder, parameter groups, optimizers per
+group, the two noise streams, and the per-time-step bookkeeping (KL trackers, active units, step weights).
+
+Gin-free.
+"""
+
+import keras
+import tensorflow as tf
+
+from crvae_tf.objectives import bounds
+
+
+class LatentVariableModel(keras.Model):
+    """What every model family shares: encoder -> latent head -> decoder, and two noise streams.
+
+    Subclasses set `encoder`, `latent_head`, `decoder` and call `_init_noise_streams(seed)` in `__init__`.
+    """
+
+    def _init_noise_streams(self, seed):
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+        # Evaluation draws from its own stream, restarted before every evaluation pass
+        # (`reset_evaluation_rng`): validating never perturbs the training stream, so a resumed run
+        # matches an uninterrupted one, and every checkpoint is scored with the same noise.
+        self.eval_seed_generator = keras.random.SeedGenerator(
+            None if seed is None else seed + 1, name="eval_seed_generator"
+        )
+        self._eval_initial_state = keras.ops.convert_to_numpy(self.eval_seed_generator.state)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.latent_head.latent_dim
+
+    def encode(self, images, training=False):
+        """`[batch, H, W, C]` pixels in `input_range` -> (loc, log_variance), each float32 `[batch, latent_dim]`.
+
+        Under a mixed-precision policy the networks compute in bfloat16; the posterior parameters, the
+        decoder outputs and hence every loss and bound are float32.
+        """
+        loc, log_variance = self.latent_head.infer(self.encoder(images, training=training), training=training)
+        return tf.cast(loc, tf.float32), tf.cast(log_variance, tf.float32)
+
+    def decode(self, z, training=False):
+        """`[batch, latent_dim]` -> the decoder's float32 output `[batch, H, W, C]` (the VAE family: Bernoulli
+        logits; the adversarial family: tanh images in [-1, 1])."""
+        return tf.cast(self.decoder(self.latent_head.generate(z, training=training), training=training), tf.float32)
+
+    def call(self, images, training=False):
+        """Decoder output for the posterior mean (deterministic) of images in `input_range`."""
+        loc, _ = self.encode(images, training=training)
+        return self.decode(loc, training=training)
+
+    def _generator_groups(self):
+        """The encoder / latent_head / decoder parameter groups (building the model first if needed)."""
+        if not self.built:
+            self.build()
+        groups = self.latent_head.variable_groups()
+        groups["encoder"] = list(self.encoder.trainable_variables) + groups["encoder"]
+        groups["decoder"] = groups["decoder"] + list(self.decoder.trainable_variables)
+        return groups
+
+    def _attach_optimizers(self, groups, optimizers, clip_values=None, **kwargs):
+        """Builds one optimizer per non-empty group of `groups` (every group of `self.GROUPS` must be covered)
+        and compiles with the encoder's as Keras' `optimizer` (so Keras builds no unused default one)."""
+        missing = sorted(set(groups) - set(optimizers))
+        unknown = sorted(set(optimizers) - set(self.GROUPS))
+        if missing or unknown:
+            raise ValueError(f"optimizers must cover the groups {sorted(groups)}; missing {missing}, unknown {unknown}")
+        self.group_optimizers = {name: optimizers[name] for name in self.GROUPS if name in groups}
+        self.group_clip_values = dict(clip_values or {})
+        for name, optimizer in self.group_optimizers.items():
+            optimizer.build(groups[name])
+        keras.Model.compile(
+            self, optimizer=self.group_optimizers.get("encoder", next(iter(self.group_optimizers.values()))), **kwargs
+        )
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def _apply(self, name, gradients, variables):
+        """One optimizer step of group `name`, after its optional element-wise gradient clamp."""
+        clip = self.group_clip_values.get(name)
+        if clip:
+            gradients = [tf.clip_by_value(g, -clip, clip) for g in gradients]
+        self.group_optimizers[name].apply(gradients, variables)
+
+    def _apply_split(self, names, groups, gradients):
+        """Applies a flat gradient list laid out as the concatenation of `groups[name]` for `names`."""
+        start = 0
+        for name in names:
+            size = len(groups[name])
+            self._apply(name, gradients[start : start + size], groups[name])
+            start += size
+
+    def _latent_tracker_names(self):
+        return ["active_units"] + [f"kl_step_{t + 1}" for t in range(self.num_time_steps)]
+
+    def _update_latent_trackers(self, kl_steps, loc):
+        """Per-time-step KL means (`kl_step_<t>`, t = 1..T) and active units of a batch."""
+        kl_means = tf.reduce_mean(kl_steps, axis=0)
+        for t in range(self.num_time_steps):
+            self._trackers[f"kl_step_{t + 1}"].update_state(kl_means[t])
+        self._trackers["active_units"].update_state(bounds.active_units(loc))
+
+    def reset_evaluation_rng(self):
+        """Restarts the evaluation noise stream (call before each evaluation pass)."""
+        self.eval_seed_generator.state.assign(self._eval_initial_state)
+
+    @staticmethod
+    def _images(data):
+        return data[0] if isinstance(data, (tuple, list)) else data
