@@ -42,7 +42,8 @@ def build_dataset(
     flip=None,
     max_corrupt_fraction: float = 0.01,
 ) -> data_lib.ImageSplits:
-    """Loads the train/validation/test images (`data_lib.load_image_splits`; RGB details in `image_data`).
+    """Loads the train/validation/test images (`data.load_image_splits`; RGB details in
+    `crvae_tf.data.celeba` and `birds`).
 
     Args:
       name: 'sprites' (embedded, generated in code), 'mnist' (dynamically binarized per batch),

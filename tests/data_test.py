@@ -171,3 +171,30 @@ class PipelineTest(tf.test.TestCase):
             data.make_dataset(images.astype(np.uint8), batch_size=2, binarization="static", seed=0, training=True)
         with self.assertRaisesRegex(ValueError, "exceeds"):
             data.steps_per_epoch(4, 8)
+
+
+class LabelsAndFactorsTest(testing_utils.GinTestCase):
+    def test_sprites_keep_their_ground_truth_factors_per_split(self):
+        splits = data.load_image_splits("sprites", seed=4, num_sprites=(6, 3, 2))
+        for split, n in (("train", 6), ("validation", 3), ("test", 2)):
+            factors = splits.factors[split]
+            self.assertEqual(sorted(factors), ["rotation", "scale", "shape", "x", "y"])
+            self.assertTrue(all(len(v) == n for v in factors.values()))
+        # The factors are the ones the images were rendered from.
+        images, factors = data.generate_sprites(6, [4, 0])
+        np.testing.assert_array_equal(splits.train, images)
+        np.testing.assert_array_equal(splits.factors["train"]["shape"], factors["shape"])
+
+    def test_mnist_file_labels_follow_the_validation_hold_out(self):
+        path = testing_utils.write_fake_mnist(os.path.join(self.get_temp_dir(), "mnist.npz"), num_train=50, num_test=7)
+        splits = data.load_image_splits("mnist", local_path=path, validation_size=10, seed=2)
+        with np.load(path) as raw:
+            permutation = np.random.default_rng(2).permutation(50)
+            np.testing.assert_array_equal(splits.labels["validation"], raw["y_train"][permutation[40:]])
+            np.testing.assert_array_equal(splits.labels["test"], raw["y_test"])
+        self.assertEqual(len(splits.labels["train"]), 40)
+
+    def test_labels_must_match_the_split_sizes(self):
+        images = np.zeros((3, 28, 28, 1), np.float32)
+        with self.assertRaisesRegex(ValueError, r"labels\['train'\] must have one entry per image \(3\)"):
+            data.ImageSplits("mnist", "dynamic", images, images, images, "x", labels={"train": np.zeros(2)})

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from crvae_tf import builders
 from crvae_tf import data
-from crvae_tf import image_data
+from crvae_tf.data import image_cache
+from crvae_tf.data import image_files
 
 import testing_utils
 
@@ -49,8 +50,8 @@ class CelebaFolderTest(tf.test.TestCase):
         self.assertNear(cols.mean() / resolution, testing_utils.FACE_MARK[1] + testing_utils.FACE_MARK[3] / 2, 0.03)
 
     def test_face_crop_scales_with_the_image_size(self):
-        self.assertEqual(image_data.celeba_crop_window(218, 178, image_data.CELEBA_FACE_CROP), (40, 15, 148, 148))
-        self.assertEqual(image_data.celeba_crop_window(109, 89, image_data.CELEBA_FACE_CROP), (20, 8, 74, 74))
+        self.assertEqual(image_files.celeba_crop_window(218, 178, image_files.CELEBA_FACE_CROP), (40, 15, 148, 148))
+        self.assertEqual(image_files.celeba_crop_window(109, 89, image_files.CELEBA_FACE_CROP), (20, 8, 74, 74))
         for height, width, resolution in ((109, 89, 64), (218, 178, 128), (109, 89, 128)):
             with self.subTest(size=(height, width), resolution=resolution):
                 folder = testing_utils.write_faces(
@@ -121,15 +122,15 @@ class CelebaFolderTest(tf.test.TestCase):
     def test_cache_is_reused_and_a_changed_source_invalidates_it(self):
         folder = testing_utils.write_faces(os.path.join(self.get_temp_dir(), "cached"), 109, 89, range(1, 9), fmt="png")
         first = self.load(folder, validation_size=1)
-        with mock.patch.object(image_data, "decode_image_file", side_effect=AssertionError("decoded again")):
+        with mock.patch.object(image_cache, "decode_image_file", side_effect=AssertionError("decoded again")):
             second = self.load(folder, validation_size=1)
         self.assertEqual(second.manifest_path, first.manifest_path)
         self.assertAllEqual(second.train, first.train)
         testing_utils.write_image(
             os.path.join(folder, "000003.png"), testing_utils.fake_face(109, 89, 77), "png"
         )  # Changed content.
-        decode = mock.Mock(side_effect=image_data.decode_image_file)
-        with mock.patch.object(image_data, "decode_image_file", decode):
+        decode = mock.Mock(side_effect=image_files.decode_image_file)
+        with mock.patch.object(image_cache, "decode_image_file", decode):
             third = self.load(folder, validation_size=1)
         self.assertEqual(decode.call_count, 8)
         self.assertNotEqual(third.manifest_path, first.manifest_path)
@@ -151,7 +152,7 @@ class CelebaFolderTest(tf.test.TestCase):
 
     def test_corrupt_images_are_reported_and_skipped(self):
         folder = self.write_corrupt(os.path.join(self.get_temp_dir(), "corrupt"))
-        with self.assertLogs(image_data._logger, "WARNING") as logs:
+        with self.assertLogs(image_cache._logger, "WARNING") as logs:
             splits = self.load(folder, validation_size=2, max_corrupt_fraction=0.2)
         self.assertTrue(any("4 of 24 celeba images were rejected" in line for line in logs.output), logs.output)
         self.assertEqual(len(splits.train) + len(splits.validation) + len(splits.test), 20)
@@ -251,9 +252,9 @@ class BirdsTest(tf.test.TestCase):
         self.assertAllEqual(by_tag[40][-1], by_tag[40][-9])
         self.assertNotAllEqual(by_tag[40][8], by_tag[40][0])
         self.assertNear((by_tag[40][:, 32, 1] > 128).mean(), 12 / 40, 0.04)
-        self.assertEqual(image_data.square_box_window(50, 70, (55, 2, 12, 12)), (2, 55, 12, 12))
-        self.assertEqual(image_data.square_box_window(120, 100, (20, 40, 60, 20)), (20, 20, 60, 60))
-        self.assertEqual(image_data.square_box_window(30, 50, (5, 10, 40, 12)), (-4, 5, 40, 40))
+        self.assertEqual(image_files.square_box_window(50, 70, (55, 2, 12, 12)), (2, 55, 12, 12))
+        self.assertEqual(image_files.square_box_window(120, 100, (20, 40, 60, 20)), (20, 20, 60, 60))
+        self.assertEqual(image_files.square_box_window(30, 50, (5, 10, 40, 12)), (-4, 5, 40, 40))
         self.assertEqual(_tags(splits.test), [30])
         source = _manifest(splits)["sources"][0]
         self.assertEqual((source["listed"], source["present"], source["missing"]), (5, 4, 1))
