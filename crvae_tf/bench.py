@@ -59,10 +59,10 @@ import tensorflow as tf
 
 from crvae_tf import builders
 from crvae_tf import data as data_lib
-from crvae_tf import eval_lib
 from crvae_tf import models
-from crvae_tf import train_lib
+from crvae_tf import runs
 from crvae_tf.architectures import heads
+from crvae_tf.evaluation import likelihood as eval_lib
 
 VARIANTS = ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae")
 
@@ -165,7 +165,7 @@ def time_steps(step, batches, warmup: int, steps: int) -> list:
 
 def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
     gin.clear_config()
-    train_lib.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
+    runs.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
     keras.utils.set_random_seed(0)
     model = builders.build_model(image_shape=(28, 28, 1), seed=0)
     optimizers, clips = builders.build_optimizers(model, steps_per_epoch=390)
@@ -197,7 +197,7 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
 def bench_recipe(path, steps, warmup, batch_size, bindings):
     """Median training step time of any recipe (e.g. the adversarial ones) on random images of its shape."""
     gin.clear_config()
-    train_lib.parse_gin([path], list(bindings), finalize=False)
+    runs.parse_gin([path], list(bindings), finalize=False)
     if gin.query_parameter("dataset.name") in ("celeba", "birds"):
         resolution = gin.query_parameter("dataset.resolution")
         image_shape = (resolution, resolution, 3)
@@ -244,7 +244,7 @@ def _memory_mb(field: str) -> float:
 def bench_nll(name, num_samples, num_images, batch_size, chunk_size, gin_dir, bindings):
     """Times `eval_lib.ImportanceSampler` (the evaluation binary's estimator) on random binary images."""
     gin.clear_config()
-    train_lib.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
+    runs.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
     keras.utils.set_random_seed(0)
     model = builders.build_model(image_shape=(28, 28, 1), seed=0)
     batch_size = min(batch_size, num_images)
@@ -348,10 +348,11 @@ def bench_serving(name, batch_sizes, iterations, warmup, gin_dir, bindings):
     import shutil
     import tempfile
 
-    from crvae_tf import export_lib  # imported here: only this mode needs it
+    from crvae_tf.serving import export_lib
+    # imported here: only this mode needs it
 
     gin.clear_config()
-    train_lib.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
+    runs.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
     keras.utils.set_random_seed(0)
     model = builders.build_model(image_shape=(28, 28, 1), seed=0)
     folder = tempfile.mkdtemp(prefix="bench_serving-")

@@ -14,6 +14,8 @@ the same for every model variant:
     train.*        the loop (`max_steps`, `batch_size`, `seed`, logging/checkpoint cadence)
 """
 
+import inspect
+
 import gin
 import keras
 
@@ -108,7 +110,15 @@ def build_eval_dataset(name=None, local_path=None, data_dir=None, download: bool
     """
     if name is None:
         return None
-    return data_lib.load_image_splits(name, local_path=local_path, data_dir=data_dir, download=download)
+    try:
+        return data_lib.load_image_splits(name, local_path=local_path, data_dir=data_dir, download=download)
+    except data_lib.DataUnavailableError as error:
+        raise data_lib.DataUnavailableError(
+            f"The test split of eval_dataset.name={name!r} is unavailable. "
+            "For evaluation the binding is eval_dataset.local_path (not dataset.local_path), e.g. "
+            "--gin_bindings=\"eval_dataset.local_path='/path/to/binarized_mnist.npz'\" "
+            f"(or eval_dataset.name=None for the run's own test set). Details: {error}"
+        ) from error
 
 
 @gin.configurable("encoder", denylist=["image_shape"])
@@ -234,28 +244,45 @@ def build_discriminator(
     return trunk, head, q_head
 
 
-# Which latent_head.* arguments each kind accepts (None = not given).
-_HEAD_ARGS = {
-    "fc": {"latent_dim", "num_time_steps"},
-    "conv": {"latent_channels", "num_time_steps"},
-    "block_fc": {"latent_channels", "num_time_steps", "loc_path"},
-    "channel_recurrent": {
-        "latent_channels",
-        "num_time_steps",
-        "loc_path",
-        "hidden_units",
-        "num_layers",
-        "recurrent_inference",
-        "recurrent_generation",
-        "inference_batchnorm",
-    },
-}
+def _head_selector(head_class, name):
+    """A gin-registered factory `name(feature_shape, **arguments)` for `head_class`: the value of
+    `latent_head.head_fn = @name`. Its hyperparameters stay `latent_head.*` bindings (one home each)."""
+
+    def make_head(feature_shape, **arguments):
+        return head_class(feature_shape, **arguments)
+
+    make_head.__name__ = make_head.__qualname__ = name
+    make_head.head_class = head_class
+    return gin.register(name)(make_head)
+
+
+# `latent_head.kind` strings (the recipes' spelling) are the documented aliases of the selectors `@<kind>_head`:
+# @fc_head, @conv_head, @block_fc_head, @channel_recurrent_head.
+HEAD_KINDS = {kind: _head_selector(head_class, f"{kind}_head") for kind, head_class in heads.HEADS.items()}
+_ALWAYS_PASSED = {"feature_shape", "batchnorm_momentum", "batchnorm_epsilon", "name"}
+
+
+def head_arguments(head_class) -> set:
+    """The `latent_head.*` arguments a head class accepts: the named parameters of its constructors up to
+    `LatentHead` (read from the signatures, so a new head needs no hand-kept list)."""
+    names = set()
+    for cls in head_class.__mro__:
+        if "__init__" in vars(cls):
+            names.update(
+                p.name
+                for p in inspect.signature(cls.__init__).parameters.values()
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"
+            )
+        if cls is heads.LatentHead:
+            break
+    return names - _ALWAYS_PASSED
 
 
 @gin.configurable("latent_head", denylist=["feature_shape"])
 def build_latent_head(
     feature_shape,
-    kind: str = gin.REQUIRED,
+    kind=None,
+    head_fn=None,
     latent_dim=None,
     latent_channels=None,
     num_time_steps=None,
@@ -272,7 +299,11 @@ def build_latent_head(
 
     Args:
       feature_shape: (h, w, c) of the encoder output (from the encoder).
-      kind: 'fc' (VAE), 'conv' (cVAE), 'block_fc' (bcVAE) or 'channel_recurrent' (crVAE).
+      kind: 'fc' (VAE), 'conv' (cVAE), 'block_fc' (bcVAE) or 'channel_recurrent' (crVAE): the string aliases
+        of the selectors `@fc_head`, `@conv_head`, `@block_fc_head`, `@channel_recurrent_head`.
+      head_fn: instead of `kind`, a selector reference, e.g. `latent_head.head_fn = @channel_recurrent_head`,
+        or any gin-registered `fn(feature_shape, **arguments) -> LatentHead` of your own (it receives every
+        argument bound below).
       latent_dim: 'fc' only (default 1024).
       latent_channels: latent channels of the conv-shaped latents (default 64: 64x4x4 = 1024).
       num_time_steps: T, the number of channel blocks (paper T = 8; default 8, 1 for 'fc').
@@ -298,17 +329,26 @@ def build_latent_head(
         ).items()
         if value is not None
     }
-    if kind not in heads.HEADS:
-        raise ValueError(f"latent_head.kind={kind!r} is not one of {sorted(heads.HEADS)}")
-    unused = sorted(set(given) - _HEAD_ARGS[kind])
-    if unused:
+    if (kind is None) == (head_fn is None):
         raise ValueError(
-            f"latent_head.kind={kind!r} does not use {unused}; remove those bindings "
-            f"(it accepts {sorted(_HEAD_ARGS[kind])})."
+            "Set exactly one of latent_head.kind (one of "
+            f"{sorted(HEAD_KINDS)}) and latent_head.head_fn (e.g. @channel_recurrent_head); got kind={kind!r}, "
+            f"head_fn={head_fn!r}."
         )
-    if kind != "fc":
-        given.setdefault("num_time_steps", 8)
-    return heads.HEADS[kind](
+    if kind is not None:
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"latent_head.kind={kind!r} is not one of {sorted(HEAD_KINDS)}")
+        head_fn = HEAD_KINDS[kind]
+    head_class = getattr(head_fn, "head_class", None)
+    label = f"latent_head.kind={kind!r}" if kind is not None else f"latent_head.head_fn={head_fn.__name__}"
+    if head_class is not None:
+        accepted = head_arguments(head_class)
+        unused = sorted(set(given) - accepted)
+        if unused:
+            raise ValueError(f"{label} does not use {unused}; remove those bindings (it accepts {sorted(accepted)}).")
+        if head_class is not heads.FCHead:
+            given.setdefault("num_time_steps", 8)
+    return head_fn(
         feature_shape,
         batchnorm_momentum=batchnorm_momentum,
         batchnorm_epsilon=batchnorm_epsilon,

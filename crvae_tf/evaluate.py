@@ -22,8 +22,8 @@ from absl import app
 from absl import flags
 
 from crvae_tf import data as data_lib
-from crvae_tf import eval_lib
-from crvae_tf import train_lib
+from crvae_tf import runs
+from crvae_tf.evaluation import likelihood as eval_lib
 
 # --model_dir and --gin_bindings have the same meaning as in crvae_tf.train; allow_override lets both binaries be
 # imported into one process (the tests), whichever comes first.
@@ -78,7 +78,7 @@ POLL_TIMEOUT = flags.DEFINE_float(
 
 def _checkpoint_value(text: str):
     try:
-        return train_lib.checkpoint_value(text)
+        return runs.checkpoint_value(text)
     except ValueError as error:
         raise app.UsageError(f"--checkpoint: {error}") from None
 

@@ -20,8 +20,8 @@ from absl import app
 from absl import flags
 
 from crvae_tf import data as data_lib
-from crvae_tf import export_lib
-from crvae_tf import train_lib
+from crvae_tf import runs
+from crvae_tf.serving import export_lib
 
 # --model_dir, --gin_bindings and --checkpoint mean the same as in crvae_tf.train / crvae_tf.evaluate;
 # allow_override lets the binaries be imported into one process (the tests), whichever comes first.
@@ -44,7 +44,7 @@ OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace an existing EXPORT
 
 def _checkpoint_value(text: str):
     try:
-        return train_lib.checkpoint_value(text)
+        return runs.checkpoint_value(text)
     except ValueError as error:
         raise app.UsageError(f"--checkpoint: {error}") from None
 

@@ -16,7 +16,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from crvae_tf import train_lib
+from crvae_tf import runs
+from crvae_tf.training import loop
 
 FLAGS = flags.DEFINE_multi_string("gin_file", [], "Gin recipe file(s), applied in order.")
 BINDINGS = flags.DEFINE_multi_string(
@@ -32,8 +33,8 @@ def main(argv):
     for path in FLAGS.value:
         if not os.path.exists(path):
             raise app.UsageError(f"--gin_file={path} does not exist (paths are relative to {os.getcwd()}).")
-    train_lib.parse_gin(FLAGS.value, BINDINGS.value)
-    result = train_lib.train(MODEL_DIR.value)
+    runs.parse_gin(FLAGS.value, BINDINGS.value)
+    result = loop.train(MODEL_DIR.value)
     logging.info("Finished at step %d; checkpoint %s", result["step"], result["checkpoint"])
     print(f"Finished at step {result['step']}: train {result['train']}, validation {result['validation']}")
 

@@ -9,8 +9,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from crvae_tf import eval_lib
-from crvae_tf import train_lib
+from crvae_tf import runs
+from crvae_tf.evaluation import likelihood as eval_lib
+from crvae_tf.training import loop
+from crvae_tf.training import monitors
 
 import testing_utils
 
@@ -59,9 +61,9 @@ class AdversarialTrainingTest(testing_utils.GinTestCase):
         )
         if local:
             bindings.append(f"dataset.local_path = '{self.faces}'")
-        train_lib.parse_gin([recipe], bindings + list(extra))
+        runs.parse_gin([recipe], bindings + list(extra))
         try:
-            return train_lib.train(model_dir)
+            return loop.train(model_dir)
         finally:
             gin.clear_config()
 
@@ -154,14 +156,14 @@ class RecipeBenchmarkTest(testing_utils.GinTestCase):
 
 class CollapseMonitorTest(tf.test.TestCase):
     def test_stops_after_patience_pinned_steps_only(self):
-        monitor = train_lib.CollapseMonitor(3)
+        monitor = monitors.CollapseMonitor(3)
         self.assertEqual([monitor.update(a) for a in (1.0, 1.0, 0.75, 1.0, 1.0)], [False] * 5)
         self.assertTrue(monitor.update(1.0))
         self.assertIn("wins outright", monitor.describe(10))
-        losing = train_lib.CollapseMonitor(2)
+        losing = monitors.CollapseMonitor(2)
         self.assertEqual([losing.update(a) for a in (0.0, 0.0)], [False, True])
         self.assertIn("loses outright", losing.describe(2))
-        disabled = train_lib.CollapseMonitor(None)
+        disabled = monitors.CollapseMonitor(None)
         self.assertFalse(any(disabled.update(1.0) for _ in range(10)))
 
 

@@ -7,7 +7,7 @@ import keras
 
 from crvae_tf import builders
 from crvae_tf import models
-from crvae_tf import train_lib
+from crvae_tf import runs
 from crvae_tf.architectures import heads
 
 import testing_utils
@@ -84,7 +84,7 @@ PINNED_ADVERSARIAL = {
 
 def parse(recipe, bindings=()):
     gin.clear_config()
-    train_lib.parse_gin([os.path.join(testing_utils.GIN_DIR, f"{recipe}.gin")], list(bindings), finalize=False)
+    runs.parse_gin([os.path.join(testing_utils.GIN_DIR, f"{recipe}.gin")], list(bindings), finalize=False)
 
 
 class BuildersTest(testing_utils.GinTestCase):

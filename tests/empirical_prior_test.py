@@ -19,10 +19,12 @@ import tensorflow as tf
 
 from crvae_tf import builders
 from crvae_tf import data as data_lib
-from crvae_tf import empirical_prior
 from crvae_tf import explore
-from crvae_tf import train_lib
+from crvae_tf import runs
 from crvae_tf.architectures import blocks
+from crvae_tf.exploration import empirical_prior
+from crvae_tf.exploration import explore_lib
+from crvae_tf.training import loop
 
 import testing_utils
 
@@ -225,14 +227,14 @@ class ExploreBinaryTest(testing_utils.GinTestCase):
         tmp = self.get_temp_dir()
         mnist = testing_utils.write_fake_mnist(os.path.join(tmp, "mnist.npz"))
         model_dir = os.path.join(tmp, "cvae")
-        train_lib.parse_gin(
+        runs.parse_gin(
             [os.path.join(testing_utils.GIN_DIR, "mnist_cvae.gin")],
             testing_utils.TINY_BINDINGS
             + testing_utils.tiny_head_bindings("conv")
             + ["train.max_steps = 2", f"dataset.local_path = '{mnist}'", "dataset.validation_size = 40"],
             finalize=False,
         )
-        train_lib.train(model_dir)
+        loop.train(model_dir)
         gin.clear_config()
         try:
             stdout = self._explore(
@@ -256,12 +258,12 @@ class ExploreBinaryTest(testing_utils.GinTestCase):
             # Saved with the model: fitted on the TRAINING split, binarized as the evaluation pipeline, run seed.
             prior = EmpiricalPrior.load(prior_file)
             self.assertEqual((prior.step, prior.split, prior.num_images, prior.seed), (2, "train", 50, 1208))
-            run = train_lib.load_run(model_dir)
+            run = runs.load_run(model_dir)
             oracle = EmpiricalPrior.fit(
                 run.model,
                 data_lib.make_dataset(
                     run.splits.train[:50],
-                    batch_size=explore.FIT_BATCH_SIZE,
+                    batch_size=explore_lib.FIT_BATCH_SIZE,
                     binarization=run.splits.binarization,
                     seed=run.seed,
                     training=False,

@@ -18,9 +18,10 @@ import numpy as np
 import tensorflow as tf
 
 from crvae_tf import data as data_lib
-from crvae_tf import eval_lib
 from crvae_tf import evaluate as evaluate_binary
-from crvae_tf import train_lib
+from crvae_tf import runs
+from crvae_tf.evaluation import likelihood as eval_lib
+from crvae_tf.training import loop
 
 import testing_utils
 
@@ -45,7 +46,7 @@ class EvalLibTest(testing_utils.GinTestCase):
         cls.test_bits = write_fake_binarized_mnist(cls.binarized)
         cls.run_dir = os.path.join(cls.tmp, "run")
         gin.clear_config()
-        train_lib.parse_gin(
+        runs.parse_gin(
             [os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
             testing_utils.TINY_BINDINGS
             + testing_utils.tiny_head_bindings("channel_recurrent")
@@ -57,7 +58,7 @@ class EvalLibTest(testing_utils.GinTestCase):
             ],
             finalize=False,
         )
-        train_lib.train(cls.run_dir)  # checkpoints at steps 2 and 4, validations (and 'best') at 2 and 4
+        loop.train(cls.run_dir)  # checkpoints at steps 2 and 4, validations (and 'best') at 2 and 4
         gin.clear_config()
 
     @classmethod
@@ -203,7 +204,7 @@ class EvalLibTest(testing_utils.GinTestCase):
             self.evaluate(data=os.path.join(self.tmp, "missing.npz"))
 
     def test_sampler_log_weights_match_the_densities(self):
-        run = train_lib.load_run(self.run_dir, gin_bindings=[f"eval_dataset.local_path = '{self.binarized}'"])
+        run = runs.load_run(self.run_dir, gin_bindings=[f"eval_dataset.local_path = '{self.binarized}'"])
         sampler = eval_lib.ImportanceSampler(run.model, K, chunk_size=4, seed=3)
         images = tf.constant(self.test_bits[:6], tf.float32)
         image_ids, sample_ids = tf.range(10, 16, dtype=tf.int64), tf.range(7, 11, dtype=tf.int64)

@@ -27,8 +27,12 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
 from crvae_tf import export as export_binary
-from crvae_tf import export_lib
-from crvae_tf import train_lib
+from crvae_tf import runs
+from crvae_tf.serving import endpoints
+from crvae_tf.serving import export_lib
+from crvae_tf.serving import graph_checks
+from crvae_tf.serving import publish
+from crvae_tf.training import loop
 
 import testing_utils
 
@@ -246,21 +250,21 @@ class ExportTest(testing_utils.GinTestCase):
         for name, (recipe, kind) in FAMILIES.items():
             model_dir = os.path.join(cls.tmp, "runs", name)
             gin.clear_config()
-            train_lib.parse_gin(
+            runs.parse_gin(
                 [os.path.join(testing_utils.GIN_DIR, recipe)], cls.bindings(kind, max_steps=STEP), finalize=False
             )
-            train_lib.train(model_dir)
+            loop.train(model_dir)
             gin.clear_config()
             cls.runs[name] = model_dir
             cls.exports[name] = export_lib.export_run(model_dir, os.path.join(cls.tmp, "exports", name))
-            cls.models[name] = train_lib.load_run(model_dir).model  # the in-memory reference
+            cls.models[name] = runs.load_run(model_dir).model  # the in-memory reference
             with open(os.path.join(model_dir, "operative_config.gin")) as f:
                 cls.operative[name] = f.read()
         gin.clear_config()
         # The adversarial family through the same export_run: a crVAE-GAN (with its Q head) on fake faces.
         faces = testing_utils.write_faces(os.path.join(cls.tmp, "faces"), 109, 89, range(1, 25))
         model_dir = os.path.join(cls.tmp, "runs", SIGNED)
-        train_lib.parse_gin(
+        runs.parse_gin(
             [os.path.join(testing_utils.GIN_DIR, "celeba64.gin")],
             testing_utils.TINY_BINDINGS
             + testing_utils.tiny_head_bindings("channel_recurrent")
@@ -274,10 +278,10 @@ class ExportTest(testing_utils.GinTestCase):
             ],
             finalize=False,
         )
-        train_lib.train(model_dir)
+        loop.train(model_dir)
         gin.clear_config()
         cls.exports[SIGNED] = export_lib.export_run(model_dir, os.path.join(cls.tmp, "exports", SIGNED))
-        cls.models[SIGNED] = train_lib.load_run(model_dir).model
+        cls.models[SIGNED] = runs.load_run(model_dir).model
         gin.clear_config()
         # Fixed inputs, then the serving-side process twice (two "server restarts").
         rng = np.random.default_rng(0)
@@ -342,7 +346,7 @@ class ExportTest(testing_utils.GinTestCase):
             export_dir = os.path.dirname(export.path)
             with self.subTest(family=name):
                 self.assertEqual(os.listdir(export_dir), [str(STEP)])
-                self.assertEqual(export_lib.versions(export_dir), [STEP])
+                self.assertEqual(publish.versions(export_dir), [STEP])
                 for file in (
                     "saved_model.pb",
                     "variables/variables.index",
@@ -397,7 +401,7 @@ class ExportTest(testing_utils.GinTestCase):
                 parsed = parse_saved_model_cli(shown)
                 self.assertEqual(set(parsed) - {"__saved_model_init_op"}, set(export_lib.SIGNATURES))
                 model = self.models[name]
-                table = export_lib.signature_table(model.latent_dim, model.image_shape)
+                table = endpoints.signature_table(model.latent_dim, model.image_shape)
                 for signature, spec in table.items():
                     self.assertEqual(parsed[signature]["method"], "tensorflow/serving/predict")
                     for side in ("inputs", "outputs"):
@@ -413,7 +417,7 @@ class ExportTest(testing_utils.GinTestCase):
         # The other families: the same contract, read from the SavedModel proto the CLI prints.
         for name, export in self.exports.items():
             proto = self.signature_defs(export.path)
-            table = export_lib.signature_table(self.models[name].latent_dim, self.models[name].image_shape)
+            table = endpoints.signature_table(self.models[name].latent_dim, self.models[name].image_shape)
             for signature, spec in table.items():
                 for side in ("inputs", "outputs"):
                     got = {
@@ -537,7 +541,7 @@ class ExportTest(testing_utils.GinTestCase):
                 re.escape("num must be an int32 scalar in [1, "),
                 True,
             ),
-            ("sample", {"num": np.int32(export_lib.MAX_SAMPLE_NUM + 1), "seed": np.int64(1)}, "num must be", True),
+            ("sample", {"num": np.int32(endpoints.MAX_SAMPLE_NUM + 1), "seed": np.int64(1)}, "num must be", True),
             (
                 "sample",
                 {"num": np.array([2], np.int32), "seed": np.int64(1)},
@@ -571,17 +575,17 @@ class ExportTest(testing_utils.GinTestCase):
         self.assertEqual(sorted(op for op in OP_ALLOWLIST if not hasattr(tf.raw_ops, op)), [])
         for name, export in self.exports.items():
             with self.subTest(family=name):
-                ops = export_lib.saved_model_ops(export.path)
+                ops = graph_checks.saved_model_ops(export.path)
                 self.assertIn("Conv2DBackpropInput", ops)  # the decoder, inside the function library
                 self.assertEqual(sorted(op for op in ops if op.startswith("CudnnRNN")), [])
                 self.assertEqual(sorted(set(ops) - OP_ALLOWLIST), [], msg="new ops: review them for TF Serving")
-                self.assertEqual(export_lib.xla_compiled_functions(export.path), [])
-                self.assertEqual(dict(export_lib.check_serving_graph(export.path)), dict(ops))
+                self.assertEqual(graph_checks.xla_compiled_functions(export.path), [])
+                self.assertEqual(dict(graph_checks.check_serving_graph(export.path)), dict(ops))
         # The crVAE's LSTMs are plain matmuls: no RNN op of any kind.
         self.assertEqual(
             [
                 op
-                for op in export_lib.saved_model_ops(self.exports["crvae"].path)
+                for op in graph_checks.saved_model_ops(self.exports["crvae"].path)
                 if "RNN" in op or "LSTM" in op or op == "While"
             ],
             [],
@@ -591,12 +595,12 @@ class ExportTest(testing_utils.GinTestCase):
         """`check_serving_graph` refuses a cuDNN op, a non-core op and an XLA-compiled function, naming the fix."""
         path = self.exports["vae"].path
         for ops, pattern in (({"CudnnRNNV3": 1, "MatMul": 2}, "cuDNN-only"), ({"MyCustomOp": 1}, "not core")):
-            with self.subTest(ops=ops), mock.patch.object(export_lib, "saved_model_ops", return_value=ops):
-                with self.assertRaisesRegex(export_lib.ServingGraphError, pattern):
-                    export_lib.check_serving_graph(path)
-        with mock.patch.object(export_lib, "xla_compiled_functions", return_value=["__inference_f_1"]):
-            with self.assertRaisesRegex(export_lib.ServingGraphError, "jit_compile"):
-                export_lib.check_serving_graph(path)
+            with self.subTest(ops=ops), mock.patch.object(graph_checks, "saved_model_ops", return_value=ops):
+                with self.assertRaisesRegex(graph_checks.ServingGraphError, pattern):
+                    graph_checks.check_serving_graph(path)
+        with mock.patch.object(graph_checks, "xla_compiled_functions", return_value=["__inference_f_1"]):
+            with self.assertRaisesRegex(graph_checks.ServingGraphError, "jit_compile"):
+                graph_checks.check_serving_graph(path)
 
     def test_keras_rnn_layers_are_traced_without_cudnn(self):
         """A model with a Keras LSTM (as an adversarial generator might have) is traced with use_cudnn=False
@@ -654,7 +658,7 @@ class ExportTest(testing_utils.GinTestCase):
         def save_then_die(module, path, **kwargs):
             real_save(module, path, **kwargs)  # saved_model.pb and variables/ are on disk...
             self.assertTrue(os.path.exists(os.path.join(path, "saved_model.pb")))
-            self.assertEqual(export_lib.versions(export_dir), [1])  # ...but not visible as a version
+            self.assertEqual(publish.versions(export_dir), [1])  # ...but not visible as a version
             raise RuntimeError("disk full")
 
         def die_midway(module, path, **kwargs):
@@ -669,7 +673,7 @@ class ExportTest(testing_utils.GinTestCase):
             (
                 4,
                 mock.patch.object(
-                    export_lib, "check_serving_graph", side_effect=export_lib.ServingGraphError("CudnnRNNV3")
+                    export_lib, "check_serving_graph", side_effect=graph_checks.ServingGraphError("CudnnRNNV3")
                 ),
                 ValueError,
             ),
@@ -679,7 +683,7 @@ class ExportTest(testing_utils.GinTestCase):
                 with patch, self.assertRaises(error):
                     export_lib.export_model(model, export_dir, version, overwrite=True)
                 self.assertEqual(os.listdir(export_dir), ["1"])
-                self.assertEqual(export_lib.versions(export_dir), [1])
+                self.assertEqual(publish.versions(export_dir), [1])
                 self.assertEqual(sorted(os.listdir(existing.path)), before)
 
     def test_existing_version_requires_overwrite_and_is_swapped_atomically(self):
@@ -697,7 +701,7 @@ class ExportTest(testing_utils.GinTestCase):
         with open(os.path.join(second.path, export_lib.METADATA_FILE)) as f:
             self.assertEqual(json.load(f)["run"], "second")
         # Without renameat2 (other systems) the two-rename fallback gives the same result.
-        with mock.patch.object(export_lib, "_exchange", return_value=False):
+        with mock.patch.object(publish, "_exchange", return_value=False):
             export_lib.export_model(model, export_dir, 5, extra_metadata={"run": "third"}, overwrite=True)
         self.assertEqual(os.listdir(export_dir), ["5"])
         with open(os.path.join(second.path, export_lib.METADATA_FILE)) as f:
@@ -729,7 +733,7 @@ class ExportTest(testing_utils.GinTestCase):
             self.assertEqual(result["version"], STEP)
             self.assertEqual(result["path"], os.path.join(export_dir, str(STEP)))
             self.assertEqual(result["signatures"], list(export_lib.SIGNATURES))
-            self.assertEqual(export_lib.versions(export_dir), [STEP])
+            self.assertEqual(publish.versions(export_dir), [STEP])
             with open(os.path.join(result["path"], export_lib.METADATA_FILE)) as f:
                 self.assertIn(f"dataset.local_path = '{self.mnist}'", json.load(f)["gin_bindings"])
             for bad, message in (
@@ -743,7 +747,7 @@ class ExportTest(testing_utils.GinTestCase):
                     flags.FLAGS(argv + [bad])
                     with self.assertRaisesRegex(app.UsageError, message):
                         export_binary.main(["export"])
-            self.assertEqual(export_lib.versions(export_dir), [STEP])
+            self.assertEqual(publish.versions(export_dir), [STEP])
             flags.FLAGS.unparse_flags()
             flags.FLAGS(argv + ["--checkpoint=latest", "--overwrite"])
             with contextlib.redirect_stdout(io.StringIO()):
@@ -971,7 +975,7 @@ class ExportTest(testing_utils.GinTestCase):
         """export/README.md names each signature with its inputs and outputs, and the serving commands."""
         with open(os.path.join(testing_utils.REPO, "export", "README.md")) as f:
             readme = f.read()
-        table = export_lib.signature_table(1024, (28, 28, 1))
+        table = endpoints.signature_table(1024, (28, 28, 1))
         for signature, spec in table.items():
             self.assertIn(f"`{signature}`", readme)
             for name in list(spec["inputs"]) + list(spec["outputs"]):

@@ -16,8 +16,9 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from crvae_tf import runs
 from crvae_tf import train as train_binary
-from crvae_tf import train_lib
+from crvae_tf.training import loop
 
 import testing_utils
 
@@ -108,12 +109,12 @@ class RecipesTest(testing_utils.GinTestCase):
 
     def test_outputs_of_a_run(self):
         model_dir = os.path.join(self.get_temp_dir(), "run")
-        train_lib.parse_gin(
+        runs.parse_gin(
             [os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
             self._bindings("mnist_crvae.gin", max_steps=4),
             finalize=False,
         )
-        train_lib.train(model_dir)
+        loop.train(model_dir)
         operative = open(os.path.join(model_dir, "operative_config.gin")).read()
         self.assertIn("latent_head.kind = 'channel_recurrent'", operative)
         self.assertIn("train.max_steps = 4", operative)
@@ -146,17 +147,17 @@ class RecipesTest(testing_utils.GinTestCase):
     def test_resume_matches_a_straight_run(self):
         recipe = [os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")]
         straight = os.path.join(self.get_temp_dir(), "straight")
-        train_lib.parse_gin(recipe, self._bindings("mnist_crvae.gin", max_steps=6), finalize=False)
-        expected = train_lib.train(straight)
+        runs.parse_gin(recipe, self._bindings("mnist_crvae.gin", max_steps=6), finalize=False)
+        expected = loop.train(straight)
 
         resumed = os.path.join(self.get_temp_dir(), "resumed")
         gin.clear_config()
-        train_lib.parse_gin(recipe, self._bindings("mnist_crvae.gin", max_steps=3), finalize=False)
-        first = train_lib.train(resumed)
+        runs.parse_gin(recipe, self._bindings("mnist_crvae.gin", max_steps=3), finalize=False)
+        first = loop.train(resumed)
         self.assertEqual(first["step"], 3)
         gin.clear_config()
-        train_lib.parse_gin(recipe, self._bindings("mnist_crvae.gin", max_steps=6), finalize=False)
-        second = train_lib.train(resumed)
+        runs.parse_gin(recipe, self._bindings("mnist_crvae.gin", max_steps=6), finalize=False)
+        second = loop.train(resumed)
         self.assertEqual(second["step"], 6)
         self.assertEqual(second["initial_step"], 3)
         self.assertTrue(second["checkpoint"].endswith("ckpt-6"))
@@ -172,51 +173,51 @@ class RecipesTest(testing_utils.GinTestCase):
 
     def test_best_checkpoint_and_load_run(self):
         model_dir = os.path.join(self.get_temp_dir(), "selected")
-        train_lib.parse_gin(
+        runs.parse_gin(
             [os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
             self._bindings("mnist_crvae.gin", max_steps=4) + ["train.validation_every_steps = 2"],
             finalize=False,
         )
-        result = train_lib.train(model_dir)
+        result = loop.train(model_dir)
         best = json.load(open(os.path.join(model_dir, "checkpoints", "best", "best.json")))
         self.assertIn(best["step"], (2, 4))
         self.assertEqual((best["metric"], best["split"]), ("iwae_5", "validation"))
         self.assertIn("iwae_5", result["validation"])
         # load_run rebuilds the model from the saved config and restores exactly the trained weights.
-        trained = [v.numpy() for v in train_lib.load_run(model_dir).model.trainable_variables]
-        run = train_lib.load_run(model_dir, checkpoint="latest")
+        trained = [v.numpy() for v in runs.load_run(model_dir).model.trainable_variables]
+        run = runs.load_run(model_dir, checkpoint="latest")
         self.assertEqual(run.step, 4)
         for a, b in zip(trained, run.model.trainable_variables):
             self.assertAllEqual(a, b.numpy())
-        self.assertEqual(train_lib.load_run(model_dir, checkpoint="best").step, best["step"])
-        self.assertEqual(train_lib.load_run(model_dir, checkpoint=2).step, 2)
+        self.assertEqual(runs.load_run(model_dir, checkpoint="best").step, best["step"])
+        self.assertEqual(runs.load_run(model_dir, checkpoint=2).step, 2)
         with self.assertRaisesRegex(FileNotFoundError, "kept steps"):
-            train_lib.resolve_checkpoint(model_dir, 3)
+            runs.resolve_checkpoint(model_dir, 3)
         with self.assertRaisesRegex(ValueError, "'latest', 'best' or a step"):
-            train_lib.resolve_checkpoint(model_dir, "first")
+            runs.resolve_checkpoint(model_dir, "first")
         with self.assertRaisesRegex(FileNotFoundError, "not a crvae_tf run directory"):
-            train_lib.load_run(self.get_temp_dir())
+            runs.load_run(self.get_temp_dir())
 
     def test_time_based_checkpoints(self):
         model_dir = os.path.join(self.get_temp_dir(), "timed")
-        train_lib.parse_gin(
+        runs.parse_gin(
             [os.path.join(testing_utils.GIN_DIR, "mnist_vae.gin")],
             self._bindings("mnist_vae.gin", max_steps=3)
             + ["train.checkpoint_every_steps = 1000", "train.checkpoint_every_secs = 1e-9"],
             finalize=False,
         )
-        train_lib.train(model_dir)
+        loop.train(model_dir)
         state = tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
         self.assertEqual([int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths], [1, 2, 3])
 
     def test_bad_bindings_give_clear_errors(self):
-        train_lib.parse_gin(
+        runs.parse_gin(
             [os.path.join(testing_utils.GIN_DIR, "mnist_vae.gin")],
             self._bindings("mnist_vae.gin") + ["latent_head.hidden_units = 8"],
             finalize=False,
         )
         with self.assertRaisesRegex(ValueError, "does not use"):
-            train_lib.train(os.path.join(self.get_temp_dir(), "bad"))
+            loop.train(os.path.join(self.get_temp_dir(), "bad"))
 
 
 class KillAndResumeTest(testing_utils.GinTestCase):

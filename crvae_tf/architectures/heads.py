@@ -75,6 +75,12 @@ class LatentHead(keras.layers.Layer):
         self.generate(ops.zeros((1, self.latent_dim)))
         self.built = True
 
+    @property
+    def latent_shape(self) -> tuple:
+        """The latent's natural shape: `(latent_dim,)` for a flat latent, `(C, h, w)` for a conv-shaped one (the
+        flat z is its channel-major flattening)."""
+        return (int(self.latent_dim),)
+
     def variable_groups(self):
         """Maps parameter group name -> list of trainable variables owned by this head."""
         collect = lambda layers: [v for layer in layers for v in layer.trainable_variables]
@@ -138,6 +144,11 @@ class _ConvLatentHead(LatentHead):
         height, width, _ = self.feature_shape
         self.latent_dim = self.latent_channels * height * width
         self._check_time_steps(self.latent_channels, "latent_channels")
+
+    @property
+    def latent_shape(self) -> tuple:
+        height, width, _ = self.feature_shape
+        return (self.latent_channels, int(height), int(width))
 
     def _to_flat(self, x):
         return nhwc_to_flat(x)

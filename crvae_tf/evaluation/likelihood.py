@@ -51,7 +51,6 @@ from typing import NamedTuple
 from typing import Optional
 
 from absl import logging
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
@@ -60,7 +59,7 @@ from crvae_tf import artifacts
 from crvae_tf import builders
 from crvae_tf import data as data_lib
 from crvae_tf import models
-from crvae_tf import train_lib
+from crvae_tf import runs
 from crvae_tf.objectives import bounds
 
 SPLITS = ("test", "validation")
@@ -401,7 +400,7 @@ def result_path(
     return os.path.join(model_dir, EVAL_DIR, result_stem(split, step, num_importance_samples, max_images) + ".json")
 
 
-def select_split(run: train_lib.Run, split: str):
+def select_split(run: runs.Run, split: str):
     """The images `evaluate` scores: (ImageSplits they come from, float32 `[N, H, W, C]`, role).
 
     'test' scores the test split of `eval_dataset.*` when a recipe sets it (MNIST: the static Larochelle test
@@ -411,15 +410,7 @@ def select_split(run: train_lib.Run, split: str):
     _check_split(split)
     splits, role = run.splits, "run_dataset"
     if split == "test":
-        try:
-            eval_splits = builders.build_eval_dataset()
-        except data_lib.DataUnavailableError as error:
-            raise data_lib.DataUnavailableError(
-                f"The test split of eval_dataset.name={gin.query_parameter('eval_dataset.name')!r} is unavailable. "
-                "For evaluation the binding is eval_dataset.local_path (not dataset.local_path), e.g. "
-                "--gin_bindings=\"eval_dataset.local_path='../shared/data/binarized_mnist/binarized_mnist.npz'\" "
-                f"(or eval_dataset.name=None for the run's own test set). Details: {error}"
-            ) from error
+        eval_splits = builders.build_eval_dataset()
         if eval_splits is not None:
             families = {name: _DATASET_FAMILY.get(name, name) for name in (run.splits.name, eval_splits.name)}
             if families[run.splits.name] != families[eval_splits.name]:
@@ -487,7 +478,7 @@ def evaluate(
     _check_split(split)
     # Scores are computed in float32 whatever precision the run trained in (its weights are float32; a
     # bfloat16 decoder shifts the NLL by ~0.1 nat, the size of Table 1's gaps). A binding can override it.
-    run = train_lib.load_run(model_dir, checkpoint, [EVAL_PRECISION_BINDING] + list(gin_bindings))
+    run = runs.load_run(model_dir, checkpoint, [EVAL_PRECISION_BINDING] + list(gin_bindings))
     if not isinstance(run.model, models.VAE):
         raise ValueError(
             f"{model_dir} is a {type(run.model).__name__} run: the importance-sampled NLL needs the VAE "
@@ -650,14 +641,6 @@ class _Partial:
             os.remove(self.path)
 
 
-def kept_steps(model_dir: str) -> list:
-    """Steps of the checkpoints a run currently keeps in `checkpoints/` (oldest first)."""
-    state = tf.train.get_checkpoint_state(os.path.join(model_dir, train_lib.CHECKPOINT_DIR))
-    if state is None:
-        return []
-    return sorted(int(path.rsplit("-", 1)[1]) for path in state.all_model_checkpoint_paths)
-
-
 def evaluate_new_checkpoints(
     model_dir: str,
     poll_seconds: float = 60.0,
@@ -692,7 +675,7 @@ def evaluate_new_checkpoints(
     while True:
         pending = [
             step
-            for step in kept_steps(model_dir)
+            for step in runs.kept_steps(model_dir)
             if not os.path.exists(result_path(model_dir, split, step, k, max_images))
         ]
         for step in pending:
@@ -705,26 +688,13 @@ def evaluate_new_checkpoints(
             deadline = time.time() + timeout
             if on_result is not None:
                 on_result(result)
-        max_steps = _max_steps(model_dir)
+        max_steps = runs.max_steps(model_dir)
         done = max_steps is not None and os.path.exists(result_path(model_dir, split, max_steps, k, max_images))
         if done or time.time() >= deadline:
             if not done:
                 logging.info("No new checkpoint in %s for %.0f s; stopping.", model_dir, timeout)
             return results
         time.sleep(max(0.0, min(poll_seconds, deadline - time.time())))
-
-
-def _max_steps(model_dir: str) -> Optional[int]:
-    """`train.max_steps` of a run, read from its operative config (None if absent)."""
-    path = os.path.join(model_dir, "operative_config.gin")
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.replace(" ", "").startswith("train.max_steps="):
-                    return int(line.split("=", 1)[1].split("#")[0].strip())
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def _check_split(split) -> None:
@@ -754,7 +724,6 @@ __all__ = [
     "summarize",
     "result_path",
     "result_stem",
-    "kept_steps",
     "default_chunk_size",
     "SPLITS",
     "DEFAULT_NUM_IMPORTANCE_SAMPLES",

@@ -84,13 +84,7 @@ def latent_shape_of(model) -> LatentShape:
             "with no channels to slice (latent_head.kind='fc', the standard VAE). Use a run with "
             "latent_head.kind 'conv' (gin/mnist_cvae.gin), 'block_fc' or 'channel_recurrent'."
         )
-    height, width = (int(d) for d in head.feature_shape[:2])
-    shape = (int(channels), height, width)
-    if int(np.prod(shape)) != int(model.latent_dim):
-        raise ValueError(
-            f"The latent head's shape {shape} (latent_channels x H x W) does not match "
-            f"latent_dim={model.latent_dim}; the head does not use the channel-major layout."
-        )
+    shape = tuple(int(d) for d in head.latent_shape)
     return shape
 
 

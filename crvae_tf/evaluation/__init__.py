@@ -1,0 +1,4 @@
+"""Evaluation of trained runs.
+
+likelihood   importance-sampled NLL / ELBO / IWAE_k of a run on a split (streaming float64, resumable, polling)
+"""

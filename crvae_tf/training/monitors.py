@@ -1,0 +1,84 @@
+"""Monitors that stop a training run with a message that says what to change: non-finite losses and a
+discriminator whose batch accuracy is pinned at 0 or 1. Gin-free.
+"""
+
+import io
+import os
+
+import numpy as np
+
+from crvae_tf import artifacts
+
+
+class DiscriminatorCollapseError(RuntimeError):
+    """The discriminator's batch accuracy stayed pinned at 0 or 1; the message says what to change."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss becomes NaN or Inf."""
+
+
+class CollapseMonitor:
+    """Counts consecutive steps whose discriminator batch accuracy is exactly 0 or exactly 1.
+
+    `update(accuracy)` returns True once `patience` consecutive steps were pinned (None or 0: never).
+    """
+
+    def __init__(self, patience):
+        self.patience = int(patience) if patience else 0
+        self.pinned = 0
+        self.value = None
+
+    def update(self, accuracy: float) -> bool:
+        self.pinned = self.pinned + 1 if accuracy in (0.0, 1.0) else 0
+        self.value = accuracy
+        return bool(self.patience) and self.pinned >= self.patience
+
+    def describe(self, step: int) -> str:
+        verdict = "wins" if self.value == 1.0 else "loses"
+        return (
+            f"The discriminator's batch accuracy has been {self.value:.0f} for {self.pinned} consecutive steps "
+            f"(step {step}): it {verdict} outright and the generator gets no useful signal."
+        )
+
+
+def _npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+class TrainingGuard:
+    """Stops training on a non-finite loss (`NonFiniteLossError`) or a collapsed discriminator
+    (`DiscriminatorCollapseError`), after saving the offending batch as `<what>_batch-<step>.npy` in the run
+    directory; the last good checkpoint is left as it is, so rerunning resumes from it."""
+
+    LOSS_KEYS = ("loss", "discriminator_loss")
+
+    def __init__(self, model_dir: str, collapse_patience, latest_checkpoint):
+        self.model_dir = model_dir
+        self.collapse = CollapseMonitor(collapse_patience)
+        self.latest_checkpoint = latest_checkpoint  # () -> path of the last checkpoint (or None)
+
+    def save_batch(self, batch, what: str, step: int) -> str:
+        path = os.path.join(self.model_dir, f"{what}_batch-{step:08d}.npy")
+        artifacts.atomic_write_bytes(path, _npy_bytes(np.asarray(batch)))
+        return path
+
+    def check(self, step: int, logs: dict, batch) -> None:
+        nonfinite = {k: float(logs[k]) for k in self.LOSS_KEYS if k in logs and not np.isfinite(float(logs[k]))}
+        if nonfinite:
+            bad = self.save_batch(batch, "nonfinite", step)
+            raise NonFiniteLossError(
+                f"The training loss became non-finite at step {step} ({nonfinite}). The last good checkpoint "
+                f"({self.latest_checkpoint()}) was kept and the offending batch saved to {bad}. "
+                "Lower optimizer.learning_rate or set optimizer.group_gradient_clip."
+            )
+        if "discriminator_batch_accuracy" in logs and self.collapse.update(float(logs["discriminator_batch_accuracy"])):
+            bad = self.save_batch(batch, "collapse", step)
+            raise DiscriminatorCollapseError(
+                f"{self.collapse.describe(step)} The last good checkpoint ({self.latest_checkpoint()}) "
+                f"was kept and the last batch saved to {bad}. Adjust model.adversarial_weight, "
+                "model.discriminator_accuracy_threshold or the discriminator learning rate "
+                "(optimizer.group_learning_rate_scale), or raise train.discriminator_collapse_steps."
+            )

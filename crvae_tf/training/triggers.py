@@ -1,0 +1,168 @@
+"""The periodic parts of the training loop, each a small object with a cadence: scalar summaries, image grids,
+validation with best-checkpoint selection, and checkpointing. Gin-free.
+
+The loop (`training.loop.train`) calls `trigger.due(step)` after every step and `trigger(step, logs)` when it is
+due; a new periodic task (a sample-quality metric, a latent traversal grid) is one more object in that list.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from crvae_tf import artifacts
+from crvae_tf import data
+from crvae_tf import runs
+
+_TAG_PREFIXES = (("kl_step_", "kl/step_"), ("discriminator_", "discriminator/"), ("generator_", "generator/"))
+
+
+def summary_tag(key: str) -> str:
+    """TensorBoard tag of a metric: 'kl_step_3' -> 'kl/step_3', 'discriminator_loss_real' ->
+    'discriminator/loss_real', 'generator_adversarial' -> 'generator/adversarial'; others unchanged."""
+    for prefix, tag in _TAG_PREFIXES:
+        if key.startswith(prefix):
+            return tag + key[len(prefix) :]
+    return key
+
+
+def write_scalars(writer, logs: dict, step: int) -> None:
+    """Writes `logs` (name -> float) as TensorBoard scalars under their `summary_tag`s."""
+    with writer.as_default():
+        for key, value in logs.items():
+            tf.summary.scalar(summary_tag(key), value, step=step)
+    writer.flush()
+
+
+class Every:
+    """Due at every multiple of `every_steps` and at `max_steps` (the end of the run)."""
+
+    def __init__(self, every_steps: int, max_steps: int):
+        self.every_steps, self.max_steps = int(every_steps), int(max_steps)
+
+    def due(self, step: int) -> bool:
+        return step % self.every_steps == 0 or step == self.max_steps
+
+
+class TrainSummaries:
+    """The training scalars: the running means of the model's metrics since the last summary, each optimizer's
+    learning rate, the epoch and the throughput. Resets the model's metrics after writing."""
+
+    def __init__(self, writer, model, optimizers, learning_rate_fn, steps_per_epoch, batch_size, cadence, start_step):
+        self.writer, self.model, self.optimizers = writer, model, optimizers
+        self.learning_rate_fn = learning_rate_fn
+        self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
+        self.cadence = cadence
+        self.start_step, self.start_time = start_step, time.time()
+        self.last = {}
+
+    def due(self, step: int) -> bool:
+        return self.cadence(step)
+
+    def __call__(self, step: int, logs: dict) -> None:
+        self.last = {k: float(v) for k, v in logs.items()}
+        write_scalars(self.writer, self.last, step)
+        with self.writer.as_default():
+            for name, optimizer in self.optimizers.items():
+                tf.summary.scalar(f"learning_rate/{name}", self.learning_rate_fn(optimizer), step=step)
+            tf.summary.scalar("epoch", step / self.steps_per_epoch, step=step)
+            elapsed = max(time.time() - self.start_time, 1e-9)
+            tf.summary.scalar("images_per_second", (step - self.start_step) * self.batch_size / elapsed, step=step)
+        self.writer.flush()
+        self.model.reset_metrics()
+
+
+class ImageGrids:
+    """Inputs, reconstructions (posterior mean) and prior samples on a fixed batch and a fixed z, as PNG files
+    (`images/<kind>-<step>.png`) and TensorBoard images."""
+
+    def __init__(self, model_dir, writer, model, fixed_images, fixed_z, every: Every):
+        self.model_dir, self.writer, self.model = model_dir, writer, model
+        self.fixed_images, self.fixed_z, self.every = fixed_images, fixed_z, every
+
+    def due(self, step: int) -> bool:
+        return self.every.due(step)
+
+    def __call__(self, step: int, logs=None) -> None:
+        grids = (
+            ("inputs", self.fixed_images),
+            ("reconstructions", self.model.reconstruct(self.fixed_images)),
+            ("prior_samples", self.model.generate(self.fixed_z)),
+        )
+        for kind, images in grids:
+            grid = artifacts.image_grid(np.asarray(images))
+            artifacts.write_png(os.path.join(self.model_dir, "images", f"{kind}-{step:08d}.png"), grid)
+            with self.writer.as_default():
+                tf.summary.image(kind, grid[None], step=step)
+        self.writer.flush()
+
+
+class Validation:
+    """One pass of `test_step` over the validation images, written to TensorBoard; keeps the best checkpoint
+    (model selection on the validation split, never the test split) by the model's `selection_metric`.
+
+    Validation draws from the model's evaluation noise stream, restarted before each pass, and restores the
+    noise streams of layers that draw in evaluation too (the discriminator's Torch spatial dropout), so a
+    resumed run equals an uninterrupted one.
+    """
+
+    def __init__(self, model_dir, writer, model, test_step, images, binarization, batch_size, seed, checkpoints, every):
+        self.model_dir, self.writer, self.model, self.test_step = model_dir, writer, model, test_step
+        self.images, self.binarization, self.batch_size, self.seed = images, binarization, batch_size, seed
+        self.checkpoints, self.every = checkpoints, every
+        self.metric, self.mode = model.selection_metric
+        self.sign = 1.0 if self.mode == "max" else -1.0  # best_score holds sign * metric: higher is better
+        self.seed_states = runs.layer_rng_states(model)
+        self.last = {}
+
+    def due(self, step: int) -> bool:
+        return self.every.due(step)
+
+    def __call__(self, step: int, logs=None) -> dict:
+        model = self.model
+        model.reset_metrics()
+        model.reset_evaluation_rng()
+        saved_states = [v.numpy() for v in self.seed_states]
+        result = {}
+        dataset = data.make_dataset(
+            self.images, batch_size=self.batch_size, binarization=self.binarization, seed=self.seed, training=False
+        )
+        for batch in dataset:
+            result = self.test_step(batch)
+        result = {k: float(v) for k, v in result.items()}
+        for variable, state in zip(self.seed_states, saved_states):
+            variable.assign(state)
+        model.reset_metrics()
+        write_scalars(self.writer, result, step)
+        value = result[self.metric]
+        if self.sign * value > float(self.checkpoints.best_score.numpy()):
+            self.checkpoints.best_score.assign(self.sign * value)
+            self.checkpoints.best_manager.save(checkpoint_number=step)
+            best = {"step": step, "metric": self.metric, "mode": self.mode, "value": value, "split": "validation"}
+            artifacts.atomic_write_text(os.path.join(self.model_dir, runs.BEST_DIR, "best.json"), json.dumps(best))
+        self.last = result
+        return result
+
+
+class Checkpointing:
+    """Saves a checkpoint (and rewrites `operative_config.gin`) every `every` steps, at the end, and whenever
+    `every_secs` passed since the last save, so a killed run loses at most that much work."""
+
+    def __init__(self, manager, every: Every, every_secs, write_config):
+        self.manager, self.every, self.every_secs = manager, every, every_secs
+        self.write_config = write_config
+        self.last_save = time.time()
+
+    def due(self, step: int) -> bool:
+        return self.every.due(step) or bool(self.every_secs and time.time() - self.last_save >= self.every_secs)
+
+    def __call__(self, step: int, logs=None) -> None:
+        self.last_save = time.time()
+        self.manager.save(checkpoint_number=step)
+        self.write_config()
+
+    def saved(self, step: int) -> bool:
+        latest = self.manager.latest_checkpoint
+        return latest is not None and latest.endswith(f"-{step}")
