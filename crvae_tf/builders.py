@@ -15,6 +15,7 @@ the same for every model variant:
 """
 
 import inspect
+from typing import NamedTuple
 
 import gin
 import keras
@@ -191,7 +192,8 @@ def _rgb_resolution(image_shape) -> int:
     return int(height)
 
 
-# Baseline VAE-GAN discriminator widths (notes 6.2); the crVAE-GAN's are (64, 128, 256, 256) (notes 6.1).
+# Baseline VAE-GAN discriminator widths (porting notes 6.2); the crVAE-GAN's are (64, 128, 256, 256)
+# (porting notes 6.1).
 BASELINE_DISCRIMINATOR_WIDTHS = (32, 64, 128, 256)
 
 
@@ -208,7 +210,7 @@ def build_discriminator(
     dropout_rate: float = 0.5,
     torch_dropout: bool = True,
 ):
-    """The discriminator trunk, its real/fake head and (for the MI term) the Q head (notes 6).
+    """The discriminator trunk, its real/fake head and (for the MI term) the Q head (porting notes 6).
 
     Args:
       image_shape: from the dataset.
@@ -358,19 +360,82 @@ def build_latent_head(
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
-FAMILIES = ("vae", "vae_gan")
-# model.* arguments of the adversarial family only (None = not given).
-_ADVERSARIAL_ARGS = (
-    "adversarial_weight",
-    "adversarial_loss",
-    "mutual_information_weight",
-    "mutual_information_step_weights",
-    "reconstruction_normalization",
-    "discriminator_accuracy_threshold",
-    "encoder_adversarial_gradient",
-    "legacy_swapped_prior_weights",
-    "legacy_unweighted_prior_mutual_information",
-)
+
+
+def _vae_family(encoder, head, decoder, image_shape, seed, num_importance_samples, num_validation_samples, **kwargs):
+    return models.VAE(
+        encoder,
+        head,
+        decoder,
+        image_shape=image_shape,
+        seed=seed,
+        num_importance_samples=num_importance_samples,
+        num_validation_samples=num_validation_samples,
+        name="vae",
+        **kwargs,
+    )
+
+
+def _vae_gan_family(
+    encoder, head, decoder, image_shape, seed, num_importance_samples, num_validation_samples, **kwargs
+):
+    del num_validation_samples  # the adversarial family selects on its validation loss
+    if num_importance_samples != 1 or tuple(image_shape) == MNIST_SHAPE:
+        raise ValueError(
+            "model.family='vae_gan' trains RGB images (dataset 'celeba' or 'birds') with one posterior "
+            f"sample; got image_shape={tuple(image_shape)}, num_importance_samples={num_importance_samples}."
+        )
+    latent_shape = (head.feature_shape[:2] + (head.latent_channels,)) if hasattr(head, "latent_channels") else None
+    with_q = bool(kwargs.get("mutual_information_weight"))
+    trunk, discriminator, q_head = build_discriminator(image_shape, latent_shape, with_q_head=with_q, seed=seed)
+    return models.VAEGAN(
+        encoder,
+        head,
+        decoder,
+        trunk,
+        discriminator,
+        q_head,
+        image_shape=image_shape,
+        seed=seed,
+        name="vae_gan",
+        **kwargs,
+    )
+
+
+def _family_selector(model_class, factory, name):
+    """A gin-registered family `name` (the value of `model.family = @name`): builds `model_class` from the
+    networks; `model_class` tells which `model.*` arguments it accepts."""
+    factory.model_class = model_class
+    factory.__name__ = factory.__qualname__ = name
+    return gin.register(name)(factory)
+
+
+# `model.family` strings are the documented aliases of the selectors @vae and @vae_gan.
+FAMILIES = {
+    "vae": _family_selector(models.VAE, _vae_family, "vae"),
+    "vae_gan": _family_selector(models.VAEGAN, _vae_gan_family, "vae_gan"),
+}
+# Arguments of the model classes that the builder itself supplies (networks, shapes, seed, name, IWAE settings).
+_STRUCTURAL = {
+    "self",
+    "encoder",
+    "latent_head",
+    "decoder",
+    "discriminator_trunk",
+    "discriminator",
+    "q_head",
+    "image_shape",
+    "seed",
+    "name",
+    "num_importance_samples",
+    "num_validation_samples",
+}
+
+
+def family_arguments(model_class) -> set:
+    """The optional `model.*` objective arguments a model class accepts (read from its constructor)."""
+    parameters = inspect.signature(model_class.__init__).parameters.values()
+    return {p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD} - _STRUCTURAL
 
 
 @gin.configurable("model", denylist=["image_shape", "seed"])
@@ -399,8 +464,9 @@ def build_model(
       image_shape: from the dataset.
       family: 'vae' (`models.VAE`: Bernoulli likelihood, binary images) or 'vae_gan'
         (`models.VAEGAN`: MSE reconstruction + discriminator, RGB images; the latent head picks
-        the VAE-GAN baseline ('fc') or the crVAE-GAN ('channel_recurrent')).
-      kl_weight: alpha, per image (see `crvae_tf.models` / `crvae_tf.adversarial`).
+        the VAE-GAN baseline ('fc') or the crVAE-GAN ('channel_recurrent')); the strings are aliases of the
+        selectors `@vae` and `@vae_gan` (`model.family = @vae_gan`).
+      kl_weight: alpha, per image (see `crvae_tf.models` / `crvae_tf.models.vae_gan`).
       kl_step_weights: optional per-time-step KL weights, one per time step (alpha_t = kl_weight * w_t).
       seed: from `train.seed`.
       precision: 'float32', or 'mixed_bfloat16' (float32 weights, bfloat16 convolutions, matmuls and
@@ -420,13 +486,16 @@ def build_model(
       encoder_adversarial_gradient: 'vae_gan': the encoder also minimises the adversarial and MI terms
         (default True: Eq. 4 and the crVAE-GAN code; the VAE-GAN baseline code: False).
       legacy_swapped_prior_weights, legacy_unweighted_prior_mutual_information: 'vae_gan': reproduce
-        the two defects of the original crVAE-GAN loop (default False; see `crvae_tf.adversarial`).
+        the two defects of the original crVAE-GAN loop (default False; see `crvae_tf.models.vae_gan`).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"model.precision={precision!r} is not one of {list(PRECISIONS)}.")
-    if family not in FAMILIES:
-        raise ValueError(f"model.family={family!r} is not one of {list(FAMILIES)}.")
-    adversarial_args = {
+    if isinstance(family, str):
+        if family not in FAMILIES:
+            raise ValueError(f"model.family={family!r} is not one of {list(FAMILIES)}.")
+        family = FAMILIES[family]
+    label = f"model.family={family.__name__!r}"
+    optional = {
         name: value
         for name, value in dict(
             adversarial_weight=adversarial_weight,
@@ -441,16 +510,13 @@ def build_model(
         ).items()
         if value is not None
     }
-    if family == "vae" and adversarial_args:
-        raise ValueError(
-            f"model.{sorted(adversarial_args)} apply to model.family='vae_gan' only; remove them or "
-            "set model.family = 'vae_gan'."
-        )
-    if family == "vae_gan" and (num_importance_samples != 1 or tuple(image_shape) == MNIST_SHAPE):
-        raise ValueError(
-            "model.family='vae_gan' trains RGB images (dataset 'celeba' or 'birds') with one posterior "
-            f"sample; got image_shape={tuple(image_shape)}, num_importance_samples={num_importance_samples}."
-        )
+    model_class = getattr(family, "model_class", None)
+    if model_class is not None:
+        unused = sorted(set(optional) - family_arguments(model_class))
+        if unused:
+            owners = [name for name, f in FAMILIES.items() if set(unused) <= family_arguments(f.model_class)]
+            hint = f"set model.family = {owners[0]!r}" if owners else "check the spelling"
+            raise ValueError(f"model.{unused} do not apply to {label}; remove them or {hint}.")
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)  # captured by every layer built below
     try:
@@ -458,41 +524,96 @@ def build_model(
         decoder = build_decoder(image_shape)
         feature_shape = tuple(encoder.output_shape[1:])
         head = build_latent_head(feature_shape)
-        if family == "vae":
-            model = models.VAE(
-                encoder,
-                head,
-                decoder,
-                image_shape=image_shape,
-                kl_weight=kl_weight,
-                kl_step_weights=kl_step_weights,
-                seed=seed,
-                num_importance_samples=num_importance_samples,
-                num_validation_samples=num_validation_samples,
-                name="vae",
-            )
-        else:
-            with_q = bool(adversarial_args.get("mutual_information_weight"))
-            latent_shape = (feature_shape[:2] + (head.latent_channels,)) if hasattr(head, "latent_channels") else None
-            trunk, discriminator, q_head = build_discriminator(image_shape, latent_shape, with_q_head=with_q, seed=seed)
-            model = models.VAEGAN(
-                encoder,
-                head,
-                decoder,
-                trunk,
-                discriminator,
-                q_head,
-                image_shape=image_shape,
-                kl_weight=kl_weight,
-                kl_step_weights=kl_step_weights,
-                seed=seed,
-                name="vae_gan",
-                **adversarial_args,
-            )
+        model = family(
+            encoder,
+            head,
+            decoder,
+            image_shape=tuple(image_shape),
+            seed=seed,
+            num_importance_samples=num_importance_samples,
+            num_validation_samples=num_validation_samples,
+            kl_weight=kl_weight,
+            kl_step_weights=kl_step_weights,
+            **optional,
+        )
     finally:
         keras.config.set_dtype_policy(previous)
     model.build()
     return model
+
+
+class TrainSettings(NamedTuple):
+    """The training loop's settings (`train.*`); see `train_settings` for each field."""
+
+    max_steps: int
+    batch_size: int
+    seed: int
+    jit_compile: bool
+    log_every_steps: int
+    image_every_steps: int
+    validation_every_steps: object
+    num_validation_images: object
+    num_image_samples: int
+    progress_bar: bool
+    checkpoint_every_steps: int
+    checkpoint_every_secs: object
+    keep_checkpoints: int
+    discriminator_collapse_steps: object
+
+
+@gin.configurable("train")
+def train_settings(
+    # The loop.
+    max_steps: int = gin.REQUIRED,
+    batch_size: int = 128,
+    seed: int = 0,
+    jit_compile: bool = False,
+    # Logging and evaluation.
+    log_every_steps: int = 50,
+    image_every_steps: int = 500,
+    validation_every_steps=None,
+    num_validation_images=None,
+    num_image_samples: int = 64,
+    progress_bar: bool = True,
+    # Checkpoints.
+    checkpoint_every_steps: int = 500,
+    checkpoint_every_secs: float = 300.0,
+    keep_checkpoints: int = 3,
+    # Adversarial family.
+    discriminator_collapse_steps=1000,
+) -> TrainSettings:
+    """The settings of `crvae_tf.training.loop.train` (gin: `train.*`), checked.
+
+    ARGS_DOC
+        Returns:
+          `TrainSettings`.
+    """
+    if max_steps is None or int(max_steps) < 1:
+        raise ValueError(f"train.max_steps must be a positive integer, got {max_steps}")
+    for name, value in (
+        ("batch_size", batch_size),
+        ("log_every_steps", log_every_steps),
+        ("image_every_steps", image_every_steps),
+        ("checkpoint_every_steps", checkpoint_every_steps),
+    ):
+        if int(value) < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {value}")
+    return TrainSettings(
+        int(max_steps),
+        int(batch_size),
+        seed,
+        bool(jit_compile),
+        int(log_every_steps),
+        int(image_every_steps),
+        validation_every_steps,
+        num_validation_images,
+        int(num_image_samples),
+        bool(progress_bar),
+        int(checkpoint_every_steps),
+        checkpoint_every_secs,
+        int(keep_checkpoints),
+        discriminator_collapse_steps,
+    )
 
 
 @gin.configurable("optimizer", denylist=["model", "steps_per_epoch"])

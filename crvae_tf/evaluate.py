@@ -8,8 +8,8 @@ r"""Estimates a trained run's test NLL with K importance samples (Table 1) and p
 
 The last line of stdout is the result as one line of JSON (keys include nll, nll_stderr, elbo, iwae_5,
 num_importance_samples, split, step, data_sha256); it is also written to
-DIR/eval/<split>-step<step>-k<K>[-n<max_images>].json (see `crvae_tf.eval_lib`). The model and data settings come
-from the run's own config; --gin_bindings adjust them (e.g. eval_dataset.local_path, model.precision). An
+DIR/eval/<split>-step<step>-k<K>[-n<max_images>].json (see `crvae_tf.evaluation.likelihood`). The model and data
+settings come from the run's own config; --gin_bindings adjust them (e.g. eval_dataset.local_path, model.precision). An
 interrupted evaluation resumes from its last finished batch when the same command is run again.
 """
 
@@ -36,7 +36,10 @@ BINDINGS = flags.DEFINE_multi_string(
 )
 flags.mark_flag_as_required("model_dir")
 CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "latest", "'latest', 'best' (best validation IWAE) or a step number.", allow_override=True
+    "checkpoint",
+    "latest",
+    "'latest', 'best' (the best validation score: IWAE_5, or the adversarial family's lowest loss) or a step number.",
+    allow_override=True,
 )
 NUM_SAMPLES = flags.DEFINE_integer(
     "num_importance_samples",
@@ -50,7 +53,10 @@ SPLIT = flags.DEFINE_enum(
     "'test' (the eval_dataset.* test split when the recipe sets one, else the run's) or 'validation' (the run's own).",
 )
 MAX_IMAGES = flags.DEFINE_integer(
-    "max_images", None, "Evaluate only the first N images (a budget cap).", allow_override=True
+    "max_images",
+    None,
+    "A budget cap: evaluate N images spread evenly over the split (not its first N, which may be sorted by class).",
+    allow_override=True,
 )
 SEED = flags.DEFINE_integer(
     "seed", 0, "Noise seed in [0, 2^31): the same command gives the same numbers.", allow_override=True

@@ -8,7 +8,7 @@ Modes (only `empirical_prior` for now):
 * `empirical_prior`: the "empirical cVAE" of paper Sec. 3, Fig. 2(h). Fits one MVN per latent channel,
   N(mu_k, Sigma_k), to posterior samples z^n ~ q(z | x_n), one per image of the run's TRAINING split
   (never the test split), binarized exactly as the run's evaluation pipeline does (`data.make_dataset(...,
-  training=False)`), with posterior noise from the run's `train.seed` (`crvae_tf.empirical_prior`). The
+  training=False)`), with posterior noise from the run's `train.seed` (`crvae_tf.exploration.empirical_prior`). The
   prior is saved with the model and reused by later calls for the same checkpoint step and image count.
   Then decodes `--num_samples` latents from it and the same number from the standard-normal prior, on
   paired noise: the standard sample is eps, the empirical one A eps + mu, eps from `--seed`.
@@ -48,7 +48,10 @@ BINDINGS = flags.DEFINE_multi_string(
     allow_override=True,
 )
 CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "latest", "'latest', 'best' (best validation IWAE_k) or a step.", allow_override=True
+    "checkpoint",
+    "latest",
+    "'latest', 'best' (the best validation score: IWAE_5, or the adversarial family's lowest loss) or a step.",
+    allow_override=True,
 )
 MODE = flags.DEFINE_string("mode", "empirical_prior", f"What to explore, one of {list(MODES)}.")
 NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Latents decoded from each prior.")

@@ -8,7 +8,7 @@ The model is rebuilt from the run's operative config (+ --gin_bindings), the che
 signatures `serving_default` (z -> images), `sample` (num, seed -> images, z), `encode` (images -> loc, scale) and
 `reconstruct` (images -> images) written with metadata (training step, latent shape, pixel ranges, operative
 config). The contract, the docker command and request examples are in export/README.md; the library is
-`crvae_tf.export_lib`. The last line of stdout is one line of JSON: path, version, signatures.
+`crvae_tf.serving.export_lib`. The last line of stdout is one line of JSON: path, version, signatures.
 """
 
 import json
@@ -34,7 +34,10 @@ BINDINGS = flags.DEFINE_multi_string(
     allow_override=True,
 )
 CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "latest", "'latest', 'best' (best validation IWAE) or a step number.", allow_override=True
+    "checkpoint",
+    "latest",
+    "'latest', 'best' (the best validation score: IWAE_5, or the adversarial family's lowest loss) or a step number.",
+    allow_override=True,
 )
 EXPORT_DIR = flags.DEFINE_string(
     "export_dir", None, "TF Serving's base path for this model: the export is written to EXPORT_DIR/<training step>/."

@@ -36,6 +36,23 @@ class _GinResourceProbeFilter(logging_std.Filter):
         return not (record.pathname.endswith("resource_reader.py") and "Path not found" in str(record.msg))
 
 
+def write_config(model_dir: str) -> None:
+    """Writes `config.gin`: the whole parsed config (recipe + bindings), before training starts."""
+    artifacts.atomic_write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
+
+
+def write_operative_config(model_dir: str) -> str:
+    """Writes (and returns) `operative_config.gin`: every parameter the run's configurables actually used."""
+    text = gin.operative_config_str()
+    artifacts.atomic_write_text(os.path.join(model_dir, "operative_config.gin"), text)
+    return text
+
+
+def config_markdown(text: str) -> str:
+    """A gin config as markdown (TensorBoard's text dashboard)."""
+    return gin.markdown(text)
+
+
 def parse_gin(gin_files, gin_bindings, finalize=True):
     """Parses recipes, then bindings (bindings win), and optionally locks the config.
 

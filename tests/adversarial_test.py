@@ -1,4 +1,4 @@
-"""Contracts and learning tests of the adversarial family (`crvae_tf.adversarial`) on tiny hand-made networks.
+"""Contracts and learning tests of the adversarial family (`crvae_tf.models.vae_gan`) on tiny hand-made networks.
 
 The networks here are a few layers each (16x16x3 images) so that every test runs in seconds; the full-size
 networks are covered by tests/networks_test.py and the recipe smoke runs by tests/adversarial_train_test.py.
@@ -187,7 +187,10 @@ class SkipRuleTest(tf.test.TestCase):
         model = make_model(kind="fc")
         logs = model.train_step(images())
         for name in ("real", "reconstruction", "prior"):
+            # Accuracy over B/2 real or B/4 fake examples of the batch: a multiple of 1 / count.
+            count = BATCH // 2 if name == "real" else BATCH // 4
             value = float(logs[f"discriminator_accuracy_{name}"])
+            self.assertAllClose(value * count, round(value * count), atol=1e-5)
             self.assertBetween(value, 0.0, 1.0)
         # Overall accuracy = 1/2 real + 1/4 reconstruction + 1/4 prior.
         expected = (
@@ -224,17 +227,36 @@ class LossTermsTest(tf.test.TestCase):
         self.assertAllClose(weighted, [(0.1 * 1.0 + 1.5 * 4.0) / 2])
         self.assertAllClose(unweighted, [(1.0 + 4.0) / 2])
 
-    def test_legacy_swap_moves_prior_weights(self):
-        # With kappa = 0 the swapped prior pass has adversarial weight kappa = 0, so the decoder's update
-        # equals that of a model with beta = 0 on prior samples; the corrected loop differs.
-        def decoder_update(**kwargs):
-            model = make_model(kind="channel_recurrent", kl_weight=1e-2, **kwargs)
-            before = snapshot(model)["decoder"]
-            model.train_step(images())
-            return np.concatenate([(b - a).ravel() for a, b in zip(before, snapshot(model)["decoder"])])
+    @staticmethod
+    def _decoder_update(**kwargs):
+        model = make_model(kind="channel_recurrent", kl_weight=1e-2, **kwargs)
+        before = snapshot(model)["decoder"]
+        model.train_step(images())
+        return np.concatenate([(b - a).ravel() for a, b in zip(before, snapshot(model)["decoder"])])
 
-        fixed = decoder_update(adversarial_weight=0.5)
-        legacy = decoder_update(adversarial_weight=0.5, legacy_swapped_prior_weights=True)
+    def test_legacy_swap_exchanges_the_prior_weights(self):
+        # The defect swaps beta and kappa on the prior-sample pass: with beta == kappa it changes nothing (the
+        # same update to the bit), with beta != kappa it changes the decoder's update.
+        same = dict(adversarial_weight=0.5, mutual_information_weight=0.5, mutual_information_step_weights=[1.0, 2.0])
+        self.assertAllEqual(
+            self._decoder_update(**same), self._decoder_update(legacy_swapped_prior_weights=True, **same)
+        )
+        other = dict(same, mutual_information_weight=0.05)
+        fixed = self._decoder_update(**other)
+        legacy = self._decoder_update(legacy_swapped_prior_weights=True, **other)
+        self.assertGreater(np.abs(fixed - legacy).max(), 1e-7)
+
+    def test_legacy_unweighted_prior_mutual_information(self):
+        # The defect drops the per-step MI weights on the prior-sample pass: with all weights 1 it changes
+        # nothing, with other weights it changes the update.
+        ones = dict(adversarial_weight=0.5, mutual_information_weight=0.5, mutual_information_step_weights=[1.0, 1.0])
+        self.assertAllEqual(
+            self._decoder_update(**ones),
+            self._decoder_update(legacy_unweighted_prior_mutual_information=True, **ones),
+        )
+        weighted = dict(ones, mutual_information_step_weights=[0.1, 1.5])
+        fixed = self._decoder_update(**weighted)
+        legacy = self._decoder_update(legacy_unweighted_prior_mutual_information=True, **weighted)
         self.assertGreater(np.abs(fixed - legacy).max(), 1e-7)
 
     def test_bad_arguments_name_the_fix(self):

@@ -149,13 +149,56 @@ class BuildersTest(testing_utils.GinTestCase):
 
     def test_adversarial_arguments_need_the_adversarial_family(self):
         parse("mnist_vae", ["model.adversarial_weight = 0.1"])
-        with self.assertRaisesRegex(ValueError, "apply to model.family='vae_gan' only"):
+        with self.assertRaisesRegex(
+            ValueError, r"model.\['adversarial_weight'\] do not apply to model.family='vae'; .*model.family = 'vae_gan'"
+        ):
             builders.build_model(image_shape=(28, 28, 1))
         parse("celeba64")
         with self.assertRaisesRegex(ValueError, "RGB images"):
             builders.build_model(image_shape=(28, 28, 1))
         with self.assertRaisesRegex(ValueError, "No network for images of shape"):
             builders.build_model(image_shape=(96, 96, 3))
+
+    def test_reference_selectors_equal_their_string_aliases(self):
+        """`latent_head.head_fn = @<kind>_head` and `model.family = @<family>` build what the strings build."""
+        built = {}
+        for selectors in (
+            ["latent_head.kind = 'channel_recurrent'", "model.family = 'vae_gan'"],
+            ["latent_head.kind = None", "latent_head.head_fn = @channel_recurrent_head", "model.family = @vae_gan"],
+        ):
+            parse("celeba64", selectors)
+            model = builders.build_model(image_shape=(64, 64, 3), seed=0)
+            built[len(selectors)] = model
+        string, reference = built[2], built[3]
+        self.assertIsInstance(reference, models.VAEGAN)
+        self.assertIsInstance(reference.latent_head, heads.ChannelRecurrentHead)
+        # The same variables (Keras numbers the second model's unnamed seed generators, so compare shapes).
+        self.assertEqual([tuple(v.shape) for v in reference.variables], [tuple(v.shape) for v in string.variables])
+        self.assertEqual(models.parameter_counts(reference), models.parameter_counts(string))
+
+    def test_head_selector_arguments_come_from_the_head_signatures(self):
+        self.assertEqual(builders.head_arguments(heads.FCHead), {"latent_dim", "num_time_steps"})
+        self.assertEqual(
+            builders.head_arguments(heads.ChannelRecurrentHead),
+            {
+                "latent_channels",
+                "num_time_steps",
+                "loc_path",
+                "hidden_units",
+                "num_layers",
+                "recurrent_inference",
+                "recurrent_generation",
+                "inference_batchnorm",
+            },
+        )
+        parse(
+            "mnist_vae", ["latent_head.kind = None", "latent_head.head_fn = @fc_head", "latent_head.hidden_units = 4"]
+        )
+        with self.assertRaisesRegex(ValueError, r"latent_head.head_fn=fc_head does not use \['hidden_units'\]"):
+            builders.build_model(seed=0)
+        parse("mnist_vae", ["latent_head.head_fn = @fc_head"])
+        with self.assertRaisesRegex(ValueError, "Set exactly one of latent_head.kind"):
+            builders.build_model(seed=0)
 
     def test_ablation_switches(self):
         parse("mnist_crvae_inference")

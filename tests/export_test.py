@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
+from crvae_tf import data
 from crvae_tf import export as export_binary
 from crvae_tf import runs
 from crvae_tf.serving import endpoints
@@ -756,11 +757,33 @@ class ExportTest(testing_utils.GinTestCase):
         finally:
             flags.FLAGS.unparse_flags()
 
-    def test_missing_data_names_the_binding_that_fixes_it(self):
-        """A run whose dataset file moved fails fast (no download attempt) with the dataset.local_path hint."""
-        with self.assertRaisesRegex(Exception, "dataset.local_path"):
+    def test_a_celeba_run_exports_with_its_images_absent(self):
+        """Export reads the image shape from run.json: the training images need not be on the machine."""
+        model_dir = os.path.join(self.get_temp_dir(), "copied_run")
+        shutil.copytree(self.runs[SIGNED], model_dir)
+        info = runs.read_run_info(model_dir)
+        self.assertEqual((info["family"], info["image_shape"]), ("VAEGAN", [64, 64, 3]))
+        export = export_lib.export_run(
+            model_dir,
+            os.path.join(self.get_temp_dir(), "e"),
+            gin_bindings=[
+                f"dataset.local_path = '{self.get_temp_dir()}/no_faces_here'",
+                f"dataset.cache_dir = '{self.get_temp_dir()}/no_cache_here'",
+            ],
+        )
+        self.assertEqual(export.metadata["image_shape"], [64, 64, 3])
+
+    def test_a_run_without_run_json_still_loads_from_its_dataset(self):
+        """Runs written before run.json fall back to loading their dataset once for the image shape; when that
+        data moved, the error names the binding that fixes it and nothing is published."""
+        model_dir = os.path.join(self.get_temp_dir(), "old_run")
+        shutil.copytree(self.runs["vae"], model_dir)
+        os.remove(os.path.join(model_dir, runs.RUN_FILE))
+        self.assertEqual(runs.load_run(model_dir).model.image_shape, (28, 28, 1))
+        self.assertEqual(runs.max_steps(model_dir), STEP)  # from the operative config, parsed by gin
+        with self.assertRaisesRegex(data.DataUnavailableError, "predates run.json.*dataset.local_path"):
             export_lib.export_run(
-                self.runs["vae"],
+                model_dir,
                 os.path.join(self.get_temp_dir(), "e"),
                 gin_bindings=[f"dataset.local_path = '{self.mnist}.moved'"],
             )
@@ -968,8 +991,7 @@ class ExportTest(testing_utils.GinTestCase):
             for key in ("exported_p50_ms", "exported_p99_ms", "keras_p50_ms", "keras_p99_ms"):
                 self.assertGreater(row[key], 0.0)
             self.assertLessEqual(row["exported_p50_ms"], row["exported_p99_ms"])
-            self.assertAlmostEqual(row["ratio_p50"], row["exported_p50_ms"] / row["keras_p50_ms"], places=2)
-            self.assertEqual(row["target_met"], row["ratio_p50"] <= 0.5)
+            self.assertNotIn("target_met", row)  # bench reports measurements, not targets set outside the project
 
     def test_readme_documents_every_signature(self):
         """export/README.md names each signature with its inputs and outputs, and the serving commands."""

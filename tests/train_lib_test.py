@@ -10,15 +10,18 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 from absl import flags
 import gin
 import numpy as np
 import tensorflow as tf
 
+from crvae_tf import models
 from crvae_tf import runs
 from crvae_tf import train as train_binary
 from crvae_tf.training import loop
+from crvae_tf.training import monitors
 
 import testing_utils
 
@@ -39,7 +42,9 @@ def _kind(recipe):
     return KIND.get(recipe, "channel_recurrent")
 
 
-class RecipesTest(testing_utils.GinTestCase):
+class _RecipeData(testing_utils.GinTestCase):
+    """Fake MNIST, faces and CUB, and the bindings that shrink any recipe to a seconds-long run."""
+
     def setUp(self):
         super().setUp()
         root = self.get_temp_dir()
@@ -72,6 +77,8 @@ class RecipesTest(testing_utils.GinTestCase):
             )
         return bindings + TINY_OVERRIDES.get(recipe, [])
 
+
+class RecipesTest(_RecipeData):
     def test_every_recipe_is_listed(self):
         self.assertIn("quickstart.gin", RECIPES)
         for name in ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae", "crvae_iwae40"):
@@ -183,12 +190,15 @@ class RecipesTest(testing_utils.GinTestCase):
         self.assertIn(best["step"], (2, 4))
         self.assertEqual((best["metric"], best["split"]), ("iwae_5", "validation"))
         self.assertIn("iwae_5", result["validation"])
-        # load_run rebuilds the model from the saved config and restores exactly the trained weights.
-        trained = [v.numpy() for v in runs.load_run(model_dir).model.trainable_variables]
+        # load_run rebuilds the model from the saved config and restores exactly the weights trained in memory.
         run = runs.load_run(model_dir, checkpoint="latest")
         self.assertEqual(run.step, 4)
-        for a, b in zip(trained, run.model.trainable_variables):
-            self.assertAllEqual(a, b.numpy())
+        # Every weight and BatchNorm statistic (the noise streams are training state, not restored for evaluation).
+        weights = lambda m: [v for v in m.variables if not v.path.endswith("seed_generator_state")]
+        trained = weights(result["model"])
+        self.assertEqual([v.path for v in weights(run.model)], [v.path for v in trained])
+        for restored, original in zip(weights(run.model), trained):
+            self.assertAllEqual(restored.numpy(), original.numpy(), msg=original.path)
         self.assertEqual(runs.load_run(model_dir, checkpoint="best").step, best["step"])
         self.assertEqual(runs.load_run(model_dir, checkpoint=2).step, 2)
         with self.assertRaisesRegex(FileNotFoundError, "kept steps"):
@@ -274,3 +284,47 @@ class KillAndResumeTest(testing_utils.GinTestCase):
         self.assertIn(f"Resuming from step {killed_at}", rerun.stdout)
         self.assertIn(f"Finished at step {target}", rerun.stdout)
         self.assertTrue(tf.train.latest_checkpoint(checkpoints).endswith(f"ckpt-{target}"))
+
+
+class GuardsTest(_RecipeData):
+    """The loop's stops (README "Output directory"): stop, keep the last good checkpoint, save the batch."""
+
+    def _poisoned(self, cls, key, value, from_step):
+        """Patches `cls.train_step` so that `logs[key]` becomes `value` from optimizer step `from_step` on."""
+        original = cls.train_step
+
+        def train_step(model, data):
+            logs = dict(original(model, data))
+            step = model.group_optimizers["decoder"].iterations
+            logs[key] = tf.where(step >= from_step, tf.constant(value, tf.float32), tf.cast(logs[key], tf.float32))
+            return logs
+
+        return mock.patch.object(cls, "train_step", train_step)
+
+    def test_non_finite_loss_stops_keeps_the_checkpoint_and_saves_the_batch(self):
+        model_dir = os.path.join(self.get_temp_dir(), "nan_run")
+        runs.parse_gin(
+            [os.path.join(testing_utils.GIN_DIR, "mnist_vae.gin")],
+            self._bindings("mnist_vae.gin", max_steps=6) + ["train.checkpoint_every_secs = None"],
+            finalize=False,
+        )
+        with self._poisoned(models.VAE, "loss", float("nan"), from_step=3):
+            with self.assertRaisesRegex(monitors.NonFiniteLossError, r"step 3 .*ckpt-2.*nonfinite_batch-00000003"):
+                loop.train(model_dir)
+        batch = np.load(os.path.join(model_dir, "nonfinite_batch-00000003.npy"))
+        self.assertEqual(batch.shape, (8, 28, 28, 1))
+        self.assertEqual(runs.kept_steps(model_dir), [2])  # nothing saved after the last good checkpoint
+
+    def test_discriminator_collapse_stops_with_the_batch_saved(self):
+        model_dir = os.path.join(self.get_temp_dir(), "collapse_run")
+        runs.parse_gin(
+            [os.path.join(testing_utils.GIN_DIR, "celeba64.gin")],
+            self._bindings("celeba64.gin", max_steps=6)
+            + ["train.checkpoint_every_secs = None", "train.discriminator_collapse_steps = 2"],
+            finalize=False,
+        )
+        with self._poisoned(models.VAEGAN, "discriminator_batch_accuracy", 1.0, from_step=2):
+            with self.assertRaisesRegex(monitors.DiscriminatorCollapseError, r"1 for 2 consecutive steps \(step 3\)"):
+                loop.train(model_dir)
+        self.assertEqual(np.load(os.path.join(model_dir, "collapse_batch-00000003.npy")).shape, (8, 64, 64, 3))
+        self.assertEqual(runs.kept_steps(model_dir), [2])

@@ -24,13 +24,13 @@ PACKAGE = "crvae_tf"
 
 
 def torch_uniform(fan: int) -> keras.initializers.Initializer:
-    """U(-1/sqrt(fan), 1/sqrt(fan)): Torch's default Linear/LSTM initialisation (notes 10.2)."""
+    """U(-1/sqrt(fan), 1/sqrt(fan)): Torch's default Linear/LSTM initialisation (porting notes 10.2)."""
     bound = 1.0 / math.sqrt(fan)
     return keras.initializers.RandomUniform(-bound, bound)
 
 
 def conv_init(kernel_size: int, out_channels: int) -> keras.initializers.Initializer:
-    """The authors' `ConvInit`: U(+-1/sqrt(k_h*k_w*C_out)) for (transposed) convolutions (notes 10.2)."""
+    """The authors' `ConvInit`: U(+-1/sqrt(k_h*k_w*C_out)) for (transposed) convolutions (porting notes 10.2)."""
     return torch_uniform(kernel_size * kernel_size * out_channels)
 
 
@@ -85,7 +85,7 @@ class BatchNorm(keras.layers.BatchNormalization):
     for bfloat16 inputs) instead of Keras' generic moments + normalisation (five elementwise passes, and
     an upcast of bfloat16 maps to float32): about 7% of a crVAE training step on a 2-core CPU
     (`python -m crvae_tf.bench`). Moving averages: moving = momentum * moving + (1 - momentum) * batch, with
-    the *unbiased* batch variance, as Torch's SpatialBatchNormalization (notes 1). Any other rank or
+    the *unbiased* batch variance, as Torch's SpatialBatchNormalization (porting notes 1). Any other rank or
     axis, and inference, use the Keras implementation (identical maths).
     """
 
@@ -169,8 +169,8 @@ class StackedLSTM(keras.layers.Layer):
 
     `[batch, T, in] -> [batch, T, units]`, zero initial state, gates (i, f, g, o):
             i, f, o = sigmoid(.), g = tanh(.);  c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t).
-    Equivalent to Torch `cudnn.LSTM(in, units, num_layers, batch_first)` as used by the authors (notes 1),
-    with its two bias vectors folded into one. Initialisation follows notes 10.2: all weights
+    Equivalent to Torch `cudnn.LSTM(in, units, num_layers, batch_first)` as used by the authors (porting notes 1),
+    with its two bias vectors folded into one. Initialisation follows porting notes 10.2: all weights
     U(+-1/sqrt(units)), forget-gate bias 1 + U(+-1/sqrt(units)).
 
     Written out rather than using `keras.layers.LSTM` because (a) T is a static 8, so the loop unrolls
@@ -261,5 +261,5 @@ def conv(filters, kernel_size, name=None, init_out=None):
 
 
 def batch_norm(momentum, epsilon, name=None):
-    """Fused NHWC `BatchNorm` with Keras momentum (= 1 - Torch momentum; notes 1)."""
+    """Fused NHWC `BatchNorm` with Keras momentum (= 1 - Torch momentum; porting notes 1)."""
     return BatchNorm(momentum=momentum, epsilon=epsilon, name=name)

@@ -24,9 +24,9 @@ class TorchDropout(keras.layers.Layer):
     | inference, `stochastic_inference=False`| x * (1 - rate)| `nn.Dropout(p, true)` evaluate()     |
     | inference, `stochastic_inference=True` | x * m         | `nn.SpatialDropout(p, true)` evaluate|
 
-    (notes 1: the second argument of `nn.Dropout` is `v1`, of `nn.SpatialDropout` it is
+    (porting notes 1: the second argument of `nn.Dropout` is `v1`, of `nn.SpatialDropout` it is
     `stochasticInference`; SpatialDropout never rescales.) The authors' discriminator uses
-    `spatial=True, stochastic_inference=True` in its conv trunk and the plain variant in its head (notes 6.1).
+    `spatial=True, stochastic_inference=True` in its conv trunk and the plain variant in its head (porting notes 6.1).
     Keras `Dropout` / `SpatialDropout2D` instead rescale by 1/(1-rate) in training and are the identity in
     inference; the network builders offer those through `torch_dropout=False`.
 
@@ -85,7 +85,7 @@ class TorchDropout(keras.layers.Layer):
 class RowL2Normalize(keras.layers.Layer):
     """Row-wise L2 normalisation y = x / sqrt(sum_k x_k^2 + epsilon) over the last axis.
 
-    Torch7 `nn.Normalize(2)` as in the authors' discriminator head (notes 6.1; paper G.4 "Norm(1)"),
+    Torch7 `nn.Normalize(2)` as in the authors' discriminator head (porting notes 6.1; paper G.4 "Norm(1)"),
     whose norm is (sum |x|^2 + 1e-10)^(1/2).
     """
 
@@ -106,7 +106,7 @@ class RowL2Normalize(keras.layers.Layer):
 @keras.saving.register_keras_serializable(PACKAGE)
 class MinibatchDiscrimination(keras.layers.Layer):
     """Minibatch ("batch") discrimination of Salimans et al. 2016, "Improved Techniques for Training
-    GANs", Sec. 3.2, exactly as the `BatchDiscrimination` module the authors use (notes 6.3).
+    GANs", Sec. 3.2, exactly as the `BatchDiscrimination` module the authors use (porting notes 6.3).
 
     For X: `[N, d]`, with W: `[d, B*C]` (B = `num_kernels`, C = `kernel_dim`) and bias b: `[B*C]`:
 
@@ -118,7 +118,7 @@ class MinibatchDiscrimination(keras.layers.Layer):
     The diagonal is not masked: every row contributes exp(0) = 1, i.e. 1/N, to its own o (the Torch
     `nn.Sum` with size-average). The bias cancels in the differences (it gets zero gradient); it is kept,
     zero-initialised, so that parameter counts match the Torch module (which wraps an `nn.Linear`). W has
-    Torch's Linear default U(+-1/sqrt(d)) (notes 10.2). Memory is O(N^2 * B * C) per call.
+    Torch's Linear default U(+-1/sqrt(d)) (porting notes 10.2). Memory is O(N^2 * B * C) per call.
     """
 
     def __init__(self, num_kernels: int = 100, kernel_dim: int = 5, use_bias: bool = True, **kwargs):

@@ -8,11 +8,11 @@ A head turns encoder features `h: [batch, H, W, C_feat]` into the posterior para
 `(loc, log_variance)`, each `[batch, latent_dim]`, and turns a latent `z: [batch, latent_dim]` into
 decoder input features `[batch, H, W, C_feat]`:
 
-* `FCHead` (standard VAE, paper G.3 / notes 3.1): Dense loc, Dense log-variance, Dense back.
-* `ConvHead` (cVAE, notes 3.2): 3x3 conv loc and log-variance (C_lat x 4 x 4), 3x3 conv + BN back.
+* `FCHead` (standard VAE, paper G.3 / porting notes 3.1): Dense loc, Dense log-variance, Dense back.
+* `ConvHead` (cVAE, porting notes 3.2): 3x3 conv loc and log-variance (C_lat x 4 x 4), 3x3 conv + BN back.
 * `BlockFCHead` (bcVAE, paper Sec. 3 and G.3): T channel blocks with one Dense per block on the
     log-variance path and on the generation path, learned offsets mu0.
-* `ChannelRecurrentHead` (crVAE, notes 3.4/3.5): T contiguous channel blocks fed as a sequence to a
+* `ChannelRecurrentHead` (crVAE, porting notes 3.4/3.5): T contiguous channel blocks fed as a sequence to a
     stacked LSTM plus a time-shared Dense on the inference (log-variance) path, and the same on the
     generation path z -> u; learned biases b_enc (added to loc) and b_dec (added to u). Two switches,
     `recurrent_inference` and `recurrent_generation`, replace either LSTM path by T independent Dense
@@ -106,7 +106,7 @@ class LatentHead(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class FCHead(LatentHead):
-    """Standard VAE head (notes 3.1, paper G.3): Dense(latent_dim) loc and log-variance, Dense back.
+    """Standard VAE head (porting notes 3.1, paper G.3): Dense(latent_dim) loc and log-variance, Dense back.
 
     features `[B, H, W, C]` -> flatten -> Dense loc `[B, D]`, Dense log-variance `[B, D]`;
     z `[B, D]` -> Dense(H*W*C) -> reshape `[B, H, W, C]`, with no BN and no activation (as the code).
@@ -163,7 +163,7 @@ class _ConvLatentHead(LatentHead):
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class ConvHead(_ConvLatentHead):
-    """cVAE head (notes 3.2): 3x3 conv loc / log-variance to `latent_channels`; 3x3 conv + BN back."""
+    """cVAE head (porting notes 3.2): 3x3 conv loc / log-variance to `latent_channels`; 3x3 conv + BN back."""
 
     def __init__(self, feature_shape, **kwargs):
         super().__init__(feature_shape, **kwargs)
@@ -248,7 +248,7 @@ class BlockFCHead(_BlockedHead):
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class ChannelRecurrentHead(_BlockedHead):
-    """crVAE head (paper Sec. 3, Fig. 1(d); authors' code, notes 3.4 / 3.5).
+    """crVAE head (paper Sec. 3, Fig. 1(d); authors' code, porting notes 3.4 / 3.5).
 
     Inference (variance path): features `[B, H, W, C_feat]` -> T contiguous channel blocks
     `[B, T, C_feat/T*H*W]` -> stacked LSTM(hidden_units) -> [BatchNorm over B*T rows, RGB models] ->

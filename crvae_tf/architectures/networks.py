@@ -4,13 +4,13 @@
 * `rgb_encoder` / `rgb_decoder`: CelebA / Birds RGB images in [-1, 1] at 64x64 or 128x128 (VAE-GAN,
   crVAE-GAN), 4x4 features in and out.
 * `discriminator_trunk`, `discriminator_head`, `q_head`: the adversarial discriminator, split as in the
-  code into three modules with their own optimizers (trunk LR/2, head LR with warm-up, Q LR; notes 10.1).
+  code into three modules with their own optimizers (trunk LR/2, head LR with warm-up, Q LR; porting notes 10.1).
   The RGB builders' docstrings carry their architecture tables.
 
 Gin-free; each builder returns a `keras.Sequential` (serializable, `get_config` included).
 
 Shapes below are height x width x channels for base width b (b = 32 in the paper and the code,
-notes 2.1 and 4.1). `Cs_n kxk pP` is a conv with n filters, stride s, kernel k, symmetric padding P;
+porting notes 2.1 and 4.1). `Cs_n kxk pP` is a conv with n filters, stride s, kernel k, symmetric padding P;
 stride-2 convs use explicit symmetric `ZeroPadding2D` + `valid`, because Keras `same` pads
 asymmetrically at stride 2 and would shift pixels relative to Torch.
 
@@ -161,7 +161,7 @@ def _check_resolution(resolution, what):
 
 
 def _torch_conv(filters, kernel_size, fan_in, name):
-    """Stride-1 same-padded conv with Torch's default init: weights and bias U(+-1/sqrt(k*k*C_in)) (notes 10.2).
+    """Stride-1 same-padded conv with Torch's default init: weights and bias U(+-1/sqrt(k*k*C_in)) (porting notes 10.2).
 
     For odd kernels at stride 1 Keras `same` padding is symmetric, i.e. Torch padding k // 2.
     """
@@ -195,7 +195,7 @@ def rgb_encoder(
 ) -> keras.Sequential:
     """The authors' RGB inference network: `[batch, R, R, 3]` (pixels in [-1, 1]) -> `[batch, 4, 4, 8b]`.
 
-    Code `models/allconv_lstm.lua` L28-67 (crVAE-GAN) = `allconv_baseline.lua` L23-62 (VAE-GAN); notes 2.2.
+    Code `models/allconv_lstm.lua` L28-67 (crVAE-GAN) = `allconv_baseline.lua` L23-62 (VAE-GAN); porting notes 2.2.
     Shapes H x W x C for base width b (b = 32: the code's `baseChannels`, 256 output channels); every conv
     has the authors' ConvInit (U(+-1/sqrt(k*k*C_out)), zero bias), every BN gamma 1 / beta 0:
 
@@ -210,9 +210,9 @@ def rgb_encoder(
         conv6  C1_8b 3x3 p1 -> BN -> LeakyReLU(0.1)  4x4x8b            4x4x8b
 
     Paper vs code: the paper's G.1 64x64 list has three stride-2 convs, no input CReLU and would end at
-    8x8; the code's list above (four stride-2 convs at 64, ending at 4x4) is used (notes 2.2, 11).
+    8x8; the code's list above (four stride-2 convs at 64, ending at 4x4) is used (porting notes 2.2, 11).
 
-    128x128 (our choice, notes 2.3 [n/v]): the authors' 128x128 results came from an unreleased Stage-2
+    128x128 (our choice, porting notes 2.3 [n/v]): the authors' 128x128 results came from an unreleased Stage-2
     upsampling network applied to Stage-1 64x64 samples; this port trains directly at 128 and keeps the
     4x4 feature map (and so the 64x4x4 latent) by prepending one stride-2 stage, `conv0` (C2_b 5x5 p2 -> BN
     -> CReLU), in front of the unchanged 64x64 network. The first two convolutions are then 5x5, as
@@ -249,7 +249,7 @@ def rgb_decoder(
 ) -> keras.Sequential:
     """The authors' RGB generation network: `[batch, 4, 4, F]` -> `[batch, R, R, 3]`, tanh outputs in [-1, 1].
 
-    Code `models/allconv_lstm.lua` L142-172 = `allconv_baseline.lua` L79-109; notes 4.2. F is the latent
+    Code `models/allconv_lstm.lua` L142-172 = `allconv_baseline.lua` L79-109; porting notes 4.2. F is the latent
     head's output channels (`feature_channels`, default 8b = 256). Dk is a 4x4 stride-2 transposed conv with
     Torch padding 1 (exactly 2x upsampling); ConvInit everywhere (U(+-1/sqrt(k*k*C_out)), zero bias):
 
@@ -268,9 +268,9 @@ def rgb_decoder(
     reconstruction loss compares with pixels in [-1, 1]).
 
     Paper vs code: paper G.2 lists D32 as the last deconv, no C1_64, a 1x1 output conv and BN + Leaky before
-    the tanh; the code's layers above are used (notes 4.2, 11).
+    the tanh; the code's layers above are used (porting notes 4.2, 11).
 
-    128x128 (our choice, notes 2.3 [n/v]; the authors used an unreleased Stage-2 upsampler): one more
+    128x128 (our choice, porting notes 2.3 [n/v]; the authors used an unreleased Stage-2 upsampler): one more
     D-block, `deconv5` D_b (half the channels, like the paper's final D32), after `deconv4`; the
     following 3x3 conv keeps b channels. The 64x64 layer names are unchanged.
 
@@ -313,7 +313,7 @@ def discriminator_trunk(
     """The discriminator's conv trunk ("Dfeat"): `[batch, R, R, 3]` -> `[batch, 4, 4, widths[-1]]`.
 
     Code `models/allconv_lstm.lua` L178-200 (crVAE-GAN) and `allconv_baseline.lua` L115-140 (VAE-GAN);
-    notes 6.1, 6.2. Shared by the GAN head (`discriminator_head`) and the MI head (`q_head`); it has its own
+    porting notes 6.1, 6.2. Shared by the GAN head (`discriminator_head`) and the MI head (`q_head`); it has its own
     optimizer in the code (LR/2). Per stage s with width w_s, no batch norm:
 
         conv k x k stride 1, same padding (Torch p = k//2) -> MaxPool 2x2 -> ReLU -> SpatialDropout(0.5)
@@ -328,16 +328,16 @@ def discriminator_trunk(
         stage4    4x4x256           4x4x256       (3x3)
 
     Widths: crVAE-GAN code 64-128-256-256 (the default); VAE-GAN baseline code 32-64-128-256. Paper G.4
-    (32-64-128-128, "stride 2" convs) matches neither; the code is used (notes 6.2, 11).
+    (32-64-128-128, "stride 2" convs) matches neither; the code is used (porting notes 6.2, 11).
 
     Init: Torch defaults, weights AND biases U(+-1/sqrt(k*k*C_in)) (the code applies ConvInit to the
-    encoder/decoder/D head only; notes 10.2).
+    encoder/decoder/D head only; porting notes 10.2).
 
     Dropout: `torch_dropout=True` is Torch `nn.SpatialDropout(0.5, true)`: whole channels dropped with no
     rescaling, in training AND inference (stochastic inference; `discriminator_layers.TorchDropout`).
     `torch_dropout=False` uses Keras `SpatialDropout2D` (1/(1-p) rescale in training, identity in inference).
 
-    128x128 (our choice; no 128 training code exists, notes 2.3): one more 5x5 stage, `stage0`, in front,
+    128x128 (our choice; no 128 training code exists, porting notes 2.3): one more 5x5 stage, `stage0`, in front,
     repeating the first width, so the trunk still ends at 4x4. `widths` may also give all 5 widths.
 
     Args:
@@ -386,7 +386,7 @@ def discriminator_head(
 ) -> keras.Sequential:
     """The GAN head of the discriminator: trunk features `[batch, H, W, C]` -> `[batch, 1]` LOGITS.
 
-    Code `models/allconv_lstm.lua` L222-229 (crVAE-GAN) = `allconv_baseline.lua` L141-148; notes 6.1, 6.3:
+    Code `models/allconv_lstm.lua` L222-229 (crVAE-GAN) = `allconv_baseline.lua` L141-148; porting notes 6.1, 6.3:
 
         layer                                              output (H x W x C = 4x4x256, defaults)
         to_chw + flatten (Torch nn.View, (C, H, W) order)  H*W*C = 4096
@@ -399,12 +399,12 @@ def discriminator_head(
 
     The code ends with a Sigmoid and BCE on probabilities; here the head returns logits and the sigmoid lives
     in the loss (`sigmoid_cross_entropy_with_logits`), which is the same function but numerically stable.
-    Init (notes 10.2): Dense and minibatch weights Torch default U(+-1/sqrt(fan_in)), all biases zero (the
+    Init (porting notes 10.2): Dense and minibatch weights Torch default U(+-1/sqrt(fan_in)), all biases zero (the
     code zeroes every Linear bias of the D head). The channel-major flatten only fixes the order of the
     first Dense's input rows, so weights port 1:1 from Torch. Paper G.4 has FC512; the code's 1024 is used.
     The Torch head dropout is plain `nn.Dropout(0.5, true)` (no stochastic inference); `torch_dropout=False`
     uses Keras `Dropout` instead. The minibatch features depend on the whole batch: feed real and fake
-    images in ONE batch, as the code does (notes 5.3 phase C).
+    images in ONE batch, as the code does (porting notes 5.3 phase C).
 
     Args:
       feature_shape: (H, W, C) of the trunk output, e.g. `trunk.output_shape[1:]`.
@@ -447,7 +447,7 @@ def q_head(
 ) -> keras.Sequential:
     """The MI head "Q" (code `recon`): trunk features `[batch, H, W, C]` -> predicted u, `[batch, latent_dim]`.
 
-    Code `models/allconv_lstm.lua` L203-217; notes 6.1 (the WACV mutual-information regulariser: Q predicts
+    Code `models/allconv_lstm.lua` L203-217; porting notes 6.1 (the WACV mutual-information regulariser: Q predicts
     u = `ChannelRecurrentHead.transform(z)`, the generation path output before b_dec, from the trunk
     features of the generated image). Shapes for the defaults (trunk 4x4x256, latent 4x4x64):
 
@@ -464,7 +464,7 @@ def q_head(
     k = c*H*W + h*W + w, exactly Torch's `nn.View(z, w, w)` of the Linear output; the code's 64x4x4
     `nn.Add` is the same per-element bias on that view, so no reshape is needed here.
 
-    Init (notes 10.2): convs keep Torch defaults (weights and biases U(+-1/sqrt(k*k*C_in))); BN gamma
+    Init (porting notes 10.2): convs keep Torch defaults (weights and biases U(+-1/sqrt(k*k*C_in))); BN gamma
     ~ U(0, 1), beta 0 (the code only resets encoder/decoder BN to 1); Dense weights and bias U(+-1/sqrt(fan_in))
     (the Q Linear bias is not zeroed). BN uses the model options (README eps 1e-6, Torch momentum 0.9 =
     Keras 0.1), as in the code. `hidden_channels` is the code's D base width (64) and the second conv

@@ -199,7 +199,7 @@ def resize_to_uint8(patch: np.ndarray, resolution: int) -> np.ndarray:
 
     Raises:
       Rejected: every pixel of `patch` has the same value (a blank image), or the resize produced
-        non-finite or out-of-range values (the value-range check of user_pain_points B.4).
+        non-finite or out-of-range values (the value-range check of the cache validation).
     """
     if int(patch.max()) == int(patch.min()):
         raise Rejected(f"blank image: every pixel of the crop equals {int(patch.max())}")

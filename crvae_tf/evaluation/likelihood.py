@@ -63,10 +63,10 @@ from crvae_tf import runs
 from crvae_tf.objectives import bounds
 
 SPLITS = ("test", "validation")
-DEFAULT_NUM_IMPORTANCE_SAMPLES = 10000  # Table 1 (notes 7: the authors ran K = 100 and K = 10,000)
+DEFAULT_NUM_IMPORTANCE_SAMPLES = 10000  # Table 1 (porting notes 7: the authors ran K = 100 and K = 10,000)
 DEFAULT_BATCH_SIZE = 128  # images per encoder pass (the authors' code: 128)
 TARGET_DECODER_ROWS = 640  # default chunk_size = this // batch_size samples per decoder pass
-IWAE_GROUP = 5  # IWAE_5: the authors' model-selection bound (notes 7)
+IWAE_GROUP = 5  # IWAE_5: the authors' model-selection bound (porting notes 7)
 EVAL_DIR = "eval"
 # Datasets of the same images (an eval_dataset must show the images the run trained on, binarized either way).
 _DATASET_FAMILY = {"mnist": "mnist", "binarized_mnist": "mnist"}

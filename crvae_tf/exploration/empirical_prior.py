@@ -18,7 +18,7 @@ with A_k the lower Cholesky factor and j_k >= 0 a jitter, 0 unless Sigma_k is nu
 stored and reported). `sample` and `log_prob` use exactly N(mu_k, A_k A_k^T).
 
 Latent layout: a flat latent `[batch, latent_dim]` is the channel-major (C, H, W) flattening of the code
-(see `crvae_tf.layers`), so channel k is the contiguous slice `z[:, k*H*W:(k+1)*H*W]`. Every array here
+(see `crvae_tf.architectures.blocks`), so channel k is the contiguous slice `z[:, k*H*W:(k+1)*H*W]`. Every array here
 is in that layout: `mean` is `[C, HW]`, `covariance` and `cholesky` are `[C, HW, HW]`.
 
 Estimation streams over batches in float64 (`ChannelMoments`): it keeps the count, the sum of

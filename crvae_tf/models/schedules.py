@@ -10,7 +10,7 @@ import tensorflow as tf
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """A learning rate scaled by `factor_i` while the optimizer's step count is below `until_i`.
 
-    The code's `adam_gan` (notes 6.4) runs the discriminator head at LR/50 for its first 10 calls and LR/5
+    The code's `adam_gan` (porting notes 6.4) runs the discriminator head at LR/50 for its first 10 calls and LR/5
     until call 30: `warmup=((10, 0.02), (30, 0.2))`. The count here is of discriminator steps actually taken
     (the code counts skipped calls too; skips are rare while the discriminator is still warming up).
     """

@@ -38,7 +38,7 @@ class VAE(LatentVariableModel):
 
     Args:
       encoder: network `[batch, H, W, C] -> [batch, h, w, c_feat]`.
-      latent_head: a `crvae_tf.layers.LatentHead` for features of shape (h, w, c_feat).
+      latent_head: a `crvae_tf.architectures.heads.LatentHead` for features of shape (h, w, c_feat).
       decoder: network `[batch, h, w, c_feat] -> [batch, H, W, C]` logits.
       image_shape: (H, W, C).
       kl_weight: weight of the KL term per image (1.0 = the ELBO).
@@ -47,7 +47,7 @@ class VAE(LatentVariableModel):
       num_importance_samples: k. 1 trains on the (weighted) ELBO; k > 1 trains on the IWAE_k bound
         (Burda et al. 2016; Table 1's "IWAE k=40" row), which has no KL weight.
       num_validation_samples: k of the IWAE_k bound that `test_step` reports as `iwae_<k>` (the authors
-        selected models on IWAE-5, notes 7).
+        selected models on IWAE-5, porting notes 7).
     """
 
     # Range of the pixels `encode` takes (`generate` always returns [0, 1]). The adversarial family

@@ -4,7 +4,7 @@ One Keras 3 subclassed model, `VAEGAN`, with a custom `train_step` and one optim
 The variant is the latent head: `FCHead` gives the VAE-GAN baseline, `ChannelRecurrentHead` the crVAE-GAN.
 Gin-free.
 
-Objective (Eq. 4, with the authors' code where the paper is silent or disagrees; notes 5.2-5.5, 6, 11)
+Objective (Eq. 4, with the authors' code where the paper is silent or disagrees; porting notes 5.2-5.5, 6, 11)
 ------------------------------------------------------------------------------------------------
 Pixels are mapped from [0, 1] to [-1, 1] (`input_range`); the decoder ends in tanh. For a batch x with
 posterior samples z ~ q(z|x), reconstructions x_rec = G(z), prior samples z_p ~ N(0, I), x_p = G(z_p), and
@@ -34,13 +34,13 @@ mutual_information_weight, T -> latent_head.num_time_steps.
 Update structure
 ----------------
 The authors update each Torch module in sequence, the decoder and var_decoder twice per iteration (once on
-reconstructions, once on prior samples) and the discriminator trunk up to three times (notes 5.3). Here each
+reconstructions, once on prior samples) and the discriminator trunk up to three times (porting notes 5.3). Here each
 group takes ONE Adam step per iteration on the sum of the gradients of its terms, computed with the same
-pre-update weights (the joint-step approximation of notes 12.5). Gradients per group:
+pre-update weights (the joint-step approximation of porting notes 12.5). Gradients per group:
 
     encoder              reconstruction + rate + [beta adversarial(x_rec) + kappa mi(x_rec)]
                          (bracket only with encoder_adversarial_gradient=True: crVAE-GAN; the VAE-GAN
-                         baseline's encoder sees reconstruction + rate only, notes 5.5)
+                         baseline's encoder sees reconstruction + rate only, porting notes 5.5)
     latent_head, decoder the generator objective
     q_head               kappa * mi
     discriminator_trunk  kappa * mi + [D loss, unless skipped]
@@ -48,7 +48,7 @@ pre-update weights (the joint-step approximation of notes 12.5). Gradients per g
 
 The discriminator runs in training mode (dropout on) for every term, as in the code.
 
-Defects of the original crVAE-GAN loop (notes 5.4) are options that default to the corrected behaviour:
+Defects of the original crVAE-GAN loop (porting notes 5.4) are options that default to the corrected behaviour:
   legacy_swapped_prior_weights: the prior-sample pass scales the adversarial term by kappa and the MI term by
     beta (the code's L251).
   legacy_unweighted_prior_mutual_information: the prior-sample MI term ignores the per-step weights (L219-223).
@@ -72,7 +72,7 @@ class VAEGAN(LatentVariableModel):
 
     Args:
       encoder: `[batch, H, W, C]` pixels in [-1, 1] -> features `[batch, h, w, c]`.
-      latent_head: a `crvae_tf.layers.LatentHead` (`ChannelRecurrentHead`: crVAE-GAN; `FCHead`: VAE-GAN).
+      latent_head: a `crvae_tf.architectures.heads.LatentHead` (`ChannelRecurrentHead`: crVAE-GAN; `FCHead`: VAE-GAN).
       decoder: features -> `[batch, H, W, C]` in [-1, 1] (ends in tanh).
       discriminator_trunk: `[batch, H, W, C]` -> features `[batch, h', w', c']` (Dfeat of the code).
       discriminator: trunk features -> real/fake logits `[batch, 1]` (the head; sigmoid in the loss).

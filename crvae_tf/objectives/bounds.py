@@ -12,7 +12,7 @@ For an image x with posterior q(z|x) = N(loc, diag(exp(log_variance))) and prior
 
 With kl_weight = 1 and all kl_step_weights = 1 the loss is the negative ELBO. The authors' MNIST code
 minimises the per-pixel-mean BCE + alpha * KL / batch with alpha = 0.001, which per image is
-BCE_sum + 784 * 0.001 * KL, i.e. kl_weight = 0.784 (notes 5.1).
+BCE_sum + 784 * 0.001 * KL, i.e. kl_weight = 0.784 (porting notes 5.1).
 
 IWAE_K(x) = log (1/K) sum_k p(x, z_k) / q(z_k|x),  z_k ~ q(z|x)   (Burda et al. 2016), over the leading
 sample axis of `log_weights: [num_samples, batch]`.

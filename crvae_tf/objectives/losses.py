@@ -68,8 +68,10 @@ def discriminator_batch(real, reconstructions, prior_samples):
     """The code's discriminator batch: every other real image, every 4th reconstruction and prior sample.
 
     For a batch of B (divisible by 4): positions i = 0, 2, 4, ... real (B/2, label 1), i = 1, 5, ...
-    reconstructions (B/4, label 0), i = 3, 7, ... prior samples (B/4, label 0) — the 1-based
-    i = 0 / 3 (mod 4) rule of porting notes 5.3 shifted to 0-based indices. (The paper says "half fake".)
+    reconstructions (B/4, label 0), i = 3, 7, ... prior samples (B/4, label 0). The code picks different positions
+    (porting notes 5.3: the 1-based i = 0 / 3 (mod 4) rule) for the same half / quarter / quarter split of disjoint
+    images; which positions are used does not matter, since the images of a batch are exchangeable. (The paper
+    says "half fake".)
 
     Returns (images `[B, H, W, C]`, labels float32 `[B]`, kind int32 `[B]`: 0 real, 1 reconstruction, 2 prior).
     """
