@@ -77,3 +77,17 @@ class BoundsTest(tf.test.TestCase):
 
     def test_bits_per_dim(self):
         self.assertAllClose(bounds.nats_to_bits_per_dim(784 * math.log(2.0), 784), 1.0)
+
+    def test_grouped_iwae_streams_over_any_chunking(self):
+        # IWAE_5 over 20 samples = mean over 4 disjoint groups of 5 of their log-mean-exp (SciPy oracle), whatever
+        # the chunks the samples arrive in (groups straddle chunk boundaries).
+        log_w = np.random.default_rng(3).normal(-80.0, 4.0, size=(20, 3))
+        oracle = np.mean(special.logsumexp(log_w.reshape(4, 5, 3), axis=1) - math.log(5), axis=0)
+        for sizes in ((20,), (7, 7, 6), (1,) * 20, (3, 17)):
+            grouped = bounds.GroupedLogMeanExp(5)
+            start = 0
+            for size in sizes:
+                grouped.add(log_w[start : start + size])
+                start += size
+            self.assertAllClose(grouped.result(3), oracle, rtol=1e-12, msg=str(sizes))
+        self.assertTrue(np.all(np.isnan(bounds.GroupedLogMeanExp(5).result(3))))  # no complete group yet

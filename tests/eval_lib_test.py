@@ -21,6 +21,7 @@ from crvae_tf import data as data_lib
 from crvae_tf import evaluate as evaluate_binary
 from crvae_tf import runs
 from crvae_tf.evaluation import likelihood as eval_lib
+from crvae_tf.evaluation import results
 from crvae_tf.training import loop
 
 import testing_utils
@@ -88,7 +89,7 @@ class EvalLibTest(testing_utils.GinTestCase):
     def test_result_files_and_every_image(self):
         model_dir = self.fresh_run()
         result = self.evaluate(model_dir)
-        path = eval_lib.result_path(model_dir, "test", 4, K)
+        path = results.result_path(model_dir, "test", 4, K)
         self.assertEqual(result["result_path"], os.path.abspath(path))
         self.assertTrue(path.endswith(os.path.join("eval", f"test-step4-k{K}.json")))
         with open(path) as f:
@@ -231,13 +232,13 @@ class EvalLibTest(testing_utils.GinTestCase):
     def test_interrupted_evaluation_resumes_with_identical_numbers(self):
         expected = self.evaluate()
         model_dir = self.fresh_run()
-        original_save = eval_lib._Partial.save
+        original_save = results.Partial.save
 
         def save_then_die(partial, *args):
             original_save(partial, *args)
             raise KeyboardInterrupt("killed after the first batch")
 
-        with mock.patch.object(eval_lib._Partial, "save", save_then_die):
+        with mock.patch.object(results.Partial, "save", save_then_die):
             with self.assertRaises(KeyboardInterrupt):
                 self.evaluate(model_dir)
         self.assertLen(glob.glob(os.path.join(model_dir, "eval", "*.partial.npz")), 1)

@@ -42,12 +42,10 @@ import datetime
 import hashlib
 import io
 import json
-import math
 import os
 import time
 from typing import Callable
 from typing import Iterable
-from typing import NamedTuple
 from typing import Optional
 
 from absl import logging
@@ -60,6 +58,12 @@ from crvae_tf import builders
 from crvae_tf import data as data_lib
 from crvae_tf import models
 from crvae_tf import runs
+from crvae_tf.evaluation.results import EVAL_DIR
+from crvae_tf.evaluation.results import Estimates
+from crvae_tf.evaluation.results import Partial
+from crvae_tf.evaluation.results import result_path
+from crvae_tf.evaluation.results import result_stem
+from crvae_tf.evaluation.results import summarize
 from crvae_tf.objectives import bounds
 
 SPLITS = ("test", "validation")
@@ -67,31 +71,9 @@ DEFAULT_NUM_IMPORTANCE_SAMPLES = 10000  # Table 1 (porting notes 7: the authors 
 DEFAULT_BATCH_SIZE = 128  # images per encoder pass (the authors' code: 128)
 TARGET_DECODER_ROWS = 640  # default chunk_size = this // batch_size samples per decoder pass
 IWAE_GROUP = 5  # IWAE_5: the authors' model-selection bound (porting notes 7)
-EVAL_DIR = "eval"
 # Datasets of the same images (an eval_dataset must show the images the run trained on, binarized either way).
 _DATASET_FAMILY = {"mnist": "mnist", "binarized_mnist": "mnist"}
 MAX_SEED = 2**31  # seed * 2^32 + image index must fit an int64 stateless seed
-
-
-class Estimates(NamedTuple):
-    """Per-image estimates of a set of images, in nats per image, from K importance samples each.
-
-    Attributes:
-      log_likelihood: float64 `[N]`, IWAE_K = log (1/K) sum_k exp(w_k), the estimate of log p(x).
-      elbo: float64 `[N]`, (1/K) sum_k w_k from the same samples.
-      iwae_5: float64 `[N]`, the mean of IWAE_5 over the floor(K/5) disjoint groups of 5 of the same samples;
-        NaN when K < 5.
-      data_sha256: SHA-256 (hex) of the evaluated binary pixels as uint8 0/1 in `[N, H, W, C]` row-major order.
-      seconds: wall time of the estimation (batches skipped by a resume excluded).
-      num_estimated: images estimated in this call (N minus those restored from a partial file).
-    """
-
-    log_likelihood: np.ndarray
-    elbo: np.ndarray
-    iwae_5: np.ndarray
-    data_sha256: str
-    seconds: float
-    num_estimated: int
 
 
 def default_chunk_size(batch_size: int) -> int:
@@ -199,7 +181,7 @@ class ImportanceSampler:
         images = tf.convert_to_tensor(images, tf.float32)
         loc, log_variance = self._encode(images)  # the encoder runs once per batch
         image_indices = tf.constant(np.asarray(image_indices, np.int64))
-        groups = _GroupedLogMeanExp(IWAE_GROUP)
+        groups = bounds.GroupedLogMeanExp(IWAE_GROUP)
         drawn = 0
 
         def log_weights_fn(n):
@@ -306,38 +288,6 @@ class ImportanceSampler:
         )
 
 
-class _GroupedLogMeanExp:
-    """Mean over consecutive groups of `group` samples of their log-mean-exp, fed one `[n, batch]` chunk at a time.
-
-    Groups straddle chunk boundaries (a carry of < `group` rows), so the result does not depend on the chunking.
-    """
-
-    def __init__(self, group: int):
-        self.group = group
-        self.carry = None
-        self.total = 0.0
-        self.count = 0
-
-    def add(self, log_weights):
-        w = np.asarray(log_weights, np.float64)
-        if self.carry is not None and len(self.carry):
-            w = np.concatenate([self.carry, w], axis=0)
-        usable = w.shape[0] // self.group * self.group
-        if usable:
-            g = w[:usable].reshape(usable // self.group, self.group, -1)
-            top = np.max(g, axis=1, keepdims=True)
-            top = np.where(np.isfinite(top), top, 0.0)
-            with np.errstate(divide="ignore"):
-                self.total = self.total + np.sum(np.log(np.mean(np.exp(g - top), axis=1)) + top[:, 0], axis=0)
-            self.count += usable // self.group
-        self.carry = w[usable:]
-
-    def result(self, batch: int) -> np.ndarray:
-        if self.count == 0:
-            return np.full([batch], np.nan)
-        return np.asarray(self.total / self.count, np.float64)
-
-
 def _binary_pixels(batch) -> np.ndarray:
     """uint8 0/1 pixels of a batch; raises unless every pixel is 0 or 1."""
     values = np.asarray(batch)
@@ -349,55 +299,12 @@ def _binary_pixels(batch) -> np.ndarray:
     return values.astype(np.uint8)
 
 
-def summarize(estimates: Estimates, num_pixels: int) -> dict:
-    """Means over the N images and their standard errors, in nats per image.
-
-    nll = -(1/N) sum_i log p^(x_i) (positive), nll_stderr = std_i(log p^(x_i)) / sqrt(N) (ddof 1; None for N = 1);
-    elbo and iwae_5 are the means of the per-image bounds on log p(x) (negative), with their stderrs the same way.
-    """
-    n = len(estimates.log_likelihood)
-
-    def mean_and_stderr(values):
-        mean = float(np.mean(values))
-        stderr = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else None
-        return mean, stderr
-
-    log_likelihood, log_likelihood_stderr = mean_and_stderr(estimates.log_likelihood)
-    elbo, elbo_stderr = mean_and_stderr(estimates.elbo)
-    if np.all(np.isnan(estimates.iwae_5)):
-        iwae, iwae_stderr = None, None
-    else:
-        iwae, iwae_stderr = mean_and_stderr(estimates.iwae_5)
-    return {
-        "nll": -log_likelihood,
-        "nll_stderr": log_likelihood_stderr,
-        "nll_bits_per_dim": float(bounds.nats_to_bits_per_dim(-log_likelihood, num_pixels)),
-        "elbo": elbo,
-        "elbo_stderr": elbo_stderr,
-        "iwae_5": iwae,
-        "iwae_5_stderr": iwae_stderr,
-    }
-
-
 # ----------------------------------------------------------------------------------------------------
 # Evaluating a run.
 # ----------------------------------------------------------------------------------------------------
 
 
 EVAL_PRECISION_BINDING = "model.precision = 'float32'"
-
-
-def result_stem(split: str, step: int, num_importance_samples: int, max_images: Optional[int] = None) -> str:
-    """`<split>-step<step>-k<K>`, plus `-n<max_images>` for a capped evaluation (never mistaken for a full one)."""
-    stem = f"{split}-step{int(step)}-k{int(num_importance_samples)}"
-    return stem if max_images is None else f"{stem}-n{int(max_images)}"
-
-
-def result_path(
-    model_dir: str, split: str, step: int, num_importance_samples: int, max_images: Optional[int] = None
-) -> str:
-    """Where `evaluate` writes its JSON result."""
-    return os.path.join(model_dir, EVAL_DIR, result_stem(split, step, num_importance_samples, max_images) + ".json")
 
 
 def select_split(run: runs.Run, split: str):
@@ -497,7 +404,7 @@ def evaluate(
     )
     stem = result_stem(split, run.step, num_importance_samples, max_images)
     folder = os.path.join(model_dir, EVAL_DIR)
-    partial = _Partial(
+    partial = Partial(
         os.path.join(folder, stem + ".partial.npz"),
         {
             "checkpoint_path": os.path.abspath(run.checkpoint_path),
@@ -603,42 +510,6 @@ def evaluate(
         result["importance_samples_per_s"],
     )
     return result
-
-
-class _Partial:
-    """The per-batch progress of an evaluation, written atomically after each batch, so a rerun resumes."""
-
-    def __init__(self, path: str, metadata: dict):
-        self.path = path
-        self.metadata = json.dumps(metadata, sort_keys=True)
-
-    def load(self):
-        """(log_likelihood, elbo, iwae_5, batch_hashes) of the finished batches, or None."""
-        if not os.path.isfile(self.path):
-            return None
-        try:
-            with np.load(self.path, allow_pickle=False) as saved:
-                if str(saved["metadata"]) != self.metadata:
-                    logging.warning("Ignoring %s: it was written by an evaluation with other settings.", self.path)
-                    return None
-                restored = (saved["log_likelihood"], saved["elbo"], saved["iwae_5"], [str(h) for h in saved["hashes"]])
-        except Exception as error:  # A foreign or damaged file is never trusted.
-            logging.warning("Ignoring unreadable %s (%s).", self.path, error)
-            return None
-        logging.info(
-            "Resuming from %s: %d batches (%d images) already evaluated.", self.path, len(restored[3]), len(restored[0])
-        )
-        return restored
-
-    def save(self, batch_index, arrays, batch_hashes):
-        del batch_index
-        buffer = io.BytesIO()
-        np.savez(buffer, metadata=np.array(self.metadata), hashes=np.array(batch_hashes), **arrays)
-        artifacts.atomic_write_bytes(self.path, buffer.getvalue())
-
-    def remove(self):
-        if os.path.exists(self.path):
-            os.remove(self.path)
 
 
 def evaluate_new_checkpoints(

@@ -28,6 +28,7 @@ and folds them into an online log-sum-exp in float64, so peak memory is that of 
 import math
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -191,6 +192,39 @@ def _check_num_rows(log_weights, n):
     if shape.rank is not None and (shape.rank < 1 or shape[0] not in (None, n)):
         raise ValueError(f"log_weights_fn({n}) returned shape {shape}; expected [{n}, batch]")
     return log_weights
+
+
+class GroupedLogMeanExp:
+    """Streaming IWAE_k in float64: the mean over consecutive groups of `group` (= k) samples of their
+    log-mean-exp, fed one `[n, batch]` chunk of log weights at a time (the authors' IWAE-5 model selection).
+
+    Groups straddle chunk boundaries (a carry of < `group` rows), so the result does not depend on the chunking.
+    """
+
+    def __init__(self, group: int):
+        self.group = group
+        self.carry = None
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, log_weights):
+        w = np.asarray(log_weights, np.float64)
+        if self.carry is not None and len(self.carry):
+            w = np.concatenate([self.carry, w], axis=0)
+        usable = w.shape[0] // self.group * self.group
+        if usable:
+            g = w[:usable].reshape(usable // self.group, self.group, -1)
+            top = np.max(g, axis=1, keepdims=True)
+            top = np.where(np.isfinite(top), top, 0.0)
+            with np.errstate(divide="ignore"):
+                self.total = self.total + np.sum(np.log(np.mean(np.exp(g - top), axis=1)) + top[:, 0], axis=0)
+            self.count += usable // self.group
+        self.carry = w[usable:]
+
+    def result(self, batch: int) -> np.ndarray:
+        if self.count == 0:
+            return np.full([batch], np.nan)
+        return np.asarray(self.total / self.count, np.float64)
 
 
 def nats_to_bits_per_dim(nats, num_dims: int):
