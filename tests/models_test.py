@@ -9,6 +9,7 @@ import tensorflow as tf
 from crvae_tf import models
 from crvae_tf.architectures import heads
 from crvae_tf.architectures import networks
+from crvae_tf.objectives import bounds
 
 import testing_utils
 
@@ -184,3 +185,32 @@ class ModelTest(testing_utils.GinTestCase):
         self.assertEqual(clone.kl_weight, 0.784)
         self.assertEqual(clone.count_params(), model.count_params())
         self.assertEqual(clone.latent_head.get_config(), model.latent_head.get_config())
+
+
+class DiagnosticsTest(testing_utils.GinTestCase):
+    """The training instruments: per parameter group and per time step, with their NumPy definitions."""
+
+    def test_group_diagnostics_match_the_step_taken(self):
+        model = tiny_model("channel_recurrent")
+        model.compile(optimizers=adam_groups(model), clip_values={"latent_head": 5.0})
+        images = tf.constant(fixed_batch(), tf.float32)
+        groups = model.variable_groups()
+        before = {name: [v.numpy().copy() for v in variables] for name, variables in groups.items()}
+        logs = model.train_step(images)
+        for name, variables in groups.items():
+            after = [v.numpy() for v in variables]
+            step = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before[name])))
+            old = np.sqrt(sum(np.sum(b**2) for b in before[name]))
+            new = np.sqrt(sum(np.sum(a**2) for a in after))
+            self.assertAllClose(float(logs[f"update_ratio_{name}"]), step / old, rtol=1e-3, msg=name)
+            self.assertAllClose(float(logs[f"param_norm_{name}"]), new, rtol=1e-4, msg=name)
+            self.assertGreater(float(logs[f"grad_norm_{name}"]), 0.0)
+        # Validation reports no training diagnostics.
+        self.assertFalse([key for key in model.test_step(images) if key.startswith(("grad_norm", "update_ratio"))])
+
+    def test_active_units_per_time_step_sum_to_the_total(self):
+        loc = np.zeros((6, 8), np.float32)
+        loc[:, 0] = np.arange(6)  # step 1 (dims 0-3): one dimension varies
+        loc[:, 5:7] = np.arange(12).reshape(6, 2)  # step 2 (dims 4-7): two vary
+        self.assertAllEqual(bounds.active_units_per_step(loc, 2), [1.0, 2.0])
+        self.assertEqual(float(bounds.active_units(loc)), 3.0)

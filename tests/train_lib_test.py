@@ -148,8 +148,20 @@ class RecipesTest(_RecipeData):
             "reconstructions",
             "prior_samples",
             "gin/operative_config",
+            # The collapse instruments (issue: the crVAE must learn): per group, per time step.
+            "grad_norm/encoder",
+            "grad_norm/latent_head",
+            "grad_norm/decoder",
+            "param_norm/latent_head",
+            "update_ratio/decoder",
+            "active_units/step_1",
+            "active_units/step_8",
+            "posterior/log_variance_step_1",
+            "posterior/log_variance_step_8",
+            "posterior/loc_step_8",
         ):
             self.assertIn(tag, tags)
+        self.assertNotIn("grad_norm/discriminator", tags)  # the VAE family has no such group
 
     def test_resume_matches_a_straight_run(self):
         recipe = [os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")]

@@ -74,16 +74,53 @@ class LatentVariableModel(keras.Model):
             self, optimizer=self.group_optimizers.get("encoder", next(iter(self.group_optimizers.values()))), **kwargs
         )
 
+    DIAGNOSTICS = ("grad_norm", "param_norm", "update_ratio")
+
+    def _init_trackers(self, names):
+        """Creates the running-mean trackers: the family's `names`, then the per-time-step ones (`active_units`,
+        `kl_step_<t>`, `active_units_step_<t>`, t = 1..T), and the training diagnostics per parameter group
+        (`grad_norm_<group>`, `param_norm_<group>`, `update_ratio_<group>`), which only `train_step` reports."""
+        steps = range(1, self.num_time_steps + 1)
+        names = (
+            list(names) + ["active_units"] + [f"kl_step_{t}" for t in steps] + [f"active_units_step_{t}" for t in steps]
+        )
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self._diagnostics = {
+            f"{kind}_{group}": keras.metrics.Mean(name=f"{kind}_{group}")
+            for group in self.GROUPS
+            for kind in self.DIAGNOSTICS
+        }
+        self.group_optimizers = {}
+        self.group_clip_values = {}
+
     @property
     def metrics(self):
-        return list(self._trackers.values())
+        return list(self._trackers.values()) + list(self._diagnostics.values())
+
+    def _diagnostic_results(self) -> dict:
+        """Running means of the diagnostics of the groups that have an optimizer."""
+        return {
+            f"{kind}_{group}": self._diagnostics[f"{kind}_{group}"].result()
+            for group in self.group_optimizers
+            for kind in self.DIAGNOSTICS
+        }
 
     def _apply(self, name, gradients, variables):
-        """One optimizer step of group `name`, after its optional element-wise gradient clamp."""
+        """One optimizer step of group `name`, after its optional element-wise gradient clamp.
+
+        Also records the group's diagnostics: the global norm of the (clamped) gradient, of the parameters after
+        the step, and the relative size of the step ||theta_new - theta_old|| / ||theta_old||.
+        """
         clip = self.group_clip_values.get(name)
         if clip:
             gradients = [tf.clip_by_value(g, -clip, clip) for g in gradients]
+        before = [tf.identity(v) for v in variables]
         self.group_optimizers[name].apply(gradients, variables)
+        old_norm = tf.linalg.global_norm(before)
+        step_norm = tf.linalg.global_norm([tf.convert_to_tensor(v) - b for v, b in zip(variables, before)])
+        self._diagnostics[f"grad_norm_{name}"].update_state(tf.linalg.global_norm(gradients))
+        self._diagnostics[f"param_norm_{name}"].update_state(tf.linalg.global_norm(list(variables)))
+        self._diagnostics[f"update_ratio_{name}"].update_state(step_norm / tf.maximum(old_norm, 1e-12))
 
     def _apply_split(self, names, groups, gradients):
         """Applies a flat gradient list laid out as the concatenation of `groups[name]` for `names`."""
@@ -93,15 +130,14 @@ class LatentVariableModel(keras.Model):
             self._apply(name, gradients[start : start + size], groups[name])
             start += size
 
-    def _latent_tracker_names(self):
-        return ["active_units"] + [f"kl_step_{t + 1}" for t in range(self.num_time_steps)]
-
     def _update_latent_trackers(self, kl_steps, loc):
-        """Per-time-step KL means (`kl_step_<t>`, t = 1..T) and active units of a batch."""
+        """Per-time-step KL means (`kl_step_<t>`), active units in total and per time step, of a batch."""
         kl_means = tf.reduce_mean(kl_steps, axis=0)
+        per_step = bounds.active_units_per_step(loc, self.num_time_steps)
         for t in range(self.num_time_steps):
             self._trackers[f"kl_step_{t + 1}"].update_state(kl_means[t])
-        self._trackers["active_units"].update_state(bounds.active_units(loc))
+            self._trackers[f"active_units_step_{t + 1}"].update_state(per_step[t])
+        self._trackers["active_units"].update_state(tf.reduce_sum(per_step))
 
     def reset_evaluation_rng(self):
         """Restarts the evaluation noise stream (call before each evaluation pass)."""

@@ -92,12 +92,7 @@ class VAE(LatentVariableModel):
                 f"kl_weight={kl_weight}, kl_step_weights={kl_step_weights})."
             )
         self._init_noise_streams(seed)
-        names = ["loss", "distortion", "rate", "elbo", "active_units", f"iwae_{self.num_validation_samples}"] + [
-            f"kl_step_{t + 1}" for t in range(self.num_time_steps)
-        ]
-        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
-        self.group_optimizers = {}
-        self.group_clip_values = {}
+        self._init_trackers(["loss", "distortion", "rate", "elbo", f"iwae_{self.num_validation_samples}"])
 
     GROUPS = GROUPS
 
@@ -247,7 +242,7 @@ class VAE(LatentVariableModel):
             loss = tf.reduce_mean(terms["loss"]) / tf.distribute.get_strategy().num_replicas_in_sync
         gradients = tape.gradient(loss, variables)
         self._apply_split(names, groups, gradients)
-        return self._update_trackers(terms)
+        return {**self._update_trackers(terms), **self._diagnostic_results()}
 
     def test_step(self, data):
         """ELBO terms (one sample, analytic KL) and IWAE_k (k = `num_validation_samples`), evaluation mode."""

@@ -176,11 +176,8 @@ class VAEGAN(LatentVariableModel):
             "discriminator_accuracy_reconstruction",
             "discriminator_accuracy_prior",
             "discriminator_skip_rate",
-            "active_units",
-        ] + [f"kl_step_{t + 1}" for t in range(self.num_time_steps)]
-        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
-        self.group_optimizers = {}
-        self.group_clip_values = {}
+        ]
+        self._init_trackers(names)
 
     GROUPS = GROUPS
     # Model selection on the validation split: the lowest VAE objective (reconstruction + weighted KL).
@@ -362,7 +359,7 @@ class VAEGAN(LatentVariableModel):
         }
         logs = self._update_trackers(terms, d_losses, correct, kind, update)
         logs["discriminator_batch_accuracy"] = accuracy
-        return logs
+        return {**logs, **self._diagnostic_results()}
 
     def _update_trackers(self, terms, d_losses=None, correct=None, kind=None, update=None):
         t = self._trackers

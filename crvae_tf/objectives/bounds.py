@@ -95,6 +95,13 @@ def active_units(loc, threshold: float = 0.01):
     return tf.reduce_sum(tf.cast(variance > threshold, tf.float32))
 
 
+def active_units_per_step(loc, num_time_steps: int, threshold: float = 0.01):
+    """`active_units` of each time step (the contiguous slice t of the latent): `[batch, latent_dim]` -> `[T]`."""
+    variance = tf.math.reduce_variance(tf.cast(loc, tf.float32), axis=0)
+    active = tf.cast(variance > threshold, tf.float32)
+    return tf.reduce_sum(tf.reshape(active, [num_time_steps, -1]), axis=-1)
+
+
 def log_importance_weights(images, logits, z, loc, log_variance):
     """log p(x|z_k) + log p(z_k) - log q(z_k|x) for samples on a leading axis.
 

@@ -134,13 +134,17 @@ def train(model_dir: str, settings=None):
         checkpoint_every_secs,
         lambda: runs.write_operative_config(model_dir),
     )
-    periodic = [summaries, validation, grids, checkpointing]  # in this order after every step
+    histograms = triggers.PosteriorHistograms(
+        train_writer, model, fixed_images, triggers.Every(image_every_steps, max_steps)
+    )
+    periodic = [summaries, validation, grids, histograms, checkpointing]  # in this order after every step
     guard = monitors.TrainingGuard(model_dir, discriminator_collapse_steps, lambda: manager.latest_checkpoint)
 
     if step:
         print(f"Resuming from step {step} ({manager.latest_checkpoint})", flush=True)
     else:
         grids(0)
+        histograms(0)
     progbar = (
         keras.utils.Progbar(max_steps, interval=5.0, unit_name="step", stateful_metrics=[m.name for m in model.metrics])
         if progress_bar

@@ -16,11 +16,20 @@ from crvae_tf import artifacts
 from crvae_tf import data
 from crvae_tf import runs
 
-_TAG_PREFIXES = (("kl_step_", "kl/step_"), ("discriminator_", "discriminator/"), ("generator_", "generator/"))
+_TAG_PREFIXES = (
+    ("kl_step_", "kl/step_"),
+    ("active_units_step_", "active_units/step_"),
+    ("grad_norm_", "grad_norm/"),
+    ("param_norm_", "param_norm/"),
+    ("update_ratio_", "update_ratio/"),
+    ("discriminator_", "discriminator/"),
+    ("generator_", "generator/"),
+)
 
 
 def summary_tag(key: str) -> str:
-    """TensorBoard tag of a metric: 'kl_step_3' -> 'kl/step_3', 'discriminator_loss_real' ->
+    """TensorBoard tag of a metric: 'kl_step_3' -> 'kl/step_3', 'active_units_step_3' -> 'active_units/step_3',
+    'grad_norm_encoder' -> 'grad_norm/encoder' (also param_norm, update_ratio), 'discriminator_loss_real' ->
     'discriminator/loss_real', 'generator_adversarial' -> 'generator/adversarial'; others unchanged."""
     for prefix, tag in _TAG_PREFIXES:
         if key.startswith(prefix):
@@ -96,6 +105,33 @@ class ImageGrids:
             artifacts.write_png(os.path.join(self.model_dir, "images", f"{kind}-{step:08d}.png"), grid)
             with self.writer.as_default():
                 tf.summary.image(kind, grid[None], step=step)
+        self.writer.flush()
+
+
+class PosteriorHistograms:
+    """Histograms of the posterior log-variances and means of a fixed batch, one per time step
+    (`posterior/log_variance_step_<t>`, `posterior/loc_step_<t>`): where a time step's posterior sits at the prior
+    (log-variance 0, mean 0) it carries no information, the signature of posterior collapse."""
+
+    def __init__(self, writer, model, fixed_images, every: Every):
+        self.writer, self.model, self.fixed_images, self.every = writer, model, fixed_images, every
+
+    def due(self, step: int) -> bool:
+        return self.every.due(step)
+
+    def __call__(self, step: int, logs=None) -> None:
+        images = self.fixed_images
+        low, _ = getattr(self.model, "input_range", (0.0, 1.0))
+        if low < 0:  # the adversarial family encodes [-1, 1]
+            images = images * 2.0 - 1.0
+        loc, log_variance = self.model.encode(images, training=False)
+        steps = self.model.num_time_steps
+        with self.writer.as_default():
+            for t, (loc_t, log_variance_t) in enumerate(
+                zip(tf.split(loc, steps, axis=-1), tf.split(log_variance, steps, axis=-1)), start=1
+            ):
+                tf.summary.histogram(f"posterior/log_variance_step_{t}", log_variance_t, step=step)
+                tf.summary.histogram(f"posterior/loc_step_{t}", loc_t, step=step)
         self.writer.flush()
 
 
