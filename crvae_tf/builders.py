@@ -26,9 +26,29 @@ from crvae_tf.architectures import heads
 from crvae_tf.architectures import networks
 
 
+def _dataset_selector(name):
+    """A gin-registered source `<name>_source(**arguments) -> ImageSplits`: the value of
+    `dataset.source = @<name>_source`, equivalent to `dataset.name = '<name>'`."""
+
+    def source(**arguments):
+        return data_lib.load_image_splits(name, **arguments)
+
+    source.__name__ = source.__qualname__ = f"{name}_source"
+    source.dataset_name = name
+    return gin.register(source.__name__)(source)
+
+
+# `dataset.name` strings are the documented aliases of the selectors @mnist_source, @binarized_mnist_source,
+# @sprites_source, @celeba_source and @birds_source. Your own images: register a function
+# `my_source(seed, **arguments) -> data.ImageSplits` with gin and bind `dataset.source = @my_source`; it receives
+# `seed` and every `dataset.*` argument that is bound.
+DATASET_SOURCES = {name: _dataset_selector(name) for name in data_lib.DATASET_NAMES}
+
+
 @gin.configurable("dataset", denylist=["seed"])
 def build_dataset(
     name: str = "sprites",
+    source=None,
     local_path=None,
     data_dir=None,
     download: bool = True,
@@ -51,6 +71,9 @@ def build_dataset(
     Args:
       name: 'sprites' (embedded, generated in code), 'mnist' (dynamically binarized per batch),
         'binarized_mnist' (static, Larochelle), 'celeba' or 'birds' (RGB, uint8, for the adversarial models).
+      source: instead of `name`, a selector reference (`@celeba_source`, ...: the same datasets) or a
+        gin-registered function of your own, `fn(seed, **arguments) -> data.ImageSplits`, which receives `seed`
+        and the arguments below that are bound (not None).
       local_path: a local file or folder replacing the tfds download (keras-layout `mnist.npz` for
         'mnist'; the bit-packed `binarized_mnist.npz` for 'binarized_mnist'; for 'celeba' a folder of
         aligned CelebA images 000001.jpg ... at any resolution, e.g. img_align_celeba/).
@@ -75,8 +98,7 @@ def build_dataset(
       max_corrupt_fraction: 'celeba' / 'birds': the largest fraction of corrupt images skipped (and listed
         in the cache manifest) before loading fails.
     """
-    return data_lib.load_image_splits(
-        name,
+    arguments = dict(
         local_path=local_path,
         data_dir=data_dir,
         download=download,
@@ -93,6 +115,17 @@ def build_dataset(
         flip=flip,
         max_corrupt_fraction=max_corrupt_fraction,
     )
+    if source is None:
+        source = DATASET_SOURCES.get(name)
+        if source is None:
+            raise ValueError(
+                f"Unknown dataset name {name!r}; supported names are {', '.join(map(repr, DATASET_SOURCES))} "
+                "(set dataset.name), or bind dataset.source to a gin-registered source function."
+            )
+    elif getattr(source, "dataset_name", None) is None:  # a user's own source: what is bound, and the seed
+        defaults = {"download": True, "max_corrupt_fraction": 0.01}
+        arguments = {k: v for k, v in arguments.items() if v is not None and defaults.get(k, None) != v or k == "seed"}
+    return source(**arguments)
 
 
 @gin.configurable("eval_dataset")

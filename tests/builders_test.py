@@ -4,8 +4,10 @@ import os
 
 import gin
 import keras
+import numpy as np
 
 from crvae_tf import builders
+from crvae_tf import data
 from crvae_tf import models
 from crvae_tf import runs
 from crvae_tf.architectures import heads
@@ -80,6 +82,21 @@ PINNED_ADVERSARIAL = {
     "birds128": (128, heads.ChannelRecurrentHead, _CRVAE_GAN_128),
     "birds128_vaegan": (128, heads.FCHead, _VAE_GAN_128),
 }
+
+
+@gin.register
+def tiny_test_source(seed, **arguments):
+    """A user's own source: any images as an ImageSplits."""
+    images = np.zeros((4, 28, 28, 1), np.float32)
+    size = arguments.get("validation_size", 1)
+    return data.ImageSplits(
+        "mnist",
+        "dynamic",
+        images,
+        images[:size],
+        images,
+        f"tiny_test_source(seed={seed}, arguments={sorted(arguments)})",
+    )
 
 
 def parse(recipe, bindings=()):
@@ -175,6 +192,20 @@ class BuildersTest(testing_utils.GinTestCase):
         # The same variables (Keras numbers the second model's unnamed seed generators, so compare shapes).
         self.assertEqual([tuple(v.shape) for v in reference.variables], [tuple(v.shape) for v in string.variables])
         self.assertEqual(models.parameter_counts(reference), models.parameter_counts(string))
+
+    def test_dataset_sources_by_reference_and_your_own(self):
+        """`dataset.source = @sprites_source` is `dataset.name = 'sprites'`; a registered function of one's own
+        receives the seed and the bound dataset.* arguments."""
+        parse("quickstart", ["dataset.source = @sprites_source"])
+        by_reference = builders.build_dataset(seed=2)
+        parse("quickstart")
+        by_name = builders.build_dataset(seed=2)
+        self.assertEqual(by_reference.source, by_name.source)
+        np.testing.assert_array_equal(by_reference.validation, by_name.validation)
+        parse("quickstart", ["dataset.source = @tiny_test_source", "dataset.validation_size = 3"])
+        splits = builders.build_dataset(seed=5)
+        self.assertEqual(splits.source, "tiny_test_source(seed=5, arguments=['validation_size'])")
+        self.assertEqual(len(splits.validation), 3)
 
     def test_head_selector_arguments_come_from_the_head_signatures(self):
         self.assertEqual(builders.head_arguments(heads.FCHead), {"latent_dim", "num_time_steps"})
