@@ -1,6 +1,7 @@
 """The run-directory contract: what a training run writes, and how every later stage reads it back.
 
-    model_dir/run.json                   written at the start: family, image shape, latent shape, versions
+    model_dir/run.json                   written at the start: family, image shape, latent shape, schedule, versions
+    model_dir/progress.json              step and cumulative training seconds at the last checkpoint
     model_dir/config.gin                 the full parsed config, written before training
     model_dir/operative_config.gin       the parameters actually used (rewritten at each checkpoint)
     model_dir/checkpoints/ckpt-<step>.*  TF checkpoints (+ `checkpoint` state file); checkpoints/best/ the best one
@@ -155,7 +156,7 @@ RUN_FILE = "run.json"
 RUN_FORMAT = "crvae_tf.run/1"
 
 
-def write_run_info(model_dir: str, model, max_steps: int) -> dict:
+def write_run_info(model_dir: str, model, max_steps: int, batch_size: int, steps_per_epoch: int) -> dict:
     """Writes `run.json`: what a consumer needs without the dataset (image shape, latent size, family, the
     schedule's length) and the versions that trained it. Rewritten at every (re)start of training."""
     import crvae_tf  # the package version
@@ -167,6 +168,8 @@ def write_run_info(model_dir: str, model, max_steps: int) -> dict:
         "latent_dim": int(model.latent_dim),
         "num_time_steps": int(model.num_time_steps),
         "max_steps": int(max_steps),
+        "batch_size": int(batch_size),
+        "steps_per_epoch": int(steps_per_epoch),
         "versions": {"crvae_tf": crvae_tf.__version__, "tensorflow": tf.__version__, "keras": keras.__version__},
     }
     artifacts.atomic_write_text(os.path.join(model_dir, RUN_FILE), json.dumps(info, indent=1))
@@ -183,6 +186,25 @@ def read_run_info(model_dir: str):
     if info.get("format") != RUN_FORMAT:
         raise ValueError(f"{path} has format {info.get('format')!r}; this crvae_tf reads {RUN_FORMAT!r}.")
     return info
+
+
+PROGRESS_FILE = "progress.json"
+
+
+def read_progress(model_dir: str) -> dict:
+    """`progress.json`: {'step', 'train_seconds'} as of the last checkpoint ({} before the first one). The
+    training time adds up over every sitting of a resumed run (the wall-clock axis of learning curves)."""
+    path = os.path.join(model_dir, PROGRESS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_progress(model_dir: str, step: int, train_seconds: float) -> None:
+    artifacts.atomic_write_text(
+        os.path.join(model_dir, PROGRESS_FILE), json.dumps({"step": int(step), "train_seconds": float(train_seconds)})
+    )
 
 
 def kept_steps(model_dir: str) -> list:

@@ -67,7 +67,7 @@ def train(model_dir: str, settings=None):
     splits = builders.build_dataset(seed=seed)
     steps_per_epoch = data.steps_per_epoch(len(splits.train), batch_size)
     model = builders.build_model(image_shape=splits.image_shape, seed=seed)
-    runs.write_run_info(model_dir, model, max_steps)
+    runs.write_run_info(model_dir, model, max_steps, batch_size, steps_per_epoch)
     optimizers, clip_values = builders.build_optimizers(model, steps_per_epoch)
     model.compile(optimizers=optimizers, clip_values=clip_values, jit_compile=jit_compile)
     checkpoints = runs.restore_or_initialize(model_dir, model, optimizers, keep_checkpoints)
@@ -101,6 +101,12 @@ def train(model_dir: str, settings=None):
     validation_images = splits.validation[:num_validation_images] if num_validation_images else splits.validation
 
     step = initial_step = int(step_var.numpy())
+    clock = triggers.TrainingClock(runs.read_progress(model_dir).get("train_seconds", 0.0) if step else 0.0)
+
+    def on_save(saved_step):
+        runs.write_operative_config(model_dir)
+        runs.write_progress(model_dir, saved_step, clock.seconds())
+
     log_cadence = triggers.Every(log_every_steps, max_steps)
     validation_cadence = triggers.Every(validation_every_steps, max_steps)
     summaries = triggers.TrainSummaries(
@@ -112,6 +118,7 @@ def train(model_dir: str, settings=None):
         batch_size,
         cadence=lambda s: log_cadence.due(s) or validation_cadence.due(s),
         start_step=step,
+        clock=clock,
     )
     validation = triggers.Validation(
         model_dir,
@@ -132,7 +139,7 @@ def train(model_dir: str, settings=None):
         manager,
         triggers.Every(checkpoint_every_steps, max_steps),
         checkpoint_every_secs,
-        lambda: runs.write_operative_config(model_dir),
+        on_save,
     )
     histograms = triggers.PosteriorHistograms(
         train_writer, model, fixed_images, triggers.Every(image_every_steps, max_steps)

@@ -55,16 +55,30 @@ class Every:
         return step % self.every_steps == 0 or step == self.max_steps
 
 
+class TrainingClock:
+    """Seconds of training (validation and image grids included) summed over every sitting of a run."""
+
+    def __init__(self, previous_seconds: float = 0.0):
+        self.previous, self.start = float(previous_seconds), time.time()
+
+    def seconds(self) -> float:
+        return self.previous + time.time() - self.start
+
+
 class TrainSummaries:
     """The training scalars: the running means of the model's metrics since the last summary, each optimizer's
-    learning rate, the epoch and the throughput. Resets the model's metrics after writing."""
+    learning rate, the epoch, the throughput and the cumulative training time (`train_seconds`). Resets the
+    model's metrics after writing."""
 
-    def __init__(self, writer, model, optimizers, learning_rate_fn, steps_per_epoch, batch_size, cadence, start_step):
+    def __init__(
+        self, writer, model, optimizers, learning_rate_fn, steps_per_epoch, batch_size, cadence, start_step, clock
+    ):
         self.writer, self.model, self.optimizers = writer, model, optimizers
         self.learning_rate_fn = learning_rate_fn
         self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
         self.cadence = cadence
         self.start_step, self.start_time = start_step, time.time()
+        self.clock = clock
         self.last = {}
 
     def due(self, step: int) -> bool:
@@ -79,6 +93,7 @@ class TrainSummaries:
             tf.summary.scalar("epoch", step / self.steps_per_epoch, step=step)
             elapsed = max(time.time() - self.start_time, 1e-9)
             tf.summary.scalar("images_per_second", (step - self.start_step) * self.batch_size / elapsed, step=step)
+            tf.summary.scalar("train_seconds", self.clock.seconds(), step=step)
         self.writer.flush()
         self.model.reset_metrics()
 
@@ -183,12 +198,12 @@ class Validation:
 
 
 class Checkpointing:
-    """Saves a checkpoint (and rewrites `operative_config.gin`) every `every` steps, at the end, and whenever
-    `every_secs` passed since the last save, so a killed run loses at most that much work."""
+    """Saves a checkpoint (then calls `on_save`: the operative config, the progress file) every `every` steps, at
+    the end, and whenever `every_secs` passed since the last save, so a killed run loses at most that much work."""
 
-    def __init__(self, manager, every: Every, every_secs, write_config):
+    def __init__(self, manager, every: Every, every_secs, on_save):
         self.manager, self.every, self.every_secs = manager, every, every_secs
-        self.write_config = write_config
+        self.on_save = on_save  # (step) -> None, after each save: the operative config, the progress file
         self.last_save = time.time()
 
     def due(self, step: int) -> bool:
@@ -197,7 +212,7 @@ class Checkpointing:
     def __call__(self, step: int, logs=None) -> None:
         self.last_save = time.time()
         self.manager.save(checkpoint_number=step)
-        self.write_config()
+        self.on_save(step)
 
     def saved(self, step: int) -> bool:
         latest = self.manager.latest_checkpoint
