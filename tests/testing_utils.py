@@ -77,7 +77,7 @@ def write_fake_mnist(path, num_train=300, num_test=60, seed=0):
 
 def write_fake_binarized_mnist(path, num_train=30, num_valid=10, num_test=21, seed=0, flip_pixel=None):
     """A bit-packed binarized_mnist.npz (keys train, valid, test: uint8 [N, 98] = np.packbits of the 784
-    row-major 0/1 pixels, ../shared/data/MANIFEST.md) of thresholded blobs.
+    row-major 0/1 pixels, the layout of the Larochelle file) of thresholded blobs.
 
     `flip_pixel=(image, pixel)` flips one test pixel (a changed dataset). Returns the packed 0/1 pixels,
     uint8 `[N, 784]` per key.
