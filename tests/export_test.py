@@ -281,6 +281,7 @@ class ExportTest(testing_utils.GinTestCase):
         )
         loop.train(model_dir)
         gin.clear_config()
+        cls.runs[SIGNED] = model_dir
         cls.exports[SIGNED] = export_lib.export_run(model_dir, os.path.join(cls.tmp, "exports", SIGNED))
         cls.models[SIGNED] = runs.load_run(model_dir).model
         gin.clear_config()
