@@ -327,6 +327,7 @@ def build_latent_head(
     recurrent_inference=None,
     recurrent_generation=None,
     inference_batchnorm=None,
+    generation_batchnorm=None,
     batchnorm_momentum: float = 0.9,
     batchnorm_epsilon: float = 1e-5,
 ):
@@ -346,6 +347,8 @@ def build_latent_head(
       hidden_units, num_layers: LSTM width (512) and depth (2) of the crVAE head.
       recurrent_inference, recurrent_generation: crVAE switches (Table 1 ablations).
       inference_batchnorm: BatchNorm after the inference LSTM (the 64x64 RGB code has one).
+      generation_batchnorm: BatchNorm after the generation LSTM (not in the authors' code; the fix of the early
+        posterior collapse that the crVAE recipes switch on, docs/crvae_collapse.md).
       batchnorm_momentum, batchnorm_epsilon: the BatchNorm at the decoder entry (crVAE, cVAE heads);
         recipes share one gin macro with encoder.* and decoder.*.
     """
@@ -361,6 +364,7 @@ def build_latent_head(
             recurrent_inference=recurrent_inference,
             recurrent_generation=recurrent_generation,
             inference_batchnorm=inference_batchnorm,
+            generation_batchnorm=generation_batchnorm,
         ).items()
         if value is not None
     }

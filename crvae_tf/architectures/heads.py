@@ -258,6 +258,9 @@ class ChannelRecurrentHead(_BlockedHead):
     Generation: z `[B, D]` -> T blocks `[B, T, D/T]` -> stacked LSTM(hidden_units) -> time-shared
     Dense(D/T) -> u `[B, D]` -> + b_dec -> 3x3 conv to C_feat + BN (no activation) -> decoder.
 
+    `generation_batchnorm=True` adds a BatchNorm over the B*T rows of the generation LSTM's outputs (not in the
+    authors' code; the recipes' fix of the early posterior collapse, docs/crvae_collapse.md).
+
     `recurrent_inference=False` / `recurrent_generation=False` replace the LSTM + time-shared Dense of
     that path by T independent Dense layers (`BlockDense`), giving Table 1's "generation only" /
     "inference only" ablations. Both True is the paper's crVAE.
@@ -271,6 +274,7 @@ class ChannelRecurrentHead(_BlockedHead):
         recurrent_inference: bool = True,
         recurrent_generation: bool = True,
         inference_batchnorm: bool = False,
+        generation_batchnorm: bool = False,
         **kwargs,
     ):
         super().__init__(feature_shape, **kwargs)
@@ -279,6 +283,12 @@ class ChannelRecurrentHead(_BlockedHead):
         self.recurrent_inference = bool(recurrent_inference)
         self.recurrent_generation = bool(recurrent_generation)
         self.inference_batchnorm = bool(inference_batchnorm)
+        self.generation_batchnorm = bool(generation_batchnorm)
+        if self.generation_batchnorm and not self.recurrent_generation:
+            raise ValueError(
+                "generation_batchnorm=True needs recurrent_generation=True (it normalises the generation LSTM's "
+                "outputs); remove latent_head.generation_batchnorm or set latent_head.recurrent_generation=True."
+            )
         step_dim = self.latent_dim // self.num_time_steps
         time_shared = lambda name: keras.layers.Dense(
             step_dim,
@@ -307,8 +317,22 @@ class ChannelRecurrentHead(_BlockedHead):
             inference = [self.inference_blocks]
         if self.recurrent_generation:
             self.generation_lstm = StackedLSTM(self.hidden_units, self.num_layers, name="generation_lstm")
+            # Optional BatchNorm over the B*T rows of the generation LSTM's outputs (gamma 1, beta 0): the mirror
+            # of the RGB code's inference-side BN, not in the authors' code (docs/crvae_collapse.md). At the Torch
+            # initialisation the two LSTM layers shrink z, so u varies across the batch far less than the
+            # z-independent pattern of the Dense bias and b_dec, and the decoder-entry BN, which normalises per
+            # channel over batch and positions, passes on almost nothing that depends on z.
+            self.generation_bn = (
+                keras.layers.BatchNormalization(
+                    momentum=self.batchnorm_momentum, epsilon=self.batchnorm_epsilon, name="generation_bn"
+                )
+                if self.generation_batchnorm
+                else None
+            )
             self.generation_dense = time_shared("generation_dense")
-            generation = [self.generation_lstm, self.generation_dense]
+            generation = [self.generation_lstm, self.generation_dense] + (
+                [self.generation_bn] if self.generation_bn is not None else []
+            )
         else:
             self.generation_blocks = BlockDense(step_dim, name="generation_blocks")
             generation = [self.generation_blocks]
@@ -332,17 +356,23 @@ class ChannelRecurrentHead(_BlockedHead):
             steps = self.inference_blocks(blocks)
         return self._loc(features), ops.reshape(steps, (-1, self.latent_dim))
 
-    def transform(self, z):
+    def transform(self, z, training=False):
         """z `[B, D]` -> u `[B, D]`, the generation-path output before b_dec (the MI target of the GAN)."""
         blocks = ops.reshape(z, (-1, self.num_time_steps, self.latent_dim // self.num_time_steps))
         if self.recurrent_generation:
-            steps = self.generation_dense(self.generation_lstm(blocks))
+            hidden = self.generation_lstm(blocks)  # [B, T, hidden]
+            if self.generation_bn is not None:
+                hidden = ops.reshape(
+                    self.generation_bn(ops.reshape(hidden, (-1, self.hidden_units)), training=training),
+                    (-1, self.num_time_steps, self.hidden_units),
+                )
+            steps = self.generation_dense(hidden)
         else:
             steps = self.generation_blocks(blocks)
         return ops.reshape(steps, (-1, self.latent_dim))
 
     def generate(self, z, training=False):
-        u = self.generation_offset(self.transform(z))
+        u = self.generation_offset(self.transform(z, training=training))
         return self.entry_bn(self.entry_conv(self._to_nhwc(u, self.latent_channels)), training=training)
 
     def get_config(self):
@@ -353,6 +383,7 @@ class ChannelRecurrentHead(_BlockedHead):
             "recurrent_inference": self.recurrent_inference,
             "recurrent_generation": self.recurrent_generation,
             "inference_batchnorm": self.inference_batchnorm,
+            "generation_batchnorm": self.generation_batchnorm,
         }
 
 

@@ -221,9 +221,9 @@ class VAEGAN(LatentVariableModel):
         generator = self.seed_generator if training else self.eval_seed_generator
         return keras.random.normal(shape, seed=generator, dtype="float32")
 
-    def transform(self, z):
+    def transform(self, z, training=False):
         """u, the generation-path output that Q predicts (`latent_head.transform`); float32 `[batch, latent_dim]`."""
-        return tf.cast(self.latent_head.transform(z), tf.float32)
+        return tf.cast(self.latent_head.transform(z, training=training), tf.float32)
 
     # ------------------------------------------------------------------ loss terms with this model's settings
     def reconstruction_error(self, images, reconstructions):
@@ -260,7 +260,7 @@ class VAEGAN(LatentVariableModel):
             "prior_samples": self.decode(z_prior, training=training),
         }
         if self.mutual_information_weight:
-            out["u"], out["u_prior"] = self.transform(z), self.transform(z_prior)
+            out["u"], out["u_prior"] = self.transform(z, training), self.transform(z_prior, training)
         return out
 
     def train_step(self, data):
