@@ -163,3 +163,16 @@ class LayersTest(tf.test.TestCase):
         encoder = networks.mnist_encoder(base_channels=4)
         clone = keras.Sequential.from_config(encoder.get_config())
         self.assertEqual(clone.count_params(), encoder.count_params())
+
+
+class TimeStepPrefixesTest(tf.test.TestCase):
+    def test_prefix_t_keeps_the_first_t_time_steps(self):
+        z = np.arange(1, 13, dtype=np.float32).reshape(2, 6)  # T = 3 steps of 2 dimensions
+        prefixes = blocks.time_step_prefixes(z, 3).numpy()
+        self.assertEqual(prefixes.shape, (4, 2, 6))
+        for t in range(4):
+            expected = z.copy()
+            expected[:, 2 * t :] = 0.0
+            self.assertAllEqual(prefixes[t], expected)
+        with self.assertRaisesRegex(ValueError, "not divisible"):
+            blocks.time_step_prefixes(z, 4)

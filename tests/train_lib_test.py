@@ -126,7 +126,7 @@ class RecipesTest(_RecipeData):
         self.assertIn("latent_head.kind = 'channel_recurrent'", operative)
         self.assertIn("train.max_steps = 4", operative)
         self.assertTrue(os.path.exists(os.path.join(model_dir, "config.gin")))
-        for kind in ("inputs", "reconstructions", "prior_samples"):
+        for kind in ("inputs", "reconstructions", "prior_samples", "progressive"):
             for step in (0, 2, 4):
                 self.assertTrue(os.path.exists(os.path.join(model_dir, "images", f"{kind}-{step:08d}.png")))
         tags = set()
@@ -159,6 +159,7 @@ class RecipesTest(_RecipeData):
             "posterior/log_variance_step_1",
             "posterior/log_variance_step_8",
             "posterior/loc_step_8",
+            "progressive",
         ):
             self.assertIn(tag, tags)
         self.assertNotIn("grad_norm/discriminator", tags)  # the VAE family has no such group

@@ -54,6 +54,26 @@ def to_channel_blocks(x, num_blocks: int):
     return ops.reshape(x, (-1, num_blocks, channels // num_blocks * height * width))
 
 
+def time_step_prefixes(z, num_time_steps: int):
+    """The progressive latents of paper Fig. 5(a): for t = 0..T, z with time steps 1..t kept and the rest zero.
+
+    Args:
+      z: `[batch, latent_dim]` (flat, channel-major; time step t is the contiguous slice t of the vector).
+      num_time_steps: T; latent_dim must be divisible by it.
+
+    Returns:
+      `[T + 1, batch, latent_dim]`: entry 0 is all zeros, entry T is z.
+    """
+    z = ops.convert_to_tensor(z)
+    latent_dim = z.shape[-1]
+    if latent_dim % num_time_steps:
+        raise ValueError(f"latent_dim={latent_dim} is not divisible by num_time_steps={num_time_steps}")
+    step = latent_dim // num_time_steps
+    position = ops.arange(latent_dim) // step  # the time step (0-based) of each dimension
+    masks = ops.cast(position[None, :] < ops.arange(num_time_steps + 1)[:, None], z.dtype)  # [T + 1, D]
+    return masks[:, None, :] * z[None, :, :]
+
+
 def flat_to_nhwc(z, channels: int, height: int, width: int):
     """Channel-major flat `[batch, C*H*W]` -> NHWC `[batch, H, W, C]` (inverse of `nhwc_to_flat`)."""
     return ops.transpose(ops.reshape(z, (-1, channels, height, width)), (0, 2, 3, 1))

@@ -145,13 +145,15 @@ def train(model_dir: str, settings=None):
         train_writer, model, fixed_images, triggers.Every(image_every_steps, max_steps)
     )
     periodic = [summaries, validation, grids, histograms, checkpointing]  # in this order after every step
+    if model.num_time_steps > 1:
+        periodic.insert(3, triggers.ProgressiveGrid(model_dir, train_writer, model, fixed_z, grids.every))
     guard = monitors.TrainingGuard(model_dir, discriminator_collapse_steps, lambda: manager.latest_checkpoint)
 
     if step:
         print(f"Resuming from step {step} ({manager.latest_checkpoint})", flush=True)
     else:
-        grids(0)
-        histograms(0)
+        for trigger in periodic[2:-1]:  # the grids and histograms of the untrained model
+            trigger(0)
     progbar = (
         keras.utils.Progbar(max_steps, interval=5.0, unit_name="step", stateful_metrics=[m.name for m in model.metrics])
         if progress_bar

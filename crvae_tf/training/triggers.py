@@ -15,6 +15,7 @@ import tensorflow as tf
 from crvae_tf import artifacts
 from crvae_tf import data
 from crvae_tf import runs
+from crvae_tf.architectures import blocks
 
 _TAG_PREFIXES = (
     ("kl_step_", "kl/step_"),
@@ -120,6 +121,30 @@ class ImageGrids:
             artifacts.write_png(os.path.join(self.model_dir, "images", f"{kind}-{step:08d}.png"), grid)
             with self.writer.as_default():
                 tf.summary.image(kind, grid[None], step=step)
+        self.writer.flush()
+
+
+class ProgressiveGrid:
+    """The coarse-to-fine view of a channel-recurrent latent (paper Fig. 5(a)) on the fixed z of the image grids:
+    one row per sample, column t decodes z with time steps 1..t kept and the rest set to 0 (the prior mean), t = 0..T.
+    Written as `images/progressive-<step>.png` and a TensorBoard image (models with T > 1 only)."""
+
+    def __init__(self, model_dir, writer, model, fixed_z, every: Every, rows: int = 8):
+        self.model_dir, self.writer, self.model, self.every = model_dir, writer, model, every
+        self.fixed_z = fixed_z[:rows]
+
+    def due(self, step: int) -> bool:
+        return self.every.due(step)
+
+    def __call__(self, step: int, logs=None) -> None:
+        steps = self.model.num_time_steps
+        latents = blocks.time_step_prefixes(self.fixed_z, steps)  # [T + 1, rows, D]
+        rows = self.fixed_z.shape[0]
+        images = self.model.generate(tf.reshape(tf.transpose(latents, (1, 0, 2)), (rows * (steps + 1), -1)))
+        grid = artifacts.image_grid(np.asarray(images), columns=steps + 1)
+        artifacts.write_png(os.path.join(self.model_dir, "images", f"progressive-{step:08d}.png"), grid)
+        with self.writer.as_default():
+            tf.summary.image("progressive", grid[None], step=step)
         self.writer.flush()
 
 
