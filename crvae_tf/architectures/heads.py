@@ -342,15 +342,17 @@ class ChannelRecurrentHead(_BlockedHead):
         self._latent_head_layers = inference + generation
         self._decoder_layers = [self.generation_offset, self.entry_conv, self.entry_bn]
 
+    def _normalize_rows(self, batchnorm, hidden, training):
+        """BatchNorm over the B*T rows of LSTM outputs `[B, T, hidden]` (statistics shared by the time steps)."""
+        rows = batchnorm(ops.reshape(hidden, (-1, self.hidden_units)), training=training)
+        return ops.reshape(rows, (-1, self.num_time_steps, self.hidden_units))
+
     def infer(self, features, training=False):
         blocks = to_channel_blocks(features, self.num_time_steps)  # [B, T, C_feat/T*H*W]
         if self.recurrent_inference:
             hidden = self.inference_lstm(blocks)  # [B, T, hidden]
             if self.inference_bn is not None:
-                hidden = ops.reshape(
-                    self.inference_bn(ops.reshape(hidden, (-1, self.hidden_units)), training=training),
-                    (-1, self.num_time_steps, self.hidden_units),
-                )
+                hidden = self._normalize_rows(self.inference_bn, hidden, training)
             steps = self.inference_dense(hidden)  # [B, T, D/T]
         else:
             steps = self.inference_blocks(blocks)
@@ -362,10 +364,7 @@ class ChannelRecurrentHead(_BlockedHead):
         if self.recurrent_generation:
             hidden = self.generation_lstm(blocks)  # [B, T, hidden]
             if self.generation_bn is not None:
-                hidden = ops.reshape(
-                    self.generation_bn(ops.reshape(hidden, (-1, self.hidden_units)), training=training),
-                    (-1, self.num_time_steps, self.hidden_units),
-                )
+                hidden = self._normalize_rows(self.generation_bn, hidden, training)
             steps = self.generation_dense(hidden)
         else:
             steps = self.generation_blocks(blocks)
