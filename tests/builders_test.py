@@ -28,11 +28,12 @@ PINNED = {
     ),
     "mnist_crvae_generation": (
         heads.ChannelRecurrentHead,
-        {"encoder": 5157632, "latent_head": 4002944, "decoder": 2630593, "total": 11791169},
+        # + 1,024 for the generation BatchNorm (gamma, beta over 512 LSTM units; docs/crvae_collapse.md)
+        {"encoder": 5157632, "latent_head": 4003968, "decoder": 2630593, "total": 11792193},
     ),
     "mnist_crvae": (
         heads.ChannelRecurrentHead,
-        {"encoder": 5157632, "latent_head": 7741696, "decoder": 2630593, "total": 15529921},
+        {"encoder": 5157632, "latent_head": 7742720, "decoder": 2630593, "total": 15530945},
     ),
 }
 
@@ -141,10 +142,13 @@ class BuildersTest(testing_utils.GinTestCase):
         self.assertEqual(sorted(optimizers), sorted(builders.models.VAEGAN.GROUPS))
         self.assertEqual(clips, {"latent_head": 5.0})
         rates = {name: builders.current_learning_rate(opt) for name, opt in optimizers.items()}
-        self.assertAllClose(rates["encoder"], 3e-3)
-        self.assertAllClose(rates["latent_head"], 3e-3 / 8)  # LR / T
-        self.assertAllClose(rates["discriminator_trunk"], 3e-3 / 2)  # LR / 2
-        self.assertAllClose(rates["discriminator"], 3e-3 / 50)  # adam_gan warm-up, first 10 steps
+        self.assertAllClose(rates["encoder"], 3e-4)  # the code's released rate (App. H: 3e-3, the paper preset)
+        self.assertAllClose(rates["latent_head"], 3e-4 / 8)  # LR / T
+        self.assertAllClose(rates["discriminator_trunk"], 3e-4 / 2)  # LR / 2
+        self.assertAllClose(rates["discriminator"], 3e-4 / 50)  # adam_gan warm-up, first 10 steps
+        runs.parse_gin([os.path.join(testing_utils.GIN_DIR, "presets", "paper_crvae_gan64.gin")], [], finalize=False)
+        optimizers, _ = builders.build_optimizers(model, steps_per_epoch=100)
+        self.assertAllClose(builders.current_learning_rate(optimizers["encoder"]), 3e-3)
 
     def test_adversarial_model_trains_in_mixed_bfloat16(self):
         parse(
@@ -220,6 +224,7 @@ class BuildersTest(testing_utils.GinTestCase):
                 "recurrent_inference",
                 "recurrent_generation",
                 "inference_batchnorm",
+                "generation_batchnorm",
             },
         )
         parse(
@@ -241,19 +246,30 @@ class BuildersTest(testing_utils.GinTestCase):
         self.assertFalse(head.recurrent_inference)
         self.assertTrue(head.recurrent_generation)
 
-    def test_crvae_optimizers_follow_the_code(self):
+    def test_crvae_optimizers(self):
+        """The recipe: lr 3e-4 for every group (docs/crvae_collapse.md); the paper preset: the code's 3e-3, head / T."""
         parse("mnist_crvae")
         model = builders.build_model(seed=0)
+        self.assertTrue(model.latent_head.generation_batchnorm)
         optimizers, clips = builders.build_optimizers(model, steps_per_epoch=390)
         self.assertEqual(sorted(optimizers), ["decoder", "encoder", "latent_head"])
+        for name in optimizers:
+            self.assertAlmostEqual(builders.current_learning_rate(optimizers[name]), 3e-4, places=10)
+        self.assertEqual(clips, {"latent_head": 5.0})
+        encoder_opt = optimizers["encoder"]
+        self.assertAlmostEqual(float(encoder_opt._learning_rate(50 * 390)), 1.5e-4, places=10)  # halved at epoch 50
+        self.assertAlmostEqual(float(encoder_opt._learning_rate(50 * 390 - 1)), 3e-4, places=10)
+        gin.clear_config()
+        runs.parse_gin(
+            [os.path.join(testing_utils.GIN_DIR, name) for name in ("mnist_crvae.gin", "presets/paper_crvae.gin")],
+            [],
+            finalize=False,
+        )
+        model = builders.build_model(seed=0)
+        self.assertFalse(model.latent_head.generation_batchnorm)
+        optimizers, _ = builders.build_optimizers(model, steps_per_epoch=390)
         self.assertAlmostEqual(builders.current_learning_rate(optimizers["encoder"]), 3e-3, places=8)
         self.assertAlmostEqual(builders.current_learning_rate(optimizers["latent_head"]), 3e-3 / 8, places=8)
-        self.assertEqual(clips, {"latent_head": 5.0})
-        schedule = optimizers["encoder"].learning_rate
-        del schedule
-        encoder_opt = optimizers["encoder"]
-        self.assertAlmostEqual(float(encoder_opt._learning_rate(50 * 390)), 1.5e-3, places=8)  # halved at epoch 50
-        self.assertAlmostEqual(float(encoder_opt._learning_rate(50 * 390 - 1)), 3e-3, places=8)
 
     def test_precision_binding(self):
         parse(
