@@ -5,6 +5,11 @@ r"""Estimates a trained run's test NLL with K importance samples (Table 1) and p
     python -m crvae_tf.evaluate --model_dir=runs/crvae --checkpoint=best --num_importance_samples=1000 \
         --max_images=500                      # a budget run on CPU (recorded, and in the file name)
     python -m crvae_tf.evaluate --model_dir=runs/crvae --split=validation --poll   # each new checkpoint once
+    python -m crvae_tf.evaluate --curves=VAE=runs/vae,crVAE=runs/crvae --curves_out=docs/curves.png   # learning curves
+
+With --curves, no model is evaluated: the runs' validation curves of --curves_metric are drawn against epochs and
+against cumulative training hours (`crvae_tf.evaluation.learning_curves`; needs matplotlib, `pip install -e
+".[plot]"`), and one JSON line per run gives its last and best values.
 
 The last line of stdout is the result as one line of JSON (keys include nll, nll_stderr, elbo, iwae_5,
 num_importance_samples, split, step, data_sha256); it is also written to
@@ -23,6 +28,7 @@ from absl import flags
 
 from crvae_tf import data as data_lib
 from crvae_tf import runs
+from crvae_tf.evaluation import learning_curves
 from crvae_tf.evaluation import likelihood as eval_lib
 
 # --model_dir and --gin_bindings have the same meaning as in crvae_tf.train; allow_override lets both binaries be
@@ -34,7 +40,6 @@ BINDINGS = flags.DEFINE_multi_string(
     "Gin bindings applied after the run's config, e.g. \"eval_dataset.local_path='/path/binarized_mnist.npz'\".",
     allow_override=True,
 )
-flags.mark_flag_as_required("model_dir")
 CHECKPOINT = flags.DEFINE_string(
     "checkpoint",
     "latest",
@@ -81,6 +86,33 @@ POLL_TIMEOUT = flags.DEFINE_float(
     "poll_timeout", 3600.0, "With --poll: stop after this many seconds without a new checkpoint."
 )
 
+CURVES = flags.DEFINE_list(
+    "curves", None, "Learning curves instead of an evaluation: NAME=MODEL_DIR pairs, comma-separated (legend order)."
+)
+CURVES_OUT = flags.DEFINE_string("curves_out", None, "With --curves: the PNG to write.")
+CURVES_METRIC = flags.DEFINE_string("curves_metric", "iwae_5", "With --curves: the validation scalar to plot.")
+CURVES_TITLE = flags.DEFINE_string("curves_title", "", "With --curves: the figure's title (budget, hardware).")
+
+
+def _plot_curves():
+    if not CURVES_OUT.value:
+        raise app.UsageError("--curves needs --curves_out=FILE.png.")
+    curves = {}
+    for item in CURVES.value:
+        name, sep, model_dir = item.partition("=")
+        if not sep or not name or not model_dir:
+            raise app.UsageError(f"--curves entry {item!r} must be NAME=MODEL_DIR.")
+        try:
+            curves[name] = learning_curves.learning_curve(model_dir, CURVES_METRIC.value)
+        except ValueError as error:
+            raise app.UsageError(str(error)) from None
+    metric = CURVES_METRIC.value
+    label = f"validation {metric}" + (" (nats)" if metric in ("iwae_5", "elbo", "loss") else "")
+    learning_curves.plot_curves(curves, CURVES_OUT.value, label, CURVES_TITLE.value)
+    for row in learning_curves.summarize(curves, metric):
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"figure": os.path.abspath(CURVES_OUT.value)}), flush=True)
+
 
 def _checkpoint_value(text: str):
     try:
@@ -92,6 +124,11 @@ def _checkpoint_value(text: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass everything as --flags (see --helpfull).")
+    if CURVES.value:
+        _plot_curves()
+        return
+    if not MODEL_DIR.value:
+        raise app.UsageError("--model_dir is required (or --curves=NAME=MODEL_DIR,... for learning curves).")
     for name, value in (
         ("num_importance_samples", NUM_SAMPLES.value),
         ("batch_size", BATCH_SIZE.value),

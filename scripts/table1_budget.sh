@@ -41,5 +41,5 @@ done
 
 runs=""
 for row in $ROWS; do runs="$runs,$row=$ROOT/$row"; done
-"$PY" -m crvae_tf.curves --runs="${runs#,}" --metric=iwae_5 --out=docs/table1_curves.png \
-  --title="MNIST, $EPOCHS epochs, batch 128, $PRECISION, 2 CPU cores; validation IWAE-5 on 2,000 images"
+"$PY" -m crvae_tf.evaluate --curves="${runs#,}" --curves_metric=iwae_5 --curves_out=docs/table1_curves.png \
+  --curves_title="MNIST, $EPOCHS epochs, batch 128, $PRECISION, 2 CPU cores; validation IWAE-5 on 2,000 images"

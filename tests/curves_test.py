@@ -34,7 +34,13 @@ class LearningCurvesTest(testing_utils.GinTestCase):
 
         out = os.path.join(self.get_temp_dir(), "curves.png")
         result = subprocess.run(
-            [sys.executable, "-m", "crvae_tf.curves", f"--runs=A={model_dir},B={model_dir}", f"--out={out}"],
+            [
+                sys.executable,
+                "-m",
+                "crvae_tf.evaluate",
+                f"--curves=A={model_dir},B={model_dir}",
+                f"--curves_out={out}",
+            ],
             cwd=testing_utils.REPO,
             capture_output=True,
             text=True,

@@ -28,12 +28,11 @@ LAYERS = {
     "export": 6,
     "explore": 6,
     "bench": 6,
-    "curves": 6,
 }
 # The one gin surface: the builders (every configurable) and the run-directory contract (it parses and writes a
 # run's config); plus the binaries. Everything else is importable in a notebook or a serving job without gin.
 GIN_ALLOWED = {"builders", "runs", "train", "evaluate", "export", "explore", "bench"}
-BINARIES = {"train", "bench", "evaluate", "export", "explore", "curves"}
+BINARIES = {"train", "bench", "evaluate", "export", "explore"}
 
 
 def modules():

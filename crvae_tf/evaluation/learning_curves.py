@@ -2,6 +2,7 @@
 against the cumulative training time, and a figure comparing several runs. Gin-free.
 
     curve = learning_curve(model_dir, "iwae_5")   # steps, epochs, train_seconds, values (validation split)
+    summarize({"crVAE": curve}, "iwae_5")        # last and best values per run
     plot_curves({"VAE": curve_a, "crVAE": curve_b}, "docs/curves.png", "validation IWAE-5 (nats)")
 
 Epochs come from `run.json` (steps per epoch); the training time is the `train_seconds` scalar the loop logs
@@ -81,3 +82,24 @@ def plot_curves(curves: dict, path: str, ylabel: str, title: str = "") -> None:
     figure.savefig(buffer, format="png", dpi=90)
     pyplot.close(figure)
     artifacts.atomic_write_bytes(path, buffer.getvalue())
+
+
+def summarize(curves: dict, metric: str) -> list:
+    """One dict per run: last step, epoch and value, best step and value (max for bounds, min otherwise), hours."""
+    rows = []
+    higher_is_better = metric.startswith(("iwae", "elbo"))
+    for name, curve in curves.items():
+        best = int(curve["values"].argmax() if higher_is_better else curve["values"].argmin())
+        rows.append(
+            {
+                "run": name,
+                "metric": metric,
+                "last_step": int(curve["steps"][-1]),
+                "last_epoch": round(float(curve["epochs"][-1]), 3),
+                "last_value": round(float(curve["values"][-1]), 3),
+                "best_step": int(curve["steps"][best]),
+                "best_value": round(float(curve["values"][best]), 3),
+                "train_hours": round(float(curve["train_seconds"][-1]) / 3600.0, 3),
+            }
+        )
+    return rows
