@@ -54,6 +54,10 @@ def build_dataset(
     download: bool = True,
     validation_size=None,
     seed: int = 0,
+    num_sprites=None,
+    sprite_radius=None,
+    sprite_scale=None,
+    sprite_rotation=None,
     resolution=None,
     crop=None,
     box_scale=None,
@@ -82,6 +86,10 @@ def build_dataset(
       validation_size: images held out from the training set for validation: 'mnist' (None: 10000); 'birds'
         and a partial CelebA copy (as many again for test) as a count or a fraction in (0, 1) (None: 0.05).
       seed: set by `train.seed` (not a binding of its own); seeds the hold-outs.
+      num_sprites: 'sprites': `(num_train, num_validation, num_test)` (None: (8192, 1024, 1024)).
+      sprite_radius: 'sprites': pixel radius of a shape at scale 1 (None: 9; the quickstart: 12).
+      sprite_scale: 'sprites': `(low, high)` range of scales, fractions of the radius (None: (0.5, 1)).
+      sprite_rotation: 'sprites': `(low, high)` range of rotations in degrees (None: (0, 360)).
       resolution: 'celeba' / 'birds': 64 or 128 (required).
       crop: 'celeba': None (face crop rows 40:188, columns 15:163 of the 178x218 image, scaled to the
         image's size), 'none' (pre-cropped images) or (top, left, height, width) in 178x218 coordinates.
@@ -104,6 +112,10 @@ def build_dataset(
         download=download,
         validation_size=validation_size,
         seed=seed,
+        num_sprites=num_sprites,
+        sprite_radius=sprite_radius,
+        sprite_scale=sprite_scale,
+        sprite_rotation=sprite_rotation,
         resolution=resolution,
         crop=crop,
         box_scale=box_scale,

@@ -43,6 +43,39 @@ class SpritesTest(tf.test.TestCase):
         for name in ("validation", "test"):
             self.assertFalse(train & {image.tobytes() for image in splits.split(name)}, msg=name)
 
+    def test_style_sets_size_scale_and_rotation_ranges(self):
+        images, factors = data.generate_sprites(
+            200, seed=2, radius=12.0, scale_range=(0.75, 1.0), rotation_range=(-45.0, 45.0)
+        )
+        self.assertAllInRange(factors["scale"], 0.75, 1.0)
+        self.assertAllInRange(factors["rotation"], -np.pi / 4, np.pi / 4)
+        small, _ = data.generate_sprites(200, seed=2)
+        # Same shapes and normalised poses, larger radius: more ink in every image, by about (12/9)^2 on
+        # average; every pixel of ink lies within the radius of the centre r + (28 - 2r) * x.
+        ink = images.sum(axis=(1, 2, 3))
+        self.assertGreater(ink.mean() / small.sum(axis=(1, 2, 3)).mean(), 1.4)
+        yy, xx = np.mgrid[:28, :28] + 0.5
+        cx = 12.0 + 4.0 * factors["x"][:, None, None]
+        cy = 12.0 + 4.0 * factors["y"][:, None, None]
+        outside = np.hypot(xx - cx, yy - cy) > 12.0 * factors["scale"][:, None, None] + 1.0
+        self.assertAllEqual(images[..., 0][outside], np.zeros(outside.sum()))
+        # render_sprites reproduces the images from their factors.
+        np.testing.assert_array_equal(data.render_sprites(factors, radius=12.0), images)
+
+    def test_style_is_a_dataset_option_checked_with_its_binding_name(self):
+        splits = data.load_image_splits("sprites", num_sprites=(4, 2, 2), seed=0, sprite_rotation=(10.0, 20.0))
+        self.assertAllInRange(splits.factors["train"]["rotation"], np.deg2rad(10.0), np.deg2rad(20.0))
+        self.assertIn("rotation_range=(10.0, 20.0)", splits.source)
+        for kwargs, binding in (
+            (dict(sprite_radius=20.0), "dataset.sprite_radius=20.0"),
+            (dict(sprite_scale=(0.0, 1.0)), r"dataset.sprite_scale=\(0.0, 1.0\)"),
+            (dict(sprite_rotation=(90.0, 0.0)), r"dataset.sprite_rotation=\(90.0, 0.0\)"),
+        ):
+            with self.assertRaisesRegex(ValueError, binding):
+                data.load_image_splits("sprites", num_sprites=(4, 2, 2), **kwargs)
+        with self.assertRaisesRegex(ValueError, "dataset.sprite_radius only apply to dataset.name='sprites'"):
+            data.load_image_splits("mnist", local_path="/nonexistent.npz", sprite_radius=11.0)
+
     def test_sprites_reject_a_local_path(self):
         with self.assertRaisesRegex(ValueError, "generated in code"):
             data.load_image_splits("sprites", local_path="/tmp/x.npz")

@@ -26,6 +26,7 @@ from crvae_tf.data.splits import DataUnavailableError
 from crvae_tf.data.splits import ImageSplits
 from crvae_tf.data.sprites import SPRITE_SHAPES
 from crvae_tf.data.sprites import generate_sprites
+from crvae_tf.data.sprites import render_sprites
 
 __all__ = [
     "BINARIZATIONS",
@@ -37,6 +38,7 @@ __all__ = [
     "ImageSplits",
     "binarize",
     "generate_sprites",
+    "render_sprites",
     "load_image_splits",
     "make_dataset",
     "random_flip_left_right",

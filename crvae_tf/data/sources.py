@@ -69,7 +69,10 @@ def load_image_splits(
     download: bool = True,
     validation_size: Optional[Union[int, float]] = None,
     seed: int = 0,
-    num_sprites: Tuple[int, int, int] = (8192, 1024, 1024),
+    num_sprites: Optional[Tuple[int, int, int]] = None,
+    sprite_radius: Optional[float] = None,
+    sprite_scale: Optional[Tuple[float, float]] = None,
+    sprite_rotation: Optional[Tuple[float, float]] = None,
     resolution: Optional[int] = None,
     crop=None,
     box_scale: Optional[float] = None,
@@ -103,7 +106,11 @@ def load_image_splits(
         Ignored for 'binarized_mnist' and CelebA with its own split, which have their own validation
         splits, and for 'sprites' (see `num_sprites`).
       seed: non-negative int; seeds the validation hold-outs and the sprite generator.
-      num_sprites: 'sprites' only: `(num_train, num_validation, num_test)`.
+      num_sprites: 'sprites' only: `(num_train, num_validation, num_test)` (None: (8192, 1024, 1024)).
+      sprite_radius, sprite_scale, sprite_rotation: 'sprites' only: the pixel radius of a shape at scale 1,
+        the `(low, high)` range of scales and of rotations in degrees (`data.generate_sprites`; None: 9,
+        (0.5, 1), (0, 360), the dSprites-like set of small shapes in every orientation). The quickstart draws
+        larger, less rotated shapes.
       resolution: 'celeba' / 'birds' only, required: 64 or 128 (output images are R x R).
       crop: 'celeba' only: None (face crop rows 40:188, columns 15:163 of the 178x218 image, scaled to the
         image size), 'none' (whole image, for pre-cropped faces) or `(top, left, height, width)` in 178x218
@@ -190,8 +197,24 @@ def load_image_splits(
         )
     if validation_size is None:
         validation_size = DEFAULT_MNIST_VALIDATION_SIZE
+    sprite_options = dict(
+        num_sprites=num_sprites, sprite_radius=sprite_radius, sprite_scale=sprite_scale, sprite_rotation=sprite_rotation
+    )
+    given = sorted(key for key, value in sprite_options.items() if value is not None)
+    if given and name != "sprites":
+        raise ValueError(
+            f"{', '.join(f'dataset.{key}' for key in given)} only apply to dataset.name='sprites', not to "
+            f"dataset.name={name!r}; unset them."
+        )
     if name == "sprites":
-        splits = load_sprites(local_path, seed, num_sprites)
+        splits = load_sprites(
+            local_path,
+            seed,
+            (8192, 1024, 1024) if num_sprites is None else num_sprites,
+            9.0 if sprite_radius is None else sprite_radius,
+            (0.5, 1.0) if sprite_scale is None else sprite_scale,
+            (0.0, 360.0) if sprite_rotation is None else sprite_rotation,
+        )
     elif name == "mnist":
         splits = load_mnist(local_path, data_dir, download, validation_size, seed)
     else:
