@@ -1,23 +1,47 @@
 """Files a run leaves behind, written atomically (temp file in the same folder, then `os.replace`).
 
 A reader polling the folder never sees a half-written file, and a crash mid-write never corrupts the
-previous version. Gin-free.
+previous version. The files get the mode of any new file under the process's umask (0644 under umask 022), like
+the checkpoints TensorFlow writes, not `mkstemp`'s private 0600. Gin-free.
 """
 
 import math
 import os
 import tempfile
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
+TMP_PREFIX = ".tmp-"
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (/proc/self/status), else set and reset."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode `open(path, 'w')` would give a new file: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
 
 def atomic_write_bytes(path: str, payload: bytes) -> None:
-    """Writes `payload` to `path` atomically."""
+    """Writes `payload` to `path` atomically, with the mode of a new file under the umask (`new_file_mode`)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -31,6 +55,27 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temp_files(folder: str) -> list:
+    """Removes the `.tmp-*` files `atomic_write_bytes` left in `folder` when its process was killed mid-write.
+
+    Call it only while holding the lock of whatever writes into `folder` (another writer's file in flight would
+    be removed too). Logs one line per file; returns the removed paths.
+    """
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(TMP_PREFIX) and os.path.isfile(path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            logging.warning("Removed %s, a temporary file left by an interrupted write.", path)
+            removed.append(path)
+    return removed
 
 
 def image_grid(images, columns=None, padding: int = 1) -> np.ndarray:

@@ -41,14 +41,16 @@ with numpy images. Prints p50 and p99 in milliseconds and `ratio_p50` = exported
 freshly initialised (latency does not depend on their values).
 """
 
+from crvae_tf import startup
+
+startup.quiet_tensorflow()
+
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app
 from absl import flags
@@ -58,6 +60,7 @@ import numpy as np
 import tensorflow as tf
 
 from crvae_tf import builders
+from crvae_tf import cli
 from crvae_tf import data as data_lib
 from crvae_tf import models
 from crvae_tf import runs
@@ -438,4 +441,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

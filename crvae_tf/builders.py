@@ -591,6 +591,11 @@ def build_model(
     return model
 
 
+# The image budget of a validation pass (`train.num_validation_images`): IWAE-5 on 10,000 MNIST images at the
+# recipes' widths takes minutes on a CPU (it dominated a 5-step smoke run: issue #16).
+DEFAULT_NUM_VALIDATION_IMAGES = 1024
+
+
 class TrainSettings(NamedTuple):
     """The training loop's settings (`train.*`); see `train_settings` for each field."""
 
@@ -606,7 +611,7 @@ class TrainSettings(NamedTuple):
     progress_bar: bool
     checkpoint_every_steps: int
     checkpoint_every_secs: object
-    keep_checkpoints: int
+    keep_checkpoints: object
     discriminator_collapse_steps: object
 
 
@@ -621,17 +626,23 @@ def train_settings(
     log_every_steps: int = 50,
     image_every_steps: int = 500,
     validation_every_steps=None,
-    num_validation_images=None,
+    num_validation_images=DEFAULT_NUM_VALIDATION_IMAGES,
     num_image_samples: int = 64,
     progress_bar: bool = True,
     # Checkpoints.
     checkpoint_every_steps: int = 500,
     checkpoint_every_secs: float = 300.0,
-    keep_checkpoints: int = 3,
+    max_checkpoints_to_keep=3,
+    keep_checkpoints=None,
     # Adversarial family.
     discriminator_collapse_steps=1000,
 ) -> TrainSettings:
     """The settings of `crvae_tf.training.loop.train` (gin: `train.*`), checked.
+
+    `num_validation_images` is the budget of every validation pass (the periodic ones and the one at the end of the
+    run): the first N validation images (None: all of them). `max_checkpoints_to_keep` bounds the disk a run uses:
+    that many checkpoints in `checkpoints/` plus the best one (None: keep every checkpoint); `keep_checkpoints` is
+    its former name, still read in older runs' configs.
 
     ARGS_DOC
         Returns:
@@ -647,6 +658,14 @@ def train_settings(
     ):
         if int(value) < 1:
             raise ValueError(f"train.{name} must be >= 1, got {value}")
+    if keep_checkpoints is not None:
+        max_checkpoints_to_keep = keep_checkpoints
+    if max_checkpoints_to_keep is not None and int(max_checkpoints_to_keep) < 1:
+        raise ValueError(
+            f"train.max_checkpoints_to_keep must be >= 1 or None (keep all), got {max_checkpoints_to_keep}"
+        )
+    if num_validation_images is not None and int(num_validation_images) < 1:
+        raise ValueError(f"train.num_validation_images must be >= 1 or None (all), got {num_validation_images}")
     return TrainSettings(
         int(max_steps),
         int(batch_size),
@@ -660,7 +679,7 @@ def train_settings(
         bool(progress_bar),
         int(checkpoint_every_steps),
         checkpoint_every_secs,
-        int(keep_checkpoints),
+        None if max_checkpoints_to_keep is None else int(max_checkpoints_to_keep),
         discriminator_collapse_steps,
     )
 

@@ -15,18 +15,22 @@ The last line of stdout is the result as one line of JSON (keys include nll, nll
 num_importance_samples, split, step, data_sha256); it is also written to
 DIR/eval/<split>-step<step>-k<K>[-n<max_images>].json (see `crvae_tf.evaluation.likelihood`). The model and data
 settings come from the run's own config; --gin_bindings adjust them (e.g. eval_dataset.local_path, model.precision). An
-interrupted evaluation resumes from its last finished batch when the same command is run again.
+interrupted evaluation resumes from its last finished batch when the same command is run again. Errors are one line
+on stderr with a distinct exit status (`crvae_tf.cli`; --verbose shows the traceback). It may run beside the run's
+trainer: it reads only complete checkpoints and never writes the trainer's files.
 """
+
+from crvae_tf import startup
+
+startup.quiet_tensorflow()
 
 import json
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import app
 from absl import flags
 
-from crvae_tf import data as data_lib
+from crvae_tf import cli
 from crvae_tf import runs
 from crvae_tf.evaluation import learning_curves
 from crvae_tf.evaluation import likelihood as eval_lib
@@ -140,7 +144,16 @@ def main(argv):
     if not 0 <= SEED.value < eval_lib.MAX_SEED:
         raise app.UsageError(f"--seed={SEED.value} must be in [0, 2^31).")
     if not os.path.isdir(MODEL_DIR.value):
-        raise app.UsageError(f"--model_dir={MODEL_DIR.value} is not a directory (paths are relative to {os.getcwd()}).")
+        raise NotADirectoryError(
+            f"--model_dir={MODEL_DIR.value} is not a directory (paths are relative to {os.getcwd()})."
+        )
+    info = runs.read_run_info(MODEL_DIR.value)
+    if info is not None and info.get("family") != "VAE":
+        raise cli.UnsupportedRunError(
+            f"{MODEL_DIR.value} is a {info.get('family')} run: the importance-sampled NLL needs the VAE family's "
+            "Bernoulli likelihood; an adversarial model (MSE reconstruction + discriminator) defines no likelihood. "
+            "Export its generator with python -m crvae_tf.export instead."
+        )
     kwargs = dict(
         num_importance_samples=NUM_SAMPLES.value,
         split=SPLIT.value,
@@ -163,12 +176,15 @@ def main(argv):
             **kwargs,
         )
         return
+    checkpoint = _checkpoint_value(CHECKPOINT.value)
     try:
-        result = eval_lib.evaluate(MODEL_DIR.value, checkpoint=_checkpoint_value(CHECKPOINT.value), **kwargs)
-    except (FileNotFoundError, data_lib.DataUnavailableError) as error:  # no such run / checkpoint / data file
-        raise app.UsageError(str(error)) from error
+        result = eval_lib.evaluate(MODEL_DIR.value, checkpoint=checkpoint, **kwargs)
+    except ValueError as error:  # a run written before run.json
+        if "defines no likelihood" in str(error):
+            raise cli.UnsupportedRunError(str(error)) from error
+        raise
     print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -24,14 +24,17 @@ The run is rebuilt with `runs.load_run` from its saved gin config; `--gin_bindin
 (e.g. `dataset.local_path=...` when the data moved).
 """
 
+from crvae_tf import startup
+
+startup.quiet_tensorflow()
+
 import json
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app
 from absl import flags
 
+from crvae_tf import cli
 from crvae_tf.exploration import explore_lib
 
 MODES = ("empirical_prior",)
@@ -68,11 +71,22 @@ def main(argv):
         raise app.UsageError(f"--mode={MODE.value!r} is not a mode of this binary; the modes are {list(MODES)}.")
     if not MODEL_DIR.value:
         raise app.UsageError("--model_dir is required: the run directory written by python -m crvae_tf.train.")
-    summary = explore_lib.explore_empirical_prior(
-        MODEL_DIR.value, CHECKPOINT.value, NUM_SAMPLES.value, SEED.value, MAX_IMAGES.value, BINDINGS.value
-    )
+    if not os.path.isdir(MODEL_DIR.value):
+        raise NotADirectoryError(
+            f"--model_dir={MODEL_DIR.value} is not a directory (paths are relative to {os.getcwd()})."
+        )
+    if MAX_IMAGES.value is not None and MAX_IMAGES.value < 2:
+        raise app.UsageError(f"--max_images={MAX_IMAGES.value} must be >= 2 (an unbiased covariance needs N >= 2).")
+    try:
+        summary = explore_lib.explore_empirical_prior(
+            MODEL_DIR.value, CHECKPOINT.value, NUM_SAMPLES.value, SEED.value, MAX_IMAGES.value, BINDINGS.value
+        )
+    except ValueError as error:
+        if "needs a convolutional latent" in str(error):
+            raise cli.UnsupportedRunError(str(error)) from error
+        raise
     print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -8,18 +8,22 @@ The model is rebuilt from the run's operative config (+ --gin_bindings), the che
 signatures `serving_default` (z -> images), `sample` (num, seed -> images, z), `encode` (images -> loc, scale) and
 `reconstruct` (images -> images) written with metadata (training step, latent shape, pixel ranges, operative
 config). The contract, the docker command and request examples are in export/README.md; the library is
-`crvae_tf.serving.export_lib`. The last line of stdout is one line of JSON: path, version, signatures.
+`crvae_tf.serving.export_lib`. The last line of stdout is one line of JSON: path, version, signatures. Errors are
+one line on stderr with a distinct exit status (`crvae_tf.cli`; --verbose shows the traceback). One export at a time
+per EXPORT_DIR (its lock, `.export.lock`); temporary folders left by a killed export are removed at the next one.
 """
+
+from crvae_tf import startup
+
+startup.quiet_tensorflow()
 
 import json
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import app
 from absl import flags
 
-from crvae_tf import data as data_lib
+from crvae_tf import cli
 from crvae_tf import runs
 from crvae_tf.serving import export_lib
 
@@ -59,19 +63,18 @@ def main(argv):
         raise app.UsageError("--model_dir is required: the training run to export.")
     if not EXPORT_DIR.value:
         raise app.UsageError("--export_dir is required: TF Serving's base path for this model (versions go below it).")
-    if not os.path.isdir(MODEL_DIR.value):
-        raise app.UsageError(f"--model_dir={MODEL_DIR.value} is not a directory (paths are relative to {os.getcwd()}).")
     checkpoint = _checkpoint_value(CHECKPOINT.value)
-    try:
-        result = export_lib.export_run(
-            MODEL_DIR.value,
-            EXPORT_DIR.value,
-            checkpoint=checkpoint,
-            gin_bindings=list(BINDINGS.value),
-            overwrite=OVERWRITE.value,
+    if not os.path.isdir(MODEL_DIR.value):
+        raise NotADirectoryError(
+            f"--model_dir={MODEL_DIR.value} is not a directory (paths are relative to {os.getcwd()})."
         )
-    except (FileNotFoundError, FileExistsError, data_lib.DataUnavailableError) as error:
-        raise app.UsageError(str(error)) from error
+    result = export_lib.export_run(
+        MODEL_DIR.value,
+        EXPORT_DIR.value,
+        checkpoint=checkpoint,
+        gin_bindings=list(BINDINGS.value),
+        overwrite=OVERWRITE.value,
+    )
     print(
         json.dumps(
             {
@@ -87,4 +90,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -290,15 +290,16 @@ class EvalLibTest(testing_utils.GinTestCase):
             )
             with open(result["result_path"]) as f:
                 self.assertEqual(json.load(f), result)
-            for bad, message in (
-                ("--checkpoint=last", "--checkpoint"),
-                ("--num_importance_samples=0", "--num_imp"),
-                ("--max_images=0", "--max_images"),
-                ("--checkpoint=3", "no checkpoint for step 3"),
+            # Flag errors are UsageErrors; a missing checkpoint is a path error (crvae_tf.cli: exit 5, no usage text).
+            for bad, error, message in (
+                ("--checkpoint=last", app.UsageError, "--checkpoint"),
+                ("--num_importance_samples=0", app.UsageError, "--num_imp"),
+                ("--max_images=0", app.UsageError, "--max_images"),
+                ("--checkpoint=3", FileNotFoundError, "no checkpoint for step 3"),
             ):
                 flags.FLAGS.unparse_flags()
                 flags.FLAGS(argv + [bad])
-                with self.assertRaisesRegex(app.UsageError, message):
+                with self.assertRaisesRegex(error, message):
                     evaluate_binary.main(["evaluate"])
         finally:
             flags.FLAGS.unparse_flags()

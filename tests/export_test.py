@@ -93,6 +93,7 @@ OP_ALLOWLIST = frozenset(
         "Equal",
         "GreaterEqual",
         "If",
+        "IsFinite",
         "LessEqual",
         "LogicalAnd",
         "Max",
@@ -715,7 +716,7 @@ class ExportTest(testing_utils.GinTestCase):
 
     def test_binary_exports_a_checkpoint_and_reports_clear_errors(self):
         """`python -m crvae_tf.export` (flags parsed, then main) writes E/<step> for a chosen checkpoint, prints
-        one JSON line; bad flags and a missing run or checkpoint are UsageErrors that say what to fix."""
+        one JSON line; bad flags are UsageErrors, a missing run or checkpoint path errors, each saying what to fix."""
         model_dir = os.path.join(self.get_temp_dir(), "run")
         shutil.copytree(self.runs["crvae"], model_dir)
         export_dir = os.path.join(self.get_temp_dir(), "served")
@@ -738,16 +739,17 @@ class ExportTest(testing_utils.GinTestCase):
             self.assertEqual(publish.versions(export_dir), [STEP])
             with open(os.path.join(result["path"], export_lib.METADATA_FILE)) as f:
                 self.assertIn(f"dataset.local_path = '{self.mnist}'", json.load(f)["gin_bindings"])
-            for bad, message in (
-                ("--checkpoint=last", "--checkpoint"),
-                ("--checkpoint=9", "no checkpoint for step 9"),
-                ("--checkpoint=latest", "already exists.*--overwrite"),
-                (f"--model_dir={model_dir}-missing", "is not a directory"),
+            # Flag errors are UsageErrors; runtime ones are path errors (crvae_tf.cli: exit 5, no usage text).
+            for bad, error, message in (
+                ("--checkpoint=last", app.UsageError, "--checkpoint"),
+                ("--checkpoint=9", FileNotFoundError, "no checkpoint for step 9"),
+                ("--checkpoint=latest", FileExistsError, "already exists.*--overwrite"),
+                (f"--model_dir={model_dir}-missing", NotADirectoryError, "is not a directory"),
             ):
                 with self.subTest(flag=bad):
                     flags.FLAGS.unparse_flags()
                     flags.FLAGS(argv + [bad])
-                    with self.assertRaisesRegex(app.UsageError, message):
+                    with self.assertRaisesRegex(error, message):
                         export_binary.main(["export"])
             self.assertEqual(publish.versions(export_dir), [STEP])
             flags.FLAGS.unparse_flags()

@@ -107,8 +107,8 @@ class RecipesTest(_RecipeData):
                 output = io.StringIO()
                 with contextlib.redirect_stdout(output):
                     train_binary.main(["train"])
-                self.assertIn("Finished at step 2:", output.getvalue())
-                loss = float(re.search(r"train \{'loss': ([^,]+),", output.getvalue()).group(1))
+                self.assertIn("Finished at step 2 (", output.getvalue())
+                loss = float(re.search(r"train \(last logged steps\): .*\bloss ([^,\s]+)", output.getvalue()).group(1))
                 self.assertTrue(np.isfinite(loss))
                 self.assertTrue(os.path.exists(os.path.join(model_dir, "operative_config.gin")))
                 self.assertTrue(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("-2"))

@@ -14,7 +14,8 @@ Signatures (all batch dimensions dynamic, batch >= 1; D = latent_dim, (H, W, C) 
 same (num, seed) gives byte-identical outputs on every call and every server restart. Every input is
 checked inside the graph (not only by the signature's TensorSpec, which TF Serving does not enforce), so a
 wrong shape fails with InvalidArgumentError naming the expected shape, e.g.
-"z must be [batch, 1024] float32".
+"z must be [batch, 1024] float32"; a latent with a NaN or Inf (`serving_default`'s z, and every z the decoder
+receives: `sample`'s and `reconstruct`'s) fails with "z must be finite (no NaN or Inf)".
 
 The model interface used (duck typing; the VAE family and the adversarial family both provide it):
 `model.image_shape` (H, W, C), `model.latent_dim`, `model.name`, `model.input_range` (pixel range that
@@ -122,6 +123,17 @@ def _checked_pixels(images):
         return tf.identity(images)
 
 
+def _checked_finite(x, name: str):
+    """`x` after a runtime check that every value is finite (no NaN or Inf)."""
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.math.is_finite(x)),
+        [f"{name} must be finite (no NaN or Inf); got min and max", tf.reduce_min(x), tf.reduce_max(x)],
+        name=f"check_{name}_finite",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(x)
+
+
 def _checked_scalar(x, name: str):
     """`x` after a runtime check that it is a scalar.
 
@@ -195,7 +207,8 @@ class ServingGraph:
         return _checked_pixels(_checked(images, "images", self.image_shape, "float32"))
 
     def generate(self, z):
-        return tf.cast(self.model.generate(z), tf.float32)
+        """Images in [0, 1] from latents checked to be finite (a NaN z would give NaN images against the contract)."""
+        return tf.cast(self.model.generate(_checked_finite(z, "z")), tf.float32)
 
     def encode(self, images):
         """Checked pixels in [0, 1] -> (loc, scale) float32 `[batch, D]`."""

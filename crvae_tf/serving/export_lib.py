@@ -11,7 +11,9 @@ only ops registered in core TensorFlow (`tf.raw_ops`), no `CudnnRNN*` op (Keras 
 
 Atomic publication: the SavedModel and its metadata are written to `export_dir/.tmp-<version>-<hex>/` and
 renamed to `export_dir/<version>` only when complete; on any failure the temporary folder is removed. TF
-Serving only loads all-digit folder names, so it never sees a half-written version.
+Serving only loads all-digit folder names, so it never sees a half-written version. An export holds
+`export_dir/.export.lock` (`locking`) while it writes, and first removes the temporary folders of exports that were
+killed (kill -9 runs no cleanup).
 
 Metadata (where to find it, also in export/README.md):
     <version>/assets.extra/crvae_tf_metadata.json   all of it, as JSON (`METADATA_FILE`; keys in `export_model`)
@@ -29,11 +31,13 @@ from typing import NamedTuple
 from typing import Optional
 import uuid
 
+from absl import logging
 import keras
 import tensorflow as tf
 
 import crvae_tf
 from crvae_tf import data as data_lib
+from crvae_tf import locking
 from crvae_tf import runs
 from crvae_tf.serving import endpoints
 from crvae_tf.serving.endpoints import INPUT_PIXEL_RANGE
@@ -55,6 +59,20 @@ METADATA_DIR = "assets.extra"
 METADATA_FILE = os.path.join(METADATA_DIR, "crvae_tf_metadata.json")
 OPERATIVE_CONFIG_FILE = os.path.join(METADATA_DIR, "operative_config.gin")
 METADATA_FORMAT = "crvae_tf.export/1"
+# One export at a time per export_dir (its `locking.DirectoryLock`); TF Serving ignores the file (not all digits).
+LOCK_FILE = ".export.lock"
+
+
+def remove_stale_exports(export_dir: str) -> list:
+    """Removes the `.tmp-*` folders a killed export left in `export_dir` (call under its lock); logs each one."""
+    removed = []
+    for name in sorted(os.listdir(export_dir)) if os.path.isdir(export_dir) else []:
+        path = os.path.join(export_dir, name)
+        if name.startswith(TMP_PREFIX) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            logging.warning("Removed %s, the temporary folder of an interrupted export.", path)
+            removed.append(path)
+    return removed
 
 
 class Export(NamedTuple):
@@ -93,6 +111,12 @@ def export_model(
     if version < 0:
         raise ValueError(f"version must be a non-negative integer (TF Serving's version folder), got {version}")
     os.makedirs(export_dir, exist_ok=True)
+    with locking.DirectoryLock(export_dir, LOCK_FILE, "export"):
+        remove_stale_exports(export_dir)
+        return _export_locked(model, export_dir, version, operative_config, extra_metadata, overwrite)
+
+
+def _export_locked(model, export_dir, version, operative_config, extra_metadata, overwrite) -> Export:
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final) and not overwrite:
         raise FileExistsError(

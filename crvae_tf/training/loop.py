@@ -10,6 +10,8 @@ on a non-finite loss or a collapsed discriminator are in `training.monitors`.
 """
 
 import os
+import signal
+import time
 
 import keras
 import numpy as np
@@ -18,32 +20,41 @@ import tensorflow as tf
 from crvae_tf import builders
 from crvae_tf import data
 from crvae_tf import runs
+from crvae_tf.training import console as console_lib
 from crvae_tf.training import monitors
 from crvae_tf.training import triggers
 
-PROGRESS_KEYS = (
-    "loss",
-    "distortion",
-    "rate",
-    "active_units",
-    "reconstruction",
-    "discriminator_accuracy",
-    "discriminator_skip_rate",
-)
+PROGRESS_KEYS = console_lib.PROGRESS_KEYS
 
 
 def train(model_dir: str, settings=None):
     """Trains the configured model, resuming from the latest checkpoint in `model_dir`.
+
+    The run directory is locked first (`runs.RunDirectory`: a second trainer on it raises `locking.LockedError`),
+    then the config is checked against the run's own (`runs.prepare_config`: a resume may change only
+    `runs.RESUME_SAFE` settings, else `runs.ConfigMismatchError`, before any file is written). SIGINT / SIGTERM
+    finish the current step, write a checkpoint and raise `monitors.TrainingInterrupted`.
 
     Args:
       model_dir: output directory (see `crvae_tf.runs`); resumed when it holds a checkpoint.
       settings: a `builders.TrainSettings`; None reads them from gin (`train.*`, `builders.train_settings`).
 
     Returns:
-      dict with the final `step`, the `initial_step` it resumed from, the last `train` and `validation` metrics,
-      the last `checkpoint` path and the trained `model` (in memory).
+      dict with the final `step`, the `initial_step` it resumed from, the last `train` and `validation` metrics
+      (`validation_step`: the step of the latter), the `best` checkpoint's record (best.json) if any, the last
+      `checkpoint` path, the `seconds` of this sitting, the accepted config `amendments` and the trained `model`
+      (in memory).
     """
     settings = settings or builders.train_settings()
+    with runs.RunDirectory(model_dir), monitors.InterruptGuard() as interrupts:
+        amendments = runs.prepare_config(model_dir)
+        result = _train(model_dir, settings, interrupts)
+    result["amendments"] = amendments
+    return result
+
+
+def _train(model_dir, settings, interrupts):
+    start_time = time.time()
     (
         max_steps,
         batch_size,
@@ -60,9 +71,8 @@ def train(model_dir: str, settings=None):
         keep_checkpoints,
         discriminator_collapse_steps,
     ) = settings
-    os.makedirs(model_dir, exist_ok=True)
-    runs.write_config(model_dir)
     keras.utils.set_random_seed(seed)
+    console = console_lib.Console(max_steps, progress=progress_bar)
 
     splits = builders.build_dataset(seed=seed)
     steps_per_epoch = data.steps_per_epoch(len(splits.train), batch_size)
@@ -98,6 +108,7 @@ def train(model_dir: str, settings=None):
     fixed_z = tf.constant(
         np.random.default_rng(seed).standard_normal((num_image_samples, model.latent_dim)), tf.float32
     )
+    # Every validation pass, the periodic ones and the one at the end of the run, scores the same images.
     validation_images = splits.validation[:num_validation_images] if num_validation_images else splits.validation
 
     step = initial_step = int(step_var.numpy())
@@ -131,6 +142,8 @@ def train(model_dir: str, settings=None):
         seed,
         checkpoints,
         validation_cadence,
+        console=console,
+        should_stop=lambda: interrupts.requested,
     )
     grids = triggers.ImageGrids(
         model_dir, train_writer, model, fixed_images, fixed_z, triggers.Every(image_every_steps, max_steps)
@@ -150,50 +163,69 @@ def train(model_dir: str, settings=None):
     guard = monitors.TrainingGuard(model_dir, discriminator_collapse_steps, lambda: manager.latest_checkpoint)
 
     if step:
-        print(f"Resuming from step {step} ({manager.latest_checkpoint})", flush=True)
+        console.message(f"Resuming from step {step} ({manager.latest_checkpoint})")
     else:
         for trigger in periodic[2:-1]:  # the grids and histograms of the untrained model
             trigger(0)
-    progbar = (
-        keras.utils.Progbar(max_steps, interval=5.0, unit_name="step", stateful_metrics=[m.name for m in model.metrics])
-        if progress_bar
-        else None
+    console.message(
+        f"Training {type(model).__name__} on {len(splits.train)} images of {'x'.join(map(str, splits.image_shape))} "
+        f"to step {max_steps} (batch {batch_size}, {steps_per_epoch} steps per epoch); validation on "
+        f"{len(validation_images)} images every {validation_every_steps} steps; {model_dir}"
     )
 
-    while step < max_steps:
-        epoch, skip = divmod(step, steps_per_epoch)
-        dataset = data.make_dataset(
-            splits.train,
-            batch_size=batch_size,
-            binarization=splits.binarization,
-            seed=seed,
-            training=True,
-            epoch=epoch,
-            skip_batches=skip,
-            flip=splits.flip,
+    def stop_if_interrupted():
+        if not interrupts.requested:
+            return
+        console.close()
+        if step > 0 and not checkpointing.saved(step):
+            checkpointing(step)
+        name = signal.Signals(interrupts.signum).name
+        where = f"checkpoint {manager.latest_checkpoint}" if step > 0 else "nothing to checkpoint yet"
+        raise monitors.TrainingInterrupted(
+            f"{name}: interrupted at step {step} ({where}); rerun the same command to resume.", step, interrupts.signum
         )
-        for batch in dataset:
-            logs = train_step(batch)
-            step += 1
-            step_var.assign(step)
-            epoch_var.assign(step // steps_per_epoch)
-            guard.check(step, logs, batch)
-            if progbar is not None:
-                progbar.update(step, [(k, float(v)) for k, v in logs.items() if k in PROGRESS_KEYS])
-            for trigger in periodic:
-                if trigger.due(step):
-                    trigger(step, logs)
-            if step >= max_steps:
-                break
-    if not checkpointing.saved(step):
-        checkpointing(step)
-    train_writer.close()
-    validation_writer.close()
+
+    try:
+        while step < max_steps:
+            stop_if_interrupted()
+            epoch, skip = divmod(step, steps_per_epoch)
+            dataset = data.make_dataset(
+                splits.train,
+                batch_size=batch_size,
+                binarization=splits.binarization,
+                seed=seed,
+                training=True,
+                epoch=epoch,
+                skip_batches=skip,
+                flip=splits.flip,
+            )
+            for batch in dataset:
+                logs = train_step(batch)
+                step += 1
+                step_var.assign(step)
+                epoch_var.assign(step // steps_per_epoch)
+                guard.check(step, logs, batch)
+                console.progress(step, {k: float(v) for k, v in logs.items() if k in console_lib.PROGRESS_KEYS})
+                for trigger in periodic:
+                    if trigger.due(step) and not (trigger is validation and interrupts.requested):
+                        trigger(step, logs)
+                stop_if_interrupted()
+                if step >= max_steps:
+                    break
+        if not checkpointing.saved(step):
+            checkpointing(step)
+    finally:
+        console.close()
+        train_writer.close()
+        validation_writer.close()
     return {
         "step": step,
         "initial_step": initial_step,
         "train": summaries.last,
         "validation": validation.last,
+        "validation_step": validation.last_step,
+        "best": runs.read_best(model_dir),
         "checkpoint": manager.latest_checkpoint,
+        "seconds": time.time() - start_time,
         "model": model,
     }

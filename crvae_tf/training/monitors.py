@@ -1,9 +1,11 @@
-"""Monitors that stop a training run with a message that says what to change: non-finite losses and a
-discriminator whose batch accuracy is pinned at 0 or 1. Gin-free.
+"""Monitors that stop a training run with a message that says what to change: non-finite losses, a
+discriminator whose batch accuracy is pinned at 0 or 1, and interrupts (SIGINT / SIGTERM). Gin-free.
 """
 
 import io
 import os
+import signal
+import threading
 
 import numpy as np
 
@@ -16,6 +18,54 @@ class DiscriminatorCollapseError(RuntimeError):
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss becomes NaN or Inf."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT / SIGTERM after the current step, with a checkpoint at that step."""
+
+    def __init__(self, message: str, step: int, signum: int):
+        super().__init__(message)
+        self.step, self.signum = step, signum
+
+
+class InterruptGuard:
+    """Turns SIGINT and SIGTERM into a request to stop (`requested`), so the loop finishes the current step and
+    writes a checkpoint; a second SIGINT stops at once (KeyboardInterrupt). A context manager; handlers are only
+    installed in the main thread (elsewhere signals stay as they are)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+        return False
+
+
+def _kept(latest) -> str:
+    """How a stop message refers to the checkpoint it keeps."""
+    if latest is None:
+        return "No checkpoint was written before it (rerunning the command starts the run again from step 0)"
+    return f"The last good checkpoint ({latest}) was kept"
 
 
 class CollapseMonitor:
@@ -70,15 +120,16 @@ class TrainingGuard:
         if nonfinite:
             bad = self.save_batch(batch, "nonfinite", step)
             raise NonFiniteLossError(
-                f"The training loss became non-finite at step {step} ({nonfinite}). The last good checkpoint "
-                f"({self.latest_checkpoint()}) was kept and the offending batch saved to {bad}. "
-                "Lower optimizer.learning_rate or set optimizer.group_gradient_clip."
+                f"The training loss became non-finite at step {step} ({nonfinite}). "
+                f"{_kept(self.latest_checkpoint())} and the offending batch saved to {bad}. "
+                "Lower optimizer.learning_rate or set optimizer.group_gradient_clip (in a new --model_dir: "
+                "a run keeps its configuration)."
             )
         if "discriminator_batch_accuracy" in logs and self.collapse.update(float(logs["discriminator_batch_accuracy"])):
             bad = self.save_batch(batch, "collapse", step)
             raise DiscriminatorCollapseError(
-                f"{self.collapse.describe(step)} The last good checkpoint ({self.latest_checkpoint()}) "
-                f"was kept and the last batch saved to {bad}. Adjust model.adversarial_weight, "
+                f"{self.collapse.describe(step)} {_kept(self.latest_checkpoint())} "
+                f"and the last batch saved to {bad}. Adjust model.adversarial_weight, "
                 "model.discriminator_accuracy_threshold or the discriminator learning rate "
                 "(optimizer.group_learning_rate_scale), or raise train.discriminator_collapse_steps."
             )

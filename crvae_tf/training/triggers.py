@@ -16,6 +16,7 @@ from crvae_tf import artifacts
 from crvae_tf import data
 from crvae_tf import runs
 from crvae_tf.architectures import blocks
+from crvae_tf.training import console as console_lib
 
 _TAG_PREFIXES = (
     ("kl_step_", "kl/step_"),
@@ -176,28 +177,47 @@ class PosteriorHistograms:
 
 
 class Validation:
-    """One pass of `test_step` over the validation images, written to TensorBoard; keeps the best checkpoint
-    (model selection on the validation split, never the test split) by the model's `selection_metric`.
+    """One pass of `test_step` over the validation images, written to TensorBoard and printed as one line; keeps the
+    best checkpoint (model selection on the validation split, never the test split) by the model's
+    `selection_metric`.
 
     Validation draws from the model's evaluation noise stream, restarted before each pass, and restores the
     noise streams of layers that draw in evaluation too (the discriminator's Torch spatial dropout), so a
-    resumed run equals an uninterrupted one.
+    resumed run equals an uninterrupted one. `should_stop()` (an interrupt) abandons a pass between batches,
+    writing nothing.
     """
 
-    def __init__(self, model_dir, writer, model, test_step, images, binarization, batch_size, seed, checkpoints, every):
+    def __init__(
+        self,
+        model_dir,
+        writer,
+        model,
+        test_step,
+        images,
+        binarization,
+        batch_size,
+        seed,
+        checkpoints,
+        every,
+        console=None,
+        should_stop=lambda: False,
+    ):
         self.model_dir, self.writer, self.model, self.test_step = model_dir, writer, model, test_step
         self.images, self.binarization, self.batch_size, self.seed = images, binarization, batch_size, seed
         self.checkpoints, self.every = checkpoints, every
+        self.console, self.should_stop = console, should_stop
         self.metric, self.mode = model.selection_metric
         self.sign = 1.0 if self.mode == "max" else -1.0  # best_score holds sign * metric: higher is better
         self.seed_states = runs.layer_rng_states(model)
         self.last = {}
+        self.last_step = None
 
     def due(self, step: int) -> bool:
         return self.every.due(step)
 
     def __call__(self, step: int, logs=None) -> dict:
         model = self.model
+        start = time.time()
         model.reset_metrics()
         model.reset_evaluation_rng()
         saved_states = [v.numpy() for v in self.seed_states]
@@ -205,20 +225,32 @@ class Validation:
         dataset = data.make_dataset(
             self.images, batch_size=self.batch_size, binarization=self.binarization, seed=self.seed, training=False
         )
-        for batch in dataset:
+        num_batches = -(-len(self.images) // self.batch_size)
+        stopped = False
+        for done, batch in enumerate(dataset, 1):
             result = self.test_step(batch)
+            if self.console is not None:
+                self.console.validation_progress(step, done, num_batches)
+            if self.should_stop():
+                stopped = True
+                break
         result = {k: float(v) for k, v in result.items()}
         for variable, state in zip(self.seed_states, saved_states):
             variable.assign(state)
         model.reset_metrics()
+        if stopped:
+            return {}
         write_scalars(self.writer, result, step)
         value = result[self.metric]
-        if self.sign * value > float(self.checkpoints.best_score.numpy()):
+        best = self.sign * value > float(self.checkpoints.best_score.numpy())
+        if best:
             self.checkpoints.best_score.assign(self.sign * value)
             self.checkpoints.best_manager.save(checkpoint_number=step)
-            best = {"step": step, "metric": self.metric, "mode": self.mode, "value": value, "split": "validation"}
-            artifacts.atomic_write_text(os.path.join(self.model_dir, runs.BEST_DIR, "best.json"), json.dumps(best))
-        self.last = result
+            record = {"step": step, "metric": self.metric, "mode": self.mode, "value": value, "split": "validation"}
+            artifacts.atomic_write_text(os.path.join(self.model_dir, runs.BEST_DIR, "best.json"), json.dumps(record))
+        if self.console is not None:
+            self.console.message(console_lib.validation_line(step, result, len(self.images), time.time() - start, best))
+        self.last, self.last_step = result, step
         return result
 
 
