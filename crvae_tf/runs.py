@@ -453,7 +453,10 @@ def parse_gin(gin_files, gin_bindings=(), finalize=True):
         gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
     probe_filter = _GinResourceProbeFilter()
     root = logging_std.getLogger()
-    root.addFilter(probe_filter)
+    # On the handlers too: a logger's own filters do not see the records its children (absl's, gin's) propagate.
+    filtered = [root, *root.handlers, logging.get_absl_handler()]
+    for target in filtered:
+        target.addFilter(probe_filter)
     try:
         gin.parse_config_files_and_bindings(gin_files, gin_bindings, finalize_config=False)
         check_binding_types()
@@ -470,7 +473,8 @@ def parse_gin(gin_files, gin_bindings=(), finalize=True):
     except (ValueError, OSError) as error:  # an unknown configurable / parameter / include
         raise ConfigError(_suggest(str(error))) from None
     finally:
-        root.removeFilter(probe_filter)
+        for target in filtered:
+            target.removeFilter(probe_filter)
 
 
 CHECKPOINT_DIR = "checkpoints"
@@ -575,8 +579,7 @@ def write_run_info(model_dir: str, model, max_steps: int, batch_size: int, steps
     import crvae_tf  # the package version
 
     existing = read_run_info(model_dir)
-    if existing is not None and has_checkpoint(model_dir):
-        return existing
+    keep = existing is not None and has_checkpoint(model_dir)
 
     info = {
         "format": RUN_FORMAT,
@@ -589,6 +592,11 @@ def write_run_info(model_dir: str, model, max_steps: int, batch_size: int, steps
         "steps_per_epoch": int(steps_per_epoch),
         "versions": {"crvae_tf": crvae_tf.__version__, "tensorflow": tf.__version__, "keras": keras.__version__},
     }
+    if keep:  # a resumed run: only the keys an older crvae_tf did not write yet are added
+        missing = {key: value for key, value in info.items() if key not in existing}
+        if not missing:
+            return existing
+        info = {**existing, **missing}
     artifacts.atomic_write_text(os.path.join(model_dir, RUN_FILE), json.dumps(info, indent=1))
     return info
 
