@@ -208,7 +208,12 @@ class BuildersTest(testing_utils.GinTestCase):
         np.testing.assert_array_equal(by_reference.validation, by_name.validation)
         parse("quickstart", ["dataset.source = @tiny_test_source", "dataset.validation_size = 3"])
         splits = builders.build_dataset(seed=5)
-        self.assertEqual(splits.source, "tiny_test_source(seed=5, arguments=['validation_size'])")
+        # Every bound dataset.* argument reaches it, the quickstart's sprite style included; unbound ones do not.
+        self.assertEqual(
+            splits.source,
+            "tiny_test_source(seed=5, arguments="
+            "['sprite_radius', 'sprite_rotation', 'sprite_scale', 'validation_size'])",
+        )
         self.assertEqual(len(splits.validation), 3)
 
     def test_head_selector_arguments_come_from_the_head_signatures(self):

@@ -188,6 +188,29 @@ class EvalLibTest(testing_utils.GinTestCase):
         with self.assertRaisesRegex(ValueError, "eval_dataset.name=None"):
             self.evaluate(extra_bindings=["dataset.name = 'sprites'", "dataset.local_path = None"])
 
+    def test_sprites_results_carry_the_shape_accuracy_of_the_evaluated_images(self):
+        sprites = [
+            "dataset.name = 'sprites'",
+            "dataset.local_path = None",
+            "dataset.validation_size = None",
+            "eval_dataset.name = None",
+            "dataset.num_sprites = (8, 8, 12)",
+            "dataset.sprite_radius = 12.0",
+        ]
+        result = self.evaluate(
+            model_dir=self.fresh_run(), num_importance_samples=2, max_images=7, extra_bindings=sprites
+        )
+        self.assertEqual((result["dataset"], result["num_images"]), ("sprites", 7))
+        # The confusion's rows are the true shapes of exactly the 7 images evaluated (spread over the 12).
+        indices = np.unique(np.round(np.linspace(0, 11, 7)).astype(np.int64))
+        seed = gin.query_parameter("train.seed")  # the run's seed draws its sprites (load_run leaves its config)
+        _, factors = data_lib.generate_sprites(12, [seed, 2], radius=12.0)
+        confusion = np.array(result["shape_confusion"])
+        np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(factors["shape"][indices], minlength=4))
+        self.assertAlmostEqual(result["shape_accuracy"], np.trace(confusion) / 7)
+        self.assertEqual(result["shape_names"], list(data_lib.SPRITE_SHAPES))
+        self.assertNotIn("shape_accuracy", self.evaluate(num_importance_samples=2, max_images=3))
+
     def test_checkpoint_selection_and_clear_errors(self):
         self.assertEqual(self.evaluate(checkpoint=2, max_images=4)["step"], 2)
         with open(os.path.join(self.run_dir, "checkpoints", "best", "best.json")) as f:

@@ -53,6 +53,9 @@ class ImageSplits:
       labels: None, or split name -> int64 `[num_images]` class labels of that split (datasets with classes).
       factors: None, or split name -> {factor name -> `[num_images]` array}: ground-truth factors of variation
         (the sprites: 'shape' (index into `sprites.SPRITE_SHAPES`), 'scale', 'rotation', 'x', 'y').
+      generator: None, or the parameters a synthetic dataset was rendered with, so the images can be rendered
+        again from their factors (the sprites: 'radius', 'scale_range', 'rotation_range';
+        `evaluation.sprite_shapes` needs the radius).
     """
 
     name: str
@@ -65,6 +68,7 @@ class ImageSplits:
     manifest_path: Optional[str] = None
     labels: Optional[Dict[str, np.ndarray]] = None
     factors: Optional[Dict[str, Dict[str, np.ndarray]]] = None
+    generator: Optional[Dict[str, object]] = None
 
     def __post_init__(self):
         check_binarization(self.binarization)

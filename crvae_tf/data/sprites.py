@@ -61,6 +61,7 @@ def load_sprites(
         f"generated:sprites(seed={seed}, radius={radius}, scale_range={tuple(scale_range)}, "
         f"rotation_range={tuple(rotation_range)})",
         factors=dict(zip(SPLIT_NAMES, factors)),
+        generator={"radius": float(radius), "scale_range": tuple(scale_range), "rotation_range": tuple(rotation_range)},
     )
 
 

@@ -58,6 +58,7 @@ from crvae_tf import builders
 from crvae_tf import data as data_lib
 from crvae_tf import models
 from crvae_tf import runs
+from crvae_tf.evaluation import sprite_shapes
 from crvae_tf.evaluation.results import EVAL_DIR
 from crvae_tf.evaluation.results import Estimates
 from crvae_tf.evaluation.results import Partial
@@ -485,6 +486,12 @@ def evaluate(
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
+    if splits.name == "sprites" and splits.factors and splits.generator:
+        # Does the model keep the sprites' shapes, or draw blobs at the right place? (no likelihood can tell)
+        factors = splits.factors[split]
+        if subset is not None:
+            factors = {key: value[subset] for key, value in factors.items()}
+        result.update(sprite_shapes.score_reconstructions(run.model, splits, images, factors))
     buffer = io.BytesIO()
     np.savez(buffer, log_likelihood=estimates.log_likelihood, elbo=estimates.elbo, iwae_5=estimates.iwae_5)
     artifacts.atomic_write_bytes(result["per_image_path"], buffer.getvalue())

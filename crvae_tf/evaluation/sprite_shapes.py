@@ -65,3 +65,30 @@ def shape_accuracy(images: np.ndarray, factors: Dict[str, np.ndarray], radius: f
     """Fraction of images whose `nearest_shape` is their true shape (chance: 0.25; blobs stay near it)."""
     confusion = shape_confusion(images, factors, radius)
     return float(np.trace(confusion) / max(1, confusion.sum()))
+
+
+def score_reconstructions(model, splits, images: np.ndarray, factors: Dict[str, np.ndarray], batch_size: int = 256):
+    """Shape accuracy and confusion of a VAE-family model's reconstructions of sprites.
+
+    Args:
+      model: has `reconstruct(images) -> [N, 28, 28, 1]` Bernoulli means (the posterior mean decoded).
+      splits: the sprites' `data.ImageSplits` (its `generator['radius']` is the rendering radius).
+      images: `[N, 28, 28, 1]` sprites in [0, 1] (the anti-aliased intensities, not binarized).
+      factors: their ground-truth factors (`splits.factors[split]`, indexed like `images`).
+      batch_size: images per reconstruction pass (speed only).
+
+    Returns:
+      {'shape_accuracy': float, 'shape_confusion': `[4][4]` list of counts (rows true, columns predicted),
+      'shape_names': `SPRITE_SHAPES`}.
+    """
+    if splits.name != "sprites" or not splits.generator:
+        raise ValueError(f"Shape accuracy needs the embedded sprites with their generator; got {splits.name!r}.")
+    reconstructions = np.concatenate(
+        [np.asarray(model.reconstruct(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    )
+    confusion = shape_confusion(reconstructions, factors, splits.generator["radius"])
+    return {
+        "shape_accuracy": float(np.trace(confusion) / max(1, confusion.sum())),
+        "shape_confusion": confusion.tolist(),
+        "shape_names": list(SPRITE_SHAPES),
+    }
