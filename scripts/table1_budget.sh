@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Table 1 at a stated budget (issue "the crVAE must learn", item 4): the six MNIST rows trained for the same number
-# of epochs with the recipes' defaults, validation IWAE-5 curves, then test NLL with K importance samples on images
-# spread over the statically binarized test set, then the curves figure. Every stage resumes: rerun the same command
+# of epochs with the recipes' defaults, validation IWAE-5 curves, each row's test NLL (best validation checkpoint) with
+# K importance samples on images spread over the statically binarized test set right after it trains, then the curves
+# figure. Every stage resumes: rerun the same command
 # after an interruption (training continues from its last checkpoint, evaluation from its last finished batch, and
 # finished stages are skipped).
 #
@@ -30,9 +31,7 @@ for row in $ROWS; do
     --gin_bindings="model.precision='$PRECISION'" --gin_bindings="train.validation_every_steps=130" \
     --gin_bindings="train.num_validation_images=2000" --gin_bindings="train.progress_bar=False" \
     --gin_bindings="train.checkpoint_every_steps=130" >> "$ROOT/$row.train.log" 2>&1
-done
-
-for row in $ROWS; do
+  # Each row is scored as soon as it is trained, so finished rows have their NLL while later ones train.
   if ls "$ROOT/$row/eval/"test-step*-k$K-n$NUM_TEST.json > /dev/null 2>&1; then continue; fi
   echo "== evaluate $row: K=$K on $NUM_TEST test images, float32" >&2
   "$PY" -m crvae_tf.evaluate --model_dir="$ROOT/$row" --checkpoint=best --num_importance_samples=$K \
