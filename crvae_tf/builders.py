@@ -506,6 +506,7 @@ def build_model(
     encoder_adversarial_gradient=None,
     legacy_swapped_prior_weights=None,
     legacy_unweighted_prior_mutual_information=None,
+    generator_batch=None,
 ):
     """Builds (and builds the weights of) the model with the configured encoder, latent head and decoder.
 
@@ -536,6 +537,9 @@ def build_model(
         (default True: Eq. 4 and the crVAE-GAN code; the VAE-GAN baseline code: False).
       legacy_swapped_prior_weights, legacy_unweighted_prior_mutual_information: 'vae_gan': reproduce
         the two defects of the original crVAE-GAN loop (default False; see `crvae_tf.models.vae_gan`).
+      generator_batch: 'vae_gan': 'separate' (default, the code: the generator decodes posterior and prior samples
+        in two passes) or 'joint' (one pass over both: BatchNorm statistics of the mixture, the same in training
+        and evaluation; `crvae_tf.models.vae_gan.VAEGAN`).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"model.precision={precision!r} is not one of {list(PRECISIONS)}.")
@@ -556,6 +560,7 @@ def build_model(
             encoder_adversarial_gradient=encoder_adversarial_gradient,
             legacy_swapped_prior_weights=legacy_swapped_prior_weights,
             legacy_unweighted_prior_mutual_information=legacy_unweighted_prior_mutual_information,
+            generator_batch=generator_batch,
         ).items()
         if value is not None
     }

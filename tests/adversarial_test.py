@@ -268,6 +268,59 @@ class LossTermsTest(tf.test.TestCase):
             models.VAEGAN(*tiny_parts(), image_shape=IMAGE_SHAPE, adversarial_loss="wasserstein")
 
 
+class GeneratorBatchTest(tf.test.TestCase):
+    """`generator_batch`: 'separate' (the code: two decoder passes, two BatchNorm updates) or 'joint' (one pass over
+    [z; z_p]: one update with the mixture's statistics)."""
+
+    def make(self, generator_batch):
+        # The FC head's generation is per example (no BatchNorm), so the decoder's BatchNorm input is known.
+        encoder, head, _, trunk, disc, _ = tiny_parts("fc", with_q=False)
+        decoder = keras.Sequential(
+            [
+                keras.Input((4, 4, 8)),
+                keras.layers.Conv2DTranspose(3, 4, strides=4, name="deconv"),
+                blocks.BatchNorm(momentum=0.9, epsilon=1e-6, name="bn"),
+                keras.layers.Activation("tanh"),
+            ],
+            name="decoder",
+        )
+        model = models.VAEGAN(
+            encoder, head, decoder, trunk, disc, image_shape=IMAGE_SHAPE, seed=3, generator_batch=generator_batch
+        )
+        model.build()
+        return model
+
+    def test_moving_statistics_follow_one_mixture_update_or_two_updates(self):
+        x = images(1) * 2.0 - 1.0
+        for generator_batch in ("separate", "joint"):
+            model = self.make(generator_batch)
+            bn, deconv = model.decoder.get_layer("bn"), model.decoder.get_layer("deconv")
+            bn.moving_mean.assign(np.linspace(-1.0, 1.0, 3).astype(np.float32))
+            # Batch means far from 0, and different for posterior and prior samples, so the test can tell.
+            deconv.bias.assign([0.5, 1.0, -2.0])
+            deconv.kernel.assign(deconv.kernel * 20.0)
+            before = bn.moving_mean.numpy().astype(np.float64)
+            out = model._forward(x, training=True)
+            features = model.latent_head.generate(tf.concat([out["z"], out["z_prior"]], 0), training=False)
+            pre = deconv(features).numpy().astype(np.float64)
+            posterior_mean, prior_mean = pre[:BATCH].mean(axis=(0, 1, 2)), pre[BATCH:].mean(axis=(0, 1, 2))
+            one_update = 0.9 * before + 0.1 * pre.mean(axis=(0, 1, 2))
+            two_updates = 0.9 * (0.9 * before + 0.1 * posterior_mean) + 0.1 * prior_mean
+            self.assertGreater(np.abs(one_update - two_updates).max(), 0.01)  # the two rules are distinguishable
+            expected = one_update if generator_batch == "joint" else two_updates
+            np.testing.assert_allclose(bn.moving_mean.numpy(), expected, rtol=1e-4, atol=1e-5, err_msg=generator_batch)
+
+    def test_evaluation_outputs_do_not_depend_on_it(self):
+        x = images(2) * 2.0 - 1.0
+        separate, joint = self.make("separate"), self.make("joint")
+        joint.set_weights(separate.get_weights())
+        a, b = separate._forward(x, training=False), joint._forward(x, training=False)
+        for key in ("reconstructions", "prior_samples"):
+            np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+        with self.assertRaisesRegex(ValueError, "model.generator_batch"):
+            self.make("interleaved")
+
+
 class WarmupScheduleTest(tf.test.TestCase):
     def test_code_warmup(self):
         schedule = models.WarmupSchedule(1e-3, ((10, 0.02), (30, 0.2)))
