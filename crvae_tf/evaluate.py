@@ -29,6 +29,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from crvae_tf import cli
 from crvae_tf import runs
@@ -154,6 +155,9 @@ def main(argv):
             "Bernoulli likelihood; an adversarial model (MSE reconstruction + discriminator) defines no likelihood. "
             "Export its generator with python -m crvae_tf.export instead."
         )
+    if not flags.FLAGS["verbosity"].present:
+        # An estimate runs for minutes to hours: its start, progress (every minute) and result lines are INFO.
+        logging.set_verbosity(logging.INFO)
     kwargs = dict(
         num_importance_samples=NUM_SAMPLES.value,
         split=SPLIT.value,
