@@ -95,10 +95,11 @@ class VAEGAN(LatentVariableModel):
       legacy_swapped_prior_weights, legacy_unweighted_prior_mutual_information: the code's defects (above).
       generator_batch: 'separate' (the code: G decodes z, then z_p, two passes in training mode, each normalising
         with its own batch statistics and each updating G's BatchNorm moving averages, which thus track a mix
-        weighted toward the prior pass) or 'joint' (one pass over the concatenation [z; z_p]: batch statistics and
-        moving averages of the same mixture, so evaluation-mode reconstructions and samples are normalised as in
-        training). Early in training, while q(z|x) is far from N(0, I), 'separate' leaves moving averages that fit
-        neither input (gin/README.md: validation MSE 0.262 as saved vs 0.098 re-estimated on posterior passes).
+        weighted toward the prior pass: 90% with the code's momentum) or 'joint' (one pass over the concatenation
+        [z; z_p]: batch statistics and moving averages of the same mixture, so evaluation-mode reconstructions and
+        samples are normalised as in training). Early in training, while q(z|x) is far from N(0, I), 'separate'
+        leaves moving averages that fit neither input (gin/README.md: validation MSE 0.262 as saved vs 0.098
+        re-estimated on posterior passes).
       seed: seed of the model's noise streams.
     """
 
