@@ -211,6 +211,32 @@ class CommandLineErrorsTest(testing_utils.GinTestCase):
         self.assertNotIn("Traceback", result.stderr)
         self.assertFalse(os.path.exists(os.path.join(root, "fresh")))
 
+    def test_sigterm_checkpoints_the_interrupted_step_and_exits_143(self):
+        model_dir = os.path.join(self.get_temp_dir(), "terminated")
+        log_path = os.path.join(self.get_temp_dir(), "terminated.log")
+        checkpoints = os.path.join(model_dir, "checkpoints")
+        command = _train_command(model_dir, ["train.max_steps = 100000", "train.checkpoint_every_steps = 3"])
+        with open(log_path, "w") as log:
+            trainer = subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.time() + 240
+                while time.time() < deadline and trainer.poll() is None and not tf.train.latest_checkpoint(checkpoints):
+                    time.sleep(0.2)
+                self.assertIsNone(trainer.poll(), msg=open(log_path).read()[-3000:])
+                trainer.send_signal(signal.SIGTERM)
+                trainer.wait(timeout=120)
+            finally:
+                if trainer.poll() is None:
+                    trainer.kill()
+                    trainer.wait()
+        output = open(log_path).read()
+        self.assertEqual(trainer.returncode, 143, msg=output[-3000:])
+        self.assertNotIn("Traceback", output)
+        interrupted = int(output.split("interrupted at step ")[1].split(" ")[0])
+        self.assertTrue(tf.train.latest_checkpoint(checkpoints).endswith(f"ckpt-{interrupted}"))
+        self.assertEqual(runs.read_progress(model_dir)["step"], interrupted)
+        self.assertFalse(os.path.exists(os.path.join(model_dir, runs.LOCK_FILE)))
+
     def test_nan_before_the_first_checkpoint_and_interrupt_messages(self):
         root = self.get_temp_dir()
         original = models.VAE.train_step
