@@ -69,6 +69,7 @@ from crvae_tf.evaluation import likelihood as eval_lib
 
 VARIANTS = ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae")
 
+flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)  # read by cli.run
 MODELS = flags.DEFINE_list("models", list(VARIANTS), f"Variants to time, from {VARIANTS}.")
 STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps per variant.")
 WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocator warm-up).")
@@ -441,4 +442,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, flags.FLAGS)

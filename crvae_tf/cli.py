@@ -15,7 +15,9 @@ a traceback (`--verbose` or CRVAE_TF_VERBOSE=1 shows it); logs are quiet unless 
       10   the run's kind is not supported by this binary (an adversarial run's likelihood, an FC latent's prior)
       130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)
 
-The exit statuses and the classes behind them are `EXIT_CODES`; `run(main)` replaces `absl.app.run(main)`.
+The exit statuses and the classes behind them are `EXIT_CODES`; `run(main, flags.FLAGS)` replaces
+`absl.app.run(main)`. The flags themselves, `--verbose` included (`VERBOSE_HELP`), belong to the binaries: this module
+imports no `absl.flags`; it parses the binary's flag values and reads `--verbose` / `--verbosity` off the command line.
 """
 
 import re
@@ -25,7 +27,6 @@ import threading
 import traceback
 
 from absl import app
-from absl import flags
 from absl import logging
 
 from crvae_tf import data
@@ -34,12 +35,9 @@ from crvae_tf import runs
 from crvae_tf import startup
 from crvae_tf.training import monitors
 
-VERBOSE = flags.DEFINE_boolean(
-    "verbose",
-    False,
-    f"Show tracebacks and INFO logs (also {startup.VERBOSE_ENV}=1).",
-    allow_override=True,
-)
+# Every binary defines `flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)`.
+VERBOSE_HELP = f"Show tracebacks and INFO logs (also {startup.VERBOSE_ENV}=1)."
+_VERBOSITY_FLAGS = ("--verbosity", "-verbosity", "--v", "-v")
 
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -107,13 +105,17 @@ def message_and_code(error: BaseException):
     return None
 
 
-def verbose() -> bool:
-    return bool(VERBOSE.value) or startup.verbose_requested(argv=[])
+def command_line_options(argv) -> dict:
+    """{'verbose': --verbose or CRVAE_TF_VERBOSE, 'verbosity': an explicit absl --verbosity / -v} of a command line."""
+    return {
+        "verbose": startup.verbose_requested(argv),
+        "verbosity": any(arg.split("=", 1)[0] in _VERBOSITY_FLAGS for arg in argv[1:]),
+    }
 
 
-def _quiet_logs() -> None:
+def _quiet_logs(options) -> None:
     """WARNING and above only, unless --verbose or an explicit --verbosity."""
-    if verbose() or flags.FLAGS["verbosity"].present:
+    if options["verbose"] or options["verbosity"]:
         return
     logging.set_verbosity(logging.WARNING)
     import logging as logging_std
@@ -125,10 +127,10 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def _parse_flags(argv):
+def _parse_flags(flag_values, argv):
     try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
+        return flag_values(argv)
+    except Exception as error:  # absl's flags.Error family: unknown, malformed or missing flags
         program = _program(argv)
         sys.stderr.write(f"{program}: error: {error}\n(python -m {program} --help lists the flags)\n")
         sys.exit(EXIT_USAGE)
@@ -142,11 +144,13 @@ def _program(argv=None) -> str:
     return (argv or sys.argv or ["crvae_tf"])[0]
 
 
-def guarded(main):
-    """`main` with the error handling of the module docstring (for `absl.app.run`)."""
+def guarded(main, options=None):
+    """`main` with the error handling of the module docstring (for `absl.app.run`). `options`: the
+    `command_line_options` of the command (filled in by `run` while it parses; None: only CRVAE_TF_VERBOSE counts)."""
 
     def wrapped(argv):
-        _quiet_logs()
+        current = options or command_line_options([])
+        _quiet_logs(current)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _raise_terminated)
         try:
@@ -160,7 +164,7 @@ def guarded(main):
         except KeyboardInterrupt as error:
             message, code = message_and_code(error)
             caught = error
-        if verbose():
+        if current["verbose"]:
             traceback.print_exception(type(caught), caught, caught.__traceback__)
         sys.stdout.flush()
         if code == EXIT_USAGE:
@@ -172,6 +176,17 @@ def guarded(main):
     return wrapped
 
 
-def run(main) -> None:
-    """`absl.app.run(main)` with the error handling of the module docstring; flag errors exit 2 without the help."""
-    app.run(guarded(main), flags_parser=_parse_flags)
+def run(main, flag_values) -> None:
+    """`absl.app.run(main)` with the error handling of the module docstring; flag errors exit 2 without the help.
+
+    Args:
+      main: the binary's `main(argv)`.
+      flag_values: the binary's `absl.flags.FLAGS`, parsed here from the command line.
+    """
+    options = {}
+
+    def parse(argv):
+        options.update(command_line_options(argv))
+        return _parse_flags(flag_values, argv)
+
+    app.run(guarded(main, options), flags_parser=parse)

@@ -41,6 +41,7 @@ MODES = ("empirical_prior",)
 
 # --model_dir, --gin_bindings and --checkpoint mean the same in every crvae_tf binary; allow_override lets
 # two binaries that define them live in one process (the tests import several).
+flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)  # read by cli.run
 MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "The run directory (written by python -m crvae_tf.train).", allow_override=True
 )
@@ -89,4 +90,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, flags.FLAGS)

@@ -1,5 +1,5 @@
 """The package's layering: no import cycle, no lower layer importing a higher one, gin only in the gin surface and
-the binaries, absl flags only in the binaries and their shared command line (`cli`)."""
+the binaries, absl flags only in the binaries (their shared `cli` parses the flags a binary hands it)."""
 
 import ast
 import os
@@ -36,8 +36,7 @@ LAYERS = {
 # run's config); plus the binaries. Everything else is importable in a notebook or a serving job without gin.
 GIN_ALLOWED = {"builders", "runs", "train", "evaluate", "export", "explore", "bench"}
 BINARIES = {"train", "bench", "evaluate", "export", "explore"}
-# The binaries' shared command line (`--verbose`, exit statuses) may define flags too.
-FLAG_MODULES = BINARIES | {"cli"}
+FLAG_MODULES = BINARIES
 
 
 def modules():

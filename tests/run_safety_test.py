@@ -74,42 +74,57 @@ def _snapshot(folder):
 
 
 class OneOwnerTest(testing_utils.GinTestCase):
-    def test_second_trainer_refused_interrupt_checkpoints_config_kept_resume_amended(self):
-        model_dir = os.path.join(self.get_temp_dir(), "owned")
-        log_path = os.path.join(self.get_temp_dir(), "first.log")
-        first_command = _train_command(model_dir, ["train.max_steps = 100000", "train.checkpoint_every_steps = 2"])
+    def interrupt_after_first_checkpoint(self, command, model_dir, signum, while_running=None):
+        """Starts a trainer, waits for its first checkpoint, calls `while_running(process, log_path)`, sends
+        `signum` and waits. Returns (exit status, the trainer's output, the interrupted step)."""
+        log_path = os.path.join(self.get_temp_dir(), os.path.basename(model_dir) + ".log")
         checkpoints = os.path.join(model_dir, "checkpoints")
         with open(log_path, "w") as log:
-            first = subprocess.Popen(first_command, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT)
             try:
                 deadline = time.time() + 240
-                while time.time() < deadline and first.poll() is None and not tf.train.latest_checkpoint(checkpoints):
+                while time.time() < deadline and process.poll() is None and not tf.train.latest_checkpoint(checkpoints):
                     time.sleep(0.2)
-                self.assertIsNone(first.poll(), msg=open(log_path).read()[-3000:])
-                config = open(os.path.join(model_dir, "config.gin"), "rb").read()
-
-                # 1. A second trainer on the same directory refuses, naming the first; the first is unharmed.
-                second = _run(first_command)
-                self.assertEqual(second.returncode, cli.EXIT_BUSY, msg=second.stderr[-3000:])
-                self.assertIn(f"pid {first.pid}", second.stderr)
-                self.assertNotIn("Traceback", second.stderr)
-                self.assertIsNone(first.poll(), msg="the first trainer died:\n" + open(log_path).read()[-3000:])
-                self.assertEqual(open(os.path.join(model_dir, "config.gin"), "rb").read(), config)
-
-                # 2. SIGINT: the current step finishes, a checkpoint is written at it, exit 130.
-                first.send_signal(signal.SIGINT)
-                first.wait(timeout=120)
+                self.assertIsNone(process.poll(), msg=open(log_path).read()[-3000:])
+                if while_running is not None:
+                    while_running(process, log_path)
+                process.send_signal(signum)
+                process.wait(timeout=120)
             finally:
-                if first.poll() is None:
-                    first.kill()
-                    first.wait()
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
         output = open(log_path).read()
-        self.assertEqual(first.returncode, 130, msg=output[-3000:])
+        self.assertEqual(process.returncode, 128 + signum, msg=output[-3000:])
         self.assertNotIn("Traceback", output)
         interrupted = int(output.split("interrupted at step ")[1].split(" ")[0])
         self.assertIn("rerun the same command to resume", output)
+        # A checkpoint at the interrupted step, and the lock released.
         self.assertTrue(tf.train.latest_checkpoint(checkpoints).endswith(f"ckpt-{interrupted}"))
         self.assertFalse(os.path.exists(os.path.join(model_dir, runs.LOCK_FILE)))
+        return process.returncode, output, interrupted
+
+    def test_second_trainer_refused_interrupt_checkpoints_config_kept_resume_amended(self):
+        model_dir = os.path.join(self.get_temp_dir(), "owned")
+        first_command = _train_command(model_dir, ["train.max_steps = 100000", "train.checkpoint_every_steps = 2"])
+        config_path = os.path.join(model_dir, "config.gin")
+        config = {}
+
+        def second_trainer_refused(first, log_path):
+            config["bytes"] = open(config_path, "rb").read()
+            # 1. A second trainer on the same directory refuses, naming the first; the first is unharmed.
+            second = _run(first_command)
+            self.assertEqual(second.returncode, cli.EXIT_BUSY, msg=second.stderr[-3000:])
+            self.assertIn(f"pid {first.pid}", second.stderr)
+            self.assertNotIn("Traceback", second.stderr)
+            self.assertIsNone(first.poll(), msg="the first trainer died:\n" + open(log_path).read()[-3000:])
+            self.assertEqual(open(config_path, "rb").read(), config["bytes"])
+
+        # 2. SIGINT: the current step finishes, a checkpoint is written at it, exit 130.
+        _, _, interrupted = self.interrupt_after_first_checkpoint(
+            first_command, model_dir, signal.SIGINT, while_running=second_trainer_refused
+        )
+        config = config["bytes"]
 
         # 3. Another recipe on the run: refused before any file is touched.
         before = _snapshot(model_dir)
@@ -137,6 +152,13 @@ class OneOwnerTest(testing_utils.GinTestCase):
         run = runs.load_run(model_dir)
         self.assertEqual(run.step, target)
         self.assertEqual(gin.query_parameter("train.max_steps"), target)
+
+    def test_sigterm_checkpoints_the_interrupted_step_and_exits_143(self):
+        model_dir = os.path.join(self.get_temp_dir(), "terminated")
+        command = _train_command(model_dir, ["train.max_steps = 100000", "train.checkpoint_every_steps = 3"])
+        status, _, interrupted = self.interrupt_after_first_checkpoint(command, model_dir, signal.SIGTERM)
+        self.assertEqual(status, 143)
+        self.assertEqual(runs.read_progress(model_dir)["step"], interrupted)
 
     def test_stale_lock_and_temp_files_taken_over_files_0644(self):
         model_dir = os.path.join(self.get_temp_dir(), "stale")
@@ -210,32 +232,6 @@ class CommandLineErrorsTest(testing_utils.GinTestCase):
         self.assertIn("Did you mean 'max_steps'?", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
         self.assertFalse(os.path.exists(os.path.join(root, "fresh")))
-
-    def test_sigterm_checkpoints_the_interrupted_step_and_exits_143(self):
-        model_dir = os.path.join(self.get_temp_dir(), "terminated")
-        log_path = os.path.join(self.get_temp_dir(), "terminated.log")
-        checkpoints = os.path.join(model_dir, "checkpoints")
-        command = _train_command(model_dir, ["train.max_steps = 100000", "train.checkpoint_every_steps = 3"])
-        with open(log_path, "w") as log:
-            trainer = subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                deadline = time.time() + 240
-                while time.time() < deadline and trainer.poll() is None and not tf.train.latest_checkpoint(checkpoints):
-                    time.sleep(0.2)
-                self.assertIsNone(trainer.poll(), msg=open(log_path).read()[-3000:])
-                trainer.send_signal(signal.SIGTERM)
-                trainer.wait(timeout=120)
-            finally:
-                if trainer.poll() is None:
-                    trainer.kill()
-                    trainer.wait()
-        output = open(log_path).read()
-        self.assertEqual(trainer.returncode, 143, msg=output[-3000:])
-        self.assertNotIn("Traceback", output)
-        interrupted = int(output.split("interrupted at step ")[1].split(" ")[0])
-        self.assertTrue(tf.train.latest_checkpoint(checkpoints).endswith(f"ckpt-{interrupted}"))
-        self.assertEqual(runs.read_progress(model_dir)["step"], interrupted)
-        self.assertFalse(os.path.exists(os.path.join(model_dir, runs.LOCK_FILE)))
 
     def test_nan_before_the_first_checkpoint_and_interrupt_messages(self):
         root = self.get_temp_dir()

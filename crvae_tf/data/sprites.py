@@ -49,7 +49,6 @@ def load_sprites(
             "num_test); set dataset.num_sprites."
         )
     style = dict(radius=radius, scale_range=scale_range, rotation_range=rotation_range)
-    check_sprite_style(**style)
     generated = [generate_sprites(int(n), [seed, i], **style) for i, n in enumerate(num_sprites)]
     (train, validation, test), factors = zip(*generated)
     return ImageSplits(
@@ -69,13 +68,17 @@ _SUPERSAMPLE = 4  # Sub-samples per pixel side.
 _CHUNK = 1024  # Images rendered at once (bounds the temporary memory to ~100 MB).
 
 
-def check_sprite_style(radius, scale_range, rotation_range) -> None:
-    """Raises ValueError, naming the `dataset.sprite_*` binding, unless the style is renderable."""
+def _check_radius(radius) -> None:
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 1.0 <= radius <= IMAGE_SIZE / 2:
         raise ValueError(
             f"dataset.sprite_radius={radius!r} must be a number of pixels in [1, {IMAGE_SIZE // 2}] (the radius "
             f"of a shape's circumcircle at scale 1 in the {IMAGE_SIZE}x{IMAGE_SIZE} image)."
         )
+
+
+def check_sprite_style(radius, scale_range, rotation_range) -> None:
+    """Raises ValueError, naming the `dataset.sprite_*` binding, unless the style is renderable."""
+    _check_radius(radius)
     for key, value, low, high in (
         ("sprite_scale", scale_range, 0.0, 1.0),
         ("sprite_rotation", rotation_range, -360.0, 720.0),
@@ -147,7 +150,7 @@ def render_sprites(factors: Dict[str, np.ndarray], radius: float = 9.0) -> np.nd
 
     Returns float32 `[N, 28, 28, 1]` in [0, 1], equal to `generate_sprites`' images for its own factors.
     """
-    check_sprite_style(radius, (0.5, 1.0), (0.0, 360.0))
+    _check_radius(radius)
     num_images = np.shape(factors["shape"])[0]
     images = np.empty((num_images, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)
     for start in range(0, num_images, _CHUNK):

@@ -22,16 +22,7 @@ PROGRESS_KEYS = (
 )
 # The scalars of a validation line and of the summary, in this order (per-step and per-group ones are left to
 # TensorBoard).
-RESULT_KEYS = (
-    "elbo",
-    "iwae_5",
-    "loss",
-    "distortion",
-    "rate",
-    "active_units",
-    "reconstruction",
-    "discriminator_accuracy",
-)
+RESULT_KEYS = ("elbo", "iwae_5") + tuple(key for key in PROGRESS_KEYS if key != "discriminator_skip_rate")
 
 
 def format_number(value) -> str:

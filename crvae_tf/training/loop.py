@@ -24,8 +24,6 @@ from crvae_tf.training import console as console_lib
 from crvae_tf.training import monitors
 from crvae_tf.training import triggers
 
-PROGRESS_KEYS = console_lib.PROGRESS_KEYS
-
 
 def train(model_dir: str, settings=None):
     """Trains the configured model, resuming from the latest checkpoint in `model_dir`.
