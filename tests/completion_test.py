@@ -1,0 +1,220 @@
+"""Image completion (paper Sec. 4.3, Eq. 5): the loss, the in-graph Adam, the masks and the explore mode.
+
+Oracles: the loss against NumPy by hand; the Adam loop against the closed-form ridge minimiser of a linear
+generator gen(z) = A z (minimise ||m (x - A z)||^2 + gamma/2 ||z||^2  =>  (2 A^T M A + gamma I) z = 2 A^T M x);
+the prior term's sign through its gradient gamma * z.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from crvae_tf.models import completion
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _linear_problem(batch=3, dim=5, height=4, width=4, channels=2, seed=0):
+    """A fixed linear generator gen(z) = A z reshaped to images, targets x, a mask with a few observed pixels."""
+    rng = np.random.default_rng(seed)
+    pixels = height * width * channels
+    a = rng.normal(size=(pixels, dim)).astype(np.float32) / np.sqrt(dim)
+    x = rng.normal(size=(batch, height, width, channels)).astype(np.float32)
+    mask = (rng.uniform(size=(batch, height, width, 1)) < 0.5).astype(np.float32)
+    mask[:, 0, 0, 0] = 1.0  # never all-missing
+
+    def generate(z):
+        return tf.reshape(tf.matmul(z, a, transpose_b=True), [-1, height, width, channels])
+
+    return a, x, mask, generate
+
+
+def _ridge(a, x, mask, gamma):
+    """argmin_z ||m (x - A z)||^2 + gamma/2 ||z||^2 per example: (2 A^T M A + gamma I)^-1 2 A^T M x."""
+    out = []
+    for xb, mb in zip(x, mask):
+        m = np.broadcast_to(mb, xb.shape).reshape(-1).astype(np.float64)
+        lhs = 2.0 * a.T.astype(np.float64) @ (m[:, None] * a) + gamma * np.eye(a.shape[1])
+        out.append(np.linalg.solve(lhs, 2.0 * a.T.astype(np.float64) @ (m * xb.reshape(-1))))
+    return np.stack(out)
+
+
+class CompletionLossTest(tf.test.TestCase):
+    def _inputs(self):
+        rng = np.random.default_rng(1)
+        x = rng.uniform(size=(2, 3, 3, 3)).astype(np.float32)
+        gen = rng.uniform(size=(2, 3, 3, 3)).astype(np.float32)
+        mask = np.zeros((2, 3, 3, 1), np.float32)
+        mask[0, :, :2] = 1.0  # example 0: two observed columns
+        mask[1, 1, 1] = 1.0  # example 1: one observed pixel
+        z = rng.normal(size=(2, 4)).astype(np.float32)
+        return x, gen, mask, z
+
+    def test_matches_hand_computed_value(self):
+        x, gen, mask, z = self._inputs()
+        gamma = 0.7
+        expected = []
+        for b in range(2):
+            error = 0.0
+            for i in range(3):
+                for j in range(3):
+                    for c in range(3):
+                        error += (mask[b, i, j, 0] * (x[b, i, j, c] - gen[b, i, j, c])) ** 2
+            expected.append(error + gamma * 0.5 * float(np.sum(z[b] ** 2)))
+        got = completion.completion_loss(x, mask, gen, z, gamma)
+        self.assertEqual(got.shape, (2,))
+        self.assertAllClose(got, expected, rtol=1e-5)
+        # A per-channel mask [B, H, W, C] equal to the broadcast one gives the same value.
+        full = np.broadcast_to(mask, x.shape)
+        self.assertAllClose(completion.completion_loss(x, full, gen, z, gamma), expected, rtol=1e-5)
+
+    def test_adversarial_term_is_log_one_minus_d(self):
+        x, gen, mask, z = self._inputs()
+        logits = np.array([[2.0], [-30.0]], np.float32)
+        base = completion.completion_loss(x, mask, gen, z, 0.3).numpy()
+        got = completion.completion_loss(x, mask, gen, z, 0.3, tau=0.5, fake_logits=logits).numpy()
+        d = 1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float64)))
+        self.assertAllClose(got - base, 0.5 * np.log(1.0 - d), rtol=1e-5)
+        # Stable where 1 - D rounds to 0 in float32: l = 100 gives log(1 - D) = -softplus(100) = -100.
+        big = completion.completion_loss(x, mask, gen, z, 0.3, tau=1.0, fake_logits=[100.0, 100.0]).numpy()
+        self.assertAllClose(big - base, [-100.0, -100.0], rtol=1e-5)
+        self.assertAllClose(_softplus(100.0), 100.0)
+
+    def test_tau_without_logits_is_an_error(self):
+        x, gen, mask, z = self._inputs()
+        with self.assertRaisesRegex(ValueError, "tau=0.5.*discriminator"):
+            completion.completion_loss(x, mask, gen, z, 1.0, tau=0.5)
+        _, _, _, generate = _linear_problem()
+        with self.assertRaisesRegex(ValueError, "tau=0.5 needs discriminator_logits"):
+            completion.complete(generate, np.zeros((1, 4, 4, 2)), np.ones((1, 4, 4, 1)), np.zeros((1, 5)), 1, tau=0.5)
+
+    def test_prior_term_sign(self):
+        """The prior term is +gamma/2 ||z||^2 (the NEGATIVE log-density), not Eq. 5's printed +gamma log N."""
+        x, gen, mask, _ = self._inputs()
+        small = np.full((2, 4), 0.1, np.float32)
+        large = np.full((2, 4), 3.0, np.float32)
+        gamma = 2.0
+        self.assertAllGreater(
+            completion.completion_loss(x, mask, gen, large, gamma)
+            - completion.completion_loss(x, mask, gen, small, gamma),
+            0.0,
+        )
+        z = tf.constant(np.random.default_rng(3).normal(size=(2, 4)), tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = tf.reduce_sum(completion.completion_loss(x, mask, gen, z, gamma))
+        # The masked error does not depend on z here (gen is fixed), so the gradient is the prior's: +gamma z.
+        self.assertAllClose(tape.gradient(loss, z), gamma * z.numpy(), rtol=1e-6)
+
+
+class CompleteTest(tf.test.TestCase):
+    def test_converges_to_the_ridge_minimiser(self):
+        a, x, mask, generate = _linear_problem()
+        gamma = 0.5
+        out = completion.complete(generate, x, mask, np.zeros((3, 5), np.float32), 600, learning_rate=0.05, gamma=gamma)
+        expected = _ridge(a, x, mask, gamma)
+        self.assertAllClose(out["z"], expected, atol=2e-3)
+        best = completion.completion_loss(x, mask, generate(expected.astype(np.float32)), expected, gamma)
+        self.assertAllClose(out["loss"], best, atol=1e-4)
+        self.assertAllGreater(out["initial_loss"] - out["loss"], 0.0)
+
+    def test_gamma_pulls_z_to_the_prior(self):
+        """Larger gamma, smaller ||z*||: the prior term attracts z to 0 (the printed sign would repel it)."""
+        _, x, mask, generate = _linear_problem()
+        z0 = np.zeros((3, 5), np.float32)
+        norms = [
+            float(tf.norm(completion.complete(generate, x, mask, z0, 300, learning_rate=0.05, gamma=g)["z"]))
+            for g in (0.01, 10.0)
+        ]
+        self.assertGreater(norms[0], 2.0 * norms[1])
+
+    def test_output_is_x_on_observed_pixels_and_gen_elsewhere(self):
+        _, x, mask, generate = _linear_problem()
+        out = completion.complete(generate, x, mask, np.ones((3, 5), np.float32), 3)
+        observed = np.broadcast_to(mask, x.shape) > 0
+        self.assertAllEqual(out["images"].numpy()[observed], x[observed])  # exact, not close
+        self.assertAllClose(out["images"].numpy()[~observed], out["generated"].numpy()[~observed])
+        self.assertAllClose(out["generated"], generate(out["z"]))
+
+    def test_zero_steps_keeps_z_init(self):
+        _, x, mask, generate = _linear_problem()
+        z0 = np.random.default_rng(4).normal(size=(3, 5)).astype(np.float32)
+        out = completion.complete(generate, x, mask, z0, 0)
+        self.assertAllEqual(out["z"], z0)
+        self.assertAllClose(out["loss"], out["initial_loss"])
+
+    def test_examples_are_independent(self):
+        """The batch loss is a sum: completing example 0 alone equals completing it within a batch."""
+        _, x, mask, generate = _linear_problem()
+        z0 = np.zeros((3, 5), np.float32)
+        batch = completion.complete(generate, x, mask, z0, 20, learning_rate=0.05)
+        alone = completion.complete(generate, x[:1], mask[:1], z0[:1], 20, learning_rate=0.05)
+        self.assertAllClose(batch["z"][:1], alone["z"], atol=1e-6)
+
+    def test_first_step_is_adams(self):
+        """Adam's first bias-corrected step moves each coordinate by lr * sign(g) (|g| >> epsilon)."""
+        _, x, mask, generate = _linear_problem()
+        z0 = np.zeros((3, 5), np.float32)
+        z = tf.constant(z0)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = tf.reduce_sum(completion.completion_loss(x, mask, generate(z), z, 1.0))
+        g = tape.gradient(loss, z).numpy()
+        out = completion.complete(generate, x, mask, z0, 1, learning_rate=0.01, gamma=1.0)
+        self.assertAllClose(out["z"], -0.01 * np.sign(g), atol=1e-6)
+
+    def test_traces_with_dynamic_steps_and_batch(self):
+        a, x, mask, generate = _linear_problem()
+        calls = []
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, 4, 4, 2], tf.float32),
+                tf.TensorSpec([None, 4, 4, 1], tf.float32),
+                tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([], tf.int32),
+            ]
+        )
+        def serve(images, mask, num_steps, seed):
+            calls.append(1)
+            z0 = completion.initial_latents(None, images, "prior", seed, latent_dim=5)
+            return completion.complete(generate, images, mask, z0, num_steps, learning_rate=0.05, gamma=0.5)
+
+        long = serve(x, mask, tf.constant(600), tf.constant(1))
+        self.assertAllClose(long["z"], _ridge(a, x, mask, 0.5), atol=2e-3)
+        short = serve(x[:2], mask[:2], tf.constant(0), tf.constant(1))
+        self.assertEqual(short["z"].shape, (2, 5))
+        expected_z0 = completion.initial_latents(None, x[:2], "prior", 1, latent_dim=5)
+        self.assertAllEqual(short["z"], expected_z0)  # 0 steps: z_0 from the seed, unchanged
+        self.assertLen(calls, 1)  # one trace serves both batch sizes and step counts
+
+
+class InitialLatentsTest(tf.test.TestCase):
+    def test_inits(self):
+        loc = tf.constant([[1.0, -2.0], [0.5, 3.0]])
+        log_variance = tf.constant([[0.0, np.log(4.0)], [-20.0, -20.0]], tf.float32)
+        seen = []
+
+        def encode(images):
+            seen.append(images)
+            return loc, log_variance
+
+        images = tf.zeros((2, 2, 2, 1))
+        self.assertAllEqual(completion.initial_latents(encode, images, "posterior_mean", 0), loc)
+        sample = completion.initial_latents(encode, images, "posterior_sample", 7)
+        eps = completion.initial_latents(encode, images, "prior", 7)
+        self.assertAllClose(sample, loc + tf.exp(0.5 * log_variance) * eps)
+        self.assertAllEqual(eps, completion.initial_latents(encode, images, "prior", 7))  # stateless
+        self.assertNotAllClose(eps, completion.initial_latents(encode, images, "prior", 8))
+        self.assertAllEqual(eps, completion.initial_latents(None, images, "prior", 7, latent_dim=2))
+        with self.assertRaisesRegex(ValueError, "init='mean' is not one of"):
+            completion.initial_latents(encode, images, "mean", 0)
+
+    def test_occlude(self):
+        x = np.ones((1, 2, 2, 3), np.float32)
+        m = np.array([[[[1.0], [0.0]], [[0.0], [1.0]]]], np.float32)
+        fill = np.full((2, 2, 3), 0.25, np.float32)
+        out = completion.occlude(x, m, fill).numpy()
+        self.assertAllEqual(out[0, 0, 0], [1, 1, 1])
+        self.assertAllEqual(out[0, 0, 1], [0.25, 0.25, 0.25])
