@@ -2,8 +2,11 @@ r"""Explores the latent space of a trained run; writes what it finds next to the
 
     python -m crvae_tf.explore --model_dir=runs/mnist_cvae --mode=empirical_prior \
         [--checkpoint=latest|best|STEP] [--num_samples=64] [--seed=0] [--max_images=N] [--gin_bindings=...]
+    python -m crvae_tf.explore --model_dir=runs/quickstart --mode=progressive|interpolate|style|manifold \
+        [--time_step=T] [--num_samples=N] [--num_points=P] [--source=prior|posterior] [--image_indices=i,j,..] \
+        [--seed=0] [--checkpoint=...] [--gin_bindings=...]
 
-Modes (only `empirical_prior` for now):
+Modes (`MODES`):
 
 * `empirical_prior`: the "empirical cVAE" of paper Sec. 3, Fig. 2(h). Fits one MVN per latent channel,
   N(mu_k, Sigma_k), to posterior samples z^n ~ q(z | x_n), one per image of the run's TRAINING split
@@ -14,11 +17,31 @@ Modes (only `empirical_prior` for now):
   paired noise: the standard sample is eps, the empirical one A eps + mu, eps from `--seed`.
   Needs a convolutional latent (cVAE `conv`, `block_fc`, `channel_recurrent`); the FC VAE is rejected.
 
+* The disentangling views of paper Sec. 4.4 (`crvae_tf.exploration.views`, latents from
+  `crvae_tf.models.latent_steps`), for both families and every latent head. Time step t is the contiguous slice
+  t of z (the crVAE's and bcVAE's own time steps; for the FC VAE and the cVAE, channel slice t of T = 8):
+  - `progressive` (Fig. 5a): from z = 0 add z_t ~ N(0, I) for t = 1..T, keeping the earlier steps; one row per
+    sample (`--num_samples`, default 8), T + 1 columns.
+  - `interpolate` (Fig. 5b-d, S4): `--num_points` (default 8) points from z_t to one new z~_t shared by every
+    row, the other steps fixed.
+  - `style` (Fig. 5e-h, S5): the sample, then z_t redrawn `--num_points` times (draw s shared by the rows).
+  - `manifold` (Fig. S2, Eq. S1): a `--num_points` x `--num_points` grid across the posterior samples of four
+    validation images (`--image_indices`, default the first four), corners top left, top right, bottom left,
+    bottom right.
+  `interpolate` / `style` take `--time_step` (1..T; 0, the default: every step, rows sample-major, default 2
+  samples) and `--source`: `prior` (rows from N(0, I), `--seed`) or `posterior` (posterior means of validation
+  images, `--image_indices` or the first `--num_samples`). Validation images are binarized as the evaluation
+  pipeline binarizes them.
+
 Outputs:
     model_dir/empirical_prior/step<step>.npz           the fitted prior + metadata (EmpiricalPrior.load)
     model_dir/explore/empirical_prior-step<step>.png   Bernoulli means of the empirical-prior samples
     model_dir/explore/standard_prior-step<step>.png    the same for N(0, I)
-The last stdout line is a one-line JSON summary (paths, step, num_images, whether the prior was reused).
+    model_dir/explore/<view>-[<source>-t<t>|all-]seed<seed>-step<step>.png   a view's grid (manifold: also
+                                                       ...-inputs.png, the four validation images)
+    model_dir/tb/explore/                              the views' grids as TensorBoard images (explore/<name>)
+The last stdout line is a one-line JSON summary (paths, step, grid size; the prior's image count and whether it was
+reused; a view's time steps, their slices of z and the validation images used).
 
 The run is rebuilt with `runs.load_run` from its saved gin config; `--gin_bindings` override it
 (e.g. `dataset.local_path=...` when the data moved).
@@ -36,8 +59,10 @@ from absl import flags
 
 from crvae_tf import cli
 from crvae_tf.exploration import explore_lib
+from crvae_tf.exploration import views
 
-MODES = ("empirical_prior",)
+MODES = ("empirical_prior",) + views.VIEWS
+VIEW_FLAGS = ("time_step", "num_points", "source", "image_indices")
 
 # --model_dir, --gin_bindings and --checkpoint mean the same in every crvae_tf binary; allow_override lets
 # two binaries that define them live in one process (the tests import several).
@@ -58,11 +83,50 @@ CHECKPOINT = flags.DEFINE_string(
     allow_override=True,
 )
 MODE = flags.DEFINE_string("mode", "empirical_prior", f"What to explore, one of {list(MODES)}.")
-NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Latents decoded from each prior.")
-SEED = flags.DEFINE_integer("seed", 0, "Seed of the prior samples (the same eps for both priors).", allow_override=True)
+NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples",
+    None,
+    "empirical_prior: latents decoded from each prior (default 64); views: rows (samples; default 8, or 2 when "
+    "every time step is shown).",
+)
+SEED = flags.DEFINE_integer(
+    "seed", 0, "Seed of every draw (prior samples, z~_t, style draws, posterior noise).", allow_override=True
+)
+TIME_STEP = flags.DEFINE_integer(
+    "time_step", 0, "interpolate/style: the time step t in 1..T whose z_t changes; 0: every time step."
+)
+NUM_POINTS = flags.DEFINE_integer(
+    "num_points", 8, "interpolate: points per row (>= 2); style: redraws of z_t per row; manifold: grid side (>= 2)."
+)
+SOURCE = flags.DEFINE_enum(
+    "source", "prior", list(views.SOURCES), "interpolate/style: rows from N(0, I) or validation posterior means."
+)
+IMAGE_INDICES = flags.DEFINE_list(
+    "image_indices", None, "Validation images: the manifold's four corners, or the rows of --source=posterior."
+)
 MAX_IMAGES = flags.DEFINE_integer(
     "max_images", None, "Fit on the first N training images (default: all).", allow_override=True
 )
+
+
+def _view_options() -> dict:
+    """The views' keyword arguments from the flags (checked where a run is not needed to check them)."""
+    if TIME_STEP.value < 0:
+        raise app.UsageError(f"--time_step={TIME_STEP.value} must be >= 0 (0: every time step; else 1..T).")
+    try:
+        indices = None if IMAGE_INDICES.value is None else [int(i) for i in IMAGE_INDICES.value]
+    except ValueError:
+        raise app.UsageError(
+            f"--image_indices={','.join(IMAGE_INDICES.value)} must be comma-separated integers, e.g. 0,5,9,12."
+        ) from None
+    return {
+        "time_step": TIME_STEP.value or None,
+        "num_samples": NUM_SAMPLES.value,
+        "num_points": NUM_POINTS.value,
+        "seed": SEED.value,
+        "source": SOURCE.value,
+        "image_indices": indices,
+    }
 
 
 def main(argv):
@@ -76,11 +140,32 @@ def main(argv):
         raise NotADirectoryError(
             f"--model_dir={MODEL_DIR.value} is not a directory (paths are relative to {os.getcwd()})."
         )
+    if NUM_SAMPLES.value is not None and NUM_SAMPLES.value < 1:
+        raise app.UsageError(f"--num_samples={NUM_SAMPLES.value} must be >= 1.")
+    if SEED.value < 0:
+        raise app.UsageError(f"--seed={SEED.value} must be >= 0.")
+    if MODE.value in views.VIEWS:
+        if MAX_IMAGES.value is not None:
+            raise app.UsageError(f"--max_images applies to --mode=empirical_prior only, not --mode={MODE.value}.")
+        try:
+            summary = explore_lib.explore_view(
+                MODEL_DIR.value, MODE.value, CHECKPOINT.value, BINDINGS.value, **_view_options()
+            )
+        except views.ViewArgumentError as error:
+            raise app.UsageError(str(error)) from error
+        print(json.dumps(summary), flush=True)
+        return
+    given = [f"--{name}" for name in VIEW_FLAGS if flags.FLAGS[name].present]
+    if given:
+        raise app.UsageError(
+            f"{', '.join(given)}: only for the views {list(views.VIEWS)}, not for --mode={MODE.value}."
+        )
     if MAX_IMAGES.value is not None and MAX_IMAGES.value < 2:
         raise app.UsageError(f"--max_images={MAX_IMAGES.value} must be >= 2 (an unbiased covariance needs N >= 2).")
+    num_samples = 64 if NUM_SAMPLES.value is None else NUM_SAMPLES.value
     try:
         summary = explore_lib.explore_empirical_prior(
-            MODEL_DIR.value, CHECKPOINT.value, NUM_SAMPLES.value, SEED.value, MAX_IMAGES.value, BINDINGS.value
+            MODEL_DIR.value, CHECKPOINT.value, num_samples, SEED.value, MAX_IMAGES.value, BINDINGS.value
         )
     except ValueError as error:
         if "needs a convolutional latent" in str(error):

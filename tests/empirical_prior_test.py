@@ -288,7 +288,10 @@ class ExploreBinaryTest(testing_utils.GinTestCase):
             for path, payload in written.items():
                 self.assertEqual(open(path, "rb").read(), payload, msg=path)
 
-            with self.assertRaisesRegex(app.UsageError, r"--mode='time_steps'.*\['empirical_prior'\]"):
+            with self.assertRaisesRegex(
+                app.UsageError,
+                r"--mode='time_steps'.*\['empirical_prior', 'progressive', 'interpolate', 'style', 'manifold'\]",
+            ):
                 self._explore(f"--model_dir={model_dir}", "--mode=time_steps")
             with self.assertRaisesRegex(FileNotFoundError, r"no checkpoint for step 7; kept steps: \[2\]"):
                 self._explore(f"--model_dir={model_dir}", "--checkpoint=7")

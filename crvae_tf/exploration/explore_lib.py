@@ -3,6 +3,8 @@ writes PNG grids under `model_dir/explore/` and returns a JSON-serialisable summ
 
 * `explore_empirical_prior`: fit (or reuse) the empirical prior of paper Fig. 2(h) on the run's training
   split and decode paired samples from it and from N(0, I) (`empirical_prior`).
+* `explore_view`: one disentangling view of paper Sec. 4.4 (`progressive`, `interpolate`, `style`, `manifold`;
+  Fig. 5, S2, S4, S5), rendered by `crvae_tf.exploration.views`.
 """
 
 import os
@@ -15,6 +17,7 @@ from crvae_tf import artifacts
 from crvae_tf import data as data_lib
 from crvae_tf import runs
 from crvae_tf.exploration import empirical_prior as prior_lib
+from crvae_tf.exploration import views
 
 EXPLORE_DIR = "explore"
 # Images per encoder call when fitting. Fixed (not a flag): with dynamic binarization the evaluation
@@ -114,3 +117,19 @@ def explore_empirical_prior(
         "empirical_prior_png": grids["empirical_prior"],
         "standard_prior_png": grids["standard_prior"],
     }
+
+
+def explore_view(model_dir: str, mode: str, checkpoint="latest", gin_bindings=(), **options) -> dict:
+    """Loads the run at `checkpoint` and renders the view `mode` (one of `views.VIEWS`) into `model_dir/explore/`.
+
+    Args:
+      options: `views.view_latents`'s keyword arguments (time_step, num_samples, num_points, seed, source,
+        image_indices).
+
+    Returns:
+      The JSON-able summary the binary prints (`views.render_view`).
+    """
+    if mode not in views.VIEWS:
+        raise views.ViewArgumentError(f"--mode={mode!r} is not a view; the views are {list(views.VIEWS)}.")
+    run = runs.load_run(model_dir, checkpoint, gin_bindings)
+    return views.render_view(run, model_dir, mode, **options)
