@@ -5,6 +5,9 @@ r"""Explores the latent space of a trained run; writes what it finds next to the
     python -m crvae_tf.explore --model_dir=runs/quickstart --mode=progressive|interpolate|style|manifold \
         [--time_step=T] [--num_samples=N] [--num_points=P] [--source=prior|posterior] [--image_indices=i,j,..] \
         [--seed=0] [--checkpoint=...] [--gin_bindings=...]
+    python -m crvae_tf.explore --model_dir=runs/celeba64 --mode=complete --mask=right_half|eyes|mouth|MASK.png \
+        [--completion_steps=N] [--completion_learning_rate=LR] [--gamma=G] [--tau=T] \
+        [--init=posterior_mean|posterior_sample|prior] [--num_images=64] [--seed=0] [--checkpoint=...]
 
 Modes (`MODES`):
 
@@ -33,6 +36,14 @@ Modes (`MODES`):
   images, `--image_indices` or the first `--num_samples`). Validation images are binarized as the evaluation
   pipeline binarizes them.
 
+* `complete` (paper Sec. 4.3, Eq. 5, Fig. 4; `crvae_tf.exploration.completion_lib`): image completion of the first
+  `--num_images` validation images under `--mask` (1 = observed; `crvae_tf.data.masks`: the right half, the
+  eyes, the mouth of the aligned face crop, or a mask image, white = observed) by `--completion_steps` Adam steps
+  on z of ||m (x - gen z)||^2 + gamma/2 ||z||^2 + tau log(1 - D(gen z)) from the posterior mean of the occluded
+  image (`--init`). The printed Eq. 5's +gamma log N(z) would push z away from the prior; the negative
+  log-density is used. `--tau` > 0 only for the adversarial family. Reports masked-region PSNR / L1 of the
+  completion and of two trivial fills (mean training face; reconstruction of the occluded image).
+
 Outputs:
     model_dir/empirical_prior/step<step>.npz           the fitted prior + metadata (EmpiricalPrior.load)
     model_dir/explore/empirical_prior-step<step>.png   Bernoulli means of the empirical-prior samples
@@ -40,6 +51,8 @@ Outputs:
     model_dir/explore/<view>-[<source>-t<t>|all-]seed<seed>-step<step>.png   a view's grid (manifold: also
                                                        ...-inputs.png, the four validation images)
     model_dir/tb/explore/                              the views' grids as TensorBoard images (explore/<name>)
+    model_dir/explore/complete-<mask>-step<step>.png   rows original | occluded | reconstruction | completed
+    model_dir/explore/complete-<mask>-step<step>.json  settings, metrics (masked PSNR / L1), step, checkpoint
 The last stdout line is a one-line JSON summary (paths, step, grid size; the prior's image count and whether it was
 reused; a view's time steps, their slices of z and the validation images used).
 
@@ -58,11 +71,15 @@ from absl import app
 from absl import flags
 
 from crvae_tf import cli
+from crvae_tf.data import masks
+from crvae_tf.exploration import completion_lib
 from crvae_tf.exploration import explore_lib
 from crvae_tf.exploration import views
+from crvae_tf.models import completion
 
-MODES = ("empirical_prior",) + views.VIEWS
+MODES = ("empirical_prior",) + views.VIEWS + ("complete",)
 VIEW_FLAGS = ("time_step", "num_points", "source", "image_indices")
+COMPLETION_FLAGS = ("mask", "completion_steps", "completion_learning_rate", "gamma", "tau", "init", "num_images")
 
 # --model_dir, --gin_bindings and --checkpoint mean the same in every crvae_tf binary; allow_override lets
 # two binaries that define them live in one process (the tests import several).
@@ -107,6 +124,23 @@ IMAGE_INDICES = flags.DEFINE_list(
 MAX_IMAGES = flags.DEFINE_integer(
     "max_images", None, "Fit on the first N training images (default: all).", allow_override=True
 )
+MASK = flags.DEFINE_string(
+    "mask", "right_half", f"complete: {list(masks.MASK_NAMES)} or a mask image (white = observed, black = missing)."
+)
+COMPLETION_STEPS = flags.DEFINE_integer(
+    "completion_steps", completion.DEFAULT_NUM_STEPS, "complete: Adam steps on z (0: the initial z only)."
+)
+COMPLETION_LEARNING_RATE = flags.DEFINE_float(
+    "completion_learning_rate", completion.DEFAULT_LEARNING_RATE, "complete: Adam's learning rate on z."
+)
+GAMMA = flags.DEFINE_float(
+    "gamma", completion.DEFAULT_GAMMA, "complete: weight of the prior penalty gamma/2 ||z||^2 (pixels in [0, 1])."
+)
+TAU = flags.DEFINE_float("tau", 0.0, "complete: weight of log(1 - D(gen z)); adversarial runs only.")
+INIT = flags.DEFINE_enum(
+    "init", "posterior_mean", list(completion.INITS), "complete: z_0 (posterior of the occluded image, or prior)."
+)
+NUM_IMAGES = flags.DEFINE_integer("num_images", 64, "complete: the first N validation images.")
 
 
 def _view_options() -> dict:
@@ -160,6 +194,12 @@ def main(argv):
         raise app.UsageError(
             f"{', '.join(given)}: only for the views {list(views.VIEWS)}, not for --mode={MODE.value}."
         )
+    if MODE.value == "complete":
+        _complete()
+        return
+    given = [f"--{name}" for name in COMPLETION_FLAGS if flags.FLAGS[name].present]
+    if given:
+        raise app.UsageError(f"{', '.join(given)}: only for --mode=complete, not for --mode={MODE.value}.")
     if MAX_IMAGES.value is not None and MAX_IMAGES.value < 2:
         raise app.UsageError(f"--max_images={MAX_IMAGES.value} must be >= 2 (an unbiased covariance needs N >= 2).")
     num_samples = 64 if NUM_SAMPLES.value is None else NUM_SAMPLES.value
@@ -171,6 +211,29 @@ def main(argv):
         if "needs a convolutional latent" in str(error):
             raise cli.UnsupportedRunError(str(error)) from error
         raise
+    print(json.dumps(summary), flush=True)
+
+
+def _complete():
+    given = [f"--{name}" for name in ("num_samples", "max_images") if flags.FLAGS[name].present]
+    if given:
+        raise app.UsageError(f"{', '.join(given)}: not used by --mode=complete (it takes --num_images).")
+    try:
+        summary = completion_lib.explore_complete(
+            MODEL_DIR.value,
+            CHECKPOINT.value,
+            mask=MASK.value,
+            num_steps=COMPLETION_STEPS.value,
+            learning_rate=COMPLETION_LEARNING_RATE.value,
+            gamma=GAMMA.value,
+            tau=TAU.value,
+            init=INIT.value,
+            num_images=NUM_IMAGES.value,
+            seed=SEED.value,
+            gin_bindings=BINDINGS.value,
+        )
+    except (completion_lib.CompletionSettingsError, masks.MaskError) as error:
+        raise app.UsageError(str(error)) from error
     print(json.dumps(summary), flush=True)
 
 

@@ -5,10 +5,15 @@ generator gen(z) = A z (minimise ||m (x - A z)||^2 + gamma/2 ||z||^2  =>  (2 A^T
 the prior term's sign through its gradient gamma * z.
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
+from crvae_tf.data import masks
 from crvae_tf.models import completion
+
+import testing_utils
 
 
 def _softplus(x):
@@ -218,3 +223,84 @@ class InitialLatentsTest(tf.test.TestCase):
         out = completion.occlude(x, m, fill).numpy()
         self.assertAllEqual(out[0, 0, 0], [1, 1, 1])
         self.assertAllEqual(out[0, 0, 1], [0.25, 0.25, 0.25])
+
+
+class MasksTest(tf.test.TestCase):
+    def test_right_half_is_exactly_half(self):
+        for resolution in (8, 64, 128):
+            mask = masks.named_mask("right_half", resolution)
+            self.assertEqual(mask.shape, (resolution, resolution, 1))
+            self.assertEqual(mask.sum(), resolution * resolution / 2)
+            self.assertAllEqual(mask[:, : resolution // 2], np.ones((resolution, resolution // 2, 1)))
+            self.assertAllEqual(mask[:, resolution // 2 :], np.zeros((resolution, resolution // 2, 1)))
+
+    def test_eyes_and_mouth_boxes(self):
+        """One box each, inside the image, eyes above the mouth, both centred left-right; they scale with R."""
+        boxes = {}
+        for resolution in (64, 128):
+            for name in ("eyes", "mouth"):
+                mask = masks.named_mask(name, resolution)
+                rows, cols = np.nonzero(mask[..., 0] == 0)
+                top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+                self.assertEqual(len(rows), (bottom - top) * (right - left))  # one solid box
+                self.assertTrue(0 < top and bottom < resolution and 0 < left and right < resolution)
+                self.assertLess(abs((left + right) / 2 - resolution / 2), 0.06 * resolution)
+                boxes[resolution, name] = np.array([top, left, bottom, right])
+            self.assertLess(boxes[resolution, "eyes"][2], boxes[resolution, "mouth"][0] + 1)
+        self.assertEqual(tuple(boxes[64, "eyes"]), (25, 15, 36, 49))  # the docstring's numbers
+        self.assertEqual(tuple(boxes[64, "mouth"]), (42, 19, 55, 45))
+        self.assertAllClose(boxes[128, "eyes"] / 128, boxes[64, "eyes"] / 64, atol=2 / 64)
+
+    def test_landmark_file_parsing_and_per_image_boxes(self):
+        path = os.path.join(self.get_temp_dir(), masks.LANDMARKS_FILE)
+        with open(path, "w") as f:
+            f.write("2\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x ")
+            f.write("rightmouth_y\n000001.jpg    69  111  108  111   88  136   72  152  105  152\n")
+            f.write("000002.jpg    59  101  98  101   78  126   62  142  95  142\n")
+        landmarks = masks.parse_landmarks(path)
+        self.assertEqual(sorted(landmarks), ["000001.jpg", "000002.jpg"])
+        self.assertAllEqual(landmarks["000002.jpg"][3], [62, 142])
+        got = masks.landmark_masks(landmarks, ["000001.png", "000002.jpg"], "eyes", 64)
+        self.assertEqual(got.shape, (2, 64, 64, 1))
+        self.assertAllEqual(got[0], masks.named_mask("eyes", 64))  # the template's landmarks: the fixed box
+        # Landmarks 10 px up and left in 178x218 move the continuous box by 10 * 64 / 148 = 4.32 px. Template
+        # box (continuous): top 30.92 - 0.3 d, left 23.57 - 0.45 d with d = 39 * 64 / 148 = 16.86.
+        rows, cols = np.nonzero(got[1, ..., 0] == 0)
+        d, shift = 39 * 64 / 148, 10 * 64 / 148
+        self.assertEqual((rows.min(), cols.min()), (int(30.92 - 0.3 * d - shift), int(23.57 - 0.45 * d - shift)))
+        # The 89x109 copy: the same face at half resolution gives the same boxes (within the crop's rounding).
+        half = masks.landmark_masks(landmarks, ["000001.jpg"], "mouth", 64, source_shape=(109, 89))
+        self.assertLessEqual(np.abs(half[0] - masks.named_mask("mouth", 64)).sum(), 2 * 14)
+        with self.assertRaisesRegex(masks.MaskError, "'000003.jpg' has no landmarks"):
+            masks.landmark_masks(landmarks, ["000003.jpg"], "eyes", 64)
+        with open(path, "a") as f:
+            f.write("000004.jpg 1 2 3\n")
+        with self.assertRaisesRegex(masks.MaskError, r":5: expected .*ten numbers"):
+            masks.parse_landmarks(path)
+
+    def test_user_png_round_trip_and_errors(self):
+        tmp = self.get_temp_dir()
+        mask = masks.named_mask("mouth", 64)
+        path = os.path.join(tmp, "mouth.png")
+        testing_utils.write_image(path, np.repeat(mask * 255, 3, axis=-1).astype(np.uint8), "png")
+        name, loaded = masks.mask_from_spec(path, 64)
+        self.assertEqual(name, "file_mouth")
+        self.assertAllEqual(loaded, mask)
+        # Any square size: 128 -> 64 nearest; 64 -> 128 nearest doubles each pixel.
+        self.assertAllEqual(masks.load_mask_png(path, 128), np.repeat(np.repeat(mask, 2, 0), 2, 1))
+        for pixels, error in (
+            (np.zeros((64, 48, 1), np.uint8), "is 48x64 .*must be square"),
+            (np.zeros((64, 64, 1), np.uint8), "no observed pixel"),
+            (np.full((64, 64, 1), 255, np.uint8), "no missing pixel"),
+        ):
+            testing_utils.write_image(path, pixels, "png")
+            with self.assertRaisesRegex(masks.MaskError, error):
+                masks.load_mask_png(path, 64)
+        with open(path, "wb") as f:
+            f.write(b"not an image")
+        with self.assertRaisesRegex(masks.MaskError, "not a readable image"):
+            masks.load_mask_png(path, 64)
+        with self.assertRaisesRegex(FileNotFoundError, "does not exist"):
+            masks.mask_from_spec(os.path.join(tmp, "missing.png"), 64)
+        with self.assertRaisesRegex(masks.MaskError, "'nose' is not one of"):
+            masks.mask_from_spec("nose", 64)

@@ -290,7 +290,8 @@ class ExploreBinaryTest(testing_utils.GinTestCase):
 
             with self.assertRaisesRegex(
                 app.UsageError,
-                r"--mode='time_steps'.*\['empirical_prior', 'progressive', 'interpolate', 'style', 'manifold'\]",
+                r"--mode='time_steps'.*"
+                r"\['empirical_prior', 'progressive', 'interpolate', 'style', 'manifold', 'complete'\]",
             ):
                 self._explore(f"--model_dir={model_dir}", "--mode=time_steps")
             with self.assertRaisesRegex(FileNotFoundError, r"no checkpoint for step 7; kept steps: \[2\]"):
