@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from crvae_tf import artifacts
 from crvae_tf import data as data_lib
+from crvae_tf.architectures import heads
 from crvae_tf.models import latent_steps
 
 VIEWS = ("progressive", "interpolate", "style", "manifold")
@@ -137,7 +138,7 @@ def _image_indices(indices, count: int, num_validation: int, mode: str):
     bad = [i for i in indices if not 0 <= i < num_validation]
     if bad:
         raise ViewArgumentError(
-            f"--image_indices {bad} are out of range: the validation split has {num_validation} images (0..."
+            f"--image_indices {bad} are out of range: the validation split has {num_validation} images (0.."
             f"{num_validation - 1})."
         )
     return indices
@@ -190,13 +191,17 @@ def view_latents(
     model = run.model
     slices = latent_steps.model_step_slices(model)
     steps = len(slices)
-    head_steps = int(getattr(getattr(model, "latent_head", None), "num_time_steps", 1) or 1)
-    kind = "time steps" if head_steps > 1 else "channel slices (the head has no time steps)"
+    head = getattr(model, "latent_head", None)
+    # The cVAE's ConvHead may carry T > 1, but only to split its KL report: its steps are plain channel slices.
+    has_steps = int(getattr(head, "num_time_steps", 1) or 1) > 1 and not isinstance(
+        head, (heads.FCHead, heads.ConvHead)
+    )
+    kind = "time steps" if has_steps else "channel slices (the head has no time steps)"
     time_step = _check_time_step(time_step, steps, kind)
     details = {
         "latent_shape": list(latent_steps.model_latent_shape(model)),
         "num_time_steps": steps,
-        "time_steps_are": "the head's time steps" if head_steps > 1 else "channel slices",
+        "time_steps_are": "the head's time steps" if has_steps else "channel slices",
         "step_slices": [list(s) for s in slices],
         "seed": int(seed),
     }
