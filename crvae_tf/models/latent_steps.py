@@ -83,9 +83,11 @@ def _largest_divisor(channels: int, limit: int = DEFAULT_NUM_TIME_STEPS) -> int:
 
 
 def time_steps(model) -> int:
-    """T of the views: the head's `num_time_steps` when > 1 (bcVAE, crVAE); else the paper's T = 8 channel slices
-    (`DEFAULT_NUM_TIME_STEPS`), or the largest divisor <= 8 of the channel count (flat: latent_dim) when 8 does not
-    divide it (logged once per channel count). Models without a `latent_head` count as flat `[latent_dim]`."""
+    """T of the views: the head's `num_time_steps` when > 1 (bcVAE, crVAE; also a cVAE whose recipe splits its KL
+    report into T channel blocks, as `gin/mnist_cvae.gin` does, so the views' slices are the blocks its per-step KL
+    reports); else the paper's T = 8 channel slices (`DEFAULT_NUM_TIME_STEPS`), or the largest divisor <= 8 of the
+    channel count (flat: latent_dim) when 8 does not divide it (logged once per channel count). Models without a
+    `latent_head` count as flat `[latent_dim]`."""
     head = getattr(model, "latent_head", None)
     steps = int(getattr(head, "num_time_steps", 1) or 1)
     if steps > 1:
