@@ -219,6 +219,8 @@ class ConstructionsTest(testing_utils.GinTestCase):
             latent_steps.style_latents(np.zeros((2, 47)), SLICES, 1, 2, seed=0)
         with self.assertRaisesRegex(ValueError, "seed=-1 must be a non-negative int"):
             latent_steps.progressive_latents(2, SLICES, seed=-1)
+        with self.assertRaisesRegex(ValueError, "not time-step slices: pass step_slices"):
+            latent_steps.style_latents(base, [(0, 12), (12, 48)], 1, 2, seed=0)
         with self.assertRaisesRegex(ValueError, r"corners must be \[4, latent_dim\]"):
             latent_steps.manifold_latents(np.zeros((3, 48)), 3, 3)
 

@@ -147,6 +147,18 @@ def model_step_slices(model, num_time_steps=None) -> list:
     return step_slices(model_latent_shape(model), num_time_steps)
 
 
+def _check_slices(slices) -> list:
+    """`slices` as `step_slices` returns them: T >= 1 contiguous equal `(start, stop)` ranges from 0."""
+    slices = [tuple(int(v) for v in s) for s in slices]
+    size = slices[0][1] - slices[0][0] if slices else 0
+    expected = [(t * size, (t + 1) * size) for t in range(len(slices))]
+    if not slices or size < 1 or slices != expected:
+        raise ValueError(
+            f"slices={slices} are not time-step slices: pass step_slices(latent_shape, T) or model_step_slices(model)."
+        )
+    return slices
+
+
 def _check_latents(z, slices, what: str) -> np.ndarray:
     z = np.asarray(z, dtype=np.float32)
     latent_dim = slices[-1][1]
@@ -158,7 +170,7 @@ def _check_latents(z, slices, what: str) -> np.ndarray:
 
 
 def _check_time_step(time_step, slices) -> int:
-    steps = len(slices)
+    steps = len(_check_slices(slices))
     if isinstance(time_step, bool) or not isinstance(time_step, (int, np.integer)) or not 1 <= time_step <= steps:
         raise ValueError(f"time_step={time_step!r} must be an int in 1..{steps} (the latent has T={steps} time steps).")
     return int(time_step)
@@ -181,6 +193,7 @@ def progressive_latents(num: int, slices, seed: int) -> np.ndarray:
     mean. Column 0 is z = 0; column k differs from column k-1 exactly in slice k.
     """
     num = _check_count(num, "num")
+    slices = _check_slices(slices)
     z = _normal(_check_seed(seed), PROGRESSIVE_TAG, 0, (num, slices[-1][1]))
     out = np.zeros((num, len(slices) + 1, z.shape[1]), np.float32)
     for k in range(1, len(slices) + 1):
