@@ -211,6 +211,22 @@ class ModelTest(testing_utils.GinTestCase):
         self.assertEqual(first.num_images, 9)
         self.assertAllClose(first.mean, EmpiricalPrior.fit(model, images[:9], seed=4).mean, atol=1e-6)
 
+    def test_pixels_are_mapped_to_the_models_input_range(self):
+        """The adversarial family encodes [-1, 1] pixels: fit maps its [0, 1] images there first."""
+        model = _tiny_model("conv")
+
+        class SignedInputs:  # the same network behind an adversarial-style input range
+            input_range = (-1.0, 1.0)
+            latent_head, latent_dim = model.latent_head, model.latent_dim
+
+            def encode(self, x, training=False):
+                return model.encode(x, training=training)
+
+        images = (np.random.default_rng(1).uniform(size=(6, 28, 28, 1)) < 0.3).astype(np.float32)
+        signed = EmpiricalPrior.fit(SignedInputs(), images, seed=2)
+        self.assertAllClose(signed.mean, EmpiricalPrior.fit(model, 2.0 * images - 1.0, seed=2).mean, atol=1e-6)
+        self.assertGreater(np.abs(signed.mean - EmpiricalPrior.fit(model, images, seed=2).mean).max(), 1e-4)
+
 
 class ExploreBinaryTest(testing_utils.GinTestCase):
     """`python -m crvae_tf.explore --mode=empirical_prior` on a 2-step tiny cVAE run, in-process."""

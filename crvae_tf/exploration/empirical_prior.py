@@ -312,9 +312,11 @@ class EmpiricalPrior:
         Args:
           model: a `crvae_tf.models.VAE` with a convolutional latent (`latent_shape_of`); run in
             evaluation mode (`model.encode(x, training=False)`, BatchNorm moving statistics).
-          images: a float array `[N, H_img, W_img, C_img]` of model inputs (already binarized for the
+          images: a float array `[N, H_img, W_img, C_img]` of pixels in [0, 1] (already binarized for the
             Bernoulli models, e.g. the batches of `data.make_dataset(..., training=False)`), or an iterable
             of such batches (a `tf.data.Dataset`, a list of arrays; `(images, labels)` tuples are accepted).
+            They are mapped to the model's `input_range` (x -> lo + (hi - lo) x: [-1, 1] for the adversarial
+            family) before `model.encode`, as the data pipeline's training path does.
           seed: the posterior noise: eps comes from one stream `np.random.default_rng([seed, 101])` drawn in
             image order, so the result does not depend on how the images are batched.
           batch_size: images per encoder call when `images` is an array.
@@ -334,7 +336,8 @@ class EmpiricalPrior:
             array, size = images, int(batch_size)
             images = (array[start : start + size] for start in range(0, len(array), size))
         rng = np.random.default_rng([seed, _POSTERIOR_TAG])
-        encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
+        lo, hi = (float(v) for v in getattr(model, "input_range", (0.0, 1.0)))
+        encode = tf.function(lambda x: model.encode(lo + (hi - lo) * x, training=False), reduce_retracing=True)
         moments = ChannelMoments(latent_shape)
         for batch in images:
             if isinstance(batch, (tuple, list)):
