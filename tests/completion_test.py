@@ -5,13 +5,26 @@ generator gen(z) = A z (minimise ||m (x - A z)||^2 + gamma/2 ||z||^2  =>  (2 A^T
 the prior term's sign through its gradient gamma * z.
 """
 
+import contextlib
+import io
+import json
 import os
+import shutil
+import tempfile
 
+from absl import app
+from absl import flags
+import gin
 import numpy as np
 import tensorflow as tf
 
+from crvae_tf import builders
+from crvae_tf import explore
+from crvae_tf import runs
 from crvae_tf.data import masks
+from crvae_tf.exploration import completion_lib
 from crvae_tf.models import completion
+from crvae_tf.training import loop
 
 import testing_utils
 
@@ -33,6 +46,19 @@ def _linear_problem(batch=3, dim=5, height=4, width=4, channels=2, seed=0):
         return tf.reshape(tf.matmul(z, a, transpose_b=True), [-1, height, width, channels])
 
     return a, x, mask, generate
+
+
+def _graph_complete(generate):
+    """`completion.complete` for `generate` in one traced function (steps, learning rate, gamma as tensors)."""
+
+    @tf.function
+    def run(x, mask, z0, num_steps, learning_rate, gamma):
+        return completion.complete(generate, x, mask, z0, num_steps, learning_rate=learning_rate, gamma=gamma)
+
+    def call(x, mask, z0, num_steps, learning_rate, gamma):
+        return run(x, mask, z0, tf.constant(num_steps), tf.constant(learning_rate), tf.constant(gamma))
+
+    return call
 
 
 def _ridge(a, x, mask, gamma):
@@ -117,7 +143,7 @@ class CompleteTest(tf.test.TestCase):
     def test_converges_to_the_ridge_minimiser(self):
         a, x, mask, generate = _linear_problem()
         gamma = 0.5
-        out = completion.complete(generate, x, mask, np.zeros((3, 5), np.float32), 600, learning_rate=0.05, gamma=gamma)
+        out = _graph_complete(generate)(x, mask, np.zeros((3, 5), np.float32), 600, 0.05, gamma)
         expected = _ridge(a, x, mask, gamma)
         self.assertAllClose(out["z"], expected, atol=2e-3)
         best = completion.completion_loss(x, mask, generate(expected.astype(np.float32)), expected, gamma)
@@ -128,10 +154,8 @@ class CompleteTest(tf.test.TestCase):
         """Larger gamma, smaller ||z*||: the prior term attracts z to 0 (the printed sign would repel it)."""
         _, x, mask, generate = _linear_problem()
         z0 = np.zeros((3, 5), np.float32)
-        norms = [
-            float(tf.norm(completion.complete(generate, x, mask, z0, 300, learning_rate=0.05, gamma=g)["z"]))
-            for g in (0.01, 10.0)
-        ]
+        run = _graph_complete(generate)
+        norms = [float(tf.norm(run(x, mask, z0, 300, 0.05, g)["z"])) for g in (0.01, 10.0)]
         self.assertGreater(norms[0], 2.0 * norms[1])
 
     def test_output_is_x_on_observed_pixels_and_gen_elsewhere(self):
@@ -304,3 +328,113 @@ class MasksTest(tf.test.TestCase):
             masks.mask_from_spec(os.path.join(tmp, "missing.png"), 64)
         with self.assertRaisesRegex(masks.MaskError, "'nose' is not one of"):
             masks.mask_from_spec("nose", 64)
+
+
+class CompleteModeTest(testing_utils.GinTestCase):
+    """`python -m crvae_tf.explore --mode=complete` on a 1-step tiny crVAE-GAN run of generated faces, in-process."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = tempfile.mkdtemp()
+        faces = testing_utils.write_faces(os.path.join(cls.root, "faces"), 109, 89, range(1, 33))
+        cls.model_dir = os.path.join(cls.root, "crvaegan")
+        runs.parse_gin(
+            [os.path.join(testing_utils.GIN_DIR, "celeba64.gin")],
+            testing_utils.TINY_BINDINGS
+            + testing_utils.tiny_head_bindings("channel_recurrent")
+            + testing_utils.TINY_ADVERSARIAL_BINDINGS
+            + [
+                "train.max_steps = 1",
+                "train.num_validation_images = 2",
+                f"dataset.local_path = '{faces}'",
+                f"dataset.cache_dir = '{os.path.join(cls.root, 'cache')}'",
+                "dataset.validation_size = 6",
+                "train.image_every_steps = 1000",
+            ],
+        )
+        loop.train(cls.model_dir)
+        gin.clear_config()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root, ignore_errors=True)
+        super().tearDownClass()
+
+    def _explore(self, *args):
+        flags.FLAGS.unparse_flags()
+        try:
+            flags.FLAGS(["explore", f"--model_dir={self.model_dir}", "--mode=complete"] + list(args))
+            output = io.StringIO()
+            with contextlib.redirect_stdout(output):
+                explore.main(["explore"])
+            return json.loads(output.getvalue().strip().splitlines()[-1])
+        finally:
+            flags.FLAGS.unparse_flags()
+
+    def test_optimisation_lowers_the_masked_error(self):
+        run = runs.load_run(self.model_dir)
+        images = np.asarray(run.splits.validation[:4], np.float32) / 255.0
+        mask = np.broadcast_to(masks.named_mask("right_half", 64), (4, 64, 64, 1)).astype(np.float32)
+        build = completion_lib.completion_function(run.model, (64, 64, 3), use_discriminator=False)
+        out = build("posterior_mean")(
+            images, mask, images.mean(axis=0), 10, 0.05, 0.0, 0.0, tf.constant([0, 0], tf.int64)
+        )
+        # gamma = 0: the loss is the observed-pixel error alone; it falls for every image.
+        self.assertAllLess(out["loss"] - out["initial_loss"], 0.0)
+        self.assertAllClose(out["loss"], np.sum((mask * (images - out["generated"].numpy())) ** 2, axis=(1, 2, 3)))
+        observed = np.broadcast_to(mask, images.shape) > 0
+        self.assertAllEqual(out["images"].numpy()[observed], images[observed])
+        self.assertAllClose(
+            out["reconstruction"], run.model.generate(run.model.encode(run.model.to_model_range(out["occluded"]))[0])
+        )
+
+    def test_binary_writes_grid_and_metrics(self):
+        # The eye box drawn as a user mask image (at 32x32: resized to 64 nearest), with the adversarial term.
+        mask_path = os.path.join(self.root, "my-eyes.png")
+        eyes = np.repeat(masks.named_mask("eyes", 64)[::2, ::2], 3, axis=-1)
+        testing_utils.write_image(mask_path, (eyes * 255).astype(np.uint8), "png")
+        summary = self._explore(f"--mask={mask_path}", "--num_images=5", "--completion_steps=3", "--tau=0.01")
+        png, path = (
+            os.path.join(self.model_dir, "explore", f"complete-file_my-eyes-step1.{ext}") for ext in ("png", "json")
+        )
+        self.assertEqual((summary["png"], summary["json"], summary["step"]), (png, path, 1))
+        grid = tf.io.decode_png(open(png, "rb").read()).numpy()
+        self.assertEqual(grid.shape, (4 * 65 + 1, 5 * 65 + 1, 3))  # 4 rows (orig/occluded/recon/completed) x 5
+        with open(path) as f:
+            saved = json.load(f)
+        self.assertEqual(saved, summary)
+        self.assertEqual((saved["settings"]["tau"], saved["settings"]["num_steps"]), (0.01, 3))
+        self.assertEqual((saved["num_images"], saved["split"], saved["family"]), (5, "validation", "VAEGAN"))
+        self.assertAlmostEqual(saved["missing_fraction"], float(1 - masks.load_mask_png(mask_path, 64).mean()))
+        for fill in ("completion", "mean_face_fill", "reconstruction_fill"):
+            self.assertTrue(np.isfinite(saved["metrics"][fill]["psnr"]), msg=fill)
+            self.assertGreater(saved["metrics"][fill]["l1"], 0.0)
+        # The grid's second row is the occluded image: the mean training face inside the box.
+        run = runs.load_run(self.model_dir)
+        face = completion_lib.mean_face(run.splits.train)
+        tile = grid[66:130, 1:65].astype(np.float32) / 255.0
+        self.assertAllClose(tile[30, 30], face[30, 30], atol=1 / 255)
+
+        # Usage errors, before any run is loaded.
+        with self.assertRaisesRegex(app.UsageError, "'nose' is not one of"):
+            self._explore("--mask=nose")
+        with self.assertRaisesRegex(FileNotFoundError, "mask file .*absent.png does not exist"):
+            self._explore(f"--mask={self.root}/absent.png")
+        with self.assertRaisesRegex(app.UsageError, "--gamma=-1.0 must be >= 0"):
+            self._explore("--gamma=-1")
+        with self.assertRaisesRegex(app.UsageError, "--num_images: only for --mode=complete"):
+            flags.FLAGS.unparse_flags()
+            flags.FLAGS(["explore", f"--model_dir={self.model_dir}", "--mode=empirical_prior", "--num_images=3"])
+            explore.main(["explore"])
+
+    def test_tau_needs_the_adversarial_family(self):
+        gin.parse_config(
+            ["encoder.base_channels = 4", "decoder.base_channels = 4", "latent_head.kind = 'conv'"]
+            + testing_utils.tiny_head_bindings("conv")
+        )
+        vae = builders.build_model(seed=0)
+        gin.clear_config()
+        with self.assertRaisesRegex(completion_lib.CompletionSettingsError, "--tau=0.1 .*VAE run.*no discriminator"):
+            completion_lib.check_family(vae, 0.1, "runs/x")
+        self.assertFalse(completion_lib.check_family(vae, 0.0))

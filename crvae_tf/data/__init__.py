@@ -9,6 +9,7 @@
     image_files   decoding, crop geometry, listings and fingerprints of RGB sources
     image_cache   the validated uint8 cache of the RGB datasets
     pipeline      make_dataset: deterministic, resumable tf.data epochs, binarization, flips
+    masks         completion masks of the face crop: right half, eyes, mouth, landmark boxes, mask images
 
 The names below are the package's public API (`from crvae_tf import data; data.make_dataset(...)`).
 """

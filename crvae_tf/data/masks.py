@@ -245,12 +245,21 @@ def load_mask_png(path, resolution: int) -> np.ndarray:
     return check_mask(mask, f"mask file {path} (at {resolution}x{resolution})")
 
 
+def check_mask_spec(spec: str) -> str:
+    """Refuses an unknown mask name or a missing mask file before any work; returns the file-name stem."""
+    if spec in MASK_NAMES:
+        return spec
+    if os.path.splitext(spec)[1] or os.path.sep in spec or os.path.exists(spec):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"mask file {spec} does not exist (give right_half, eyes, mouth or a PNG path).")
+        stem = os.path.splitext(os.path.basename(spec))[0]
+        return "file_" + ("".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "mask")
+    raise MaskError(f"--mask={spec!r} is not one of {list(MASK_NAMES)} nor an image file (white = observed).")
+
+
 def mask_from_spec(spec: str, resolution: int) -> Tuple[str, np.ndarray]:
     """'right_half' | 'eyes' | 'mouth' | a path to a mask image -> (a short name for file names, `[R, R, 1]`)."""
+    name = check_mask_spec(spec)
     if spec in MASK_NAMES:
-        return spec, named_mask(spec, resolution)
-    if os.path.splitext(spec)[1] or os.path.sep in spec or os.path.exists(spec):
-        stem = os.path.splitext(os.path.basename(spec))[0]
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "mask"
-        return f"file_{safe}", load_mask_png(spec, resolution)
-    raise MaskError(f"--mask={spec!r} is not one of {list(MASK_NAMES)} nor an image file (white = observed).")
+        return name, named_mask(spec, resolution)
+    return name, load_mask_png(spec, resolution)

@@ -82,6 +82,17 @@ def check_settings(num_steps, learning_rate, gamma, tau, init, num_images, batch
         raise CompletionSettingsError("; ".join(problems) + ".")
 
 
+def check_family(model, tau, model_dir="the run") -> bool:
+    """Whether `model` has a discriminator; tau > 0 without one is a `CompletionSettingsError`."""
+    adversarial = hasattr(model, "discriminator")
+    if float(tau) > 0.0 and not adversarial:
+        raise CompletionSettingsError(
+            f"--tau={tau} weights the adversarial term log(1 - D(gen z)), but {model_dir} is a "
+            f"{type(model).__name__} run, which has no discriminator. Use --tau=0 (the default) for the VAE family."
+        )
+    return adversarial
+
+
 def mean_face(images) -> np.ndarray:
     """Mean image `[H, W, C]` in [0, 1] of uint8 `[N, H, W, C]` (or float in [0, 1]) images, in chunks."""
     total = np.zeros(images.shape[1:], np.float64)
@@ -236,14 +247,10 @@ def explore_complete(
       The JSON-able summary (also written to `complete-<mask>-step<step>.json`).
     """
     check_settings(num_steps, learning_rate, gamma, tau, init, num_images, batch_size, seed)
+    masks_lib.check_mask_spec(mask)  # before loading anything
     run = runs.load_run(model_dir, checkpoint, gin_bindings)
     model = run.model
-    adversarial = hasattr(model, "discriminator")
-    if float(tau) > 0.0 and not adversarial:
-        raise CompletionSettingsError(
-            f"--tau={tau} weights the adversarial term log(1 - D(gen z)), but {model_dir} is a "
-            f"{type(model).__name__} run, which has no discriminator. Use --tau=0 (the default) for the VAE family."
-        )
+    adversarial = check_family(model, tau, model_dir)
     validation = run.splits.validation
     if len(validation) < int(num_images):
         raise CompletionSettingsError(

@@ -4,6 +4,7 @@ base.LatentVariableModel   encoder -> latent head -> decoder, parameter groups, 
 vae.VAE                    VAE, cVAE, bcVAE and every crVAE variant (the latent head is the variant)
 vae_gan.VAEGAN             VAE-GAN and crVAE-GAN (paper Eq. 4)
 schedules.WarmupSchedule   the discriminator's learning-rate warm-up
+completion                 image completion by optimising z (Eq. 5): completion_loss, complete (Adam in a while_loop)
 latent_steps               time step t as slice t of the flat z (every head), and the latents of the views of
                            Sec. 4.4: progressive, time-step interpolation, style, manifold (Eq. S1); NumPy only
 """

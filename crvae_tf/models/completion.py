@@ -40,7 +40,7 @@ Functions:
 import tensorflow as tf
 
 # Defaults of the optimisation (the explore binary's flags default to these; see README "Image completion").
-DEFAULT_NUM_STEPS = 300
+DEFAULT_NUM_STEPS = 100
 DEFAULT_LEARNING_RATE = 0.03
 DEFAULT_GAMMA = 1.0
 
