@@ -4,10 +4,12 @@ r"""Exports a trained run as a TF Serving SavedModel: EXPORT_DIR/<training step>
     python -m crvae_tf.export --model_dir=runs/mnist_crvae --export_dir=/srv/models/crvae --checkpoint=best \
         --gin_bindings="dataset.local_path='../shared/data/mnist/mnist.npz'"
 
-The model is rebuilt from the run's operative config (+ --gin_bindings), the checkpoint restored, and the four
-signatures `serving_default` (z -> images), `sample` (num, seed -> images, z), `encode` (images -> loc, scale) and
-`reconstruct` (images -> images) written with metadata (training step, latent shape, pixel ranges, operative
-config). The contract, the docker command and request examples are in export/README.md; the library is
+The model is rebuilt from the run's operative config (+ --gin_bindings), the checkpoint restored, and the
+signatures `serving_default` (z -> images), `sample` (num, seed -> images, z), `encode` (images -> loc, scale),
+`reconstruct` (images -> images), `traverse` / `traverse_images` (z or images, step, num_points, seed -> one time
+step moved along a line) and `complete` (images, mask, steps, seed -> completed images, z) written with metadata
+(training step, latent shape, time-step slices, completion settings, pixel ranges, operative config). The
+contract, the docker command and request examples are in export/README.md; the library is
 `crvae_tf.serving.export_lib`. The last line of stdout is one line of JSON: path, version, signatures. Errors are
 one line on stderr with a distinct exit status (`crvae_tf.cli`; --verbose shows the traceback). One export at a time
 per EXPORT_DIR (its lock, `.export.lock`); temporary folders left by a killed export are removed at the next one.

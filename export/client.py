@@ -13,10 +13,20 @@ r"""Client for a crvae_tf model served by TF Serving: REST (JSON) or gRPC predic
         --images=digits.npy --out=reconstructions.png
     python export/client.py --server=localhost:8500 --mode=grpc --model=crvae --signature=encode \
         --images=digits.npy --out=posterior.npz
+    # traverse: 4 prior draws (numpy, --seed), time step 3 (0-based) moved to one new value (server-side, --seed)
+    # in 8 points; one row per draw:
+    python export/client.py --server=localhost:8501 --mode=rest --model=crvae --signature=traverse \
+        --num=4 --step=3 --num_points=8 --seed=5 --out=traverse.png
+    python export/client.py --server=localhost:8501 --mode=rest --model=crvae --signature=traverse_images \
+        --images=digits.npy --step=3 --num_points=8 --seed=5 --out=traverse.png
+    # complete the right half of each image (mask: right_half / left_half / bottom_half / top_half / center, or a
+    # .npy of float32 [N or 1, H, W, 1] / PNG files, 1 = observed), 300 Adam steps from the posterior mean (seed -1):
+    python export/client.py --server=localhost:8500 --mode=grpc --model=crvae --signature=complete \
+        --images=faces.npy --mask=right_half --steps=300 --seed=-1 --out=completed.png
 
 The contract (signature names, dtypes, shapes, ranges) is in export/README.md. This script does not import
 crvae_tf: REST mode needs only numpy; gRPC mode needs `tensorflow-serving-api` (and TensorFlow, which it
-depends on, for `tf.make_tensor_proto` / `tf.make_ndarray`). The library functions (`make_inputs`,
+depends on, for `tf.make_tensor_proto` / `tf.make_ndarray`). The library functions (`make_inputs`, `make_mask`,
 `rest_request_body`, `parse_rest_response`, `grpc_request`, `parse_grpc_response`, `image_grid`, `encode_png`)
 are importable for use in other code. The last line of stdout is one line of JSON describing what was written.
 """
@@ -41,8 +51,26 @@ SIGNATURES = {
     "sample": (("num", "seed"), ("images", "z")),
     "encode": (("images",), ("loc", "scale")),
     "reconstruct": (("images",), ("images",)),
+    "traverse": (("z", "step", "num_points", "seed"), ("images", "z")),
+    "traverse_images": (("images", "step", "num_points", "seed"), ("images", "z")),
+    "complete": (("images", "mask", "steps", "seed"), ("images", "z")),
 }
-INPUT_DTYPES = {"z": np.float32, "num": np.int32, "seed": np.int64, "images": np.float32}
+INPUT_DTYPES = {
+    "z": np.float32,
+    "num": np.int32,
+    "seed": np.int64,
+    "images": np.float32,
+    "mask": np.float32,
+    "step": np.int32,
+    "num_points": np.int32,
+    "steps": np.int32,
+}
+# Signatures whose z the client draws (numpy N(0, I) from --seed; D from the model's metadata).
+LATENT_SIGNATURES = ("serving_default", "traverse")
+# Named masks for `complete` (1 = observed): the region named is what the model fills in, except "center", a
+# centred square of half the side, which is the region removed.
+NAMED_MASKS = ("right_half", "left_half", "bottom_half", "top_half", "center")
+DEFAULT_COMPLETION_STEPS = 300  # crvae_tf.models.completion.DEFAULT_NUM_STEPS
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
@@ -53,30 +81,64 @@ class ServingError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def make_inputs(signature: str, num: int = 16, seed: int = 0, latent_dim=None, images=None) -> dict:
+def make_inputs(
+    signature: str,
+    num: int = 16,
+    seed: int = 0,
+    latent_dim=None,
+    images=None,
+    mask=None,
+    step: int = 0,
+    num_points: int = 8,
+    steps: int = DEFAULT_COMPLETION_STEPS,
+) -> dict:
     """The request tensors of one signature, as numpy arrays with the contract's dtypes.
 
     Args:
       signature: one of `SIGNATURES`.
-      num: serving_default: rows of z; sample: images to draw.
-      seed: serving_default: numpy seed of z ~ N(0, I); sample: the server-side stateless seed (int64).
-      latent_dim: serving_default only: D (see `rest_latent_dim` / `grpc_latent_dim`).
-      images: encode / reconstruct: float32 `[batch, H, W, C]` in [0, 1].
+      num: serving_default / traverse: rows of z; sample: images to draw.
+      seed: serving_default / traverse: numpy seed of z ~ N(0, I); sample / traverse / traverse_images / complete:
+        the server-side stateless seed (int64; complete: < 0 starts from the posterior mean, >= 0 from a posterior
+        sample).
+      latent_dim: serving_default / traverse: D (see `rest_latent_dim` / `grpc_latent_dim`).
+      images: encode / reconstruct / traverse_images / complete: float32 `[batch, H, W, C]` in [0, 1].
+      mask: complete: float32 `[batch or 1, H, W, 1]` (or `[batch or 1, H, W]`) of 0 (missing) / 1 (observed), or a
+        name of `NAMED_MASKS`.
+      step: traverse / traverse_images: the 0-based time step (the paper's t - 1).
+      num_points: traverse / traverse_images: points per row, both ends included.
+      steps: complete: Adam steps on z.
 
     Returns:
-      dict input name -> array: z float32 `[num, D]`; num int32 `[]` and seed int64 `[]`; images float32
-      `[batch, H, W, C]`.
+      dict input name -> array: z float32 `[num, D]`; images float32 `[batch, H, W, C]`; mask float32
+      `[batch, H, W, 1]`; num / step / num_points / steps int32 `[]`; seed int64 `[]`.
     """
     if signature not in SIGNATURES:
         raise ValueError(f"Unknown signature {signature!r}; the model serves {sorted(SIGNATURES)}.")
-    if signature == "serving_default":
-        if not latent_dim:
-            raise ValueError(
-                "serving_default needs the latent width D (--latent_dim, or read from the model metadata)."
-            )
-        return {"z": np.random.default_rng(seed).standard_normal((num, int(latent_dim))).astype(np.float32)}
     if signature == "sample":
         return {"num": np.asarray(num, np.int32), "seed": np.asarray(seed, np.int64)}
+    inputs = {}
+    if signature in LATENT_SIGNATURES:
+        if not latent_dim:
+            raise ValueError(f"{signature} needs the latent width D (--latent_dim, or read from the model metadata).")
+        inputs["z"] = np.random.default_rng(seed).standard_normal((num, int(latent_dim))).astype(np.float32)
+    else:
+        inputs["images"] = _checked_images(signature, images)
+    if signature in ("traverse", "traverse_images"):
+        inputs.update(
+            step=np.asarray(step, np.int32),
+            num_points=np.asarray(num_points, np.int32),
+            seed=np.asarray(seed, np.int64),
+        )
+    if signature == "complete":
+        inputs.update(
+            mask=make_mask(mask, inputs["images"].shape),
+            steps=np.asarray(steps, np.int32),
+            seed=np.asarray(seed, np.int64),
+        )
+    return inputs
+
+
+def _checked_images(signature: str, images) -> np.ndarray:
     if images is None:
         raise ValueError(f"{signature} needs images: --images=file.npy (float32 [N, H, W, C] in [0, 1]) or PNG files.")
     images = np.asarray(images, np.float32)
@@ -86,7 +148,41 @@ def make_inputs(signature: str, num: int = 16, seed: int = 0, latent_dim=None, i
         raise ValueError(
             f"images must be in [0, 1] (got [{images.min()}, {images.max()}]); divide 8-bit images by 255."
         )
-    return {"images": images}
+    return images
+
+
+def make_mask(mask, image_shape) -> np.ndarray:
+    """`complete`'s mask float32 `[batch, H, W, 1]` (1 = observed, 0 = missing) for images of `image_shape`
+    `[batch, H, W, C]`: a name of `NAMED_MASKS`, or an array `[H, W]`, `[1 or batch, H, W]` or `[1 or batch, H, W,
+    1]` of 0 / 1 (one mask is repeated over the batch)."""
+    batch, height, width = (int(d) for d in image_shape[:3])
+    if mask is None:
+        raise ValueError(f"complete needs a mask: --mask={'|'.join(NAMED_MASKS)} or a .npy / PNG files (1 = observed).")
+    if isinstance(mask, str):
+        if mask not in NAMED_MASKS:
+            raise ValueError(f"Unknown mask {mask!r}: one of {list(NAMED_MASKS)}, or a .npy / PNG file.")
+        array = np.ones((height, width), np.float32)
+        if mask == "right_half":
+            array[:, width // 2 :] = 0.0
+        elif mask == "left_half":
+            array[:, : width // 2] = 0.0
+        elif mask == "bottom_half":
+            array[height // 2 :, :] = 0.0
+        elif mask == "top_half":
+            array[: height // 2, :] = 0.0
+        else:
+            array[height // 4 : height - height // 4, width // 4 : width - width // 4] = 0.0
+        mask = array
+    mask = np.asarray(mask, np.float32)
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim == 3:
+        mask = mask[..., None]
+    if mask.ndim != 4 or mask.shape[1:] != (height, width, 1) or mask.shape[0] not in (1, batch):
+        raise ValueError(f"mask must be [1 or {batch}, {height}, {width}, 1] (or without the 1s), got {mask.shape}")
+    if not np.all((mask == 0.0) | (mask == 1.0)):
+        raise ValueError("mask must hold 0 (missing pixel) or 1 (observed pixel) only.")
+    return np.repeat(mask, batch, axis=0) if mask.shape[0] != batch else mask
 
 
 def load_images(paths) -> np.ndarray:
@@ -97,6 +193,19 @@ def load_images(paths) -> np.ndarray:
     import tensorflow as tf  # only for PNG decoding
 
     return np.stack([tf.io.decode_png(tf.io.read_file(p)).numpy().astype(np.float32) / 255.0 for p in paths])
+
+
+def load_mask(paths):
+    """`--mask`: a name of `NAMED_MASKS` (returned as is), one .npy file (0 / 1 values) or PNG files (one mask
+    each, or one for every image; a pixel is observed where its first channel is >= 128)."""
+    if len(paths) == 1 and paths[0] in NAMED_MASKS:
+        return paths[0]
+    paths = [p for pattern in paths for p in (sorted(glob.glob(pattern)) or [pattern])]
+    if len(paths) == 1 and paths[0].endswith(".npy"):
+        return np.load(paths[0]).astype(np.float32)
+    import tensorflow as tf  # only for PNG decoding
+
+    return np.stack([(tf.io.decode_png(tf.io.read_file(p)).numpy()[..., :1] >= 128).astype(np.float32) for p in paths])
 
 
 # ------------------------------------------------------------------------------------------------ REST
@@ -168,7 +277,7 @@ def rest_predict(
 
 
 def latent_dim_from_metadata_json(payload: dict) -> int:
-    """D from a REST GET .../metadata answer (serving_default's z is [-1, D])."""
+    """D from a REST GET .../metadata answer (serving_default's z is [-1, D]; every signature has it)."""
     signature = payload["metadata"]["signature_def"]["signature_def"]["serving_default"]
     return int(signature["inputs"]["z"]["tensor_shape"]["dim"][1]["size"])
 
@@ -316,10 +425,17 @@ def _atomic_write(path: str, payload: bytes) -> None:
 
 
 def write_outputs(signature: str, outputs: dict, out: str) -> dict:
-    """Writes image outputs as a PNG grid to `out` (encode: loc/scale as .npz); returns a summary dict."""
+    """Writes image outputs as a PNG grid to `out` (encode: loc/scale as .npz); returns a summary dict.
+
+    traverse / traverse_images return `[batch, P, H, W, C]`: one grid row per input, its P points left to right."""
     summary = {"signature": signature, "outputs": {name: list(value.shape) for name, value in outputs.items()}}
     if "images" in outputs:
-        _atomic_write(out, encode_png(image_grid(outputs["images"])))
+        images = np.asarray(outputs["images"])
+        columns = None
+        if images.ndim == 5:
+            columns = images.shape[1]
+            images = images.reshape((-1,) + images.shape[2:])
+        _atomic_write(out, encode_png(image_grid(images, columns=columns)))
         summary["png"] = out
     else:
         import io
@@ -345,19 +461,32 @@ def main(argv=None) -> dict:
         "--version", type=int, default=None, help="A specific version (training step); default: the latest."
     )
     parser.add_argument("--signature", choices=sorted(SIGNATURES), default="sample")
-    parser.add_argument("--num", type=int, default=16, help="sample / serving_default: how many images.")
+    parser.add_argument("--num", type=int, default=16, help="sample / serving_default / traverse: how many rows.")
     parser.add_argument(
-        "--seed", type=int, default=0, help="sample: the server's stateless seed; serving_default: the numpy seed of z."
+        "--seed",
+        type=int,
+        default=0,
+        help="sample / traverse* / complete: the server's stateless seed (complete: < 0 starts from the posterior "
+        "mean); serving_default / traverse: also the numpy seed of z.",
     )
     parser.add_argument(
-        "--latent_dim", type=int, default=None, help="serving_default: D (default: from the model's metadata)."
+        "--latent_dim", type=int, default=None, help="serving_default / traverse: D (default: from the metadata)."
     )
     parser.add_argument(
         "--images",
         nargs="+",
         default=None,
-        help="encode / reconstruct: a .npy file (float32 [N, H, W, C] in [0, 1]) or PNG files.",
+        help="encode / reconstruct / traverse_images / complete: a .npy file (float32 [N, H, W, C] in [0, 1]) or PNGs.",
     )
+    parser.add_argument(
+        "--mask",
+        nargs="+",
+        default=None,
+        help=f"complete: {' | '.join(NAMED_MASKS)}, a .npy file (0/1, [N or 1, H, W, 1]) or PNG files; 1 = observed.",
+    )
+    parser.add_argument("--step", type=int, default=0, help="traverse*: the 0-based time step (the paper's t - 1).")
+    parser.add_argument("--num_points", type=int, default=8, help="traverse*: points per row, ends included.")
+    parser.add_argument("--steps", type=int, default=DEFAULT_COMPLETION_STEPS, help="complete: Adam steps on z.")
     parser.add_argument("--out", default="grid.png", help="PNG grid of the returned images (encode: .npz).")
     parser.add_argument("--timeout", type=float, default=60.0, help="Seconds per request.")
     args = parser.parse_args(argv)
@@ -365,14 +494,25 @@ def main(argv=None) -> dict:
         parser.error(f"--num={args.num} must be >= 1.")
     try:
         latent_dim = args.latent_dim
-        if args.signature == "serving_default" and not latent_dim:
+        if args.signature in LATENT_SIGNATURES and not latent_dim:
             latent_dim = (
                 rest_latent_dim(args.server, args.model, args.version, args.timeout)
                 if args.mode == "rest"
                 else grpc_latent_dim(args.server, args.model, args.version, args.timeout)
             )
         images = load_images(args.images) if args.images else None
-        inputs = make_inputs(args.signature, args.num, args.seed, latent_dim, images)
+        mask = load_mask(args.mask) if args.mask else None
+        inputs = make_inputs(
+            args.signature,
+            args.num,
+            args.seed,
+            latent_dim,
+            images,
+            mask=mask,
+            step=args.step,
+            num_points=args.num_points,
+            steps=args.steps,
+        )
         predict = rest_predict if args.mode == "rest" else grpc_predict
         outputs = predict(args.server, args.model, args.signature, inputs, args.version, args.timeout)
     except (ServingError, ValueError, ImportError) as error:

@@ -29,6 +29,8 @@ from tensorflow.core.protobuf import config_pb2
 from crvae_tf import data
 from crvae_tf import export as export_binary
 from crvae_tf import runs
+from crvae_tf.models import completion
+from crvae_tf.models import latent_steps
 from crvae_tf.serving import endpoints
 from crvae_tf.serving import export_lib
 from crvae_tf.serving import graph_checks
@@ -103,6 +105,37 @@ OP_ALLOWLIST = frozenset(
         "StatelessRandomUniformFullIntV2",
         "BitwiseOr",
         "LeftShift",
+        # traverse (Range, SelectV2 over the time-step slice) and complete: the Adam loop over z (While) and the
+        # generator's gradient with respect to z, all core ops (no custom gradient op)
+        "AddN",
+        "BiasAddGrad",
+        "BroadcastGradientArgs",
+        "BroadcastTo",
+        "Conv2DBackpropFilter",
+        "DynamicStitch",
+        "Fill",
+        "FloorMod",
+        "InvertPermutation",
+        "LeakyReluGrad",
+        "Less",
+        "LogicalOr",
+        "Pow",
+        "Range",
+        "ReluGrad",
+        "SelectV2",
+        "ShapeN",
+        "SigmoidGrad",
+        "Slice",
+        "Sqrt",
+        "Square",
+        "StatelessRandomGetKeyCounter",
+        "StridedSliceGrad",
+        "Sum",
+        "TanhGrad",
+        "Tile",
+        "Unpack",
+        "While",
+        "ZerosLike",
         # variables, function calls, checkpoint save/restore
         "AssignVariableOp",
         "DisableCopyOnRead",
@@ -118,6 +151,10 @@ OP_ALLOWLIST = frozenset(
         "VarHandleOp",
     }
 )
+
+# The publication tests export several times; what they check (folders, renames, clean-up, the lock) does not depend
+# on the graph, so they trace one signature, not every endpoint (`complete` alone traces the generator's gradient).
+ONE_ENDPOINT = endpoints.ENDPOINTS[:1]
 
 # Runs in a fresh interpreter that cannot import crvae_tf or keras: TF Serving's side of the contract.
 SERVING_SCRIPT = r"""
@@ -152,6 +189,17 @@ for name, path in sorted(spec["exports"].items()):
 out["modules"] = np.array(sorted(m for m in sys.modules if m.split(".")[0] in ("crvae_tf", "keras") and sys.modules[m]))
 np.savez(spec["out"], **out)
 """
+
+
+def complete_call(loaded, images, mask, steps, seed):
+    """The loaded export's `complete` signature on numpy inputs -> dict of numpy outputs."""
+    out = loaded.signatures["complete"](
+        images=tf.constant(images, tf.float32),
+        mask=tf.constant(mask, tf.float32),
+        steps=tf.constant(steps, tf.int32),
+        seed=tf.constant(seed, tf.int64),
+    )
+    return {k: v.numpy() for k, v in out.items()}
 
 
 def load_client():
@@ -312,6 +360,7 @@ class ExportTest(testing_utils.GinTestCase):
 
     @classmethod
     def tearDownClass(cls):
+        cls._loaded.clear()
         shutil.rmtree(cls.tmp, ignore_errors=True)
         super().tearDownClass()
 
@@ -322,6 +371,14 @@ class ExportTest(testing_utils.GinTestCase):
             + testing_utils.tiny_head_bindings(kind)
             + [f"dataset.local_path = '{cls.mnist}'", "dataset.validation_size = 40", f"train.max_steps = {max_steps}"]
         )
+
+    _loaded = {}
+
+    def loaded(self, name):
+        """`tf.saved_model.load` of the family's export, loaded once for the tests that call its signatures."""
+        if name not in self._loaded:
+            self._loaded[name] = tf.saved_model.load(self.exports[name].path)
+        return self._loaded[name]
 
     def expected(self, name):
         """What the in-memory model computes on the fixed inputs (the values every serving path must match)."""
@@ -388,7 +445,8 @@ class ExportTest(testing_utils.GinTestCase):
         self.assertEqual(self.exports[SIGNED].metadata["output_pixel_range"], [0.0, 1.0])
 
     def test_signatures_as_saved_model_cli_shows_them(self):
-        """`saved_model_cli show --all`: the four names, predict method, DT_* dtypes, -1 batch, fixed inner dims."""
+        """`saved_model_cli show --all`: every signature's name, predict method, DT_* dtypes, -1 batch (and -1
+        num_points), fixed inner dims."""
         cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
         command = [cli] if os.path.exists(cli) else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
         for name in ("vae", "crvae"):
@@ -494,7 +552,7 @@ class ExportTest(testing_utils.GinTestCase):
                 self.assertEqual(
                     first[f"{name}/sample/images/1"].shape, (SAMPLE_NUM,) + tuple(self.models[name].image_shape)
                 )
-        loaded = tf.saved_model.load(self.exports["crvae"].path)
+        loaded = self.loaded("crvae")
         a = loaded.signatures["sample"](num=tf.constant(2), seed=tf.constant(SAMPLE_SEED, tf.int64))["z"].numpy()
         b = loaded.signatures["sample"](num=tf.constant(2), seed=tf.constant(SAMPLE_SEED + 1, tf.int64))["z"].numpy()
         self.assertAllEqual(a, first["crvae/sample/z/1"][:2])  # the first rows do not depend on num
@@ -572,6 +630,118 @@ class ExportTest(testing_utils.GinTestCase):
         with self.assertRaisesRegex(tf.errors.InvalidArgumentError, re.escape("with batch >= 1; got shape] [0 ")):
             loaded.signatures["serving_default"](z=tf.zeros([0, d]))
 
+    def test_traverse_moves_one_time_step_along_a_straight_line(self):
+        """`traverse`'s latent bookkeeping exactly, on the crVAE (T = 8 time steps) and the [-1, 1] family: point 0
+        is z; only slice `step` of `latent_steps.model_step_slices`
+        moves; it moves to one documented stateless draw z~_t shared by every row, along (1 - a) z_t + a z~_t; the
+        images are the model's decode of the path. `traverse_images` starts from the posterior means."""
+        step, points, seed = 2, 4, 11
+        for name in ("crvae", SIGNED):
+            model = self.models[name]
+            loaded = self.loaded(name)
+            z = self.inputs[f"{name}/z"][:2]
+            with self.subTest(family=name):
+                out = loaded.signatures["traverse"](
+                    z=tf.constant(z),
+                    step=tf.constant(step),
+                    num_points=tf.constant(points),
+                    seed=tf.constant(seed, tf.int64),
+                )
+                paths, images = out["z"].numpy(), out["images"].numpy()
+                self.assertEqual(paths.shape, (2, points, model.latent_dim))
+                self.assertEqual(images.shape, (2, points) + tuple(model.image_shape))
+                start, stop = latent_steps.model_step_slices(model)[step]
+                self.assertEqual(self.exports[name].metadata["traverse"]["step_slices"][step], [start, stop])
+                target = tf.random.stateless_normal(
+                    [stop - start], seed=[seed, endpoints.TRAVERSE_SEED_SALT + step], alg="philox"
+                ).numpy()
+                alpha = np.arange(points, dtype=np.float32) / np.float32(points - 1)
+                expected = np.repeat(z[:, None, :], points, axis=1)
+                expected[:, :, start:stop] = (1 - alpha)[None, :, None] * z[:, None, start:stop] + alpha[
+                    None, :, None
+                ] * target
+                self.assertAllEqual(paths[:, 0], z)  # point 0 is z exactly
+                self.assertAllEqual(paths[:, -1, start:stop], np.stack([target, target]))  # shared z~_t, exactly
+                outside = np.ones(model.latent_dim, bool)
+                outside[start:stop] = False
+                self.assertAllEqual(paths[:, :, outside], expected[:, :, outside])  # other steps fixed, exactly
+                self.assertAllClose(paths, expected, atol=1e-6, rtol=0)
+                decoded = model.generate(tf.constant(paths.reshape(-1, model.latent_dim))).numpy()
+                self.assertAllClose(images.reshape(decoded.shape), decoded, atol=1e-5, rtol=0)
+                from_images = loaded.signatures["traverse_images"](
+                    images=tf.constant(self.inputs[f"{name}/images"][:2]),
+                    step=tf.constant(step),
+                    num_points=tf.constant(points),
+                    seed=tf.constant(seed, tf.int64),
+                )["z"].numpy()
+                self.assertAllClose(from_images[:, 0], self.expected(name)["encode/loc"][:2], atol=1e-5, rtol=1e-5)
+                self.assertAllEqual(from_images[:, -1, start:stop], np.stack([target, target]))
+        with self.assertRaisesRegex(
+            tf.errors.InvalidArgumentError, re.escape("step must be an int32 scalar in [0, 7]")
+        ):
+            loaded.signatures["traverse"](
+                z=tf.constant(z), step=tf.constant(8), num_points=tf.constant(3), seed=tf.constant(1, tf.int64)
+            )
+        with self.assertRaisesRegex(
+            tf.errors.InvalidArgumentError, re.escape("num_points must be an int32 scalar in [2,")
+        ):
+            loaded.signatures["traverse"](
+                z=tf.constant(z), step=tf.constant(0), num_points=tf.constant(1), seed=tf.constant(1, tf.int64)
+            )
+
+    def test_complete_is_the_library_completion_in_the_model_pixel_range(self):
+        """`complete` equals `crvae_tf.models.completion` run on the in-memory model with the export's settings: z_0
+        the posterior mean of the occluded image (seed < 0; encoded in the model's own range, so the [-1, 1] family
+        is mapped) or the documented posterior sample (seed >= 0), Adam steps on z, the observed pixels copied
+        exactly; the missing pixels' values are never read; bad masks and step counts are refused in the graph."""
+        steps = 3
+        for name in ("crvae", SIGNED):
+            model = self.models[name]
+            loaded = self.loaded(name)
+            images = self.inputs[f"{name}/images"][:2]
+            mask = np.ones(images.shape[:3] + (1,), np.float32)
+            mask[:, images.shape[1] // 2 :] = 0.0  # the bottom half is missing
+            with self.subTest(family=name):
+
+                def serve(steps, seed, x=images, m=mask, loaded=loaded):
+                    return complete_call(loaded, x, m, steps, seed)
+
+                lo, hi = model.input_range
+                occluded = completion.occlude(images, mask, endpoints.COMPLETION_FILL)
+                loc, log_variance = model.encode(lo + (hi - lo) * occluded, training=False)
+                self.assertAllClose(serve(0, -1)["z"], loc.numpy(), atol=1e-5, rtol=1e-5)
+                posterior = (loc, log_variance)
+                sample = completion.initial_latents(lambda _, p=posterior: p, occluded, "posterior_sample", 5)
+                self.assertAllClose(serve(0, 5)["z"], sample.numpy(), atol=1e-5, rtol=1e-5)
+                reference = completion.complete(
+                    model.generate,
+                    images,
+                    mask,
+                    loc,
+                    steps,
+                    learning_rate=self.exports[name].metadata["complete"]["learning_rate"],
+                    gamma=self.exports[name].metadata["complete"]["gamma"],
+                )
+                served = serve(steps, -1)
+                self.assertAllClose(served["z"], reference["z"].numpy(), atol=1e-4, rtol=1e-4)
+                self.assertAllClose(served["images"], reference["images"].numpy(), atol=1e-4, rtol=1e-4)
+                observed = np.broadcast_to(mask == 1.0, images.shape)
+                self.assertAllEqual(served["images"][observed], images[observed])
+                scrambled = np.where(observed, images, 1.0 - images).astype(np.float32)
+                self.assertEqual(serve(steps, -1, x=scrambled)["images"].tobytes(), served["images"].tobytes())
+        for inputs, message in (
+            ({"mask": np.full_like(mask, 0.5)}, "mask must hold 0 (missing pixel) or 1 (observed pixel) only"),
+            ({"mask": mask[:1]}, "mask must have the batch size of images; got mask and images batch sizes] [1] [2]"),
+            ({"steps": endpoints.MAX_COMPLETION_STEPS + 1}, "steps must be an int32 scalar in [0, 1000]"),
+            ({"steps": -1}, "steps must be an int32 scalar in [0, 1000]"),
+        ):
+            with (
+                self.subTest(invalid=sorted(inputs)),
+                self.assertRaisesRegex(tf.errors.InvalidArgumentError, re.escape(message)),
+            ):
+                request = {"images": images, "mask": mask, "steps": 1, "seed": -1, **inputs}
+                complete_call(loaded, **request)
+
     def test_serving_graph_is_core_tf_without_cudnn_or_xla(self):
         """Every op of every export (graph + function library) is in the reviewed allowlist of core ops; none is
         CudnnRNN*, nothing carries _XlaMustCompile; the allowlist itself holds only tf.raw_ops names."""
@@ -584,15 +754,11 @@ class ExportTest(testing_utils.GinTestCase):
                 self.assertEqual(sorted(set(ops) - OP_ALLOWLIST), [], msg="new ops: review them for TF Serving")
                 self.assertEqual(graph_checks.xla_compiled_functions(export.path), [])
                 self.assertEqual(dict(graph_checks.check_serving_graph(export.path)), dict(ops))
-        # The crVAE's LSTMs are plain matmuls: no RNN op of any kind.
-        self.assertEqual(
-            [
-                op
-                for op in graph_checks.saved_model_ops(self.exports["crvae"].path)
-                if "RNN" in op or "LSTM" in op or op == "While"
-            ],
-            [],
-        )
+        # The crVAE's LSTMs are plain matmuls: no RNN op of any kind, and one While only, `complete`'s Adam loop
+        # (a Keras RNN layer in the generator would add a While to every signature that decodes).
+        ops = graph_checks.saved_model_ops(self.exports["crvae"].path)
+        self.assertEqual([op for op in ops if "RNN" in op or "LSTM" in op], [])
+        self.assertEqual(ops["While"], 1)
 
     def test_graph_checks_reject_cudnn_custom_and_xla(self):
         """`check_serving_graph` refuses a cuDNN op, a non-core op and an XLA-compiled function, naming the fix."""
@@ -649,6 +815,7 @@ class ExportTest(testing_utils.GinTestCase):
 
     # ------------------------------------------------------------------------------------------ atomicity
 
+    @mock.patch.object(endpoints, "ENDPOINTS", ONE_ENDPOINT)
     def test_interrupted_export_leaves_no_version_behind(self):
         """A save that dies midway (after writing part of the SavedModel, or by KeyboardInterrupt), or a graph
         check that fails, leaves no version folder and no temporary folder; an existing version is untouched."""
@@ -689,6 +856,7 @@ class ExportTest(testing_utils.GinTestCase):
                 self.assertEqual(publish.versions(export_dir), [1])
                 self.assertEqual(sorted(os.listdir(existing.path)), before)
 
+    @mock.patch.object(endpoints, "ENDPOINTS", ONE_ENDPOINT)
     def test_existing_version_requires_overwrite_and_is_swapped_atomically(self):
         """Exporting an existing version fails with a message naming --overwrite; with overwrite the new export
         replaces it (new metadata) and nothing else is left in the folder."""
@@ -818,13 +986,17 @@ class ExportTest(testing_utils.GinTestCase):
         name = "crvae"
         model = self.models[name]
         signature_defs = self.signature_defs(self.exports[name].path)
-        loaded = tf.saved_model.load(self.exports[name].path)
+        loaded = self.loaded(name)
         expected = self.expected(name)
+        images = self.inputs[f"{name}/images"]
         requests = {
             "serving_default": client.make_inputs("serving_default", latent_dim=model.latent_dim),
             "sample": client.make_inputs("sample", num=SAMPLE_NUM, seed=SAMPLE_SEED),
-            "encode": client.make_inputs("encode", images=self.inputs[f"{name}/images"]),
-            "reconstruct": client.make_inputs("reconstruct", images=self.inputs[f"{name}/images"]),
+            "encode": client.make_inputs("encode", images=images),
+            "reconstruct": client.make_inputs("reconstruct", images=images),
+            "traverse": client.make_inputs("traverse", num=2, latent_dim=model.latent_dim, step=1, num_points=3),
+            "traverse_images": client.make_inputs("traverse_images", images=images, step=2, num_points=2),
+            "complete": client.make_inputs("complete", images=images, mask="bottom_half", steps=2, seed=-1),
         }
         self.assertEqual(set(requests), set(export_lib.SIGNATURES))
         for signature, inputs in requests.items():
@@ -879,7 +1051,7 @@ class ExportTest(testing_utils.GinTestCase):
         answer gives D; HTTP errors surface the server's message."""
         client = load_client()
         name = "crvae"
-        loaded = tf.saved_model.load(self.exports[name].path)
+        loaded = self.loaded(name)
         signature_defs = self.signature_defs(self.exports[name].path)
         for signature in export_lib.SIGNATURES:
             inputs = client.make_inputs(
@@ -888,6 +1060,9 @@ class ExportTest(testing_utils.GinTestCase):
                 seed=3,
                 latent_dim=self.models[name].latent_dim,
                 images=self.inputs[f"{name}/images"][:2],
+                mask="right_half",
+                num_points=2,
+                steps=2,
             )
             body = json.loads(json.dumps(client.rest_request_body(signature, inputs)))
             self.assertEqual(body["signature_name"], signature)

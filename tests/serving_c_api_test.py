@@ -3,9 +3,10 @@
 `tests/c_api/serve_saved_model.c` is compiled here with the system gcc against the headers and the shared
 libraries of the installed TensorFlow wheel (`libtensorflow_cc.so.2` + `libtensorflow_framework.so.2`, found at
 run time through the rpath). That program calls `TF_LoadSessionFromSavedModel` (tag "serve") on a tiny exported
-crVAE and `TF_SessionRun` on the graph tensors named by the SavedModel's SignatureDefs, in a process that has no
-Python interpreter and a scrubbed environment; the outputs come back as raw files and are compared with
-`tf.saved_model.load` of the same folder in this (Python) process.
+crVAE and `TF_SessionRun` (`sample`, `complete`, `traverse` and invalid requests) on the graph tensors named by
+the SavedModel's SignatureDefs, in a process that has no Python interpreter and a scrubbed environment; the
+outputs come back as raw files and are compared with `tf.saved_model.load` of the same folder in this (Python)
+process.
 
 What passing proves: the SavedModel loads through C++ `LoadSavedModel` (variables restored from the checkpoint,
 init op run), every op of the served signatures has a kernel registered in the C++ runtime, the SignatureDef
@@ -32,6 +33,7 @@ SOURCE = os.path.join(testing_utils.REPO, "tests", "c_api", "serve_saved_model.c
 TF_CODE_INVALID_ARGUMENT = 3
 DTYPE_NAMES = {np.float32: "float32", np.int32: "int32", np.int64: "int64"}
 SAMPLE_NUM, SAMPLE_SEED = 3, 7
+COMPLETION_STEPS = 5
 
 
 def compile_program(output: str) -> str:
@@ -112,8 +114,29 @@ class ServingCApiTest(tf.test.TestCase):
         cls.model = serving_testing.tiny_model()
         cls.export = serving_testing.export_tiny(os.path.join(cls.tmp, "export"), cls.model)
         d = cls.model.latent_dim
+        rng = np.random.default_rng(0)
+        images = rng.uniform(0.0, 1.0, (2, 28, 28, 1)).astype(np.float32)
+        mask = np.ones((2, 28, 28, 1), np.float32)
+        mask[:, :, 14:] = 0.0  # the right half is missing
         cls.requests = {
             "sample": ("sample", {"num": np.int32(SAMPLE_NUM), "seed": np.int64(SAMPLE_SEED)}),
+            "complete": (
+                "complete",
+                {"images": images, "mask": mask, "steps": np.int32(COMPLETION_STEPS), "seed": np.int64(-1)},
+            ),
+            "traverse": (
+                "traverse",
+                {
+                    "z": rng.standard_normal((2, d)).astype(np.float32),
+                    "step": np.int32(3),
+                    "num_points": np.int32(4),
+                    "seed": np.int64(SAMPLE_SEED),
+                },
+            ),
+            "steps_range": (
+                "complete",
+                {"images": images, "mask": mask, "steps": np.int32(-1), "seed": np.int64(-1)},
+            ),
             "num_zero": ("sample", {"num": np.int32(0), "seed": np.int64(SAMPLE_SEED)}),
             "z_width": ("serving_default", {"z": np.zeros([2, d - 1], np.float32)}),
             "num_rank": ("sample", {"num": np.array([2], np.int32), "seed": np.int64(SAMPLE_SEED)}),
@@ -150,6 +173,35 @@ class ServingCApiTest(tf.test.TestCase):
         for name in ("images", "z"):
             self.assertEqual(result["outputs"][name].tobytes(), expected[name].tobytes(), msg=name)
 
+    def test_complete_through_the_c_loader_matches_the_python_load(self):
+        """`complete` (a tf.while_loop of Adam steps with the generator's gradient inside, core ops only) runs under
+        TF_SessionRun and matches the Python load to float rounding (the two runtimes may fuse ops differently);
+        the observed pixels are the input's exactly and z moved from the posterior mean of the occluded input."""
+        result = self.c_results["complete"]
+        self.assertTrue(result["ok"], msg=result)
+        expected = self.python_call("complete")
+        self.assertEqual(result["outputs"]["images"].shape, (2, 28, 28, 1))
+        self.assertEqual(result["outputs"]["z"].shape, (2, self.model.latent_dim))
+        for name in ("images", "z"):
+            self.assertAllClose(result["outputs"][name], expected[name], atol=1e-5, rtol=1e-5, msg=name)
+        _, inputs = self.requests["complete"]
+        observed = inputs["mask"] == 1.0
+        np.testing.assert_array_equal(result["outputs"]["images"][observed], inputs["images"][observed])
+        start = self.loaded.signatures["complete"](
+            **{k: tf.constant(v) for k, v in {**inputs, "steps": np.int32(0)}.items()}
+        )["z"].numpy()
+        self.assertGreater(np.abs(result["outputs"]["z"] - start).max(), 1e-4)
+
+    def test_traverse_through_the_c_loader_equals_the_python_load(self):
+        """`traverse` under TF_SessionRun: the latent paths are byte-identical to the Python load's (stateless
+        z~_t) and the decoded images equal to float rounding."""
+        result = self.c_results["traverse"]
+        self.assertTrue(result["ok"], msg=result)
+        expected = self.python_call("traverse")
+        self.assertEqual(result["outputs"]["images"].shape, (2, 4, 28, 28, 1))
+        self.assertEqual(result["outputs"]["z"].tobytes(), expected["z"].tobytes())
+        self.assertAllClose(result["outputs"]["images"], expected["images"], atol=1e-6, rtol=0)
+
     def test_in_graph_checks_reach_a_c_client(self):
         """Invalid requests fed straight into the graph by the C API (no TensorSpec check on that path) fail with
         INVALID_ARGUMENT and the in-graph message naming what was expected."""
@@ -158,6 +210,7 @@ class ServingCApiTest(tf.test.TestCase):
             ("num_zero", "num must be an int32 scalar in [1, "),
             ("z_width", f"z must be [batch, {d}] float32 with batch >= 1; got shape] [2 {d - 1}]"),
             ("num_rank", "[1] is not compatible with expected shape []"),
+            ("steps_range", "steps must be an int32 scalar in [0, "),
         ):
             with self.subTest(request=key):
                 result = self.c_results[key]

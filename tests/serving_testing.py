@@ -1,8 +1,8 @@
-"""Helpers of the serving tests (C API and gRPC): one tiny untrained crVAE exported, and its SignatureDefs.
+"""Helpers of the serving tests (C API and gRPC): a tiny untrained model exported, and its SignatureDefs.
 
-The serving checks compare two loaders of the *same* SavedModel, so the weights need no training: the tiny
-recipe (base width 4, latent 8 x 4 x 4 = 128, T = 8 time steps, LSTM width 16) builds in under a second and
-exports in about two.
+The serving checks compare two loaders (or two transports) of the *same* SavedModel, so the weights need no
+training: the tiny recipes (base width 4, latent 8 x 4 x 4 = 128, T = 8; crVAE LSTM width 16) build in under a
+second and export in a few.
 """
 
 import os
@@ -23,13 +23,14 @@ VERSION = 1
 NUMPY_DTYPES = {1: np.float32, 3: np.int32, 9: np.int64}  # DataType enum -> numpy (DT_FLOAT, DT_INT32, DT_INT64)
 
 
-def tiny_model(seed: int = 0):
-    """The tiny crVAE of `testing_utils.TINY_BINDINGS` (random weights, built), with gin cleared afterwards."""
+def tiny_model(recipe: str = RECIPE, head: str = HEAD, seed: int = 0):
+    """The recipe's model shrunk by `testing_utils.TINY_BINDINGS` and the tiny `head` bindings (random weights,
+    built); gin is cleared afterwards. Default: the crVAE."""
     gin.clear_config()
     try:
         runs.parse_gin(
-            [os.path.join(testing_utils.GIN_DIR, RECIPE)],
-            testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings(HEAD),
+            [os.path.join(testing_utils.GIN_DIR, recipe)],
+            testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings(head),
             finalize=False,
         )
         return builders.build_model(seed=seed)

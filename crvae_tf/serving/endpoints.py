@@ -2,25 +2,52 @@
 functions (`build_serving_module`) and the contract table (`signature_table`, the exported metadata and
 export/README.md) are generated. A new endpoint is one more `Endpoint` in the list.
 
-Signatures (all batch dimensions dynamic, batch >= 1; D = latent_dim, (H, W, C) = the model's image shape):
+Signatures (batch dimensions dynamic, batch >= 1; D = latent_dim, (H, W, C) = the model's image shape, T = the
+latent's time steps (`crvae_tf.models.latent_steps.time_steps`), P = num_points):
 
     serving_default  z float32 [batch, D]                   -> images float32 [batch, H, W, C] in [0, 1]
     sample           num int32 [], seed int64 []            -> images float32 [num, H, W, C] in [0, 1],
                                                                z float32 [num, D]
     encode           images float32 [batch, H, W, C] in [0,1] -> loc float32 [batch, D], scale float32 [batch, D]
     reconstruct      images float32 [batch, H, W, C] in [0,1] -> images float32 [batch, H, W, C] in [0, 1]
+    traverse         z float32 [batch, D], step int32 [],   -> images float32 [batch, P, H, W, C] in [0, 1],
+                     num_points int32 [], seed int64 []        z float32 [batch, P, D]
+    traverse_images  images float32 [batch, H, W, C] in [0,1], step, num_points, seed -> as traverse, from the
+                     posterior means of the images
+    complete         images float32 [batch, H, W, C] in [0,1], -> images float32 [batch, H, W, C] in [0, 1],
+                     mask float32 [batch, H, W, 1] in {0, 1},     z float32 [batch, D]
+                     steps int32 [], seed int64 []
 
 `sample` draws z with `tf.random.stateless_normal(shape=[num, D], seed=[seed, 0], alg='philox')`: the
 same (num, seed) gives byte-identical outputs on every call and every server restart. Every input is
 checked inside the graph (not only by the signature's TensorSpec, which TF Serving does not enforce), so a
 wrong shape fails with InvalidArgumentError naming the expected shape, e.g.
-"z must be [batch, 1024] float32"; a latent with a NaN or Inf (`serving_default`'s z, and every z the decoder
-receives: `sample`'s and `reconstruct`'s) fails with "z must be finite (no NaN or Inf)".
+"z must be [batch, 1024] float32"; a latent with a NaN or Inf (`serving_default`'s and `traverse`'s z, and every
+z the decoder receives: `sample`'s and `reconstruct`'s) fails with "z must be finite (no NaN or Inf)".
+
+`traverse` (paper Fig. 5b-d, S4): time step t = step + 1 of the paper (0-based here: step in [0, T)) is the
+contiguous slice [start_t, stop_t) of z (`latent_steps.model_step_slices`; D/T units; for the VAE and cVAE, whose
+latent has no time steps, the same channel slices). One new value z~_t ~ N(0, I) `[D/T]` is drawn with
+`tf.random.stateless_normal([D/T], seed=[seed, TRAVERSE_SEED_SALT + step], alg='philox')`, shared by every row
+(the paper's "shared by the two rows"); point p = 0..P-1 of row b is z_b with slice t replaced by
+
+    (1 - a_p) z_{b,t} + a_p z~_t,   a_p = p / (P - 1),
+
+every other slice unchanged: point 0 is z_b exactly, point P-1 has z_t = z~_t exactly.
+
+`complete` (paper Eq. 5, with the prior term's sign corrected: `crvae_tf.models.completion`): z_0 from the encoder
+on the occluded image x * m (missing pixels set to 0): the posterior mean when seed < 0, a posterior sample
+loc + scale * eps with eps = `tf.random.stateless_normal([batch, D], seed=[seed, completion._INIT_SEED_SALT])` when
+seed >= 0 (`completion.initial_latents(..., 'posterior_sample', seed)`); then `steps` Adam steps on
+sum_hwc (m (x - gen z))^2 + gamma 0.5 ||z||^2 inside one tf.while_loop, with the library's learning rate and
+gamma; images = gen(z*) (1 - m) + x m (observed pixels copied exactly). Generator-only: the export holds no
+discriminator, so the adversarial term's weight tau is 0 for every family.
 
 The model interface used (duck typing; the VAE family and the adversarial family both provide it):
 `model.image_shape` (H, W, C), `model.latent_dim`, `model.name`, `model.input_range` (pixel range that
 `encode` takes: (0, 1) or (-1, 1)), `model.variables`, `model.encode(images, training=False) ->
-(loc, log_variance)` and `model.generate(z) -> images in [0, 1]`.
+(loc, log_variance)` and `model.generate(z) -> images in [0, 1]`; the latent's time steps are read from
+`model.latent_head` when there is one (`latent_steps.time_steps`).
 """
 
 import json
@@ -30,6 +57,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from crvae_tf.models import completion
+from crvae_tf.models import latent_steps
+
 # `sample` refuses num outside [1, MAX_SAMPLE_NUM] (one request cannot ask for an unbounded allocation).
 MAX_SAMPLE_NUM = 4096
 # Second word of the stateless seed pair: z = stateless_normal([num, D], seed=[seed, SAMPLE_SEED_SALT]).
@@ -37,6 +67,19 @@ SAMPLE_SEED_SALT = 0
 SAMPLE_RNG_ALGORITHM = "philox"
 OUTPUT_PIXEL_RANGE = (0.0, 1.0)
 INPUT_PIXEL_RANGE = (0.0, 1.0)
+# `traverse` refuses num_points outside [2, MAX_TRAVERSE_POINTS] (each point of each row is one decoded image).
+MAX_TRAVERSE_POINTS = 64
+# z~_t = stateless_normal([D/T], seed=[seed, TRAVERSE_SEED_SALT + step]): one stream per time step.
+TRAVERSE_SEED_SALT = 0x7472  # "tr"
+# `complete` refuses steps outside [0, MAX_COMPLETION_STEPS]: a request costs (steps + 2) generator passes
+# (forward and backward) per image, so one request cannot hold a server for an unbounded time.
+MAX_COMPLETION_STEPS = 1000
+# The optimisation settings of `complete`: the completion library's defaults (recorded in the metadata).
+COMPLETION_LEARNING_RATE = completion.DEFAULT_LEARNING_RATE
+COMPLETION_GAMMA = completion.DEFAULT_GAMMA
+COMPLETION_TAU = 0.0  # no discriminator in the export
+# Value of the missing pixels in the occluded image the encoder sees for z_0 (`completion.occlude`'s default).
+COMPLETION_FILL = 0.0
 
 
 class Endpoint(NamedTuple):
@@ -66,6 +109,29 @@ class Shapes(NamedTuple):
     @property
     def latent(self):
         return ("float32", [-1, self.latent_dim])
+
+    @property
+    def mask(self):
+        return ("float32", [-1, *self.image_shape[:2], 1])
+
+    @property
+    def image_paths(self):
+        """`[batch, num_points, H, W, C]`: one row of images per input."""
+        return ("float32", [-1, -1, *self.image_shape])
+
+    @property
+    def latent_paths(self):
+        return ("float32", [-1, -1, self.latent_dim])
+
+
+def time_step_slices(model) -> list:
+    """The `[start, stop)` range in the flat z of each time step t = 1..T (`latent_steps.model_step_slices`; at
+    index t - 1): contiguous blocks of D/T units, also for heads without time steps (the same channel slices)."""
+    slices = [(int(start), int(stop)) for start, stop in latent_steps.model_step_slices(model)]
+    sizes = {stop - start for start, stop in slices}
+    if len(sizes) != 1 or slices[0][0] != 0 or slices[-1][1] != int(model.latent_dim):
+        raise ValueError(f"time-step slices {slices} do not tile z [0, {int(model.latent_dim)}) in equal blocks")
+    return slices
 
 
 def latent_shape(model) -> list:
@@ -129,6 +195,17 @@ def _checked_finite(x, name: str):
         tf.reduce_all(tf.math.is_finite(x)),
         [f"{name} must be finite (no NaN or Inf); got min and max", tf.reduce_min(x), tf.reduce_max(x)],
         name=f"check_{name}_finite",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(x)
+
+
+def _checked_in_range(x, name: str, lo: int, hi: int, what: str):
+    """Scalar `x` after a runtime check that lo <= x <= hi; the message names the range and what x means."""
+    check = tf.debugging.Assert(
+        tf.logical_and(x >= lo, x <= hi),
+        [f"{name} must be an {x.dtype.name} scalar in [{lo}, {hi}] ({what}); got", x],
+        name=f"check_{name}_range",
     )
     with tf.control_dependencies([check]):
         return tf.identity(x)
@@ -199,6 +276,7 @@ class ServingGraph:
         self.latent_dim = int(model.latent_dim)
         self.image_shape = tuple(int(d) for d in model.image_shape)
         self.input_range = tuple(float(v) for v in getattr(model, "input_range", (0.0, 1.0)))
+        self.step_slices = time_step_slices(model)
 
     def latents(self, z):
         return _checked(z, "z", (self.latent_dim,), "float32")
@@ -206,17 +284,46 @@ class ServingGraph:
     def pixels(self, images):
         return _checked_pixels(_checked(images, "images", self.image_shape, "float32"))
 
+    def mask(self, mask, images):
+        """`mask` `[batch, H, W, 1]` after runtime checks of its shape, of its values (0 or 1 only) and that its
+        batch is the batch of the (checked) `images`."""
+        mask = _checked(mask, "mask", (*self.image_shape[:2], 1), "float32")
+        binary = tf.reduce_all(tf.logical_or(tf.equal(mask, 0.0), tf.equal(mask, 1.0)))
+        values = tf.debugging.Assert(
+            binary,
+            [
+                "mask must hold 0 (missing pixel) or 1 (observed pixel) only; got min and max",
+                tf.reduce_min(mask),
+                tf.reduce_max(mask),
+            ],
+            name="check_mask_values",
+        )
+        mask_batch, images_batch = tf.shape(mask)[0], tf.shape(images)[0]
+        batch = tf.debugging.Assert(
+            tf.equal(mask_batch, images_batch),
+            ["mask must have the batch size of images; got mask and images batch sizes", mask_batch, images_batch],
+            name="check_mask_batch",
+        )
+        with tf.control_dependencies([values, batch]):
+            return tf.identity(mask)
+
     def generate(self, z):
         """Images in [0, 1] from latents checked to be finite (a NaN z would give NaN images against the contract)."""
         return tf.cast(self.model.generate(_checked_finite(z, "z")), tf.float32)
 
-    def encode(self, images):
-        """Checked pixels in [0, 1] -> (loc, scale) float32 `[batch, D]`."""
+    def posterior(self, images):
+        """Checked pixels in [0, 1] -> (loc, log_variance) float32 `[batch, D]` (the model's own input range
+        inside)."""
         lo, hi = self.input_range
         if (lo, hi) != INPUT_PIXEL_RANGE:
             images = lo + (hi - lo) * images
         loc, log_variance = self.model.encode(images, training=False)
-        return tf.cast(loc, tf.float32), tf.exp(0.5 * tf.cast(log_variance, tf.float32))
+        return tf.cast(loc, tf.float32), tf.cast(log_variance, tf.float32)
+
+    def encode(self, images):
+        """Checked pixels in [0, 1] -> (loc, scale) float32 `[batch, D]`, scale = exp(log_variance / 2)."""
+        loc, log_variance = self.posterior(images)
+        return loc, tf.exp(0.5 * log_variance)
 
 
 def _serving_default(graph, z):
@@ -240,6 +347,75 @@ def _sample(graph, num, seed):
         alg=SAMPLE_RNG_ALGORITHM,
     )
     return {"images": graph.generate(z), "z": z}
+
+
+def _traversal(graph, z, step, num_points, seed):
+    """The shared body of `traverse` and `traverse_images` (module docstring): checked finite z `[batch, D]`,
+    step / num_points / seed scalars -> images `[batch, P, H, W, C]`, z `[batch, P, D]`."""
+    num_steps = len(graph.step_slices)
+    step = _checked_in_range(
+        _checked_scalar(step, "step"), "step", 0, num_steps - 1, f"0-based time step; the latent has T={num_steps}"
+    )
+    num_points = _checked_in_range(
+        _checked_scalar(num_points, "num_points"), "num_points", 2, MAX_TRAVERSE_POINTS, "points per row, ends included"
+    )
+    seed = _checked_scalar(seed, "seed")
+    size = graph.step_slices[0][1] - graph.step_slices[0][0]  # D/T, the same for every step
+    start = tf.gather(tf.constant([s for s, _ in graph.step_slices], tf.int32), step)
+    # z~_t: one draw shared by every row, from its own stream per time step.
+    target = tf.random.stateless_normal(
+        [size],
+        seed=tf.stack([seed, tf.constant(TRAVERSE_SEED_SALT, tf.int64) + tf.cast(step, tf.int64)]),
+        dtype=tf.float32,
+        alg=SAMPLE_RNG_ALGORITHM,
+    )
+    target = tf.pad(target, [tf.stack([start, graph.latent_dim - start - size])])  # [D], zero outside slice t
+    positions = tf.range(graph.latent_dim)
+    inside = tf.logical_and(positions >= start, positions < start + size)  # [D]
+    # a_p = p / (P - 1): exactly 0 at the first point and exactly 1 at the last (x / x == 1 in IEEE arithmetic).
+    alpha = tf.cast(tf.range(num_points), tf.float32) / tf.cast(num_points - 1, tf.float32)
+    alpha = alpha[None, :, None]  # [1, P, 1]
+    moved = (1.0 - alpha) * z[:, None, :] + alpha * target[None, None, :]  # [batch, P, D]
+    paths = tf.where(inside[None, None, :], moved, z[:, None, :])  # broadcast to [batch, P, D]
+    batch = tf.shape(z)[0]
+    images = graph.generate(tf.reshape(paths, [-1, graph.latent_dim]))  # [batch * P, H, W, C]
+    images = tf.reshape(images, tf.concat([tf.stack([batch, num_points]), tf.constant(graph.image_shape)], 0))
+    return {"images": images, "z": paths}
+
+
+def _traverse(graph, z, step, num_points, seed):
+    return _traversal(graph, _checked_finite(graph.latents(z), "z"), step, num_points, seed)
+
+
+def _traverse_images(graph, images, step, num_points, seed):
+    loc, _ = graph.encode(graph.pixels(images))
+    return _traversal(graph, loc, step, num_points, seed)
+
+
+def _complete(graph, images, mask, steps, seed):
+    """Eq. 5 completion (module docstring): z_0 from the occluded image, `steps` Adam steps on z in a
+    tf.while_loop (`completion.complete`, tau = 0), images = gen(z*) (1 - m) + x m."""
+    images = graph.pixels(images)
+    mask = graph.mask(mask, images)
+    steps = _checked_in_range(
+        _checked_scalar(steps, "steps"), "steps", 0, MAX_COMPLETION_STEPS, "Adam steps on z; 0 = the initial z"
+    )
+    seed = _checked_scalar(seed, "seed")
+    occluded = completion.occlude(images, mask, COMPLETION_FILL)
+    loc, log_variance = graph.posterior(occluded)  # one encoder pass serves both inits
+    sample = completion.initial_latents(lambda _: (loc, log_variance), occluded, "posterior_sample", seed)
+    z_init = tf.where(seed < 0, loc, sample)
+    result = completion.complete(
+        lambda z: tf.cast(graph.model.generate(z), tf.float32),
+        images,
+        mask,
+        z_init,
+        steps,
+        learning_rate=COMPLETION_LEARNING_RATE,
+        gamma=COMPLETION_GAMMA,
+        tau=COMPLETION_TAU,
+    )
+    return {"images": result["images"], "z": result["z"]}
 
 
 def _encode(graph, images):
@@ -281,14 +457,40 @@ ENDPOINTS = (
         fn=_reconstruct,
         doc="images float32 [batch, H, W, C] in [0, 1] -> generate(posterior mean) in [0, 1]",
     ),
+    Endpoint(
+        "traverse",
+        inputs=lambda s: {"z": s.latent, "step": ("int32", []), "num_points": ("int32", []), "seed": ("int64", [])},
+        outputs=lambda s: {"images": s.image_paths, "z": s.latent_paths},
+        fn=_traverse,
+        doc="z [batch, D], step in [0, T), num_points in [2, MAX], seed -> images [batch, P, H, W, C], z [batch, P, D]",
+    ),
+    Endpoint(
+        "traverse_images",
+        inputs=lambda s: {
+            "images": s.image,
+            "step": ("int32", []),
+            "num_points": ("int32", []),
+            "seed": ("int64", []),
+        },
+        outputs=lambda s: {"images": s.image_paths, "z": s.latent_paths},
+        fn=_traverse_images,
+        doc="traverse from the posterior means of images [batch, H, W, C] in [0, 1]",
+    ),
+    Endpoint(
+        "complete",
+        inputs=lambda s: {"images": s.image, "mask": s.mask, "steps": ("int32", []), "seed": ("int64", [])},
+        outputs=lambda s: {"images": s.image, "z": s.latent},
+        fn=_complete,
+        doc="images in [0, 1], mask {0, 1} (1 = observed), steps in [0, MAX], seed -> completed images, z*",
+    ),
 )
 SIGNATURES = tuple(endpoint.name for endpoint in ENDPOINTS)
 
 
 def signature_table(latent_dim: int, image_shape) -> dict:
     """The serving contract for one model, generated from `ENDPOINTS`: signature -> {'inputs'|'outputs':
-    {name: (dtype, shape)}}. Shapes use -1 for the dynamic batch dimension (as `saved_model_cli show` prints
-    them); `sample`'s `num`/`seed` are scalars (shape [])."""
+    {name: (dtype, shape)}}. Shapes use -1 for a dynamic dimension (the batch; `traverse`'s num_points), as
+    `saved_model_cli show` prints them; `num`, `seed`, `step`, `num_points` and `steps` are scalars (shape [])."""
     shapes = Shapes(int(latent_dim), tuple(int(d) for d in image_shape))
     return {e.name: {"inputs": e.inputs(shapes), "outputs": e.outputs(shapes)} for e in ENDPOINTS}
 

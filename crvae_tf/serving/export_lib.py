@@ -39,12 +39,20 @@ import crvae_tf
 from crvae_tf import data as data_lib
 from crvae_tf import locking
 from crvae_tf import runs
+from crvae_tf.models import completion
 from crvae_tf.serving import endpoints
+from crvae_tf.serving.endpoints import COMPLETION_FILL
+from crvae_tf.serving.endpoints import COMPLETION_GAMMA
+from crvae_tf.serving.endpoints import COMPLETION_LEARNING_RATE
+from crvae_tf.serving.endpoints import COMPLETION_TAU
 from crvae_tf.serving.endpoints import INPUT_PIXEL_RANGE
+from crvae_tf.serving.endpoints import MAX_COMPLETION_STEPS
 from crvae_tf.serving.endpoints import MAX_SAMPLE_NUM
+from crvae_tf.serving.endpoints import MAX_TRAVERSE_POINTS
 from crvae_tf.serving.endpoints import OUTPUT_PIXEL_RANGE
 from crvae_tf.serving.endpoints import SAMPLE_RNG_ALGORITHM
 from crvae_tf.serving.endpoints import SAMPLE_SEED_SALT
+from crvae_tf.serving.endpoints import TRAVERSE_SEED_SALT
 from crvae_tf.serving.endpoints import NoCudnn
 from crvae_tf.serving.endpoints import build_serving_module
 from crvae_tf.serving.endpoints import latent_shape
@@ -82,6 +90,46 @@ class Export(NamedTuple):
     version: int
     metadata: dict
     ops: dict  # op type -> count in the serving graph
+
+
+def traverse_metadata(model) -> dict:
+    """How `traverse` / `traverse_images` move one time step (endpoints module docstring), for this model."""
+    slices = endpoints.time_step_slices(model)
+    return {
+        "num_time_steps": len(slices),
+        "step": "0-based: step s is the paper's time step t = s + 1",
+        "step_slices": [list(pair) for pair in slices],
+        "time_steps_of_the_head": int(getattr(getattr(model, "latent_head", None), "num_time_steps", 1) or 1),
+        "max_num_points": MAX_TRAVERSE_POINTS,
+        "target_rng": {
+            "op": "tf.random.stateless_normal",
+            "alg": SAMPLE_RNG_ALGORITHM,
+            "shape": "[D/T], shared by every row",
+            "seed": f"[seed, {TRAVERSE_SEED_SALT} + step]",
+        },
+        "points": "(1 - a) z_t + a z~_t, a = p / (num_points - 1), p = 0..num_points-1; other time steps fixed",
+    }
+
+
+def complete_metadata() -> dict:
+    """The settings of `complete` (crvae_tf.models.completion, Eq. 5 with the prior term's sign corrected)."""
+    return {
+        "objective": "sum_hwc (m (x - gen z))^2 + gamma 0.5 ||z||^2 (tau = 0: the export holds no discriminator)",
+        "optimizer": "Adam(beta_1=0.9, beta_2=0.999, epsilon=1e-8), bias-corrected, in one tf.while_loop",
+        "learning_rate": COMPLETION_LEARNING_RATE,
+        "gamma": COMPLETION_GAMMA,
+        "tau": COMPLETION_TAU,
+        "max_steps": MAX_COMPLETION_STEPS,
+        "library_default_steps": completion.DEFAULT_NUM_STEPS,
+        "occlusion_fill": COMPLETION_FILL,
+        "init": (
+            "seed < 0: the posterior mean of the occluded image x m; seed >= 0: the posterior sample "
+            "loc + scale eps, eps = tf.random.stateless_normal([batch, D], "
+            f"seed=[seed, {completion._INIT_SEED_SALT:#x}]) "
+            "(crvae_tf.models.completion.initial_latents, init='posterior_sample')"
+        ),
+        "mask": "float32 [batch, H, W, 1], 1 = observed pixel (copied to the output exactly), 0 = missing",
+    }
 
 
 def export_model(
@@ -149,6 +197,8 @@ def _export_locked(model, export_dir, version, operative_config, extra_metadata,
             "seed": f"[seed, {SAMPLE_SEED_SALT}]",
             "max_num": MAX_SAMPLE_NUM,
         },
+        "traverse": traverse_metadata(model),
+        "complete": complete_metadata(),
         "crvae_tf_version": crvae_tf.__version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
