@@ -152,8 +152,8 @@ OP_ALLOWLIST = frozenset(
     }
 )
 
-# The publication tests export several times; what they check (folders, renames, clean-up, the lock) does not depend
-# on the graph, so they trace one signature, not every endpoint (`complete` alone traces the generator's gradient).
+# The publication and binary tests export several times; what they check (folders, renames, clean-up, flags) does not
+# depend on the graph, so they trace one signature, not every endpoint (`complete` traces the generator's gradient).
 ONE_ENDPOINT = endpoints.ENDPOINTS[:1]
 
 # Runs in a fresh interpreter that cannot import crvae_tf or keras: TF Serving's side of the contract.
@@ -882,9 +882,12 @@ class ExportTest(testing_utils.GinTestCase):
 
     # ------------------------------------------------------------------------------------------ binary
 
+    @mock.patch.object(endpoints, "ENDPOINTS", ONE_ENDPOINT)
     def test_binary_exports_a_checkpoint_and_reports_clear_errors(self):
         """`python -m crvae_tf.export` (flags parsed, then main) writes E/<step> for a chosen checkpoint, prints
-        one JSON line; bad flags are UsageErrors, a missing run or checkpoint path errors, each saying what to fix."""
+        one JSON line; bad flags are UsageErrors, a missing run or checkpoint path errors, each saying what to fix.
+        (One signature traced: the binary's flags and checkpoint choice do not depend on the graph, and setUpClass
+        exports every family's full graph through the same `export_run`.)"""
         model_dir = os.path.join(self.get_temp_dir(), "run")
         shutil.copytree(self.runs["crvae"], model_dir)
         export_dir = os.path.join(self.get_temp_dir(), "served")

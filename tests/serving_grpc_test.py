@@ -60,6 +60,8 @@ class LoopbackPredictionService(prediction_service_pb2_grpc.PredictionServiceSer
             self.session, ["serve"], saved_model_dir
         ).signature_def
         self.calls = []
+        self.callables = {}
+        self.lock = threading.Lock()
 
     def _check_model_spec(self, model_spec, context):
         version = model_spec.version.value if model_spec.HasField("version") else self.version
@@ -98,10 +100,15 @@ class LoopbackPredictionService(prediction_service_pb2_grpc.PredictionServiceSer
         conversion, as a C++ server feeds them), numpy outputs by output name. Raises tf.errors.OpError."""
         signature = self.signature_defs[signature_name]
         feeds, fetches = sorted(inputs), sorted(signature.outputs)
-        options = config_pb2.CallableOptions(
-            feed=[signature.inputs[k].name for k in feeds], fetch=[signature.outputs[k].name for k in fetches]
-        )
-        values = self.session._make_callable_from_options(options)(*[inputs[k] for k in feeds])
+        with self.lock:  # one callable (pruned, optimised executor) per signature, as a server keeps them
+            key = (signature_name, tuple(feeds))
+            if key not in self.callables:
+                options = config_pb2.CallableOptions(
+                    feed=[signature.inputs[k].name for k in feeds], fetch=[signature.outputs[k].name for k in fetches]
+                )
+                self.callables[key] = self.session._make_callable_from_options(options)
+            run = self.callables[key]
+        values = run(*[inputs[k] for k in feeds])
         return dict(zip(fetches, values))
 
     def GetModelMetadata(self, request, context):
