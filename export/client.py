@@ -20,9 +20,9 @@ r"""Client for a crvae_tf model served by TF Serving: REST (JSON) or gRPC predic
     python export/client.py --server=localhost:8501 --mode=rest --model=crvae --signature=traverse_images \
         --images=digits.npy --step=3 --num_points=8 --seed=5 --out=traverse.png
     # complete the right half of each image (mask: right_half / left_half / bottom_half / top_half / center, or a
-    # .npy of float32 [N or 1, H, W, 1] / PNG files, 1 = observed), 300 Adam steps from the posterior mean (seed -1):
+    # .npy of float32 [N or 1, H, W, 1] / PNG files, 1 = observed), 100 Adam steps from the posterior mean (seed -1):
     python export/client.py --server=localhost:8500 --mode=grpc --model=crvae --signature=complete \
-        --images=faces.npy --mask=right_half --steps=300 --seed=-1 --out=completed.png
+        --images=faces.npy --mask=right_half --steps=100 --seed=-1 --out=completed.png
 
 The contract (signature names, dtypes, shapes, ranges) is in export/README.md. This script does not import
 crvae_tf: REST mode needs only numpy; gRPC mode needs `tensorflow-serving-api` (and TensorFlow, which it
@@ -70,7 +70,7 @@ LATENT_SIGNATURES = ("serving_default", "traverse")
 # Named masks for `complete` (1 = observed): the region named is what the model fills in, except "center", a
 # centred square of half the side, which is the region removed.
 NAMED_MASKS = ("right_half", "left_half", "bottom_half", "top_half", "center")
-DEFAULT_COMPLETION_STEPS = 300  # crvae_tf.models.completion.DEFAULT_NUM_STEPS
+DEFAULT_COMPLETION_STEPS = 100  # crvae_tf.models.completion.DEFAULT_NUM_STEPS (tests/serving_grpc_test.py checks)
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 

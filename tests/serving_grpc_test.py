@@ -34,6 +34,8 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from crvae_tf.models import completion
+from crvae_tf.serving import endpoints
 from crvae_tf.serving import export_lib
 
 import testing_utils
@@ -191,6 +193,20 @@ class ServingGrpcTest(tf.test.TestCase):
                     self.assertEqual(got[key].tobytes(), value.tobytes(), msg=key)
         self.assertEqual(self.service.calls[-len(requests) :], list(requests))
         self.assertEqual(self.direct("traverse", requests["traverse"])["images"].shape, (2, 4, 28, 28, 1))
+
+    def test_the_client_contract_is_the_endpoint_registry(self):
+        """export/client.py cannot import crvae_tf, so its copy of the contract is checked here against the registry:
+        the same signatures with the same input and output names, the registry's input dtypes, and the completion
+        library's default step count."""
+        client = self.client
+        table = endpoints.signature_table(self.model.latent_dim, self.model.image_shape)
+        self.assertEqual(set(client.SIGNATURES), set(table))
+        for signature, (inputs, outputs) in client.SIGNATURES.items():
+            self.assertEqual(set(inputs), set(table[signature]["inputs"]), msg=signature)
+            self.assertEqual(set(outputs), set(table[signature]["outputs"]), msg=signature)
+            for name in inputs:
+                self.assertEqual(np.dtype(client.INPUT_DTYPES[name]).name, table[signature]["inputs"][name][0])
+        self.assertEqual(client.DEFAULT_COMPLETION_STEPS, completion.DEFAULT_NUM_STEPS)
 
     def test_invalid_requests_come_back_as_grpc_errors_with_the_in_graph_message(self):
         """A wrong-shape z, an out-of-range time step and a non-binary mask come back from the server as gRPC
