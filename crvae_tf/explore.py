@@ -50,7 +50,7 @@ Outputs:
     model_dir/explore/standard_prior-step<step>.png    the same for N(0, I)
     model_dir/explore/<view>-[<source>-t<t>|all-]seed<seed>-step<step>.png   a view's grid (manifold: also
                                                        ...-inputs.png, the four validation images)
-    model_dir/tb/explore/                              the views' grids as TensorBoard images (explore/<name>)
+    model_dir/tb/explore/                              views' and completion grids as TensorBoard images
     model_dir/explore/complete-<mask>-step<step>.png   rows original | occluded | reconstruction | completed
     model_dir/explore/complete-<mask>-step<step>.json  settings, metrics (masked PSNR / L1), step, checkpoint
 The last stdout line is a one-line JSON summary (paths, step, grid size; the prior's image count and whether it was

@@ -174,7 +174,7 @@ class CompleteTest(tf.test.TestCase):
         self.assertAllClose(out["loss"], out["initial_loss"])
 
     def test_examples_are_independent(self):
-        """The batch loss is a sum: completing example 0 alone equals completing it within a batch."""
+        """Each image's z follows the gradient of its own loss: example 0 alone ends where it ends in a batch."""
         _, x, mask, generate = _linear_problem()
         z0 = np.zeros((3, 5), np.float32)
         batch = completion.complete(generate, x, mask, z0, 20, learning_rate=0.05)
@@ -192,6 +192,28 @@ class CompleteTest(tf.test.TestCase):
         g = tape.gradient(loss, z).numpy()
         out = completion.complete(generate, x, mask, z0, 1, learning_rate=0.01, gamma=1.0)
         self.assertAllClose(out["z"], -0.01 * np.sign(g), atol=1e-6)
+
+    def test_adversarial_term_reaches_z(self):
+        """With a discriminator, Adam's first step follows the gradient of the full loss, tau term included."""
+        _, x, mask, generate = _linear_problem()
+        w = np.random.default_rng(5).normal(size=(32, 1)).astype(np.float32)
+
+        def logits(images):
+            return tf.matmul(tf.reshape(images, [-1, 32]), w)
+
+        z0 = np.full((3, 5), 0.3, np.float32)
+
+        def gradient(tau):
+            z = tf.constant(z0)
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                generated = generate(z)
+                loss = tf.reduce_sum(completion.completion_loss(x, mask, generated, z, 1.0, tau, logits(generated)))
+            return tape.gradient(loss, z).numpy()
+
+        self.assertTrue(np.any(np.sign(gradient(50.0)) != np.sign(gradient(0.0))))  # the term matters here
+        out = completion.complete(generate, x, mask, z0, 1, 0.01, 1.0, tau=50.0, discriminator_logits=logits)
+        self.assertAllClose(out["z"], z0 - 0.01 * np.sign(gradient(50.0)), atol=1e-6)
 
     def test_traces_with_dynamic_steps_and_batch(self):
         a, x, mask, generate = _linear_problem()
@@ -354,6 +376,7 @@ class CompleteModeTest(testing_utils.GinTestCase):
             ],
         )
         loop.train(cls.model_dir)
+        cls.tiny_run = runs.load_run(cls.model_dir)
         gin.clear_config()
 
     @classmethod
@@ -373,7 +396,7 @@ class CompleteModeTest(testing_utils.GinTestCase):
             flags.FLAGS.unparse_flags()
 
     def test_optimisation_lowers_the_masked_error(self):
-        run = runs.load_run(self.model_dir)
+        run = self.tiny_run
         images = np.asarray(run.splits.validation[:4], np.float32) / 255.0
         mask = np.broadcast_to(masks.named_mask("right_half", 64), (4, 64, 64, 1)).astype(np.float32)
         build = completion_lib.completion_function(run.model, (64, 64, 3), use_discriminator=False)
@@ -410,9 +433,16 @@ class CompleteModeTest(testing_utils.GinTestCase):
         for fill in ("completion", "mean_face_fill", "reconstruction_fill"):
             self.assertTrue(np.isfinite(saved["metrics"][fill]["psnr"]), msg=fill)
             self.assertGreater(saved["metrics"][fill]["l1"], 0.0)
+        tb = os.path.join(self.model_dir, "tb", "explore")
+        found = set()
+        for event_file in os.listdir(tb):
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(tb, event_file)):
+                found.update(value.tag for value in event.summary.value)
+        self.assertContainsSubset(
+            {"explore/complete-file_my-eyes", "explore/complete-file_my-eyes/psnr_completion"}, found
+        )
         # The grid's second row is the occluded image: the mean training face inside the box.
-        run = runs.load_run(self.model_dir)
-        face = completion_lib.mean_face(run.splits.train)
+        face = completion_lib.mean_face(self.tiny_run.splits.train)
         tile = grid[66:130, 1:65].astype(np.float32) / 255.0
         self.assertAllClose(tile[30, 30], face[30, 30], atol=1 / 255)
 
