@@ -271,6 +271,27 @@ class InitialLatentsTest(tf.test.TestCase):
         self.assertAllEqual(out[0, 0, 1], [0.25, 0.25, 0.25])
 
 
+class MetricsTest(tf.test.TestCase):
+    def test_masked_psnr_and_l1_and_paired_gain(self):
+        images = np.zeros((2, 4, 4, 3))
+        mask = np.ones((4, 4, 1))
+        mask[:, 2:] = 0.0
+        outputs = images.copy()
+        outputs[0, :, 2:] = 0.1  # mse 0.01 -> 20 dB
+        outputs[1, :, 2:] = 0.01  # mse 1e-4 -> 40 dB
+        outputs[:, :, :2] = 0.5  # observed pixels do not count
+        got = completion_lib.masked_metrics(outputs, images, mask)
+        self.assertAllClose([got["psnr"], got["l1"], got["mse"]], [30.0, 0.055, 0.00505])
+        self.assertAllClose(got["per_image_psnr"], [20.0, 40.0])
+        self.assertAllClose(got["psnr_sem"], 10.0)  # std(ddof=1) of (20, 40) = 14.14, / sqrt(2)
+        fill = completion_lib.masked_metrics(np.full_like(images, 0.1), images, mask)  # 20 dB each
+        gains = completion_lib.paired_gains({"completion": got, "mean_face_fill": fill, "reconstruction_fill": got})
+        self.assertAllClose([gains["mean_face_fill"]["psnr_db"], gains["mean_face_fill"]["psnr_db_sem"]], [10.0, 10.0])
+        self.assertAllClose(
+            [gains["reconstruction_fill"]["psnr_db"], gains["reconstruction_fill"]["psnr_db_sem"]], [0, 0]
+        )
+
+
 class MasksTest(tf.test.TestCase):
     def test_right_half_is_exactly_half(self):
         for resolution in (8, 64, 128):
@@ -433,6 +454,9 @@ class CompleteModeTest(testing_utils.GinTestCase):
         for fill in ("completion", "mean_face_fill", "reconstruction_fill"):
             self.assertTrue(np.isfinite(saved["metrics"][fill]["psnr"]), msg=fill)
             self.assertGreater(saved["metrics"][fill]["l1"], 0.0)
+            self.assertLen(saved["metrics"][fill]["per_image_psnr"], 5)
+        self.assertEqual(saved["split_indices"], [0, 5])
+        self.assertEqual(set(saved["completion_gain_over"]), {"mean_face_fill", "reconstruction_fill"})
         tb = os.path.join(self.model_dir, "tb", "explore")
         found = set()
         for event_file in os.listdir(tb):

@@ -33,6 +33,9 @@ batch.
 Metrics (JSON), on the MISSING pixels only, per image then averaged (mean and standard error over images):
   psnr = 10 log10(1 / mse), mse = mean over the missing pixels and channels of (y - x)^2 (peak 1: [0, 1]);
   l1   = mean over the missing pixels and channels of |y - x|;
+  each with its per-image values (validation images split_indices[0]:split_indices[1], in order), and the paired
+  gain of the completion over each fill (`completion_gain_over`: mean and standard error of the per-image
+  difference in dB);
 for y = the completion, the mean-training-face fill, and the no-optimisation fill gen(posterior mean of x_o)
 (1 - m) + x m (the reconstruction of the occluded image). The observed pixels of every y equal x exactly.
 
@@ -119,7 +122,8 @@ def masked_metrics(outputs, images, mask) -> dict:
       outputs, images: `[N, H, W, C]` in [0, 1]; mask: `[N, H, W, 1]` or `[H, W, 1]`, 1 = observed.
 
     Returns:
-      {'psnr': mean dB, 'psnr_sem': its standard error, 'l1': mean, 'l1_sem', 'mse': mean per-image mse}.
+      {'psnr': mean dB, 'psnr_sem': its standard error, 'l1': mean, 'l1_sem', 'mse': mean per-image mse,
+       'per_image_psnr': [N] dB, 'per_image_l1': [N]} (the per-image lists pair runs and fills on the same faces).
     """
     outputs = np.asarray(outputs, np.float64)
     images = np.asarray(images, np.float64)
@@ -131,16 +135,31 @@ def masked_metrics(outputs, images, mask) -> dict:
     l1 = (missing * np.abs(outputs - images)).sum(axis=(1, 2, 3)) / count
     psnr = 10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))
 
-    def sem(values):
-        return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-
     return {
         "psnr": float(psnr.mean()),
-        "psnr_sem": sem(psnr),
+        "psnr_sem": standard_error(psnr),
         "l1": float(l1.mean()),
-        "l1_sem": sem(l1),
+        "l1_sem": standard_error(l1),
         "mse": float(mse.mean()),
+        "per_image_psnr": [round(float(v), 4) for v in psnr],
+        "per_image_l1": [round(float(v), 5) for v in l1],
     }
+
+
+def standard_error(values) -> float:
+    """Standard error of the mean, std(ddof=1) / sqrt(N) (0 for one value)."""
+    values = np.asarray(values, np.float64)
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def paired_gains(metrics: dict) -> dict:
+    """Completion minus each fill, per image then averaged: {fill: {'psnr_db': mean, 'psnr_db_sem': SEM}}."""
+    completion_psnr = np.asarray(metrics["completion"]["per_image_psnr"])
+    gains = {}
+    for fill in ("mean_face_fill", "reconstruction_fill"):
+        difference = completion_psnr - np.asarray(metrics[fill]["per_image_psnr"])
+        gains[fill] = {"psnr_db": float(difference.mean()), "psnr_db_sem": standard_error(difference)}
+    return gains
 
 
 def _model_input(model):
@@ -330,6 +349,7 @@ def explore_complete(
             "mean_face_fill": masked_metrics(result["occluded"], images_all, mask_image),
             "reconstruction_fill": masked_metrics(reconstruction_fill, images_all, mask_image),
         },
+        "split_indices": [0, int(num_images)],
         "objective": {
             "initial_mean": float(result["initial_loss"].mean()),
             "final_mean": float(result["loss"].mean()),
@@ -338,6 +358,7 @@ def explore_complete(
         "png": png_path,
         "json": json_path,
     }
+    summary["completion_gain_over"] = paired_gains(summary["metrics"])
     artifacts.atomic_write_text(json_path, json.dumps(summary, indent=1) + "\n")
     writer = tf.summary.create_file_writer(os.path.join(model_dir, views.TENSORBOARD_DIR))
     with writer.as_default():
