@@ -139,6 +139,8 @@ def initial_latents(encode, images_masked, init="posterior_mean", seed=0, latent
     if init == "prior" and latent_dim is not None:
         shape = tf.stack([tf.shape(images_masked)[0], tf.constant(int(latent_dim), tf.int32)])
         return tf.random.stateless_normal(shape, _stateless_seed(seed), dtype=tf.float32)
+    if encode is None:
+        raise ValueError(f"init={init!r} needs `encode` (only init='prior' with latent_dim given works without it).")
     loc, log_variance = encode(images_masked)
     loc, log_variance = _float(loc, "loc"), _float(log_variance, "log_variance")
     if init == "posterior_mean":
@@ -175,7 +177,8 @@ def complete(
       images: x, `[batch, H, W, C]` (the missing pixels' values are never read: they are multiplied by m = 0).
       mask: m, `[batch, H, W, 1]` or `[batch, H, W, C]`; 1 = observed, 0 = missing.
       z_init: z_0 `[batch, latent_dim]` (`initial_latents`).
-      num_steps: a Python int or an int scalar tensor (>= 0; 0 returns the completion from z_0).
+      num_steps: a Python int or an int scalar tensor (0, or a negative count, returns the completion from z_0;
+        bound it where it comes from a client: each step is a decoder forward and backward pass).
       learning_rate, gamma, tau, beta_1, beta_2, epsilon: Python floats or float scalar tensors.
       discriminator_logits: images `[batch, H, W, C]` (the range of `images`) -> logits `[batch, 1]`; needed
         when tau != 0.
