@@ -6,8 +6,9 @@ r"""Explores the latent space of a trained run; writes what it finds next to the
         [--time_step=T] [--num_samples=N] [--num_points=P] [--source=prior|posterior] [--image_indices=i,j,..] \
         [--seed=0] [--checkpoint=...] [--gin_bindings=...]
     python -m crvae_tf.explore --model_dir=runs/celeba64 --mode=complete --mask=right_half|eyes|mouth|MASK.png \
-        [--completion_steps=N] [--completion_learning_rate=LR] [--gamma=G] [--tau=T] \
-        [--init=posterior_mean|posterior_sample|prior] [--num_images=64] [--seed=0] [--checkpoint=...]
+        [--landmarks=list_landmarks_align_celeba.txt] [--completion_steps=N] [--completion_learning_rate=LR] \
+        [--gamma=G] [--tau=T] [--init=posterior_mean|posterior_sample|prior] [--num_images=64] [--seed=0] \
+        [--checkpoint=...]
 
 Modes (`MODES`):
 
@@ -43,6 +44,11 @@ Modes (`MODES`):
   image (`--init`). The printed Eq. 5's +gamma log N(z) would push z away from the prior; the negative
   log-density is used. `--tau` > 0 only for the adversarial family. Reports masked-region PSNR / L1 of the
   completion and of two trivial fills (mean training face; reconstruction of the occluded image).
+  `--landmarks=PATH` (CelebA's `list_landmarks_align_celeba.txt`) with `--mask=eyes|mouth` gives each face its own
+  box from its own landmarks instead of the template's fixed box (files `complete-<eyes|mouth>_landmarks-...`);
+  it needs a CelebA run read from a folder of image files (the cache records each row's file name). A CelebA cache
+  written before it recorded names is refused with the folder to delete (the next run rebuilds it). The JSON's
+  `mask_source` records the template, the mask image, or the landmark file's path, sha256 and every face's box.
 
 Outputs:
     model_dir/empirical_prior/step<step>.npz           the fitted prior + metadata (EmpiricalPrior.load)
@@ -79,7 +85,16 @@ from crvae_tf.models import completion
 
 MODES = ("empirical_prior",) + views.VIEWS + ("complete",)
 VIEW_FLAGS = ("time_step", "num_points", "source", "image_indices")
-COMPLETION_FLAGS = ("mask", "completion_steps", "completion_learning_rate", "gamma", "tau", "init", "num_images")
+COMPLETION_FLAGS = (
+    "mask",
+    "landmarks",
+    "completion_steps",
+    "completion_learning_rate",
+    "gamma",
+    "tau",
+    "init",
+    "num_images",
+)
 
 # --model_dir, --gin_bindings and --checkpoint mean the same in every crvae_tf binary; allow_override lets
 # two binaries that define them live in one process (the tests import several).
@@ -126,6 +141,12 @@ MAX_IMAGES = flags.DEFINE_integer(
 )
 MASK = flags.DEFINE_string(
     "mask", "right_half", f"complete: {list(masks.MASK_NAMES)} or a mask image (white = observed, black = missing)."
+)
+LANDMARKS = flags.DEFINE_string(
+    "landmarks",
+    None,
+    "complete, with --mask=eyes|mouth: CelebA's list_landmarks_align_celeba.txt; each face gets its own box from its "
+    "landmarks (default: the fixed template box).",
 )
 COMPLETION_STEPS = flags.DEFINE_integer(
     "completion_steps", completion.DEFAULT_NUM_STEPS, "complete: Adam steps on z (0: the initial z only)."
@@ -231,6 +252,7 @@ def _complete():
             num_images=NUM_IMAGES.value,
             seed=SEED.value,
             gin_bindings=BINDINGS.value,
+            landmarks=LANDMARKS.value,
         )
     except (completion_lib.CompletionSettingsError, masks.MaskError) as error:
         raise app.UsageError(str(error)) from error

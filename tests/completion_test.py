@@ -6,6 +6,7 @@ the prior term's sign through its gradient gamma * z.
 """
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -19,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from crvae_tf import builders
+from crvae_tf import cli
+from crvae_tf import data
 from crvae_tf import explore
 from crvae_tf import runs
 from crvae_tf.data import masks
@@ -338,8 +341,23 @@ class MasksTest(tf.test.TestCase):
         # The 89x109 copy: the same face at half resolution gives the same boxes (within the crop's rounding).
         half = masks.landmark_masks(landmarks, ["000001.jpg"], "mouth", 64, source_shape=(109, 89))
         self.assertLessEqual(np.abs(half[0] - masks.named_mask("mouth", 64)).sum(), 2 * 14)
-        with self.assertRaisesRegex(masks.MaskError, "'000003.jpg' has no landmarks"):
-            masks.landmark_masks(landmarks, ["000003.jpg"], "eyes", 64)
+        with self.assertRaisesRegex(masks.MaskError, r"1 of the 2 images have no landmarks .*e.g. '000003.jpg'\."):
+            masks.landmark_masks(landmarks, ["000001.jpg", "000003.jpg"], "eyes", 64)
+        with self.assertRaisesRegex(masks.MaskError, r"'celeb_a/test\[0\]'.*tensorflow-datasets .*dataset.local_path"):
+            masks.landmark_masks(landmarks, ["celeb_a/test[0]"], "eyes", 64)
+        # Datasets without CelebA files, and regions without a landmark box, are refused with what to use instead.
+        images = np.zeros((2, 28, 28, 1), np.float32)
+        mnist = data.ImageSplits("mnist", "dynamic", images, images, images, "x")
+        with self.assertRaisesRegex(masks.MaskError, r"aligned CelebA.*'mnist' and its images come from no files"):
+            masks.dataset_landmark_masks(mnist, landmarks, "eyes")
+        names = {split: ["001.A/a.jpg", "001.A/b.jpg"] for split in data.SPLIT_NAMES}
+        birds = data.ImageSplits("birds", "none", images, images, images, "x", names=names)
+        with self.assertRaisesRegex(masks.MaskError, "'birds' and its images have no face landmarks"):
+            masks.dataset_landmark_masks(birds, landmarks, "mouth")
+        with self.assertRaisesRegex(masks.MaskError, "'eyes', 'mouth'] only, not 'right_half'"):
+            masks.dataset_landmark_masks(birds, landmarks, "right_half")
+        with self.assertRaisesRegex(ValueError, r"names\['train'\] must have one entry per image \(2\)"):
+            data.ImageSplits("celeba", "none", images, images, images, "x", names=dict(names, train=["a"]))
         with open(path, "a") as f:
             f.write("000004.jpg 1 2 3\n")
         with self.assertRaisesRegex(masks.MaskError, r":5: expected .*ten numbers"):
@@ -481,6 +499,79 @@ class CompleteModeTest(testing_utils.GinTestCase):
             flags.FLAGS.unparse_flags()
             flags.FLAGS(["explore", f"--model_dir={self.model_dir}", "--mode=empirical_prior", "--num_images=3"])
             explore.main(["explore"])
+
+    def _write_landmarks(self, ids, name="landmarks.txt"):
+        """A list_landmarks_align_celeba.txt for faces `ids`: the template moved by a per-id shift (178x218 px)."""
+        path = os.path.join(self.root, name)
+        shifts = {i: (8 * (i % 4) - 12, 6 * (i % 3) - 6) for i in ids}
+        with open(path, "w") as f:
+            f.write(f"{len(shifts)}\n" + " ".join(f"{p}_{a}" for p in masks.LANDMARK_NAMES for a in "xy") + "\n")
+            for i, (dx, dy) in shifts.items():
+                points = masks.CELEBA_LANDMARK_TEMPLATE + [dx, dy]
+                f.write(f"{i:06d}.jpg " + " ".join(str(int(v)) for v in points.reshape(-1)) + "\n")
+        return path
+
+    def test_binary_per_image_landmark_masks(self):
+        path = self._write_landmarks(range(1, 33))
+        summary = self._explore("--mask=eyes", f"--landmarks={path}", "--num_images=6", "--completion_steps=1")
+        names = list(self.tiny_run.splits.names["validation"])
+        source = summary["mask_source"]
+        self.assertEqual((summary["mask_name"], source["kind"], source["path"]), ("eyes_landmarks", "landmarks", path))
+        with open(path, "rb") as f:
+            self.assertEqual(source["sha256"], hashlib.sha256(f.read()).hexdigest())
+        self.assertEqual(source["images"], names)
+        # Each face's box is the box of its own landmarks in the 89x109 images' face window.
+        parsed = masks.parse_landmarks(path)
+        expected = completion_lib.mask_boxes(masks.landmark_masks(parsed, names, "eyes", 64, source_shape=(109, 89)))
+        self.assertEqual(source["boxes"], expected)
+        self.assertGreater(len({tuple(box) for box in source["boxes"]}), 1)  # different landmarks, different boxes
+        # The grid's occluded row: exactly each face's own box holds the mean face (blue = the mean tag, not its own).
+        grid = tf.io.decode_png(open(summary["png"], "rb").read()).numpy().astype(np.float32)
+        tags = [int(name[:6]) % 250 for name in names]
+        mean_tag = completion_lib.mean_face(self.tiny_run.splits.train)[..., 2].mean() * 255.0
+        checked = set()
+        for column, (box, tag) in enumerate(zip(source["boxes"], tags)):
+            if abs(tag - mean_tag) < 4:
+                continue
+            original, occluded = (
+                grid[1 + row * 65 : 65 + row * 65, 1 + column * 65 : 65 + column * 65, 2] for row in (0, 1)
+            )
+            changed = np.abs(occluded - original) > 2.0
+            rows, cols = np.nonzero(changed)
+            self.assertEqual([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1], box, msg=names[column])
+            self.assertEqual(changed.sum(), (box[2] - box[0]) * (box[3] - box[1]))
+            checked.add(tuple(box))
+        self.assertGreater(len(checked), 1)
+
+        # User errors: landmarks with a mask without a landmark box, a missing file, faces the file lacks.
+        with self.assertRaisesRegex(app.UsageError, "--landmarks .*--mask=eyes or --mask=mouth only, not --mask=right"):
+            self._explore("--mask=right_half", f"--landmarks={path}")
+        with self.assertRaisesRegex(FileNotFoundError, "--landmarks=.*absent.txt: no such file"):
+            self._explore("--mask=mouth", f"--landmarks={self.root}/absent.txt")
+        with self.assertRaisesRegex(app.UsageError, "--landmarks: only for --mode=complete"):
+            flags.FLAGS.unparse_flags()
+            flags.FLAGS(["explore", f"--model_dir={self.model_dir}", "--mode=empirical_prior", f"--landmarks={path}"])
+            explore.main(["explore"])
+        # A CelebA cache written before names were recorded: one data error naming the folder to delete (exit 4).
+        manifest_path = self.tiny_run.splits.manifest_path
+        with open(manifest_path) as f:
+            saved = f.read()
+        try:
+            with open(manifest_path, "w") as f:
+                json.dump({k: v for k, v in json.loads(saved).items() if k != "names"}, f)
+            with self.assertRaises(data.DataUnavailableError) as caught:
+                self._explore("--mask=eyes", f"--landmarks={path}", "--num_images=2")
+        finally:
+            with open(manifest_path, "w") as f:
+                f.write(saved)
+        message, code = cli.message_and_code(caught.exception)
+        self.assertEqual(code, cli.EXIT_DATA)
+        self.assertIn(f"Delete that folder (rm -r {os.path.dirname(manifest_path)})", message)
+        partial = self._write_landmarks([i for i in range(1, 33) if f"{i:06d}.jpg" not in names[1:3]], "partial.txt")
+        with self.assertRaisesRegex(
+            masks.MaskError, rf"2 of the 6 images have no landmarks .*'{names[1]}', '{names[2]}'"
+        ):
+            masks.dataset_landmark_masks(self.tiny_run.splits, masks.parse_landmarks(partial), "mouth", count=6)
 
     def test_tau_needs_the_adversarial_family(self):
         gin.parse_config(

@@ -5,6 +5,7 @@ Every test writes its own tiny image folders into a temp dir; nothing reads ../s
 
 import json
 import os
+import shutil
 from unittest import mock
 
 import gin
@@ -15,6 +16,7 @@ from crvae_tf import builders
 from crvae_tf import data
 from crvae_tf.data import image_cache
 from crvae_tf.data import image_files
+from crvae_tf.data import masks
 
 import testing_utils
 
@@ -22,6 +24,19 @@ import testing_utils
 def _tags(images):
     """The identity tag (blue channel, exact for PNG sources) of each uint8 [N, R, R, 3] image."""
     return sorted(int(round(float(image[..., 2].mean()))) for image in np.asarray(images))
+
+
+def _assert_names_match_rows(test, splits, retagged=None):
+    """Each row's identity tag (blue = id % 250, exact for PNG; `retagged`: file name -> another tag) is the id in
+    its recorded file name, in row order."""
+    retagged = retagged or {}
+    test.assertIsNotNone(splits.names)
+    for split in data.SPLIT_NAMES:
+        images = np.asarray(splits.split(split))
+        test.assertLen(splits.names[split], len(images))
+        tags = [int(round(float(image[..., 2].mean()))) for image in images]
+        expected = [retagged.get(name, int(os.path.splitext(name)[0]) % 250) for name in splits.names[split]]
+        test.assertEqual(tags, expected, msg=split)
 
 
 def _manifest(splits):
@@ -82,6 +97,7 @@ class CelebaFolderTest(tf.test.TestCase):
             f.writelines(f"{i:06d}.png {p}\n" for i, p in partition.items())
         splits = self.load(root)  # The parent works too: img_align_celeba/ is found inside it.
         self.assertEqual(_tags(splits.train), [1, 2, 3, 4])
+        self.assertEqual(list(splits.names["validation"]), ["000005.png", "000006.png"])
         self.assertEqual(_tags(splits.validation), [5, 6])
         self.assertEqual(_tags(splits.test), [7, 8, 9])
         source = _manifest(splits)["sources"][0]
@@ -122,10 +138,14 @@ class CelebaFolderTest(tf.test.TestCase):
     def test_cache_is_reused_and_a_changed_source_invalidates_it(self):
         folder = testing_utils.write_faces(os.path.join(self.get_temp_dir(), "cached"), 109, 89, range(1, 9), fmt="png")
         first = self.load(folder, validation_size=1)
+        # The seeded hold-out shuffles the pool: each row's name is still the file it came from.
+        _assert_names_match_rows(self, first)
+        self.assertEqual(sorted(sum((list(first.names[s]) for s in data.SPLIT_NAMES), [])), sorted(os.listdir(folder)))
         with mock.patch.object(image_cache, "decode_image_file", side_effect=AssertionError("decoded again")):
             second = self.load(folder, validation_size=1)
         self.assertEqual(second.manifest_path, first.manifest_path)
         self.assertAllEqual(second.train, first.train)
+        self.assertEqual(second.names, first.names)  # the names survive the reuse
         testing_utils.write_image(
             os.path.join(folder, "000003.png"), testing_utils.fake_face(109, 89, 77), "png"
         )  # Changed content.
@@ -137,7 +157,46 @@ class CelebaFolderTest(tf.test.TestCase):
         self.assertIn(77, _tags(np.concatenate([third.train, third.validation, third.test])))
         # Files are complete .npy arrays, no temporaries are left behind.
         cache_folder = os.path.dirname(third.manifest_path)
-        self.assertEqual(sorted(os.listdir(cache_folder)), ["manifest.json", "test.npy", "train.npy", "validation.npy"])
+        self.assertEqual(
+            sorted(os.listdir(cache_folder)), ["manifest.json", "names.json", "test.npy", "train.npy", "validation.npy"]
+        )
+        _assert_names_match_rows(self, third, retagged={"000003.png": 77})
+
+    def test_cache_without_names_still_loads_and_refuses_landmarks_only(self):
+        """A cache written before names were recorded is reused (names None); only landmark masks refuse it."""
+        folder = testing_utils.write_faces(os.path.join(self.get_temp_dir(), "old"), 109, 89, range(1, 9), fmt="png")
+        fresh = self.load(folder, validation_size=1)
+        cache_folder = os.path.dirname(fresh.manifest_path)
+        landmarks = {f"{i:06d}.jpg": masks.CELEBA_LANDMARK_TEMPLATE for i in range(1, 9)}
+        self.assertEqual(masks.dataset_landmark_masks(fresh, landmarks, "eyes").shape, (1, 64, 64, 1))
+        # Turn it into an old-format cache: no names.json, a manifest without "names".
+        manifest = _manifest(fresh)
+        del manifest["names"]
+        with open(fresh.manifest_path, "w") as f:
+            json.dump(manifest, f)
+        os.unlink(os.path.join(cache_folder, image_cache.NAMES_FILE))
+        with mock.patch.object(image_cache, "decode_image_file", side_effect=AssertionError("decoded again")):
+            old = self.load(folder, validation_size=1)
+        self.assertIsNone(old.names)
+        self.assertEqual(old.manifest_path, fresh.manifest_path)
+        self.assertAllEqual(old.validation, fresh.validation)
+        with self.assertRaisesRegex(
+            data.DataUnavailableError,
+            rf"per-image landmark mask .*written before .*Delete that folder \(rm -r {cache_folder}\)",
+        ):
+            masks.dataset_landmark_masks(old, landmarks, "eyes")
+        # Deleting the folder, as the message says, rebuilds it with the names.
+        shutil.rmtree(cache_folder)
+        rebuilt = self.load(folder, validation_size=1)
+        self.assertEqual(rebuilt.names, fresh.names)
+        # A manifest that names names.json while the file is damaged is a damaged cache: rebuilt.
+        with open(os.path.join(cache_folder, image_cache.NAMES_FILE), "w") as f:
+            f.write('{"train": ["000001.png"]')
+        decode = mock.Mock(side_effect=image_files.decode_image_file)
+        with mock.patch.object(image_cache, "decode_image_file", decode):
+            again = self.load(folder, validation_size=1)
+        self.assertEqual(decode.call_count, 8)
+        self.assertEqual(again.names, fresh.names)
 
     def write_corrupt(self, folder):
         good = testing_utils.write_faces(folder, 109, 89, range(1, 21), fmt="png")
@@ -157,6 +216,10 @@ class CelebaFolderTest(tf.test.TestCase):
         self.assertTrue(any("4 of 24 celeba images were rejected" in line for line in logs.output), logs.output)
         self.assertEqual(len(splits.train) + len(splits.validation) + len(splits.test), 20)
         self.assertEqual(set(_tags(np.concatenate([splits.train, splits.validation, splits.test]))), set(range(1, 21)))
+        _assert_names_match_rows(self, splits)  # the rejected files have no row and no name
+        self.assertEqual(
+            sorted(sum((list(splits.names[s]) for s in data.SPLIT_NAMES), [])), [f"{i:06d}.png" for i in range(1, 21)]
+        )
         rejected = {os.path.basename(r["image"]): r["reason"] for r in _manifest(splits)["rejected"]}
         self.assertEqual(sorted(rejected), ["000021.jpg", "000022.jpg", "000023.jpg", "000024.jpg"])
         self.assertIn("undecodable", rejected["000021.jpg"])
@@ -210,6 +273,7 @@ class CelebaTfdsTest(tf.test.TestCase):
             raw = next(iter(tfds.builder("celeb_a").as_dataset(split="validation").take(1)))["image"]
         self.assertEqual((len(splits.train), len(splits.validation), len(splits.test)), (5, 5, 5))
         self.assertIn("celeba=tfds:celeb_a:2.1.0", splits.source)
+        self.assertEqual(list(splits.names["validation"]), [f"celeb_a/validation[{i}]" for i in range(5)])
         expected = tf.image.resize(tf.cast(raw[40:188, 15:163], tf.float32), [64, 64], antialias=True)
         self.assertAllClose(splits.validation[0].astype(np.float32), expected, atol=0.51)
 
@@ -256,6 +320,7 @@ class BirdsTest(tf.test.TestCase):
         self.assertEqual(image_files.square_box_window(120, 100, (20, 40, 60, 20)), (20, 20, 60, 60))
         self.assertEqual(image_files.square_box_window(30, 50, (5, 10, 40, 12)), (-4, 5, 40, 40))
         self.assertEqual(_tags(splits.test), [30])
+        self.assertEqual(list(splits.names["test"]), ["002.B/c.jpg"])  # relative to CUB_200_2011/images/
         source = _manifest(splits)["sources"][0]
         self.assertEqual((source["listed"], source["present"], source["missing"]), (5, 4, 1))
         self.assertEqual(_manifest(splits)["total"], 4)

@@ -1,6 +1,6 @@
 """Datasets and input pipelines (gin-free).
 
-    splits        ImageSplits (images, optional labels and ground-truth factors), names, DataUnavailableError
+    splits        ImageSplits (images, optional labels, ground-truth factors, file names), DataUnavailableError
     sources       load_image_splits(name, ...): the one entry point, dispatching to a source module
     mnist         LeCun MNIST (dynamic binarization) and statically binarized MNIST
     sprites       the embedded procedural sprites with their factors of variation

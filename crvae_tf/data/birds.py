@@ -1,5 +1,7 @@
 """The Birds composite for the adversarial experiments (paper Sec. 4: Birdsnap + NABirds + CUB ROIs):
-`load_birds` returns an `ImageSplits` of uint8 `[num_images, R, R, 3]` read-only memory maps. Gin-free.
+`load_birds` returns an `ImageSplits` of uint8 `[num_images, R, R, 3]` read-only memory maps, with each row's
+source image (`names`: the path under the source's `images/`, e.g. '001.A/x.jpg'; tfds examples
+'caltech_birds2011/<split>[<index>]'; the same relative path may occur in two sources). Gin-free.
 
 Birds ('birds'): the union of any subset of
   * CUB-200-2011 (`cub_path`): the `CUB_200_2011/` folder (or its parent) with `images.txt` (`<id> <path>`),
@@ -196,7 +198,7 @@ def load_birds(
         f"square bounding-box ROI (side = {box_scale:g} x the longer box side, shifted inside the image, "
         "edge-replicated where larger)"
     )
-    arrays, manifest, manifest_path = build_or_load(
+    cached = build_or_load(
         "birds",
         sources,
         resolution=resolution,
@@ -212,10 +214,11 @@ def load_birds(
     return ImageSplits(
         "birds",
         "none",
-        arrays["train"],
-        arrays["validation"],
-        arrays["test"],
-        source_text("birds", resolution, manifest, manifest_path, crop_text),
+        cached.arrays["train"],
+        cached.arrays["validation"],
+        cached.arrays["test"],
+        source_text("birds", resolution, cached.manifest, cached.manifest_path, crop_text),
         flip=bool(flip),
-        manifest_path=manifest_path,
+        manifest_path=cached.manifest_path,
+        names=cached.names,
     )

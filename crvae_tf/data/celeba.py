@@ -1,6 +1,9 @@
 """CelebA for the adversarial experiments: `load_celeba` returns an `ImageSplits` of uint8 `[num_images, R, R, 3]`
 read-only memory maps (R = 64 or 128) in [0, 255]; `pipeline.make_dataset` turns them into float32 batches in
-[0, 1] and flips training batches horizontally. Gin-free.
+[0, 1] and flips training batches horizontally. `ImageSplits.names` gives each row's file name ('000001.jpg';
+tfds examples 'celeb_a/<split>[<index>]'), which `masks.dataset_landmark_masks` looks up in
+`list_landmarks_align_celeba.txt`; it is None for a cache written before names were recorded (`image_cache`).
+Gin-free.
 
 CelebA ('celeba'):
   * a local folder of aligned CelebA images at ANY resolution (`local_path`; e.g. the official
@@ -211,7 +214,7 @@ def load_celeba(
             f"face crop rows {crop[0]}:{crop[0] + crop[2]}, columns {crop[1]}:{crop[1] + crop[3]} of the "
             "178x218 image, scaled to each image's size"
         )
-    arrays, manifest, manifest_path = build_or_load(
+    cached = build_or_load(
         "celeba",
         [source],
         resolution=resolution,
@@ -227,10 +230,11 @@ def load_celeba(
     return ImageSplits(
         "celeba",
         "none",
-        arrays["train"],
-        arrays["validation"],
-        arrays["test"],
-        source_text("celeba", resolution, manifest, manifest_path, crop_text),
+        cached.arrays["train"],
+        cached.arrays["validation"],
+        cached.arrays["test"],
+        source_text("celeba", resolution, cached.manifest, cached.manifest_path, crop_text),
         flip=bool(flip),
-        manifest_path=manifest_path,
+        manifest_path=cached.manifest_path,
+        names=cached.names,
     )

@@ -12,6 +12,21 @@ resolution and hold-out (seed, size). A changed source therefore gets a new fold
 deleted by hand). Every file is written to a temporary name and renamed; `manifest.json` is written last
 and marks the folder complete, so an interrupted preprocessing run is redone, never half-read.
 
+Names
+-----
+`names.json` (written before the manifest, which names it: `"names": "names.json"`) records, per split, the
+source file name of every kept row in row order (skipped and blank images left out), as the item was listed:
+CelebA's '000001.jpg', a bird's path relative to its source folder, '<tfds name>/<split>[<index>]' for tfds
+examples. It is a few MB for all of CelebA, read with the arrays, and becomes `ImageSplits.names`
+(`masks.dataset_landmark_masks` matches it against `list_landmarks_align_celeba.txt`).
+
+Caches written before names were recorded (same `CACHE_FORMAT`, a manifest without `"names"`) are NOT
+rebuilt: they keep serving every use with `names=None`, because rebuilding all of CelebA only for them would
+cost every user a full preprocessing pass for a feature few use. Only a request for per-image names on such a
+cache fails, with `missing_names_error`: a `DataUnavailableError` naming the folder to delete (the next load
+then rebuilds it, names included). A manifest that names `names.json` while the file is missing, unreadable
+or has the wrong counts is a damaged cache and is rebuilt like a damaged `.npy`.
+
 Validation
 ---------------------------------
 Undecodable images (truncated, empty, an HTML page saved as .jpg, ...), boxes outside their image and
@@ -33,6 +48,7 @@ import time
 from typing import Dict
 from typing import Iterable
 from typing import List
+from typing import NamedTuple
 from typing import Optional
 from typing import Sequence
 from typing import Tuple
@@ -58,6 +74,7 @@ RESOLUTIONS = (64, 128)
 DEFAULT_HOLDOUT_FRACTION = 0.05
 DEFAULT_MAX_CORRUPT_FRACTION = 0.01
 CACHE_FORMAT = "crvae_tf-image-cache-v1"
+NAMES_FILE = "names.json"
 _CHUNK = 256  # Images submitted to the worker threads at once (bounds the memory of decoded tfds images).
 
 _logger = logging.getLogger(__name__)
@@ -208,7 +225,42 @@ def _cache_root(cache_dir, data_dir) -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "crvae_tf")
 
 
-def _load_cached(folder: str, key: str) -> Optional[Tuple[Dict[str, np.ndarray], dict]]:
+class Cached(NamedTuple):
+    """A complete cache folder: `arrays` {split: uint8 `[n, R, R, 3]`}, its manifest, the manifest's path and
+    `names` {split: [source file name per row]}, None for a cache written before names were recorded."""
+
+    arrays: Dict[str, np.ndarray]
+    manifest: dict
+    manifest_path: str
+    names: Optional[Dict[str, List[str]]]
+
+
+def _load_names(folder: str, manifest: dict) -> Tuple[bool, Optional[Dict[str, List[str]]]]:
+    """(usable, names): names None when the manifest predates them; usable False when the file is damaged."""
+    if "names" not in manifest:
+        return True, None
+    path = os.path.join(folder, manifest["names"])
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = json.load(f)
+        names = {split: [str(name) for name in names[split]] for split in SPLIT_NAMES}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        _logger.warning("Cache %s is damaged (%s: %s); rebuilding it.", folder, type(error).__name__, error)
+        return False, None
+    counts = {split: len(names[split]) for split in SPLIT_NAMES}
+    if counts != {split: manifest["splits"][split] for split in SPLIT_NAMES}:
+        _logger.warning(
+            "Cache %s: %s lists %s names, the manifest says %s; rebuilding it.",
+            folder,
+            manifest["names"],
+            counts,
+            manifest["splits"],
+        )
+        return False, None
+    return True, names
+
+
+def _load_cached(folder: str, key: str) -> Optional[Cached]:
     manifest_path = os.path.join(folder, "manifest.json")
     try:
         with open(manifest_path, encoding="utf-8") as f:
@@ -237,7 +289,21 @@ def _load_cached(folder: str, key: str) -> Optional[Tuple[Dict[str, np.ndarray],
             )
             return None
         arrays[split] = array
-    return arrays, manifest
+    usable, names = _load_names(folder, manifest)
+    if not usable:
+        return None
+    return Cached(arrays, manifest, manifest_path, names)
+
+
+def missing_names_error(dataset: str, manifest_path: Optional[str], purpose: str) -> DataUnavailableError:
+    """The error for a cache written before names were recorded (module docstring): delete it to rebuild it."""
+    folder = os.path.dirname(manifest_path) if manifest_path else "the dataset's cache folder"
+    return DataUnavailableError(
+        f"{purpose} needs the source file name of every {dataset} image, but the cache {folder} was written "
+        f"before the cache recorded them (its manifest.json has no '{NAMES_FILE}'). Delete that folder (rm -r "
+        f"{folder}) and run again: the data is preprocessed once more (its manifest's preprocess_seconds says "
+        "how long that took) and the new cache records the names; nothing else about it changes."
+    )
 
 
 def build_or_load(
@@ -253,8 +319,9 @@ def build_or_load(
     max_corrupt_fraction: float,
     num_workers,
     describe_crop: str,
-) -> Tuple[Dict[str, np.ndarray], dict, str]:
-    """Returns `({split: uint8 [n, R, R, 3] memmap}, manifest, manifest path)`, preprocessing on a cache miss.
+) -> Cached:
+    """Returns the `Cached` folder ({split: uint8 [n, R, R, 3] memmap}, manifest, its path, names per split),
+    preprocessing on a cache miss.
 
     `holdout`: None (the sources' own splits) or `{'seed', 'validation_size', 'num_holdouts'}`: 'pool' items
     and, for the birds composite, 'train' items are split by a seeded permutation (see `_assign_splits`).
@@ -274,7 +341,7 @@ def build_or_load(
     cached = _load_cached(folder, key)
     if cached is not None:
         _logger.info("Using the preprocessed %s cache %s.", dataset, folder)
-        return cached[0], cached[1], manifest_path
+        return cached
 
     os.makedirs(folder, exist_ok=True)
     start = time.perf_counter()
@@ -324,6 +391,8 @@ def build_or_load(
         for split in SPLIT_NAMES:
             _write_npy(os.path.join(folder, f"{split}.npy"), pool, rows[split])
         del pool
+        names = {split: [processed.items[index].name for index in rows[split]] for split in SPLIT_NAMES}
+        artifacts.atomic_write_text(os.path.join(folder, NAMES_FILE), json.dumps(names, separators=(",", ":")))
     finally:
         if os.path.exists(pool_path):
             os.unlink(pool_path)
@@ -336,9 +405,9 @@ def build_or_load(
         "Preprocessed %d %s images in %.1f s: %s.", num_present - len(rejected), dataset, seconds, manifest["splits"]
     )
     cached = _load_cached(folder, key)
-    if cached is None:
+    if cached is None or cached.names is None:
         raise RuntimeError(f"The cache just written to {folder} could not be read back.")
-    return cached[0], cached[1], manifest_path
+    return cached
 
 
 def _assign_splits(processed: _Processed, holdout: Optional[dict], dataset: str):
@@ -412,6 +481,7 @@ def _manifest(
         "sources": per_source,
         "rejected": processed.rejected,
         "files": {split: f"{split}.npy" for split in SPLIT_NAMES},
+        "names": NAMES_FILE,
         "pixel_format": "uint8 [num_images, R, R, 3] in [0, 255]",
     }
     if processed.windows:

@@ -36,20 +36,32 @@ eyes (39 px in 178x218, 16.9 px at R = 64), the boxes (continuous, then widened 
 mouth rows 42:55, columns 19:45. `landmark_masks` builds the same boxes per image from
 `list_landmarks_align_celeba.txt` (`parse_landmarks`).
 
+Per-image boxes of a dataset (`dataset_landmark_masks`, behind `explore --mode=complete --landmarks=PATH`): the
+CelebA cache records the source file name of every row (`ImageSplits.names`, `image_cache` "Names") and the face
+window it cut from each image size (the manifest's `crop_windows`); each row's landmarks are looked up by file
+name (extension ignored) and mapped through that exact window. Refused with a message saying what to do: a
+region other than eyes / mouth, a dataset other than CelebA (MNIST and the sprites have no files; birds no
+landmarks), CelebA stored at several image sizes, file names the landmark file lacks (a few are named; tfds
+celeb_a examples have no file names: read CelebA from a folder, `dataset.local_path`), and a cache written before
+names were recorded (`image_cache.missing_names_error`: delete the folder it names to rebuild it).
+
 User masks (`load_mask_png`): a PNG (or any image `tf.io.decode_image` reads), WHITE = OBSERVED, black =
 missing: the image IS m, drawn as the paper's Eq. 5 defines it. Colour images are converted to grey, then
 resized to R x R (nearest neighbour) and thresholded at 0.5 (of 255). Non-square images, and masks with no
 missing or no observed pixel, are refused with a message saying so.
 """
 
+import json
 import os
 from typing import Dict
+from typing import Optional
 from typing import Sequence
 from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from crvae_tf.data.image_cache import missing_names_error
 from crvae_tf.data.image_files import CELEBA_ALIGNED_SHAPE
 from crvae_tf.data.image_files import CELEBA_FACE_CROP
 from crvae_tf.data.image_files import celeba_crop_window
@@ -62,6 +74,7 @@ CELEBA_LANDMARK_TEMPLATE = np.array([[69.0, 111.0], [108.0, 111.0], [88.0, 136.0
 EYES_BOX = (0.45, 0.3)
 MOUTH_BOX = (0.3, 0.35)
 LANDMARKS_FILE = "list_landmarks_align_celeba.txt"
+LANDMARK_REGIONS = ("eyes", "mouth")
 
 
 class MaskError(ValueError):
@@ -82,16 +95,19 @@ def right_half_mask(resolution: int) -> np.ndarray:
     return mask
 
 
-def to_crop_coordinates(points, resolution: int, source_shape=CELEBA_ALIGNED_SHAPE, crop=CELEBA_FACE_CROP):
+def to_crop_coordinates(points, resolution: int, source_shape=CELEBA_ALIGNED_SHAPE, crop=CELEBA_FACE_CROP, window=None):
     """Aligned-image pixel coordinates (x, y) `[..., 2]` -> continuous (u, v) in the R x R face crop.
 
     `source_shape`: (height, width) of the stored aligned images (218x178, or 109x89 for the half-resolution
     copy); the landmarks are always given in 178x218 coordinates and are scaled to it, and the crop window is
-    the pipeline's rounding of `crop` for that size (`celeba_crop_window`).
+    the pipeline's rounding of `crop` for that size (`celeba_crop_window`), or `window` (top, left, height,
+    width) in pixels of the stored image when given (as the cache's manifest records it; `crop` is then unused).
     """
     resolution = _check_resolution(resolution)
     height, width = (int(v) for v in source_shape)
-    top, left, window_height, window_width = celeba_crop_window(height, width, crop)
+    if window is None:
+        window = celeba_crop_window(height, width, crop)
+    top, left, window_height, window_width = (int(v) for v in window)
     points = np.asarray(points, np.float64)
     x = points[..., 0] * width / CELEBA_ALIGNED_SHAPE[1]
     y = points[..., 1] * height / CELEBA_ALIGNED_SHAPE[0]
@@ -182,23 +198,74 @@ def landmark_masks(
     resolution: int,
     source_shape=CELEBA_ALIGNED_SHAPE,
     crop=CELEBA_FACE_CROP,
+    window=None,
 ) -> np.ndarray:
     """Per-image 'eyes' / 'mouth' masks `[N, R, R, 1]` from each image's own landmarks (`parse_landmarks`).
 
     `names`: the images' file names as in the landmark file (e.g. '000001.jpg'; the extension is ignored, so
-    '000001.png' matches too). `source_shape`: (height, width) of the stored aligned images (see
+    '000001.png' matches too); names the file lacks are a `MaskError` that counts them and names a few.
+    `source_shape`, `crop`, `window`: the stored aligned images' (height, width) and face window (see
     `to_crop_coordinates`).
     """
     resolution = _check_resolution(resolution)
+    if region not in LANDMARK_REGIONS:
+        raise MaskError(f"region={region!r}: landmark boxes exist for {list(LANDMARK_REGIONS)} only.")
     by_stem = {os.path.splitext(name)[0]: value for name, value in landmarks.items()}
+    stems = [os.path.splitext(os.path.basename(name))[0] for name in names]
+    missing = [name for name, stem in zip(names, stems) if stem not in by_stem]
+    if missing:
+        hint = ""
+        if any("[" in name for name in missing):
+            hint = (
+                " Names like 'celeb_a/validation[0]' are tensorflow-datasets examples, which have no file names: "
+                "read CelebA from a folder of aligned images (dataset.local_path) to use per-image landmarks."
+            )
+        raise MaskError(
+            f"{len(missing)} of the {len(names)} images have no landmarks in the landmark file ({len(by_stem)} "
+            f"images listed), e.g. {', '.join(repr(name) for name in missing[:5])}. Give the "
+            f"{LANDMARKS_FILE} that covers these images.{hint}"
+        )
     masks = []
-    for name in names:
-        stem = os.path.splitext(os.path.basename(name))[0]
-        if stem not in by_stem:
-            raise MaskError(f"image {name!r} has no landmarks in the landmark file ({len(by_stem)} images listed).")
-        uv = to_crop_coordinates(by_stem[stem], resolution, source_shape, crop)
+    for stem in stems:
+        uv = to_crop_coordinates(by_stem[stem], resolution, source_shape, crop, window)
         masks.append(box_mask(resolution, region_box(uv, region, resolution)))
     return np.stack(masks) if masks else np.zeros((0, resolution, resolution, 1), np.float32)
+
+
+def dataset_landmark_masks(
+    splits, landmarks: Dict[str, np.ndarray], region: str, split: str = "validation", count: Optional[int] = None
+) -> np.ndarray:
+    """Per-image 'eyes' / 'mouth' masks `[count, R, R, 1]` of the first `count` (default all) images of a CelebA
+    `ImageSplits` split, from each row's file name (`splits.names`) and landmarks (module docstring)."""
+    if region not in LANDMARK_REGIONS:
+        raise MaskError(f"per-image landmark boxes exist for the masks {list(LANDMARK_REGIONS)} only, not {region!r}.")
+    if splits.name != "celeba":
+        why = "its images come from no files" if splits.names is None else "its images have no face landmarks"
+        raise MaskError(
+            f"per-image landmark boxes are for aligned CelebA faces (dataset.name='celeba' read from a folder); this "
+            f"dataset is {splits.name!r} and {why}. Use the fixed boxes (no landmark file) or a mask image."
+        )
+    if splits.names is None:
+        raise missing_names_error(splits.name, splits.manifest_path, "a per-image landmark mask")
+    names = list(splits.names[split])[: len(splits.split(split)) if count is None else int(count)]
+    resolution = int(splits.image_shape[0])
+    window, source_shape = None, CELEBA_ALIGNED_SHAPE
+    windows = {}
+    if splits.manifest_path is not None:
+        with open(splits.manifest_path, encoding="utf-8") as f:
+            windows = json.load(f).get("crop_windows", {})
+    if len(windows) > 1:
+        raise MaskError(
+            f"the CelebA images of {splits.manifest_path} come in {len(windows)} sizes ({sorted(windows)}), and the "
+            "cache does not record which row had which size, so the landmarks cannot be placed. Use one copy of "
+            "CelebA (all 178x218, or all of one downsampled size)."
+        )
+    if windows:
+        ((size, recorded),) = windows.items()
+        source_shape = tuple(int(v) for v in size.split("x"))
+        rows, cols = recorded["rows"], recorded["cols"]
+        window = (rows[0], cols[0], rows[1] - rows[0], cols[1] - cols[0])
+    return landmark_masks(landmarks, names, region, resolution, source_shape, window=window)
 
 
 def check_mask(mask, what="the mask") -> np.ndarray:

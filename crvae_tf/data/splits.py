@@ -1,5 +1,6 @@
-"""The dataset contract: `ImageSplits` (train / validation / test images, optional labels and ground-truth
-factors), the dataset and split names, `DataUnavailableError`, and the argument checks every source shares.
+"""The dataset contract: `ImageSplits` (train / validation / test images, optional labels, ground-truth
+factors and source file names), the dataset and split names, `DataUnavailableError`, and the argument checks
+every source shares.
 
 Gin-free; no source imports another.
 """
@@ -8,6 +9,7 @@ import dataclasses
 import logging
 from typing import Dict
 from typing import Optional
+from typing import Sequence
 from typing import Tuple
 
 import numpy as np
@@ -56,6 +58,11 @@ class ImageSplits:
       generator: None, or the parameters a synthetic dataset was rendered with, so the images can be rendered
         again from their factors (the sprites: 'radius', 'scale_range', 'rotation_range';
         `evaluation.sprite_shapes` needs the radius).
+      names: None, or split name -> the source file name of each image of that split, in row order (the RGB
+        datasets read from files: CelebA's '000001.jpg', a bird's path relative to its source folder; tfds
+        examples are named '<tfds name>/<split>[<index>]'). None for datasets without files (the MNIST family,
+        the sprites) and for an RGB cache written before the cache recorded names (`image_cache`);
+        `masks.landmark_masks` matches them against `list_landmarks_align_celeba.txt`.
     """
 
     name: str
@@ -69,12 +76,15 @@ class ImageSplits:
     labels: Optional[Dict[str, np.ndarray]] = None
     factors: Optional[Dict[str, Dict[str, np.ndarray]]] = None
     generator: Optional[Dict[str, object]] = None
+    names: Optional[Dict[str, Sequence[str]]] = None
 
     def __post_init__(self):
         check_binarization(self.binarization)
         if not isinstance(self.flip, bool):
             raise ValueError(f"flip={self.flip!r} must be a bool.")
-        for what, per_split in (("labels", self.labels), ("factors", self.factors)):
+        if self.names is not None and set(self.names) != set(SPLIT_NAMES):
+            raise ValueError(f"names must name the images of every split {SPLIT_NAMES}, got {sorted(self.names)}.")
+        for what, per_split in (("labels", self.labels), ("factors", self.factors), ("names", self.names)):
             for split, values in (per_split or {}).items():
                 arrays = values.values() if isinstance(values, dict) else [values]
                 expected = len(self.split(split))

@@ -39,15 +39,27 @@ Metrics (JSON), on the MISSING pixels only, per image then averaged (mean and st
 for y = the completion, the mean-training-face fill, and the no-optimisation fill gen(posterior mean of x_o)
 (1 - m) + x m (the reconstruction of the occluded image). The observed pixels of every y equal x exactly.
 
+Masks: 'right_half', 'eyes' and 'mouth' are fixed regions of the face crop (the eyes / mouth boxes of the
+alignment template), the same for every face; a mask image is also one mask for all. With `landmarks` (the path of
+CelebA's `list_landmarks_align_celeba.txt`, `--landmarks`), 'eyes' and 'mouth' are instead each face's own box
+from its own landmarks (`masks.dataset_landmark_masks`: the cache's per-row file names looked up in the file),
+written as `complete-<eyes|mouth>_landmarks-...`. The JSON's `mask_source` says which ('template', 'image' or
+'landmarks'; for landmarks also the file's absolute path, its sha256 and every face's box). Refused with a message:
+landmarks with another mask, a run on a dataset without CelebA file names (MNIST, the sprites, birds; a tfds
+celeb_a run), faces the file lacks, and a CelebA cache written before the cache recorded names (delete the folder
+the message names; the next run rebuilds it).
+
 Outputs:
   model_dir/explore/complete-<mask>-step<step>.png   per block of up to 16 images, four rows: original |
                                                      occluded | reconstruction of the occluded image |
                                                      completed
-  model_dir/explore/complete-<mask>-step<step>.json  settings, step, checkpoint, number of images, metrics
+  model_dir/explore/complete-<mask>-step<step>.json  settings, step, checkpoint, number of images, mask source,
+                                                     metrics
   model_dir/tb/explore/                              the grid (explore/complete-<mask>) and the three PSNRs as
                                                      TensorBoard summaries at the checkpoint's step
 """
 
+import hashlib
 import json
 import os
 import time
@@ -246,6 +258,39 @@ def result_paths(model_dir: str, mask_name: str, step: int):
     return stem + ".png", stem + ".json"
 
 
+def check_landmarks(mask: str, landmarks) -> None:
+    """Refuses `--landmarks` with a mask that has no landmark box, or a landmark file that does not exist."""
+    if landmarks is None:
+        return
+    if mask not in masks_lib.LANDMARK_REGIONS:
+        raise CompletionSettingsError(
+            f"--landmarks gives each face its own box for --mask=eyes or --mask=mouth only, not --mask={mask}; "
+            "drop --landmarks or choose one of those masks."
+        )
+    if not os.path.isfile(landmarks):
+        raise FileNotFoundError(
+            f"--landmarks={landmarks}: no such file (CelebA's {masks_lib.LANDMARKS_FILE}, from the dataset's Anno/ "
+            "folder, or Kaggle's list_landmarks_align_celeba.csv)."
+        )
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def mask_boxes(mask_images) -> list:
+    """[top, left, bottom, right] (bottom / right exclusive) around the missing pixels of each `[R, R, 1]` mask."""
+    boxes = []
+    for mask in np.asarray(mask_images):
+        rows, cols = np.nonzero(mask[..., 0] < 0.5)
+        boxes.append([int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1])
+    return boxes
+
+
 def explore_complete(
     model_dir: str,
     checkpoint="latest",
@@ -259,6 +304,7 @@ def explore_complete(
     seed: int = 0,
     batch_size: int = 64,
     gin_bindings=(),
+    landmarks=None,
 ) -> dict:
     """Completes the first `num_images` validation images of a run under `mask` (module docstring).
 
@@ -271,12 +317,16 @@ def explore_complete(
         (batch b uses the seed pair (seed, b)).
       batch_size: images per optimisation (independent: the result does not depend on it, except through the
         discriminator's minibatch features when tau > 0).
+      landmarks: None (fixed masks), or the path of `list_landmarks_align_celeba.txt`: with mask 'eyes' or
+        'mouth', each face's own box from its landmarks (module docstring "Masks").
 
     Returns:
       The JSON-able summary (also written to `complete-<mask>-step<step>.json`).
     """
     check_settings(num_steps, learning_rate, gamma, tau, init, num_images, batch_size, seed)
     masks_lib.check_mask_spec(mask)  # before loading anything
+    check_landmarks(mask, landmarks)
+    parsed_landmarks = None if landmarks is None else masks_lib.parse_landmarks(landmarks)
     run = runs.load_run(model_dir, checkpoint, gin_bindings)
     model = run.model
     adversarial = check_family(model, tau, model_dir)
@@ -291,7 +341,20 @@ def explore_complete(
     height, width, channels = images_all.shape[1:]
     if height != width:
         raise CompletionSettingsError(f"completion masks need square images; this run's are {width}x{height}.")
-    mask_name, mask_image = masks_lib.mask_from_spec(mask, height)
+    if parsed_landmarks is None:
+        mask_name, mask_image = masks_lib.mask_from_spec(mask, height)
+        masks_all = np.broadcast_to(mask_image, (len(images_all), height, width, 1)).astype(np.float32)
+        mask_source = {"kind": "template" if mask in masks_lib.MASK_NAMES else "image"}
+    else:
+        masks_all = masks_lib.dataset_landmark_masks(run.splits, parsed_landmarks, mask, "validation", num_images)
+        mask_name = f"{mask}_landmarks"
+        mask_source = {
+            "kind": "landmarks",
+            "path": os.path.abspath(landmarks),
+            "sha256": file_sha256(landmarks),
+            "images": list(run.splits.names["validation"][: int(num_images)]),
+            "boxes": mask_boxes(masks_all),
+        }
     face = mean_face(run.splits.train)
     build = completion_function(model, (height, width, channels), adversarial and float(tau) > 0.0)
     function = build(init)
@@ -301,7 +364,7 @@ def explore_complete(
         images = images_all[start : start + int(batch_size)]
         out = function(
             tf.constant(images),
-            tf.constant(np.broadcast_to(mask_image, (len(images), height, width, 1))),
+            tf.constant(masks_all[start : start + int(batch_size)]),
             tf.constant(face),
             tf.constant(int(num_steps), tf.int32),
             tf.constant(float(learning_rate), tf.float32),
@@ -313,7 +376,7 @@ def explore_complete(
             pieces[key].append(out[key].numpy())
     seconds = time.time() - started
     result = {key: np.concatenate(value) for key, value in pieces.items()}
-    reconstruction_fill = result["reconstruction"] * (1.0 - mask_image) + images_all * mask_image
+    reconstruction_fill = result["reconstruction"] * (1.0 - masks_all) + images_all * masks_all
     png_path, json_path = result_paths(model_dir, mask_name, run.step)
     grid = _grid([images_all, result["occluded"], reconstruction_fill, result["images"]])
     artifacts.write_png(png_path, grid)
@@ -331,7 +394,8 @@ def explore_complete(
         "image_shape": [int(height), int(width), int(channels)],
         "mask": mask if mask in masks_lib.MASK_NAMES else os.path.abspath(mask),
         "mask_name": mask_name,
-        "missing_fraction": float(1.0 - mask_image.mean()),
+        "mask_source": mask_source,
+        "missing_fraction": float(1.0 - masks_all.mean()),
         "settings": {
             "num_steps": int(num_steps),
             "learning_rate": float(learning_rate),
@@ -345,9 +409,9 @@ def explore_complete(
             "pixel_range": [0.0, 1.0],
         },
         "metrics": {
-            "completion": masked_metrics(result["images"], images_all, mask_image),
-            "mean_face_fill": masked_metrics(result["occluded"], images_all, mask_image),
-            "reconstruction_fill": masked_metrics(reconstruction_fill, images_all, mask_image),
+            "completion": masked_metrics(result["images"], images_all, masks_all),
+            "mean_face_fill": masked_metrics(result["occluded"], images_all, masks_all),
+            "reconstruction_fill": masked_metrics(reconstruction_fill, images_all, masks_all),
         },
         "split_indices": [0, int(num_images)],
         "objective": {
