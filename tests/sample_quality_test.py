@@ -2,6 +2,7 @@
 moments, and the feature-network paths (a random-initialised Keras conv net as proxy, a fabricated Inception
 GraphDef with the real tensor names, the missing-file error)."""
 
+import json
 import os
 import tempfile
 import unittest
@@ -146,11 +147,12 @@ class InceptionScoreTest(unittest.TestCase):
 
 
 def _tiny_conv_net():
-    keras.utils.set_random_seed(0)
+    """Seeded through its initialisers (no global seed is touched)."""
+    init = lambda seed: keras.initializers.GlorotUniform(seed=seed)
     inputs = keras.Input((12, 12, 1))
-    h = keras.layers.Conv2D(6, 3, strides=2, activation="relu", name="conv")(inputs)
+    h = keras.layers.Conv2D(6, 3, strides=2, activation="relu", kernel_initializer=init(0), name="conv")(inputs)
     features = keras.layers.GlobalAveragePooling2D(name="pool")(h)
-    probabilities = keras.layers.Dense(4, activation="softmax", name="probs")(features)
+    probabilities = keras.layers.Dense(4, activation="softmax", kernel_initializer=init(1), name="probs")(features)
     return keras.Model(inputs, probabilities, name="tiny_proxy")
 
 
@@ -178,6 +180,7 @@ class ProxyPathTest(unittest.TestCase):
             kid_subset_size=50,
             inception_score_splits=2,
         )
+        json.dumps(result)  # the result is JSON as it is
         self.assertTrue(result["network"]["is_proxy"])
         self.assertEqual(result["network"]["sha256"], network.sha256)
         self.assertNotIn("fid", result)
@@ -190,6 +193,47 @@ class ProxyPathTest(unittest.TestCase):
         self.assertGreater(result["proxy_kid_mean"], 0.0)
         self.assertIn("proxy_inception_score_mean", result)
         self.assertGreaterEqual(result["proxy_inception_score_mean"], 1.0)
+
+    def test_saved_model_signature_and_in_memory_keras_model(self):
+        class Net(tf.Module):
+            def __init__(self):
+                super().__init__()
+                self.w = tf.Variable(np.random.default_rng(10).normal(size=(3, 5)).astype(np.float32))
+
+            @tf.function(input_signature=[tf.TensorSpec([None, 6, 6, 3], tf.float32)])
+            def features(self, pixels):
+                pooled = tf.reduce_mean(pixels, axis=[1, 2]) @ self.w
+                return {"embedding": pooled, "probs": tf.nn.softmax(pooled)}
+
+        net = Net()
+        images = np.random.default_rng(11).uniform(size=(9, 4, 4, 1)).astype(np.float32)
+        x = tf.repeat(tf.image.resize(images, (6, 6)), 3, axis=-1) * 2.0 - 1.0  # what the network must be fed
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "featnet")
+            tf.saved_model.save(net, path, signatures={"serving_default": net.features})
+            with self.assertRaisesRegex(ValueError, r"outputs \['embedding', 'probs'\]: name one"):
+                sq.SavedModelFeatureNetwork(path)
+            network = sq.SavedModelFeatureNetwork(
+                path,
+                "embedding",
+                probabilities_key="probs",
+                input_size=(6, 6),
+                input_range=(-1, 1),
+                input_channels=3,
+                batch_size=4,
+            )
+            self.assertEqual(network.sha256, sq.file_sha256(path))
+        self.assertTrue(network.is_proxy and network.has_probabilities)
+        self.assertEqual(network.layer, "serving_default/embedding")
+        out = network.outputs(images)
+        np.testing.assert_allclose(out["features"], net.features(x)["embedding"].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out["probabilities"], net.features(x)["probs"].numpy(), rtol=1e-5, atol=1e-6)
+        model = _tiny_conv_net()
+        in_memory = sq.KerasFeatureNetwork(model, layer="pool")
+        self.assertEqual((in_memory.name, in_memory.input_size), ("tiny_proxy", (12, 12)))
+        self.assertEqual(in_memory.sha256, sq.KerasFeatureNetwork(_tiny_conv_net(), layer="pool").sha256)
+        model.get_layer("conv").kernel.assign(model.get_layer("conv").kernel * 2.0)
+        self.assertNotEqual(in_memory.sha256, sq.KerasFeatureNetwork(model, layer="pool").sha256)
 
     def test_sampled_images_seeds_differ_per_batch_and_repeat(self):
         sample = lambda num, seed: np.full((num, 1, 1, 1), seed % 1000 / 1000.0, np.float32)
