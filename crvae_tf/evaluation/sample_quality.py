@@ -17,6 +17,8 @@ handled exactly. Eigenvalues of these PSD matrices within rounding of 0, |lambda
 max|lambda| for d = 2048), are set to exactly 0: the null space of a rank-deficient covariance then adds nothing,
 where sqrt(rounding noise ~1e-16) would add ~1e-8 per null direction. A more negative eigenvalue means the matrix
 is not a covariance, and raises.
+Cost at d = 2048: one `eigh` and two `eigvalsh` of 2048 x 2048, measured 51 s on 2 shared, busy CPU cores (eigh
+alone 20 s there); KID with 10 subsets of 1000 took 2.6 s there, so the conventional 100 subsets take ~30 s.
 Means and covariances are streamed (`FeatureMoments`: count, sum, sum of outer products, float64), so 50k samples
 never sit in memory at once; the covariance is the unbiased one (divided by N - 1), as `numpy.cov`.
 
@@ -222,10 +224,13 @@ class FeatureMoments:
 # The metrics.
 
 
-def _psd_eigh(matrix: np.ndarray, what: str) -> Tuple[np.ndarray, np.ndarray]:
+def _psd_eigh(matrix: np.ndarray, what: str, vectors: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Eigenvalues and eigenvectors of a symmetric PSD matrix, eigenvalues within the rounding tolerance of 0 (module
     docstring) set to exactly 0; raises if an eigenvalue is negative beyond the tolerance."""
-    values, vectors = np.linalg.eigh(matrix)
+    if vectors:
+        values, vectors = np.linalg.eigh(matrix)
+    else:
+        values, vectors = np.linalg.eigvalsh(matrix), None  # about 3x cheaper than eigh
     scale = float(np.max(np.abs(values))) if values.size else 0.0
     tol = PSD_TOLERANCE_FACTOR * matrix.shape[0] * np.finfo(np.float64).eps * scale
     if values.size and values[0] < -tol:
@@ -259,8 +264,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     values1, vectors1 = _psd_eigh(sigma1, "sigma1")
     sqrt_sigma1 = (vectors1 * np.sqrt(values1)) @ vectors1.T
     product = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
-    product_values, _ = _psd_eigh(0.5 * (product + product.T), "sqrt(sigma1) sigma2 sqrt(sigma1)")
-    _psd_eigh(sigma2, "sigma2")
+    product_values, _ = _psd_eigh(0.5 * (product + product.T), "sqrt(sigma1) sigma2 sqrt(sigma1)", vectors=False)
+    _psd_eigh(sigma2, "sigma2", vectors=False)
     trace_sqrt = float(np.sum(np.sqrt(product_values)))
     distance = float(np.sum(np.square(mu1 - mu2)) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
     return max(distance, 0.0)
