@@ -9,7 +9,7 @@ from crvae_tf.evaluation import sprite_shapes
 
 class SpriteShapesTest(tf.test.TestCase):
     def test_clean_images_are_classified_exactly_and_blobs_near_chance(self):
-        images, factors = data.generate_sprites(256, seed=5, radius=11.0, scale_range=(0.6, 1.0))
+        images, factors = data.generate_sprites(96, seed=5, radius=11.0, scale_range=(0.6, 1.0))
         self.assertEqual(sprite_shapes.shape_accuracy(images, factors, radius=11.0), 1.0)
         confusion = sprite_shapes.shape_confusion(images, factors, radius=11.0)
         np.testing.assert_array_equal(confusion, np.diag(np.bincount(factors["shape"], minlength=4)))
@@ -20,8 +20,9 @@ class SpriteShapesTest(tf.test.TestCase):
         cy = 11.0 + 6.0 * factors["y"][:, None, None]
         area = images.sum(axis=(1, 2, 3))[:, None, None]
         discs = (np.hypot(xx - cx, yy - cy) <= np.sqrt(area / np.pi)).astype(np.float32)[..., None]
-        self.assertLess(sprite_shapes.shape_accuracy(discs, factors, radius=11.0), 0.6)
-        self.assertLessEqual(len(np.unique(sprite_shapes.nearest_shape(discs, factors, radius=11.0))), 3)
+        predicted = sprite_shapes.nearest_shape(discs, factors, radius=11.0)
+        self.assertLess(np.mean(predicted == factors["shape"]), 0.6)
+        self.assertLessEqual(len(np.unique(predicted)), 3)
 
     def test_nearest_shape_against_a_hand_computed_distance(self):
         images, factors = data.generate_sprites(8, seed=1)
