@@ -6,8 +6,8 @@ r"""Exports a trained run as a TF Serving SavedModel: EXPORT_DIR/<training step>
 
 The model is rebuilt from the run's operative config (+ --gin_bindings), the checkpoint restored, and the
 signatures `serving_default` (z -> images), `sample` (num, seed -> images, z), `encode` (images -> loc, scale),
-`reconstruct` (images -> images), `traverse` / `traverse_images` (z or images, step, num_points, seed -> one time
-step moved along a line) and `complete` (images, mask, steps, seed -> completed images, z) written with metadata
+`reconstruct` (images -> images), `traverse` / `traverse_images` (z or images, time_step, num_points, seed -> one
+time step moved along a line) and `complete` (images, mask, steps, seed -> completed images, z) written with metadata
 (training step, latent shape, time-step slices, completion settings, pixel ranges, operative config). The
 contract, the docker command and request examples are in export/README.md; the library is
 `crvae_tf.serving.export_lib`. The last line of stdout is one line of JSON: path, version, signatures. Errors are

@@ -13,12 +13,12 @@ r"""Client for a crvae_tf model served by TF Serving: REST (JSON) or gRPC predic
         --images=digits.npy --out=reconstructions.png
     python export/client.py --server=localhost:8500 --mode=grpc --model=crvae --signature=encode \
         --images=digits.npy --out=posterior.npz
-    # traverse: 4 prior draws (numpy, --seed), time step 3 (0-based) moved to one new value (server-side, --seed)
+    # traverse: 4 prior draws (numpy, --seed), time step t = 3 (from 1) moved to one new value (server-side, --seed)
     # in 8 points; one row per draw:
     python export/client.py --server=localhost:8501 --mode=rest --model=crvae --signature=traverse \
-        --num=4 --step=3 --num_points=8 --seed=5 --out=traverse.png
+        --num=4 --time_step=3 --num_points=8 --seed=5 --out=traverse.png
     python export/client.py --server=localhost:8501 --mode=rest --model=crvae --signature=traverse_images \
-        --images=digits.npy --step=3 --num_points=8 --seed=5 --out=traverse.png
+        --images=digits.npy --time_step=3 --num_points=8 --seed=5 --out=traverse.png
     # complete the right half of each image (mask: right_half / left_half / bottom_half / top_half / center, or a
     # .npy of float32 [N or 1, H, W, 1] / PNG files, 1 = observed), 100 Adam steps from the posterior mean (seed -1):
     python export/client.py --server=localhost:8500 --mode=grpc --model=crvae --signature=complete \
@@ -51,8 +51,8 @@ SIGNATURES = {
     "sample": (("num", "seed"), ("images", "z")),
     "encode": (("images",), ("loc", "scale")),
     "reconstruct": (("images",), ("images",)),
-    "traverse": (("z", "step", "num_points", "seed"), ("images", "z")),
-    "traverse_images": (("images", "step", "num_points", "seed"), ("images", "z")),
+    "traverse": (("z", "time_step", "num_points", "seed"), ("images", "z")),
+    "traverse_images": (("images", "time_step", "num_points", "seed"), ("images", "z")),
     "complete": (("images", "mask", "steps", "seed"), ("images", "z")),
 }
 INPUT_DTYPES = {
@@ -61,7 +61,7 @@ INPUT_DTYPES = {
     "seed": np.int64,
     "images": np.float32,
     "mask": np.float32,
-    "step": np.int32,
+    "time_step": np.int32,
     "num_points": np.int32,
     "steps": np.int32,
 }
@@ -88,7 +88,7 @@ def make_inputs(
     latent_dim=None,
     images=None,
     mask=None,
-    step: int = 0,
+    time_step: int = 1,
     num_points: int = 8,
     steps: int = DEFAULT_COMPLETION_STEPS,
 ) -> dict:
@@ -104,13 +104,13 @@ def make_inputs(
       images: encode / reconstruct / traverse_images / complete: float32 `[batch, H, W, C]` in [0, 1].
       mask: complete: float32 `[batch or 1, H, W, 1]` (or `[batch or 1, H, W]`) of 0 (missing) / 1 (observed), or a
         name of `NAMED_MASKS`.
-      step: traverse / traverse_images: the 0-based time step (the paper's t - 1).
+      time_step: traverse / traverse_images: the time step t in [1, T], numbered as in the paper.
       num_points: traverse / traverse_images: points per row, both ends included.
       steps: complete: Adam steps on z.
 
     Returns:
       dict input name -> array: z float32 `[num, D]`; images float32 `[batch, H, W, C]`; mask float32
-      `[batch, H, W, 1]`; num / step / num_points / steps int32 `[]`; seed int64 `[]`.
+      `[batch, H, W, 1]`; num / time_step / num_points / steps int32 `[]`; seed int64 `[]`.
     """
     if signature not in SIGNATURES:
         raise ValueError(f"Unknown signature {signature!r}; the model serves {sorted(SIGNATURES)}.")
@@ -125,7 +125,7 @@ def make_inputs(
         inputs["images"] = _checked_images(signature, images)
     if signature in ("traverse", "traverse_images"):
         inputs.update(
-            step=np.asarray(step, np.int32),
+            time_step=np.asarray(time_step, np.int32),
             num_points=np.asarray(num_points, np.int32),
             seed=np.asarray(seed, np.int64),
         )
@@ -484,7 +484,9 @@ def main(argv=None) -> dict:
         default=None,
         help=f"complete: {' | '.join(NAMED_MASKS)}, a .npy file (0/1, [N or 1, H, W, 1]) or PNG files; 1 = observed.",
     )
-    parser.add_argument("--step", type=int, default=0, help="traverse*: the 0-based time step (the paper's t - 1).")
+    parser.add_argument(
+        "--time_step", type=int, default=1, help="traverse*: the time step t in [1, T], numbered as in the paper."
+    )
     parser.add_argument("--num_points", type=int, default=8, help="traverse*: points per row, ends included.")
     parser.add_argument("--steps", type=int, default=DEFAULT_COMPLETION_STEPS, help="complete: Adam steps on z.")
     parser.add_argument("--out", default="grid.png", help="PNG grid of the returned images (encode: .npz).")
@@ -509,7 +511,7 @@ def main(argv=None) -> dict:
             latent_dim,
             images,
             mask=mask,
-            step=args.step,
+            time_step=args.time_step,
             num_points=args.num_points,
             steps=args.steps,
         )

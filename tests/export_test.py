@@ -632,10 +632,10 @@ class ExportTest(testing_utils.GinTestCase):
 
     def test_traverse_moves_one_time_step_along_a_straight_line(self):
         """`traverse`'s latent bookkeeping exactly, on the crVAE (T = 8 time steps) and the [-1, 1] family: point 0
-        is z; only slice `step` of `latent_steps.model_step_slices`
+        is z; only slice t - 1 of `latent_steps.model_step_slices`
         moves; it moves to one documented stateless draw z~_t shared by every row, along (1 - a) z_t + a z~_t; the
         images are the model's decode of the path. `traverse_images` starts from the posterior means."""
-        step, points, seed = 2, 4, 11
+        step, points, seed = 3, 4, 11  # time step t = 3 of T = 8, counted from 1 as in the paper
         for name in ("crvae", SIGNED):
             model = self.models[name]
             loaded = self.loaded(name)
@@ -643,15 +643,15 @@ class ExportTest(testing_utils.GinTestCase):
             with self.subTest(family=name):
                 out = loaded.signatures["traverse"](
                     z=tf.constant(z),
-                    step=tf.constant(step),
+                    time_step=tf.constant(step),
                     num_points=tf.constant(points),
                     seed=tf.constant(seed, tf.int64),
                 )
                 paths, images = out["z"].numpy(), out["images"].numpy()
                 self.assertEqual(paths.shape, (2, points, model.latent_dim))
                 self.assertEqual(images.shape, (2, points) + tuple(model.image_shape))
-                start, stop = latent_steps.model_step_slices(model)[step]
-                self.assertEqual(self.exports[name].metadata["traverse"]["step_slices"][step], [start, stop])
+                start, stop = latent_steps.model_step_slices(model)[step - 1]
+                self.assertEqual(self.exports[name].metadata["traverse"]["step_slices"][step - 1], [start, stop])
                 target = tf.random.stateless_normal(
                     [stop - start], seed=[seed, endpoints.TRAVERSE_SEED_SALT + step], alg="philox"
                 ).numpy()
@@ -670,23 +670,23 @@ class ExportTest(testing_utils.GinTestCase):
                 self.assertAllClose(images.reshape(decoded.shape), decoded, atol=1e-5, rtol=0)
                 from_images = loaded.signatures["traverse_images"](
                     images=tf.constant(self.inputs[f"{name}/images"][:2]),
-                    step=tf.constant(step),
+                    time_step=tf.constant(step),
                     num_points=tf.constant(points),
                     seed=tf.constant(seed, tf.int64),
                 )["z"].numpy()
                 self.assertAllClose(from_images[:, 0], self.expected(name)["encode/loc"][:2], atol=1e-5, rtol=1e-5)
                 self.assertAllEqual(from_images[:, -1, start:stop], np.stack([target, target]))
         with self.assertRaisesRegex(
-            tf.errors.InvalidArgumentError, re.escape("step must be an int32 scalar in [0, 7]")
+            tf.errors.InvalidArgumentError, re.escape("time_step must be an int32 scalar in [1, 8]")
         ):
             loaded.signatures["traverse"](
-                z=tf.constant(z), step=tf.constant(8), num_points=tf.constant(3), seed=tf.constant(1, tf.int64)
+                z=tf.constant(z), time_step=tf.constant(0), num_points=tf.constant(3), seed=tf.constant(1, tf.int64)
             )
         with self.assertRaisesRegex(
             tf.errors.InvalidArgumentError, re.escape("num_points must be an int32 scalar in [2,")
         ):
             loaded.signatures["traverse"](
-                z=tf.constant(z), step=tf.constant(0), num_points=tf.constant(1), seed=tf.constant(1, tf.int64)
+                z=tf.constant(z), time_step=tf.constant(1), num_points=tf.constant(1), seed=tf.constant(1, tf.int64)
             )
 
     def test_complete_is_the_library_completion_in_the_model_pixel_range(self):
@@ -997,8 +997,8 @@ class ExportTest(testing_utils.GinTestCase):
             "sample": client.make_inputs("sample", num=SAMPLE_NUM, seed=SAMPLE_SEED),
             "encode": client.make_inputs("encode", images=images),
             "reconstruct": client.make_inputs("reconstruct", images=images),
-            "traverse": client.make_inputs("traverse", num=2, latent_dim=model.latent_dim, step=1, num_points=3),
-            "traverse_images": client.make_inputs("traverse_images", images=images, step=2, num_points=2),
+            "traverse": client.make_inputs("traverse", num=2, latent_dim=model.latent_dim, time_step=1, num_points=3),
+            "traverse_images": client.make_inputs("traverse_images", images=images, time_step=2, num_points=2),
             "complete": client.make_inputs("complete", images=images, mask="bottom_half", steps=2, seed=-1),
         }
         self.assertEqual(set(requests), set(export_lib.SIGNATURES))

@@ -128,7 +128,7 @@ class ServingCApiTest(tf.test.TestCase):
                 "traverse",
                 {
                     "z": rng.standard_normal((2, d)).astype(np.float32),
-                    "step": np.int32(3),
+                    "time_step": np.int32(3),
                     "num_points": np.int32(4),
                     "seed": np.int64(SAMPLE_SEED),
                 },

@@ -164,8 +164,10 @@ class ServingGrpcTest(tf.test.TestCase):
             "sample": client.make_inputs("sample", num=3, seed=4),
             "encode": client.make_inputs("encode", images=self.images),
             "reconstruct": client.make_inputs("reconstruct", images=self.images),
-            "traverse": client.make_inputs("traverse", num=2, seed=5, latent_dim=d, step=2, num_points=4),
-            "traverse_images": client.make_inputs("traverse_images", seed=6, images=self.images, step=7, num_points=3),
+            "traverse": client.make_inputs("traverse", num=2, seed=5, latent_dim=d, time_step=2, num_points=4),
+            "traverse_images": client.make_inputs(
+                "traverse_images", seed=6, images=self.images, time_step=8, num_points=3
+            ),
             "complete": client.make_inputs("complete", seed=-1, images=self.images, mask="right_half", steps=5),
         }
 
@@ -219,8 +221,8 @@ class ServingGrpcTest(tf.test.TestCase):
             ("serving_default", {"z": np.zeros([2, d - 1], np.float32)}, f"z must be [batch, {d}] float32"),
             (
                 "traverse",
-                client.make_inputs("traverse", num=1, latent_dim=d, step=8, num_points=3),
-                "step must be an int32 scalar in [0, 7]",
+                client.make_inputs("traverse", num=1, latent_dim=d, time_step=9, num_points=3),
+                "time_step must be an int32 scalar in [1, 8]",
             ),
             ("complete", bad_mask, "mask must hold 0 (missing pixel) or 1 (observed pixel) only"),
         )
@@ -242,7 +244,7 @@ class ServingGrpcTest(tf.test.TestCase):
         np.save(os.path.join(self.tmp, "images.npy"), self.images)
         for signature, flags in (
             ("serving_default", ["--num=2", "--seed=3"]),
-            ("traverse", ["--num=2", "--seed=5", "--step=1", "--num_points=3"]),
+            ("traverse", ["--num=2", "--seed=5", "--time_step=1", "--num_points=3"]),
             ("complete", [f"--images={self.tmp}/images.npy", "--mask=center", "--steps=2", "--seed=4"]),
         ):
             with self.subTest(signature=signature):
@@ -258,7 +260,7 @@ class ServingGrpcTest(tf.test.TestCase):
                     latent_dim=self.model.latent_dim,
                     images=self.images,
                     mask="center",
-                    step=1,
+                    time_step=1,
                     num_points=3,
                     steps=2,
                 )

@@ -10,9 +10,9 @@ latent's time steps (`crvae_tf.models.latent_steps.time_steps`), P = num_points)
                                                                z float32 [num, D]
     encode           images float32 [batch, H, W, C] in [0,1] -> loc float32 [batch, D], scale float32 [batch, D]
     reconstruct      images float32 [batch, H, W, C] in [0,1] -> images float32 [batch, H, W, C] in [0, 1]
-    traverse         z float32 [batch, D], step int32 [],   -> images float32 [batch, P, H, W, C] in [0, 1],
+    traverse         z float32 [batch, D], time_step int32 [], -> images float32 [batch, P, H, W, C] in [0, 1],
                      num_points int32 [], seed int64 []        z float32 [batch, P, D]
-    traverse_images  images float32 [batch, H, W, C] in [0,1], step, num_points, seed -> as traverse, from the
+    traverse_images  images float32 [batch, H, W, C] in [0,1], time_step, num_points, seed -> as traverse, from
                      posterior means of the images
     complete         images float32 [batch, H, W, C] in [0,1], -> images float32 [batch, H, W, C] in [0, 1],
                      mask float32 [batch, H, W, 1] in {0, 1},     z float32 [batch, D]
@@ -25,10 +25,11 @@ wrong shape fails with InvalidArgumentError naming the expected shape, e.g.
 "z must be [batch, 1024] float32"; a latent with a NaN or Inf (`serving_default`'s and `traverse`'s z, and every
 z the decoder receives: `sample`'s and `reconstruct`'s) fails with "z must be finite (no NaN or Inf)".
 
-`traverse` (paper Fig. 5b-d, S4): time step t = step + 1 of the paper (0-based here: step in [0, T)) is the
+`traverse` (paper Fig. 5b-d, S4): time step t = `time_step` in [1, T], numbered as in the paper and as
+`python -m crvae_tf.explore --time_step`, is the
 contiguous slice [start_t, stop_t) of z (`latent_steps.model_step_slices`; D/T units; for the VAE and cVAE, whose
 latent has no time steps, the same channel slices). One new value z~_t ~ N(0, I) `[D/T]` is drawn with
-`tf.random.stateless_normal([D/T], seed=[seed, TRAVERSE_SEED_SALT + step], alg='philox')`, shared by every row
+`tf.random.stateless_normal([D/T], seed=[seed, TRAVERSE_SEED_SALT + t], alg='philox')`, shared by every row
 (the paper's "shared by the two rows"); point p = 0..P-1 of row b is z_b with slice t replaced by
 
     (1 - a_p) z_{b,t} + a_p z~_t,   a_p = p / (P - 1),
@@ -69,7 +70,7 @@ OUTPUT_PIXEL_RANGE = (0.0, 1.0)
 INPUT_PIXEL_RANGE = (0.0, 1.0)
 # `traverse` refuses num_points outside [2, MAX_TRAVERSE_POINTS] (each point of each row is one decoded image).
 MAX_TRAVERSE_POINTS = 64
-# z~_t = stateless_normal([D/T], seed=[seed, TRAVERSE_SEED_SALT + step]): one stream per time step.
+# z~_t = stateless_normal([D/T], seed=[seed, TRAVERSE_SEED_SALT + t]): one stream per time step t in [1, T].
 TRAVERSE_SEED_SALT = 0x7472  # "tr"
 # `complete` refuses steps outside [0, MAX_COMPLETION_STEPS]: a request costs (steps + 2) generator passes
 # (forward and backward) per image, so one request cannot hold a server for an unbounded time.
@@ -349,23 +350,28 @@ def _sample(graph, num, seed):
     return {"images": graph.generate(z), "z": z}
 
 
-def _traversal(graph, z, step, num_points, seed):
+def _traversal(graph, z, time_step, num_points, seed):
     """The shared body of `traverse` and `traverse_images` (module docstring): checked finite z `[batch, D]`,
-    step / num_points / seed scalars -> images `[batch, P, H, W, C]`, z `[batch, P, D]`."""
+    time_step (1-based, the paper's t) / num_points / seed scalars -> images `[batch, P, H, W, C]`,
+    z `[batch, P, D]`."""
     num_steps = len(graph.step_slices)
-    step = _checked_in_range(
-        _checked_scalar(step, "step"), "step", 0, num_steps - 1, f"0-based time step; the latent has T={num_steps}"
+    time_step = _checked_in_range(
+        _checked_scalar(time_step, "time_step"),
+        "time_step",
+        1,
+        num_steps,
+        f"the paper's t, counted from 1; the latent has T={num_steps}",
     )
     num_points = _checked_in_range(
         _checked_scalar(num_points, "num_points"), "num_points", 2, MAX_TRAVERSE_POINTS, "points per row, ends included"
     )
     seed = _checked_scalar(seed, "seed")
     size = graph.step_slices[0][1] - graph.step_slices[0][0]  # D/T, the same for every step
-    start = tf.gather(tf.constant([s for s, _ in graph.step_slices], tf.int32), step)
+    start = tf.gather(tf.constant([s for s, _ in graph.step_slices], tf.int32), time_step - 1)
     # z~_t: one draw shared by every row, from its own stream per time step.
     target = tf.random.stateless_normal(
         [size],
-        seed=tf.stack([seed, tf.constant(TRAVERSE_SEED_SALT, tf.int64) + tf.cast(step, tf.int64)]),
+        seed=tf.stack([seed, tf.constant(TRAVERSE_SEED_SALT, tf.int64) + tf.cast(time_step, tf.int64)]),
         dtype=tf.float32,
         alg=SAMPLE_RNG_ALGORITHM,
     )
@@ -383,13 +389,13 @@ def _traversal(graph, z, step, num_points, seed):
     return {"images": images, "z": paths}
 
 
-def _traverse(graph, z, step, num_points, seed):
-    return _traversal(graph, _checked_finite(graph.latents(z), "z"), step, num_points, seed)
+def _traverse(graph, z, time_step, num_points, seed):
+    return _traversal(graph, _checked_finite(graph.latents(z), "z"), time_step, num_points, seed)
 
 
-def _traverse_images(graph, images, step, num_points, seed):
+def _traverse_images(graph, images, time_step, num_points, seed):
     loc, _ = graph.encode(graph.pixels(images))
-    return _traversal(graph, loc, step, num_points, seed)
+    return _traversal(graph, loc, time_step, num_points, seed)
 
 
 def _complete(graph, images, mask, steps, seed):
@@ -459,16 +465,22 @@ ENDPOINTS = (
     ),
     Endpoint(
         "traverse",
-        inputs=lambda s: {"z": s.latent, "step": ("int32", []), "num_points": ("int32", []), "seed": ("int64", [])},
+        inputs=lambda s: {
+            "z": s.latent,
+            "time_step": ("int32", []),
+            "num_points": ("int32", []),
+            "seed": ("int64", []),
+        },
         outputs=lambda s: {"images": s.image_paths, "z": s.latent_paths},
         fn=_traverse,
-        doc="z [batch, D], step in [0, T), num_points in [2, MAX], seed -> images [batch, P, H, W, C], z [batch, P, D]",
+        doc="z [batch, D], time_step in [1, T], num_points in [2, MAX], seed -> images [batch, P, H, W, C], "
+        "z [batch, P, D]",
     ),
     Endpoint(
         "traverse_images",
         inputs=lambda s: {
             "images": s.image,
-            "step": ("int32", []),
+            "time_step": ("int32", []),
             "num_points": ("int32", []),
             "seed": ("int64", []),
         },
@@ -490,7 +502,7 @@ SIGNATURES = tuple(endpoint.name for endpoint in ENDPOINTS)
 def signature_table(latent_dim: int, image_shape) -> dict:
     """The serving contract for one model, generated from `ENDPOINTS`: signature -> {'inputs'|'outputs':
     {name: (dtype, shape)}}. Shapes use -1 for a dynamic dimension (the batch; `traverse`'s num_points), as
-    `saved_model_cli show` prints them; `num`, `seed`, `step`, `num_points` and `steps` are scalars (shape [])."""
+    `saved_model_cli show` prints them; `num`, `seed`, `time_step`, `num_points` and `steps` are scalars (shape [])."""
     shapes = Shapes(int(latent_dim), tuple(int(d) for d in image_shape))
     return {e.name: {"inputs": e.inputs(shapes), "outputs": e.outputs(shapes)} for e in ENDPOINTS}
 

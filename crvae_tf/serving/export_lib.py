@@ -97,7 +97,7 @@ def traverse_metadata(model) -> dict:
     slices = endpoints.time_step_slices(model)
     return {
         "num_time_steps": len(slices),
-        "step": "0-based: step s is the paper's time step t = s + 1",
+        "time_step": "1-based, the paper's t (as explore --time_step): time step t is step_slices[t - 1]",
         "step_slices": [list(pair) for pair in slices],
         "time_steps_of_the_head": int(getattr(getattr(model, "latent_head", None), "num_time_steps", 1) or 1),
         "max_num_points": MAX_TRAVERSE_POINTS,
@@ -105,7 +105,7 @@ def traverse_metadata(model) -> dict:
             "op": "tf.random.stateless_normal",
             "alg": SAMPLE_RNG_ALGORITHM,
             "shape": "[D/T], shared by every row",
-            "seed": f"[seed, {TRAVERSE_SEED_SALT} + step]",
+            "seed": f"[seed, {TRAVERSE_SEED_SALT} + t]",
         },
         "points": "(1 - a) z_t + a z~_t, a = p / (num_points - 1), p = 0..num_points-1; other time steps fixed",
     }
