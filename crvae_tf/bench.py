@@ -69,7 +69,7 @@ from crvae_tf.evaluation import likelihood as eval_lib
 
 VARIANTS = ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae")
 
-flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)  # read by cli.run
+VERBOSE = flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)
 MODELS = flags.DEFINE_list("models", list(VARIANTS), f"Variants to time, from {VARIANTS}.")
 STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps per variant.")
 WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocator warm-up).")
@@ -442,4 +442,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags.FLAGS)
+    cli.run(main, flags.FLAGS, lambda: cli.LoggingOptions(VERBOSE.value, bool(flags.FLAGS["verbosity"].present)))

@@ -15,9 +15,10 @@ a traceback (`--verbose` or CRVAE_TF_VERBOSE=1 shows it); logs are quiet unless 
       10   the run's kind is not supported by this binary (an adversarial run's likelihood, an FC latent's prior)
       130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)
 
-The exit statuses and the classes behind them are `EXIT_CODES`; `run(main, flags.FLAGS)` replaces
-`absl.app.run(main)`. The flags themselves, `--verbose` included (`VERBOSE_HELP`), belong to the binaries: this module
-imports no `absl.flags`; it parses the binary's flag values and reads `--verbose` / `--verbosity` off the command line.
+The exit statuses and the classes behind them are `EXIT_CODES`; `run(main, parse_flags, logging_options)` replaces
+`absl.app.run(main)`. The flags belong to the binaries, `--verbose` included (`VERBOSE_HELP`): this module reads none.
+A binary hands over its parser (its `flags.FLAGS`, called on the command line; an error exits 2) and a function that
+returns the `LoggingOptions` it read from its parsed flags.
 """
 
 import re
@@ -25,6 +26,7 @@ import signal
 import sys
 import threading
 import traceback
+from typing import NamedTuple
 
 from absl import app
 from absl import logging
@@ -37,7 +39,15 @@ from crvae_tf.training import monitors
 
 # Every binary defines `flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)`.
 VERBOSE_HELP = f"Show tracebacks and INFO logs (also {startup.VERBOSE_ENV}=1)."
-_VERBOSITY_FLAGS = ("--verbosity", "-verbosity", "--v", "-v")
+
+
+class LoggingOptions(NamedTuple):
+    """What a binary read from its parsed flags that decides the console: `verbose` (--verbose: tracebacks and INFO
+    logs; CRVAE_TF_VERBOSE=1 does the same) and `explicit_verbosity` (absl's --verbosity / -v was given: keep it)."""
+
+    verbose: bool = False
+    explicit_verbosity: bool = False
+
 
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -105,17 +115,9 @@ def message_and_code(error: BaseException):
     return None
 
 
-def command_line_options(argv) -> dict:
-    """{'verbose': --verbose or CRVAE_TF_VERBOSE, 'verbosity': an explicit absl --verbosity / -v} of a command line."""
-    return {
-        "verbose": startup.verbose_requested(argv),
-        "verbosity": any(arg.split("=", 1)[0] in _VERBOSITY_FLAGS for arg in argv[1:]),
-    }
-
-
-def _quiet_logs(options) -> None:
+def _quiet_logs(verbose: bool, explicit_verbosity: bool) -> None:
     """WARNING and above only, unless --verbose or an explicit --verbosity."""
-    if options["verbose"] or options["verbosity"]:
+    if verbose or explicit_verbosity:
         return
     logging.set_verbosity(logging.WARNING)
     import logging as logging_std
@@ -127,9 +129,9 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def _parse_flags(flag_values, argv):
+def _parse_flags(parse_flags, argv):
     try:
-        return flag_values(argv)
+        return parse_flags(argv)
     except Exception as error:  # absl's flags.Error family: unknown, malformed or missing flags
         program = _program(argv)
         sys.stderr.write(f"{program}: error: {error}\n(python -m {program} --help lists the flags)\n")
@@ -144,13 +146,14 @@ def _program(argv=None) -> str:
     return (argv or sys.argv or ["crvae_tf"])[0]
 
 
-def guarded(main, options=None):
-    """`main` with the error handling of the module docstring (for `absl.app.run`). `options`: the
-    `command_line_options` of the command (filled in by `run` while it parses; None: only CRVAE_TF_VERBOSE counts)."""
+def guarded(main, logging_options=None):
+    """`main` with the error handling of the module docstring (for `absl.app.run`). `logging_options`: the binary's
+    `() -> LoggingOptions`, called once its flags are parsed (None: defaults; CRVAE_TF_VERBOSE counts either way)."""
 
     def wrapped(argv):
-        current = options or command_line_options([])
-        _quiet_logs(current)
+        options = logging_options() if logging_options is not None else LoggingOptions()
+        verbose = bool(options.verbose) or startup.verbose_requested(argv=[])  # argv=[]: the environment only
+        _quiet_logs(verbose, bool(options.explicit_verbosity))
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _raise_terminated)
         try:
@@ -164,7 +167,7 @@ def guarded(main, options=None):
         except KeyboardInterrupt as error:
             message, code = message_and_code(error)
             caught = error
-        if current["verbose"]:
+        if verbose:
             traceback.print_exception(type(caught), caught, caught.__traceback__)
         sys.stdout.flush()
         if code == EXIT_USAGE:
@@ -176,17 +179,12 @@ def guarded(main, options=None):
     return wrapped
 
 
-def run(main, flag_values) -> None:
+def run(main, parse_flags, logging_options) -> None:
     """`absl.app.run(main)` with the error handling of the module docstring; flag errors exit 2 without the help.
 
     Args:
       main: the binary's `main(argv)`.
-      flag_values: the binary's `absl.flags.FLAGS`, parsed here from the command line.
+      parse_flags: the binary's parser, `argv -> remaining argv` (its `flags.FLAGS`).
+      logging_options: the binary's `() -> LoggingOptions`, read from its flags after `parse_flags`.
     """
-    options = {}
-
-    def parse(argv):
-        options.update(command_line_options(argv))
-        return _parse_flags(flag_values, argv)
-
-    app.run(guarded(main, options), flags_parser=parse)
+    app.run(guarded(main, logging_options), flags_parser=lambda argv: _parse_flags(parse_flags, argv))

@@ -38,7 +38,7 @@ from crvae_tf.evaluation import likelihood as eval_lib
 
 # --model_dir and --gin_bindings have the same meaning as in crvae_tf.train; allow_override lets both binaries be
 # imported into one process (the tests), whichever comes first.
-flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)  # read by cli.run
+VERBOSE = flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)
 MODEL_DIR = flags.DEFINE_string("model_dir", None, "The training run's directory.", allow_override=True)
 BINDINGS = flags.DEFINE_multi_string(
     "gin_bindings",
@@ -192,4 +192,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags.FLAGS)
+    cli.run(main, flags.FLAGS, lambda: cli.LoggingOptions(VERBOSE.value, bool(flags.FLAGS["verbosity"].present)))

@@ -98,7 +98,7 @@ COMPLETION_FLAGS = (
 
 # --model_dir, --gin_bindings and --checkpoint mean the same in every crvae_tf binary; allow_override lets
 # two binaries that define them live in one process (the tests import several).
-flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)  # read by cli.run
+VERBOSE = flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)
 MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "The run directory (written by python -m crvae_tf.train).", allow_override=True
 )
@@ -260,4 +260,4 @@ def _complete():
 
 
 if __name__ == "__main__":
-    cli.run(main, flags.FLAGS)
+    cli.run(main, flags.FLAGS, lambda: cli.LoggingOptions(VERBOSE.value, bool(flags.FLAGS["verbosity"].present)))

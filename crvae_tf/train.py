@@ -27,7 +27,7 @@ from crvae_tf import runs
 from crvae_tf.training import console
 from crvae_tf.training import loop
 
-flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)  # read by cli.run
+VERBOSE = flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)
 FLAGS = flags.DEFINE_multi_string("gin_file", [], "Gin recipe file(s), applied in order.")
 BINDINGS = flags.DEFINE_multi_string(
     "gin_bindings", [], 'Gin bindings that override the files, e.g. "train.max_steps=300".'
@@ -50,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags.FLAGS)
+    cli.run(main, flags.FLAGS, lambda: cli.LoggingOptions(VERBOSE.value, bool(flags.FLAGS["verbosity"].present)))

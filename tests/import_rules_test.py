@@ -1,5 +1,5 @@
 """The package's layering: no import cycle, no lower layer importing a higher one, gin only in the gin surface and
-the binaries, absl flags only in the binaries (their shared `cli` parses the flags a binary hands it)."""
+the binaries, absl flags only in the binaries (they read their own flags and hand `cli` what it needs)."""
 
 import ast
 import os

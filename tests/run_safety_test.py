@@ -232,6 +232,11 @@ class CommandLineErrorsTest(testing_utils.GinTestCase):
         self.assertIn("Did you mean 'max_steps'?", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
         self.assertFalse(os.path.exists(os.path.join(root, "fresh")))
+        # --verbose, read by the binary from its own flags, adds the traceback; the exit status stays.
+        result = _run(_train_command(os.path.join(root, "fresh"), ["train.max_stepz = 3"]) + ["--verbose"])
+        self.assertEqual(result.returncode, cli.EXIT_CONFIG, msg=result.stderr[-3000:])
+        self.assertIn("Traceback", result.stderr)
+        self.assertIn("Did you mean 'max_steps'?", result.stderr)
 
     def test_nan_before_the_first_checkpoint_and_interrupt_messages(self):
         root = self.get_temp_dir()
