@@ -5,6 +5,7 @@ previous version. The files get the mode of any new file under the process's uma
 the checkpoints TensorFlow writes, not `mkstemp`'s private 0600. Gin-free.
 """
 
+import hashlib
 import math
 import os
 import tempfile
@@ -33,6 +34,26 @@ def current_umask() -> int:
 def new_file_mode() -> int:
     """The mode `open(path, 'w')` would give a new file: 0o666 less the umask."""
     return 0o666 & ~current_umask()
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file, or of a directory (sorted relative paths and contents of every file under it)."""
+    digest = hashlib.sha256()
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                digest.update(os.path.relpath(full, path).replace(os.sep, "/").encode() + b"\0")
+                with open(full, "rb") as f:
+                    for block in iter(lambda f=f: f.read(1 << 20), b""):
+                        digest.update(block)
+                digest.update(b"\0")
+        return digest.hexdigest()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: str, payload: bytes) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 from scipy import linalg
 import tensorflow as tf
 
+from crvae_tf import artifacts
 from crvae_tf.evaluation import sample_quality as sq
 
 
@@ -165,7 +166,7 @@ class ProxyPathTest(unittest.TestCase):
             path = os.path.join(tmp, "proxy.keras")
             model.save(path)
             network = sq.KerasFeatureNetwork(path, layer="pool", probabilities_layer="probs", batch_size=32)
-            self.assertEqual(network.sha256, sq.file_sha256(path))
+            self.assertEqual(network.sha256, artifacts.file_sha256(path))
 
         def sample(num, seed):
             return {"images": np.random.default_rng(seed).uniform(size=(num, 12, 12, 1)).astype(np.float32) ** 2}
@@ -222,7 +223,7 @@ class ProxyPathTest(unittest.TestCase):
                 input_channels=3,
                 batch_size=4,
             )
-            self.assertEqual(network.sha256, sq.file_sha256(path))
+            self.assertEqual(network.sha256, artifacts.file_sha256(path))
         self.assertTrue(network.is_proxy and network.has_probabilities)
         self.assertEqual(network.layer, "serving_default/embedding")
         out = network.outputs(images)
@@ -329,7 +330,7 @@ class InceptionGraphDefLoaderTest(unittest.TestCase):
             names = _fabricated_inception_graph(path, kernel, weights, bias)
             self.assertTrue({"ExpandDims", "pool_3", "softmax/logits/MatMul", "DecodeJpeg/contents"} <= names)
             network = sq.InceptionGraphDef(tmp, batch_size=3)  # a directory holding the file is accepted
-            self.assertEqual(network.sha256, sq.file_sha256(path))
+            self.assertEqual(network.sha256, artifacts.file_sha256(path))
         images = rng.uniform(size=(7, 10, 10, 1)).astype(np.float32)  # grayscale: repeated to RGB; batches 3+3+1
         out = network.outputs(images)
         # Oracle: the same computation in eager TF on [0, 255] RGB pixels, logits without the bias (improved-gan).

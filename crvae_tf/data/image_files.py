@@ -20,6 +20,7 @@ from typing import Union
 import numpy as np
 import tensorflow as tf
 
+from crvae_tf import artifacts
 from crvae_tf.data.splits import DataUnavailableError
 from crvae_tf.data.splits import first_line
 
@@ -248,19 +249,11 @@ def abspath(path) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def listing_fingerprint(root: str, paths: Sequence[str], metadata_files: Sequence[str]) -> str:
     """SHA-256 over (path relative to `root`, size, mtime_ns) of `paths` and the bytes of `metadata_files`."""
     digest = hashlib.sha256()
     for path in metadata_files:
-        digest.update(f"meta:{os.path.relpath(path, root)}:{_file_digest(path)}\n".encode())
+        digest.update(f"meta:{os.path.relpath(path, root)}:{artifacts.file_sha256(path)}\n".encode())
     for path in paths:
         stat = os.stat(path)
         digest.update(f"{os.path.relpath(path, root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())

@@ -89,6 +89,8 @@ import numpy as np
 from scipy import special
 import tensorflow as tf
 
+from crvae_tf import artifacts
+
 PSD_TOLERANCE_FACTOR = 100.0
 KID_NUM_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -357,26 +359,6 @@ def inception_score(probabilities, num_splits: int = IS_NUM_SPLITS) -> Dict[str,
 # Feature networks.
 
 
-def file_sha256(path: str) -> str:
-    """sha256 of a file, or of a directory (sorted relative paths and contents of every file under it)."""
-    digest = hashlib.sha256()
-    if os.path.isdir(path):
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                digest.update(os.path.relpath(full, path).replace(os.sep, "/").encode() + b"\0")
-                with open(full, "rb") as f:
-                    for block in iter(lambda f=f: f.read(1 << 20), b""):
-                        digest.update(block)
-                digest.update(b"\0")
-        return digest.hexdigest()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _weights_sha256(model) -> str:
     digest = hashlib.sha256()
     for weight in model.weights:
@@ -397,7 +379,7 @@ class FeatureNetwork:
 
     Attributes:
       name: what the network is (file name or model name); recorded in every result.
-      sha256: of its file(s) (a directory: `file_sha256`), or of its weights for an in-memory model.
+      sha256: of its file(s) (a directory: `artifacts.file_sha256`), or of its weights for an in-memory model.
       is_proxy: False only for the standard TF Inception graph: results are then "fid" / "kid", else "proxy_*".
       layer: the features' layer.
       input_size: (height, width) the images are resized to (bilinear) before the network, or None (as given).
@@ -492,7 +474,7 @@ class InceptionGraphDef(FeatureNetwork):
             path = _require_file(os.path.join(path, INCEPTION_GRAPH_FILE), "Inception graph", INCEPTION_HELP)
         self.path = path
         self.name = INCEPTION_NAME
-        self.sha256 = file_sha256(path)
+        self.sha256 = artifacts.file_sha256(path)
         self.batch_size = int(batch_size)
         graph_def = tf.compat.v1.GraphDef()
         with open(path, "rb") as f:
@@ -554,7 +536,7 @@ class KerasFeatureNetwork(FeatureNetwork):
             path = _require_file(
                 model, "Keras feature model", "Supply a saved Keras model file (.keras / .h5) of the proxy network."
             )
-            self.sha256 = file_sha256(path)
+            self.sha256 = artifacts.file_sha256(path)
             model = keras.models.load_model(path, compile=False)
             self.name = name or os.path.basename(path)
         else:
@@ -591,7 +573,7 @@ class SavedModelFeatureNetwork(FeatureNetwork):
     """A SavedModel signature as a proxy feature network.
 
     Args:
-      path: the SavedModel directory (its sha256: `file_sha256` of the directory).
+      path: the SavedModel directory (its sha256: `artifacts.file_sha256` of the directory).
       output_key: the signature's output with the features; None when it has exactly one output.
       signature: the signature name.
       input_key: the signature's image input; None when it has exactly one input.
@@ -613,7 +595,7 @@ class SavedModelFeatureNetwork(FeatureNetwork):
         name: Optional[str] = None,
     ):
         path = _require_file(path, "SavedModel feature network", "Supply the SavedModel directory of the network.")
-        self.sha256 = file_sha256(path)
+        self.sha256 = artifacts.file_sha256(path)
         self._loaded = tf.saved_model.load(path)
         if signature not in self._loaded.signatures:
             raise ValueError(f"{path} has no signature {signature!r}; it has {sorted(self._loaded.signatures)}")
@@ -694,7 +676,7 @@ def keras_inception_v3(weights_path: str, batch_size: int = 50) -> KerasFeatureN
         batch_size=batch_size,
         name=f"keras.applications.InceptionV3:{os.path.basename(path)}",
     )
-    network.sha256 = file_sha256(path)
+    network.sha256 = artifacts.file_sha256(path)
     network.layer = "avg_pool"
     return network
 

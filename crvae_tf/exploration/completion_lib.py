@@ -59,7 +59,6 @@ Outputs:
                                                      TensorBoard summaries at the checkpoint's step
 """
 
-import hashlib
 import json
 import os
 import time
@@ -274,14 +273,6 @@ def check_landmarks(mask: str, landmarks) -> None:
         )
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def mask_boxes(mask_images) -> list:
     """[top, left, bottom, right] (bottom / right exclusive) around the missing pixels of each `[R, R, 1]` mask."""
     boxes = []
@@ -351,7 +342,7 @@ def explore_complete(
         mask_source = {
             "kind": "landmarks",
             "path": os.path.abspath(landmarks),
-            "sha256": file_sha256(landmarks),
+            "sha256": artifacts.file_sha256(landmarks),
             "images": list(run.splits.names["validation"][: int(num_images)]),
             "boxes": mask_boxes(masks_all),
         }
