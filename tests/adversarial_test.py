@@ -10,53 +10,13 @@ import tensorflow as tf
 
 from crvae_tf import models
 from crvae_tf.architectures import blocks
-from crvae_tf.architectures import heads
 from crvae_tf.objectives import losses
 
-IMAGE_SHAPE = (16, 16, 3)
+import testing_utils
+
+IMAGE_SHAPE = testing_utils.TINY_RGB_SHAPE
 BATCH = 8
-
-
-def tiny_parts(kind="channel_recurrent", with_q=True, seed=0):
-    keras.utils.set_random_seed(seed)
-    encoder = keras.Sequential(
-        [
-            keras.Input(IMAGE_SHAPE),
-            keras.layers.Conv2D(8, 3, strides=4, padding="same"),
-            blocks.BatchNorm(momentum=0.1, epsilon=1e-6),
-            keras.layers.LeakyReLU(0.1),
-        ],
-        name="encoder",
-    )
-    if kind == "channel_recurrent":
-        head = heads.ChannelRecurrentHead(
-            (4, 4, 8),
-            latent_channels=4,
-            num_time_steps=2,
-            hidden_units=8,
-            loc_path="conv",
-            inference_batchnorm=True,
-            name="latent_head",
-        )
-    else:
-        head = heads.FCHead((4, 4, 8), latent_dim=16, name="latent_head")
-    decoder = keras.Sequential(
-        [keras.Input((4, 4, 8)), keras.layers.Conv2DTranspose(3, 4, strides=4), keras.layers.Activation("tanh")],
-        name="decoder",
-    )
-    trunk = keras.Sequential(
-        [keras.Input(IMAGE_SHAPE), keras.layers.Conv2D(4, 3, strides=4, padding="same"), keras.layers.ReLU()],
-        name="discriminator_trunk",
-    )
-    disc = keras.Sequential(
-        [keras.Input((4, 4, 4)), keras.layers.Flatten(), keras.layers.Dense(1)], name="discriminator"
-    )
-    q = None
-    if with_q:
-        q = keras.Sequential(
-            [keras.Input((4, 4, 4)), keras.layers.Flatten(), keras.layers.Dense(head.latent_dim)], name="q_head"
-        )
-    return encoder, head, decoder, trunk, disc, q
+tiny_parts = testing_utils.tiny_adversarial_parts
 
 
 def make_model(kind="channel_recurrent", learning_rates=None, **kwargs):

@@ -5,16 +5,13 @@ generator gen(z) = A z (minimise ||m (x - A z)||^2 + gamma/2 ||z||^2  =>  (2 A^T
 the prior term's sign through its gradient gamma * z.
 """
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
 import tempfile
 
 from absl import app
-from absl import flags
 import gin
 import numpy as np
 import tensorflow as tf
@@ -424,15 +421,8 @@ class CompleteModeTest(testing_utils.GinTestCase):
         super().tearDownClass()
 
     def _explore(self, *args):
-        flags.FLAGS.unparse_flags()
-        try:
-            flags.FLAGS(["explore", f"--model_dir={self.model_dir}", "--mode=complete"] + list(args))
-            output = io.StringIO()
-            with contextlib.redirect_stdout(output):
-                explore.main(["explore"])
-            return json.loads(output.getvalue().strip().splitlines()[-1])
-        finally:
-            flags.FLAGS.unparse_flags()
+        argv = ["explore", f"--model_dir={self.model_dir}", "--mode=complete", *args]
+        return json.loads(testing_utils.run_main(explore.main, argv).strip().splitlines()[-1])
 
     def test_optimisation_lowers_the_masked_error(self):
         run = self.tiny_run
@@ -496,9 +486,8 @@ class CompleteModeTest(testing_utils.GinTestCase):
         with self.assertRaisesRegex(app.UsageError, "--gamma=-1.0 must be >= 0"):
             self._explore("--gamma=-1")
         with self.assertRaisesRegex(app.UsageError, "--num_images: only for --mode=complete"):
-            flags.FLAGS.unparse_flags()
-            flags.FLAGS(["explore", f"--model_dir={self.model_dir}", "--mode=empirical_prior", "--num_images=3"])
-            explore.main(["explore"])
+            argv = ["explore", f"--model_dir={self.model_dir}", "--mode=empirical_prior", "--num_images=3"]
+            testing_utils.run_main(explore.main, argv)
 
     def _write_landmarks(self, ids, name="landmarks.txt"):
         """A list_landmarks_align_celeba.txt for faces `ids`: the template moved by a per-id shift (178x218 px)."""
@@ -549,9 +538,8 @@ class CompleteModeTest(testing_utils.GinTestCase):
         with self.assertRaisesRegex(FileNotFoundError, "--landmarks=.*absent.txt: no such file"):
             self._explore("--mask=mouth", f"--landmarks={self.root}/absent.txt")
         with self.assertRaisesRegex(app.UsageError, "--landmarks: only for --mode=complete"):
-            flags.FLAGS.unparse_flags()
-            flags.FLAGS(["explore", f"--model_dir={self.model_dir}", "--mode=empirical_prior", f"--landmarks={path}"])
-            explore.main(["explore"])
+            argv = ["explore", f"--model_dir={self.model_dir}", "--mode=empirical_prior", f"--landmarks={path}"]
+            testing_utils.run_main(explore.main, argv)
         # A CelebA cache written before names were recorded: one data error naming the folder to delete (exit 4).
         manifest_path = self.tiny_run.splits.manifest_path
         with open(manifest_path) as f:

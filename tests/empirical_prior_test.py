@@ -5,13 +5,10 @@ Oracles: `np.mean` / `np.cov` per channel, a known per-channel MVN (large-N reco
 `python -m crvae_tf.explore --mode=empirical_prior` in-process, twice (the second reuses the saved prior).
 """
 
-import contextlib
-import io
 import json
 import os
 
 from absl import app
-from absl import flags
 import gin
 import numpy as np
 from scipy import stats
@@ -232,12 +229,7 @@ class ExploreBinaryTest(testing_utils.GinTestCase):
     """`python -m crvae_tf.explore --mode=empirical_prior` on a 2-step tiny cVAE run, in-process."""
 
     def _explore(self, *args):
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["explore"] + list(args))
-        output = io.StringIO()
-        with contextlib.redirect_stdout(output):
-            explore.main(["explore"])
-        return output.getvalue()
+        return testing_utils.run_main(explore.main, ["explore", *args])
 
     def test_fit_save_render_and_reuse(self):
         tmp = self.get_temp_dir()
@@ -252,65 +244,61 @@ class ExploreBinaryTest(testing_utils.GinTestCase):
         )
         loop.train(model_dir)
         gin.clear_config()
-        try:
-            stdout = self._explore(
-                f"--model_dir={model_dir}", "--mode=empirical_prior", "--num_samples=6", "--max_images=50", "--seed=1"
-            )
-            summary = json.loads(stdout.strip().splitlines()[-1])
-            prior_file = os.path.join(model_dir, "empirical_prior", "step2.npz")
-            pngs = [
-                os.path.join(model_dir, "explore", f"{kind}-step2.png")
-                for kind in ("empirical_prior", "standard_prior")
-            ]
-            self.assertEqual(
-                (summary["step"], summary["num_images"], summary["prior"], summary["reused_prior"]),
-                (2, 50, prior_file, False),
-            )
-            self.assertEqual([summary["empirical_prior_png"], summary["standard_prior_png"]], pngs)
-            self.assertEqual(summary["latent_shape"], [8, 4, 4])
-            for png in pngs:
-                grid = tf.io.decode_png(open(png, "rb").read()).numpy()
-                self.assertEqual(grid.shape, (2 * 29 + 1, 3 * 29 + 1, 1))  # 6 samples: 3 columns x 2 rows
-            # Saved with the model: fitted on the TRAINING split, binarized as the evaluation pipeline, run seed.
-            prior = EmpiricalPrior.load(prior_file)
-            self.assertEqual((prior.step, prior.split, prior.num_images, prior.seed), (2, "train", 50, 1208))
-            run = runs.load_run(model_dir)
-            oracle = EmpiricalPrior.fit(
-                run.model,
-                data_lib.make_dataset(
-                    run.splits.train[:50],
-                    batch_size=explore_lib.FIT_BATCH_SIZE,
-                    binarization=run.splits.binarization,
-                    seed=run.seed,
-                    training=False,
-                ),
+        stdout = self._explore(
+            f"--model_dir={model_dir}", "--mode=empirical_prior", "--num_samples=6", "--max_images=50", "--seed=1"
+        )
+        summary = json.loads(stdout.strip().splitlines()[-1])
+        prior_file = os.path.join(model_dir, "empirical_prior", "step2.npz")
+        pngs = [
+            os.path.join(model_dir, "explore", f"{kind}-step2.png") for kind in ("empirical_prior", "standard_prior")
+        ]
+        self.assertEqual(
+            (summary["step"], summary["num_images"], summary["prior"], summary["reused_prior"]),
+            (2, 50, prior_file, False),
+        )
+        self.assertEqual([summary["empirical_prior_png"], summary["standard_prior_png"]], pngs)
+        self.assertEqual(summary["latent_shape"], [8, 4, 4])
+        for png in pngs:
+            grid = tf.io.decode_png(open(png, "rb").read()).numpy()
+            self.assertEqual(grid.shape, (2 * 29 + 1, 3 * 29 + 1, 1))  # 6 samples: 3 columns x 2 rows
+        # Saved with the model: fitted on the TRAINING split, binarized as the evaluation pipeline, run seed.
+        prior = EmpiricalPrior.load(prior_file)
+        self.assertEqual((prior.step, prior.split, prior.num_images, prior.seed), (2, "train", 50, 1208))
+        run = runs.load_run(model_dir)
+        oracle = EmpiricalPrior.fit(
+            run.model,
+            data_lib.make_dataset(
+                run.splits.train[:50],
+                batch_size=explore_lib.FIT_BATCH_SIZE,
+                binarization=run.splits.binarization,
                 seed=run.seed,
-            )
-            np.testing.assert_array_equal(prior.mean, oracle.mean)
-            np.testing.assert_array_equal(prior.covariance, oracle.covariance)
+                training=False,
+            ),
+            seed=run.seed,
+        )
+        np.testing.assert_array_equal(prior.mean, oracle.mean)
+        np.testing.assert_array_equal(prior.covariance, oracle.covariance)
 
-            # Second call: the saved prior is reused (file untouched), the grids are identical.
-            written = {path: open(path, "rb").read() for path in pngs + [prior_file]}
-            os.utime(prior_file, (0, 0))
-            summary = json.loads(
-                self._explore(
-                    f"--model_dir={model_dir}", "--num_samples=6", "--max_images=50", "--seed=1", "--checkpoint=2"
-                )
-                .strip()
-                .splitlines()[-1]
+        # Second call: the saved prior is reused (file untouched), the grids are identical.
+        written = {path: open(path, "rb").read() for path in pngs + [prior_file]}
+        os.utime(prior_file, (0, 0))
+        summary = json.loads(
+            self._explore(
+                f"--model_dir={model_dir}", "--num_samples=6", "--max_images=50", "--seed=1", "--checkpoint=2"
             )
-            self.assertTrue(summary["reused_prior"])
-            self.assertEqual(os.stat(prior_file).st_mtime, 0)
-            for path, payload in written.items():
-                self.assertEqual(open(path, "rb").read(), payload, msg=path)
+            .strip()
+            .splitlines()[-1]
+        )
+        self.assertTrue(summary["reused_prior"])
+        self.assertEqual(os.stat(prior_file).st_mtime, 0)
+        for path, payload in written.items():
+            self.assertEqual(open(path, "rb").read(), payload, msg=path)
 
-            with self.assertRaisesRegex(
-                app.UsageError,
-                r"--mode='time_steps'.*"
-                r"\['empirical_prior', 'progressive', 'interpolate', 'style', 'manifold', 'complete'\]",
-            ):
-                self._explore(f"--model_dir={model_dir}", "--mode=time_steps")
-            with self.assertRaisesRegex(FileNotFoundError, r"no checkpoint for step 7; kept steps: \[2\]"):
-                self._explore(f"--model_dir={model_dir}", "--checkpoint=7")
-        finally:
-            flags.FLAGS.unparse_flags()
+        with self.assertRaisesRegex(
+            app.UsageError,
+            r"--mode='time_steps'.*"
+            r"\['empirical_prior', 'progressive', 'interpolate', 'style', 'manifold', 'complete'\]",
+        ):
+            self._explore(f"--model_dir={model_dir}", "--mode=time_steps")
+        with self.assertRaisesRegex(FileNotFoundError, r"no checkpoint for step 7; kept steps: \[2\]"):
+            self._explore(f"--model_dir={model_dir}", "--checkpoint=7")

@@ -8,16 +8,12 @@ Eq. S1 written out with cos / sin for the manifold; the evaluation pipeline (`da
 the validation images. End to end: a 2-step tiny crVAE run and the four modes of the binary, in-process.
 """
 
-import contextlib
-import io
 import json
 import os
 import types
 
 from absl import app
-from absl import flags
 import gin
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -27,7 +23,6 @@ from crvae_tf import explore
 from crvae_tf import models
 from crvae_tf import runs
 from crvae_tf.architectures import blocks
-from crvae_tf.architectures import heads
 from crvae_tf.exploration import views
 from crvae_tf.models import latent_steps
 from crvae_tf.training import loop
@@ -86,25 +81,8 @@ def _fake_splits(num_validation=12, shape=(28, 28, 1), binarization="dynamic", s
 
 def _tiny_vae_gan(seed=0):
     """A hand-made 16x16 RGB crVAE-GAN (T = 2, latent 4x4x4): pixels in [-1, 1] inside, tanh decoder."""
-    keras.utils.set_random_seed(seed)
-    shape = (16, 16, 3)
-    encoder = keras.Sequential(
-        [keras.Input(shape), keras.layers.Conv2D(8, 3, strides=4, padding="same"), keras.layers.LeakyReLU(0.1)],
-        name="encoder",
-    )
-    head = heads.ChannelRecurrentHead(
-        (4, 4, 8), latent_channels=4, num_time_steps=2, hidden_units=8, loc_path="conv", name="latent_head"
-    )
-    decoder = keras.Sequential(
-        [keras.Input((4, 4, 8)), keras.layers.Conv2DTranspose(3, 4, strides=4), keras.layers.Activation("tanh")],
-        name="decoder",
-    )
-    trunk = keras.Sequential(
-        [keras.Input(shape), keras.layers.Conv2D(4, 3, strides=4, padding="same"), keras.layers.ReLU()],
-        name="discriminator_trunk",
-    )
-    disc = keras.Sequential([keras.Input((4, 4, 4)), keras.layers.Flatten(), keras.layers.Dense(1)], name="disc")
-    model = models.VAEGAN(encoder, head, decoder, trunk, disc, image_shape=shape, seed=seed)
+    parts = testing_utils.tiny_adversarial_parts(with_q=False, seed=seed)
+    model = models.VAEGAN(*parts, image_shape=testing_utils.TINY_RGB_SHAPE, seed=seed)
     model.build()
     return model
 
@@ -389,12 +367,7 @@ class ExploreBinaryTest(testing_utils.GinTestCase):
     the cVAE is channel slice t, the path the baselines take)."""
 
     def _explore(self, *args):
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["explore"] + list(args))
-        output = io.StringIO()
-        with contextlib.redirect_stdout(output):
-            explore.main(["explore"])
-        return json.loads(output.getvalue().strip().splitlines()[-1])
+        return json.loads(testing_utils.run_main(explore.main, ["explore", *args]).strip().splitlines()[-1])
 
     def test_every_view_mode_on_a_trained_run(self):
         tmp = self.get_temp_dir()
@@ -422,25 +395,22 @@ class ExploreBinaryTest(testing_utils.GinTestCase):
             "style": (["--num_points=2"], 2 * 8, 3, "style-prior-all-seed0-step2"),
             "manifold": (["--num_points=4", "--image_indices=1,2,3,4"], 4, 4, "manifold-seed0-step2"),
         }
-        try:
-            for mode, (args, rows, cols, stem) in expected.items():
-                num = [] if mode in ("style", "manifold") else ["--num_samples=3"]
-                summary = self._explore(f"--model_dir={model_dir}", f"--mode={mode}", *num, *args)
-                png = os.path.join(model_dir, "explore", f"{stem}.png")
-                self.assertEqual((summary["mode"], summary["step"], summary["png"]), (mode, 2, png))
-                self.assertEqual((summary["rows"], summary["columns"]), (rows, cols))
-                self.assertEqual((summary["num_time_steps"], summary["time_steps_are"]), (8, "channel slices"))
-                self.assertEqual(summary["step_slices"][2], [32, 48])
-                grid = tf.io.decode_png(open(png, "rb").read()).numpy()
-                self.assertEqual(grid.shape, (rows * tile + 1, cols * tile + 1, 1), msg=mode)
-            self.assertEqual(summary["image_indices"], [1, 2, 3, 4])
-            inputs = tf.io.decode_png(open(summary["inputs_png"], "rb").read()).numpy()
-            self.assertEqual(inputs.shape, (tile + 1, 4 * tile + 1, 1))
-            events = os.listdir(os.path.join(model_dir, "tb", "explore"))
-            self.assertTrue(events and all(name.startswith("events.out.tfevents") for name in events))
-            with self.assertRaisesRegex(app.UsageError, r"--time_step=9 is out of range.*T=8 channel slices"):
-                self._explore(f"--model_dir={model_dir}", "--mode=style", "--time_step=9")
-            with self.assertRaisesRegex(app.UsageError, r"--source.*only for the views"):
-                self._explore(f"--model_dir={model_dir}", "--mode=empirical_prior", "--source=posterior")
-        finally:
-            flags.FLAGS.unparse_flags()
+        for mode, (args, rows, cols, stem) in expected.items():
+            num = [] if mode in ("style", "manifold") else ["--num_samples=3"]
+            summary = self._explore(f"--model_dir={model_dir}", f"--mode={mode}", *num, *args)
+            png = os.path.join(model_dir, "explore", f"{stem}.png")
+            self.assertEqual((summary["mode"], summary["step"], summary["png"]), (mode, 2, png))
+            self.assertEqual((summary["rows"], summary["columns"]), (rows, cols))
+            self.assertEqual((summary["num_time_steps"], summary["time_steps_are"]), (8, "channel slices"))
+            self.assertEqual(summary["step_slices"][2], [32, 48])
+            grid = tf.io.decode_png(open(png, "rb").read()).numpy()
+            self.assertEqual(grid.shape, (rows * tile + 1, cols * tile + 1, 1), msg=mode)
+        self.assertEqual(summary["image_indices"], [1, 2, 3, 4])
+        inputs = tf.io.decode_png(open(summary["inputs_png"], "rb").read()).numpy()
+        self.assertEqual(inputs.shape, (tile + 1, 4 * tile + 1, 1))
+        events = os.listdir(os.path.join(model_dir, "tb", "explore"))
+        self.assertTrue(events and all(name.startswith("events.out.tfevents") for name in events))
+        with self.assertRaisesRegex(app.UsageError, r"--time_step=9 is out of range.*T=8 channel slices"):
+            self._explore(f"--model_dir={model_dir}", "--mode=style", "--time_step=9")
+        with self.assertRaisesRegex(app.UsageError, r"--source.*only for the views"):
+            self._explore(f"--model_dir={model_dir}", "--mode=empirical_prior", "--source=posterior")

@@ -1,13 +1,82 @@
 """Shared helpers for the tests: a gin-clearing TestCase, tiny model bindings and fake data files."""
 
+import contextlib
+import io
 import os
 
+from absl import flags
 import gin
+import keras
 import numpy as np
 import tensorflow as tf
 
+from crvae_tf.architectures import blocks
+from crvae_tf.architectures import heads
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(REPO, "gin")
+
+
+# The adversarial family on tiny hand-made networks (tiny_adversarial_parts): 16x16 RGB images.
+TINY_RGB_SHAPE = (16, 16, 3)
+
+
+def tiny_adversarial_parts(kind="channel_recurrent", with_q=True, seed=0):
+    """Hand-made parts of a 16x16 RGB VAE-GAN (encoder, head, decoder, discriminator trunk and head, Q head or None):
+    a crVAE head (T = 2, latent 4x4x4) or an FC head (16), a few layers each, seeded."""
+    keras.utils.set_random_seed(seed)
+    encoder = keras.Sequential(
+        [
+            keras.Input(TINY_RGB_SHAPE),
+            keras.layers.Conv2D(8, 3, strides=4, padding="same"),
+            blocks.BatchNorm(momentum=0.1, epsilon=1e-6),
+            keras.layers.LeakyReLU(0.1),
+        ],
+        name="encoder",
+    )
+    if kind == "channel_recurrent":
+        head = heads.ChannelRecurrentHead(
+            (4, 4, 8),
+            latent_channels=4,
+            num_time_steps=2,
+            hidden_units=8,
+            loc_path="conv",
+            inference_batchnorm=True,
+            name="latent_head",
+        )
+    else:
+        head = heads.FCHead((4, 4, 8), latent_dim=16, name="latent_head")
+    decoder = keras.Sequential(
+        [keras.Input((4, 4, 8)), keras.layers.Conv2DTranspose(3, 4, strides=4), keras.layers.Activation("tanh")],
+        name="decoder",
+    )
+    trunk = keras.Sequential(
+        [keras.Input(TINY_RGB_SHAPE), keras.layers.Conv2D(4, 3, strides=4, padding="same"), keras.layers.ReLU()],
+        name="discriminator_trunk",
+    )
+    disc = keras.Sequential(
+        [keras.Input((4, 4, 4)), keras.layers.Flatten(), keras.layers.Dense(1)], name="discriminator"
+    )
+    q = None
+    if with_q:
+        q = keras.Sequential(
+            [keras.Input((4, 4, 4)), keras.layers.Flatten(), keras.layers.Dense(head.latent_dim)], name="q_head"
+        )
+    return encoder, head, decoder, trunk, disc, q
+
+
+def run_main(main, argv) -> str:
+    """The stdout of a binary's `main` run in-process, its absl flags parsed from `argv` (argv[0]: the program name);
+    the flags are reset before and after."""
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(list(argv))
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            main(list(argv[:1]))
+        return output.getvalue()
+    finally:
+        flags.FLAGS.unparse_flags()
 
 
 class GinTestCase(tf.test.TestCase):
