@@ -7,6 +7,9 @@ r"""Estimates a trained run's test NLL with K importance samples (Table 1) and p
     python -m crvae_tf.evaluate --model_dir=runs/crvae --split=validation --poll   # each new checkpoint once
     python -m crvae_tf.evaluate --curves=VAE=runs/vae,crVAE=runs/crvae --curves_out=docs/curves.png   # learning curves
 
+--metrics (default 'nll') names what to compute, a comma list of the entries of `METRICS` (name -> function of the
+run, returning its result dict); each distinct result is one line of JSON.
+
 With --curves, no model is evaluated: the runs' validation curves of --curves_metric are drawn against epochs and
 against cumulative training hours (`crvae_tf.evaluation.learning_curves`; needs matplotlib, `pip install -e
 ".[plot]"`), and one JSON line per run gives its last and best values.
@@ -26,6 +29,9 @@ startup.quiet_tensorflow()
 
 import json
 import os
+from typing import Callable
+from typing import Dict
+from typing import List
 
 from absl import app
 from absl import flags
@@ -92,6 +98,12 @@ POLL_TIMEOUT = flags.DEFINE_float(
     "poll_timeout", 3600.0, "With --poll: stop after this many seconds without a new checkpoint."
 )
 
+METRICS_FLAG = flags.DEFINE_list(
+    "metrics",
+    ["nll"],
+    "Comma-separated metrics to compute, each a name in evaluate.METRICS (e.g. 'nll'); each distinct result is "
+    "printed as one line of JSON and written to DIR/eval/.",
+)
 CURVES = flags.DEFINE_list(
     "curves", None, "Learning curves instead of an evaluation: NAME=MODEL_DIR pairs, comma-separated (legend order)."
 )
@@ -127,6 +139,69 @@ def _checkpoint_value(text: str):
         raise app.UsageError(f"--checkpoint: {error}") from None
 
 
+class EvalTarget:
+    """What `--metrics` evaluate: a run's checkpoint (`model_dir`, `checkpoint`). `shared` holds work that several
+    metrics of one command reuse (computed once)."""
+
+    def __init__(self, model_dir: str, checkpoint, gin_bindings: List[str]):
+        self.model_dir = model_dir
+        self.checkpoint = checkpoint
+        self.gin_bindings = list(gin_bindings)
+        self.shared: Dict[str, dict] = {}
+
+
+def _likelihood_kwargs(gin_bindings) -> dict:
+    return dict(
+        num_importance_samples=NUM_SAMPLES.value,
+        split=SPLIT.value,
+        gin_bindings=list(gin_bindings),
+        chunk_size=CHUNK_SIZE.value,
+        batch_size=BATCH_SIZE.value,
+        max_images=MAX_IMAGES.value,
+        seed=SEED.value,
+    )
+
+
+def _nll_run_check(model_dir: str) -> None:
+    info = runs.read_run_info(model_dir)
+    if info is not None and info.get("family") != "VAE":
+        raise cli.UnsupportedRunError(
+            f"{model_dir} is a {info.get('family')} run: the importance-sampled NLL needs the VAE family's "
+            "Bernoulli likelihood; an adversarial model (MSE reconstruction + discriminator) defines no likelihood. "
+            "Export its generator with python -m crvae_tf.export instead."
+        )
+
+
+def _nll(target: EvalTarget) -> dict:
+    """The importance-sampled NLL of Table 1 (`crvae_tf.evaluation.likelihood`)."""
+    _nll_run_check(target.model_dir)
+    try:
+        return eval_lib.evaluate(
+            target.model_dir, checkpoint=target.checkpoint, **_likelihood_kwargs(target.gin_bindings)
+        )
+    except ValueError as error:  # a run written before run.json
+        if "defines no likelihood" in str(error):
+            raise cli.UnsupportedRunError(str(error)) from error
+        raise
+
+
+# The metrics of --metrics: name -> function(EvalTarget) -> result dict (written to DIR/eval/ by the function).
+# Adding a metric is one entry; metrics that share one computation return the same dict (printed once).
+METRICS: Dict[str, Callable[[EvalTarget], dict]] = {
+    "nll": _nll,
+}
+
+
+def _selected_metrics() -> List[str]:
+    names = [name.strip() for name in METRICS_FLAG.value if name.strip()]
+    if not names:
+        raise app.UsageError(f"--metrics is empty; name one or more of {sorted(METRICS)}.")
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise app.UsageError(f"--metrics: unknown {unknown}; the metrics are {sorted(METRICS)}.")
+    return list(dict.fromkeys(names))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass everything as --flags (see --helpfull).")
@@ -149,46 +224,33 @@ def main(argv):
         raise NotADirectoryError(
             f"--model_dir={MODEL_DIR.value} is not a directory (paths are relative to {os.getcwd()})."
         )
-    info = runs.read_run_info(MODEL_DIR.value)
-    if info is not None and info.get("family") != "VAE":
-        raise cli.UnsupportedRunError(
-            f"{MODEL_DIR.value} is a {info.get('family')} run: the importance-sampled NLL needs the VAE family's "
-            "Bernoulli likelihood; an adversarial model (MSE reconstruction + discriminator) defines no likelihood. "
-            "Export its generator with python -m crvae_tf.export instead."
-        )
+    metrics = _selected_metrics()
     if not flags.FLAGS["verbosity"].present:
         # An estimate runs for minutes to hours: its start, progress (every minute) and result lines are INFO.
         logging.set_verbosity(logging.INFO)
-    kwargs = dict(
-        num_importance_samples=NUM_SAMPLES.value,
-        split=SPLIT.value,
-        gin_bindings=list(BINDINGS.value),
-        chunk_size=CHUNK_SIZE.value,
-        batch_size=BATCH_SIZE.value,
-        max_images=MAX_IMAGES.value,
-        seed=SEED.value,
-    )
     if POLL.value:
+        if metrics != ["nll"]:
+            raise app.UsageError(f"--poll evaluates the NLL only; drop --metrics={','.join(metrics)} or --poll.")
         if CHECKPOINT.present:
             raise app.UsageError("--poll evaluates every checkpoint as it appears; drop --checkpoint.")
         if POLL_SECONDS.value <= 0 or POLL_TIMEOUT.value < 0:
             raise app.UsageError("--poll_seconds must be > 0 and --poll_timeout >= 0.")
+        _nll_run_check(MODEL_DIR.value)
         eval_lib.evaluate_new_checkpoints(
             MODEL_DIR.value,
             poll_seconds=POLL_SECONDS.value,
             timeout=POLL_TIMEOUT.value,
             on_result=lambda result: print(json.dumps(result), flush=True),
-            **kwargs,
+            **_likelihood_kwargs(BINDINGS.value),
         )
         return
-    checkpoint = _checkpoint_value(CHECKPOINT.value)
-    try:
-        result = eval_lib.evaluate(MODEL_DIR.value, checkpoint=checkpoint, **kwargs)
-    except ValueError as error:  # a run written before run.json
-        if "defines no likelihood" in str(error):
-            raise cli.UnsupportedRunError(str(error)) from error
-        raise
-    print(json.dumps(result), flush=True)
+    target = EvalTarget(MODEL_DIR.value, _checkpoint_value(CHECKPOINT.value), BINDINGS.value)
+    printed = []
+    for name in metrics:
+        result = METRICS[name](target)
+        if not any(result is done for done in printed):  # metrics sharing one computation print it once
+            printed.append(result)
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
