@@ -572,10 +572,52 @@ RUN_FILE = "run.json"
 RUN_FORMAT = "crvae_tf.run/1"
 
 
+COMMIT_ENV = "CRVAE_TF_COMMIT"
+
+
+def source_commit() -> str:
+    """The git commit of the crvae_tf source that runs ('<sha>' or '<sha>-dirty' with uncommitted tracked changes),
+    from `git` in the package's checkout; else the environment variable CRVAE_TF_COMMIT (set it when running from a
+    copy of the tree without .git); else None."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, ".git")):  # an installed or copied package: not its own checkout
+        return os.environ.get(COMMIT_ENV) or None
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", "crvae_tf"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        if head:
+            return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get(COMMIT_ENV) or None
+
+
+def _hardware() -> dict:
+    """What trains the run: CPU count, machine, the accelerators TensorFlow sees."""
+    import platform
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
+    }
+
+
 def write_run_info(model_dir: str, model, max_steps: int, batch_size: int, steps_per_epoch: int) -> dict:
     """Writes `run.json`: what a consumer needs without the dataset (image shape, latent size, family, the
-    schedule's length) and the versions that trained it. Written once, when the run starts (a run.json that exists
-    beside a checkpoint is kept: its `amendments` record what later resumes changed)."""
+    schedule's length), the versions that trained it and its provenance (`started_utc`, `git_commit` from
+    `source_commit`, `hardware`). Written once, when the run starts (a run.json that exists beside a checkpoint is
+    kept: its `amendments` record what later resumes changed; the provenance of a start is never added later)."""
     import crvae_tf  # the package version
 
     existing = read_run_info(model_dir)
@@ -597,6 +639,12 @@ def write_run_info(model_dir: str, model, max_steps: int, batch_size: int, steps
         if not missing:
             return existing
         info = {**existing, **missing}
+    else:  # the start's provenance (a resume would record its own commit and machine, not the start's)
+        info.update(
+            started_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            git_commit=source_commit(),
+            hardware=_hardware(),
+        )
     artifacts.atomic_write_text(os.path.join(model_dir, RUN_FILE), json.dumps(info, indent=1))
     return info
 
