@@ -214,11 +214,28 @@ def result_kind(result: dict) -> str:
         return "likelihood"
     if any(key in result or f"proxy_{key}" in result for key in SAMPLE_QUALITY_KEYS):
         return "sample_quality"
-    if "fold_accuracies" in result or ("accuracy" in result and "fold" in result):
+    if "fold_accuracies" in result or (_accuracy_key(result) and "fold" in result):
         return "classification"
-    if any(key in result for key in DISENTANGLEMENT_KEYS):
+    if disentanglement_values(result):
         return "disentanglement"
     return "other"
+
+
+def _accuracy_key(result: dict) -> Optional[str]:
+    """The key of a one-fold classification result's accuracy: 'accuracy' or 'test_accuracy'."""
+    return next((key for key in ("accuracy", "test_accuracy") if key in result), None)
+
+
+def disentanglement_values(result: dict) -> List[Tuple[str, float]]:
+    """(name, value) of the DISENTANGLEMENT_KEYS in a result, at its top level or under 'metrics' (the layout of
+    `evaluation.disentanglement.evaluate_groups`)."""
+    nested = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    return [
+        (key, source[key])
+        for source in (result, nested)
+        for key in DISENTANGLEMENT_KEYS
+        if key in source and (_is_number(source[key]) or source[key] is None)
+    ]
 
 
 def _check_result(kind: str, result: dict) -> Optional[str]:
@@ -230,8 +247,9 @@ def _check_result(kind: str, result: dict) -> Optional[str]:
             folds = result["fold_accuracies"]
             if not isinstance(folds, list) or not folds or not all(_is_number(a) for a in folds):
                 return "'fold_accuracies' is not a non-empty list of numbers"
-        elif not _is_number(result.get("accuracy")):
-            return f"'accuracy' is {result.get('accuracy')!r}, not a number"
+        elif not _is_number(result.get(_accuracy_key(result))):
+            key = _accuracy_key(result)
+            return f"'{key}' is {result.get(key)!r}, not a number"
     if kind == "sample_quality":
         values = [result.get(k, result.get(f"proxy_{k}")) for k in SAMPLE_QUALITY_KEYS]
         if not any(_is_number(v) for v in values):
@@ -450,7 +468,7 @@ def fold_accuracies(run: dict) -> List[Tuple[str, float]]:
                 (f"{os.path.basename(result['_path'])}[{i}]", float(a)) for i, a in enumerate(result["fold_accuracies"])
             )
         else:
-            out.append((str(result.get("fold")), float(result["accuracy"])))
+            out.append((str(result.get("fold")), float(result[_accuracy_key(result)])))
     return out
 
 
@@ -534,7 +552,12 @@ def curve_text(run: dict) -> str:
     parts = []
     for i, (step, value) in enumerate(zip(curve["steps"], values)):
         parts.append(f"**{fmt(value)} ({fmt(step)}, best)**" if i == best else f"{fmt(value)} ({fmt(step)})")
-    return ", ".join(parts)
+    images = run["bindings"].get("train.num_validation_images")
+    return (f"on {fmt(images)} images: " if _is_number(images) else "") + ", ".join(parts)
+
+
+def metric_label(metric: str) -> str:
+    return {"iwae_5": "IWAE-5", "elbo": "ELBO"}.get(metric, metric)
 
 
 def nll_text(result: Optional[dict]) -> str:
@@ -552,7 +575,7 @@ def estimate_text(result: Optional[dict]) -> str:
     parts = [f"K = {fmt(result.get('num_importance_samples'))}", images, f"step {fmt(result.get('step'))}"]
     if result.get("checkpoint"):
         parts[-1] += f" ({result['checkpoint']})"
-    parts.append(f"{result.get('precision', NOT_RECORDED)}")
+    parts.append(f"estimated in {result.get('precision', NOT_RECORDED)}")
     if _is_number(result.get("elbo")):
         parts.append(f"ELBO {fmt(result['elbo'])}")
     if _is_number(result.get("iwae_5")):
@@ -568,11 +591,11 @@ def render_table1(collected: Sequence[dict], pairs: bool = True, missing_rows: b
         "paper row (paper NLL)",
         "run",
         "trained (steps, epochs, training time)",
-        f"validation {collected[0]['curve_metric'] if collected else 'iwae_5'} by step",
+        f"validation {metric_label(collected[0]['curve_metric'] if collected else 'iwae_5')} by step (best in bold)",
         "our test NLL ± s.e.",
         "estimate (K, images, checkpoint step, precision, bounds on the same images)",
         "training precision",
-        "commit, started",
+        "commit; started; last checkpoint",
     ]
     rows = []
     for recipe, runs_ in table1_runs(collected).items():
@@ -584,6 +607,7 @@ def render_table1(collected: Sequence[dict], pairs: bool = True, missing_rows: b
         for run in runs_:
             result = headline_nll(run)
             started = (run["info"] or {}).get("started_utc") or NOT_RECORDED
+            last = run["last_checkpoint_utc"] or "–"
             rows.append(
                 [
                     f"{label} ({fmt(paper)})",
@@ -593,13 +617,14 @@ def render_table1(collected: Sequence[dict], pairs: bool = True, missing_rows: b
                     nll_text(result),
                     estimate_text(result),
                     precision_text(run),
-                    f"{commit_text(run)}, {started}",
+                    f"{commit_text(run)}; {started}; {last}",
                 ]
             )
     text = markdown_table(header, rows)
     text += (
         "\n\n(± is the standard error over the images. The paper's NLLs are K = 10,000 on all 10,000 test images "
-        "after its full schedule.)"
+        "after its full schedule. Training time: the training loop's cumulative wall time (progress.json), pauses "
+        "and shared cores included.)"
     )
     if pairs:
         paired = table1_pairs(collected)
@@ -767,6 +792,30 @@ def render_generic(collected: Sequence[dict], kind: str, limit: int = 12) -> Opt
     return markdown_table(["run", "file", "step", "numbers"], rows)
 
 
+def render_disentanglement(collected: Sequence[dict]) -> Optional[str]:
+    """One line per disentanglement result: its metrics, the factors and the time steps (groups) scored."""
+    rows = []
+    for run in collected:
+        for result in run["results"]["disentanglement"]:
+            factors = result.get("factor_names")
+            rows.append(
+                [
+                    run["name"],
+                    os.path.basename(result["_path"]),
+                    fmt(result.get("step")),
+                    ", ".join(f"{k} {fmt(v, 3)}" for k, v in disentanglement_values(result)),
+                    ", ".join(map(str, factors)) if isinstance(factors, list) else "–",
+                    fmt(result.get("num_time_steps")),
+                    fmt(result.get("num_test")),
+                ]
+            )
+    if not rows:
+        return None
+    return markdown_table(["run", "file", "step", "metrics", "factors", "groups (time steps)", "test codes"], rows) + (
+        "\n\nThe paper reports no disentanglement score (its Sec. 4.4 and Fig. 5 are qualitative)."
+    )
+
+
 def render_skipped(collected: Sequence[dict]) -> Optional[str]:
     lines = [f"- `{path}`: {reason}" for run in collected for path, reason in run["skipped"]]
     return "\n".join(lines) if lines else None
@@ -790,10 +839,12 @@ def render_report(collected: Sequence[dict], figures: Optional[Dict[str, str]] =
         parts += ["## Sample quality", "", sample_quality, ""]
         if "fid" in figures:
             parts += [f"![FID over training]({figures['fid']})", ""]
-    for kind, title in (("disentanglement", "Disentanglement"), ("other", "Other results (kind not recognised)")):
-        section = render_generic(collected, kind)
-        if section:
-            parts += [f"## {title}", "", section, ""]
+    disentanglement = render_disentanglement(collected)
+    if disentanglement:
+        parts += ["## Disentanglement", "", disentanglement, ""]
+    other = render_generic(collected, "other")
+    if other:
+        parts += ["## Other results (kind not recognised)", "", other, ""]
     parts += ["## Runs: budget and provenance", "", render_runs(collected), ""]
     skipped = render_skipped(collected)
     if skipped:
@@ -843,6 +894,19 @@ def plot_series(series: Dict[str, Tuple[List[int], List[float]]], path: str, yla
     figure.savefig(buffer, format="png", dpi=90)
     pyplot.close(figure)
     artifacts.atomic_write_bytes(path, buffer.getvalue())
+
+
+def curves_title(collected: Sequence[dict]) -> str:
+    """The curves figure's title: the runs' batch sizes, training precisions and validation images."""
+
+    def distinct(values):
+        return "/".join(sorted({str(v) for v in values if v is not None})) or NOT_RECORDED
+
+    plotted = [run for run in collected if run["curve"]]
+    batch = distinct((run["info"] or {}).get("batch_size") for run in plotted)
+    precision = distinct(run["bindings"].get("model.precision") for run in plotted)
+    images = distinct(run["bindings"].get("train.num_validation_images") for run in plotted)
+    return f"batch {batch}, {precision}; validation on {images} images"
 
 
 def curves_for_plot(collected: Sequence[dict]) -> Dict[str, dict]:
