@@ -4,6 +4,8 @@ run.json / progress.json / config.gin / eval JSONs / per-image .npz and a tiny T
 import json
 import math
 import os
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -125,6 +127,8 @@ class ReportTest(testing_utils.GinTestCase):
         self.assertIn(f"mixed_bfloat16 | 0123456789ab; not recorded; {stamp} |", text)  # precision, commit, dates
         self.assertIn("| not recorded; not recorded; ", text)  # the VAE records neither commit nor start
 
+        self.assertIn("| vae | test-step30-k100-n4.json (Table 1) | test | 30 | 100 | 4 | ", text)  # every estimate
+
         # Paired difference crVAE - VAE, against a by-hand oracle.
         d = (-self.crvae_ll) - (-self.vae_ll)
         mean, se = d.mean(), math.sqrt(np.sum((d - d.mean()) ** 2) / 3) / 2
@@ -182,6 +186,22 @@ class ReportTest(testing_utils.GinTestCase):
         self.assertEqual(cli.message_and_code(caught.exception)[1], cli.EXIT_USAGE)
         with self.assertRaisesRegex(report_lib.ReportError, "exactly one"):
             report_lib.replace_block("<!-- report:table1 end --><!-- report:table1 begin -->", "table1", "x")
+
+    def test_the_binary_reports_bad_input_in_one_line(self):
+        """Through `python -m` (the cli wiring): a missing --runs folder is one line on stderr, exit status 5."""
+        missing = os.path.join(self.get_temp_dir(), "nowhere")
+        result = subprocess.run(
+            [sys.executable, "-m", "crvae_tf.report", f"--runs={missing}", "--out=x.md"],
+            cwd=testing_utils.REPO,
+            env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},  # the binary's quiet start
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        self.assertEqual(result.returncode, cli.EXIT_PATH, msg=result.stderr[-2000:])
+        self.assertEqual(result.stderr, f"crvae_tf.report: error: --runs={missing} is not a directory "
+                         f"(paths are relative to {testing_utils.REPO}).\n")  # fmt: skip
+        self.assertFalse(os.path.exists(os.path.join(testing_utils.REPO, "x.md")))
 
     def test_bad_input_is_one_clear_error(self):
         missing = os.path.join(self.get_temp_dir(), "nowhere")
