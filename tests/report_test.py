@@ -98,8 +98,11 @@ class ReportTest(testing_utils.GinTestCase):
                 {"proxy_fid": fid, "proxy_kid_mean": 0.0123, "proxy_kid_sem": 0.0004, "step": step,
                  "network": network, "num_real": 64, "num_fake": 64},
             )  # fmt: skip
-        for fold, accuracy in ((0, 0.7), (1, 0.8)):
-            _json(os.path.join(gan, "eval", f"stl10-fold{fold}.json"), {"fold": fold, "accuracy": accuracy})
+        for fold, step, accuracy in ((0, 5, 0.6), (0, 10, 0.7), (1, 10, 0.8)):  # fold 0: its latest step counts
+            _json(
+                os.path.join(gan, "eval", f"classification-fold{fold}-step{step}.json"),
+                {"fold": fold, "step": step, "test_accuracy": accuracy, "validation_accuracy": 0.5},
+            )
         _json(
             os.path.join(evals, "disentanglement.json"),
             {"metrics": {"mig": 0.125, "sap": 0.5, "per_factor": {"mig": [0.1]}}, "factor_names": ["shape", "scale"]},
@@ -136,7 +139,7 @@ class ReportTest(testing_utils.GinTestCase):
 
         # Table 2 (mean ± std over the folds, %), sample quality, disentanglement, the unknown kind.
         folds_std = np.std([70.0, 80.0], ddof=1)
-        self.assertIn(f"| crVAE (75.86) | crvae_gan | 75.00 ± {folds_std:.2f} | 2 (0: 70.00, 1: 80.00) |", text)
+        self.assertIn(f"| crVAE (75.86) | crvae_gan | 75.00 ± {folds_std:.2f} | 2: 0 70.00, 1 80.00 |", text)
         self.assertIn("proxy_fid 25.50; proxy_kid_mean 0.0123 ± 0.0004 | tiny (proxy) | 64 / 64 |", text)
         self.assertIn("| crvae | disentanglement.json | – | mig 0.125, sap 0.500 | shape, scale | – | – |", text)
         self.assertIn("| crvae | mystery.json | – | foo 1.5000, bar.baz 2 |", text)
