@@ -15,8 +15,11 @@ What one run gives (`collect_run`):
   eval/*.json       every result file, recognised by its keys (`result_kind`):
                       likelihood       'nll' (`crvae_tf.evaluate`; per-image arrays in the .npz of the same name)
                       sample_quality   'fid' / 'kid_mean' / 'inception_score_mean' or their 'proxy_' forms
-                      classification   'accuracy' (one fold, with 'fold') or 'fold_accuracies' (a list)
-                      disentanglement  a key of DISENTANGLEMENT_KEYS ('mig', 'sap', 'dci_disentanglement', ...)
+                      classification   'test_accuracy' or 'accuracy' with 'fold' (one fold: `evaluation.classification`
+                                       writes eval/classification-fold<k>-step<S>.json, one run per fold), or
+                                       'fold_accuracies' (a list); Table 2 pools the folds of each model
+                      disentanglement  a key of DISENTANGLEMENT_KEYS ('mig', 'sap', 'dci_disentanglement', ...), at
+                                       the top level or under 'metrics' (`evaluation.disentanglement`)
                       other            anything else: listed with its numeric keys
                     A file that is not a JSON object, or a known kind without its numbers, is skipped and named in the
                     report's "Skipped files" section with the reason (never a crash).
