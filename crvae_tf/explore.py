@@ -9,6 +9,8 @@ r"""Explores the latent space of a trained run; writes what it finds next to the
         [--landmarks=list_landmarks_align_celeba.txt] [--completion_steps=N] [--completion_learning_rate=LR] \
         [--gamma=G] [--tau=T] [--init=posterior_mean|posterior_sample|prior] [--num_images=64] [--seed=0] \
         [--checkpoint=...]
+    python -m crvae_tf.explore --model_dir=runs/quickstart --mode=disentangle [--num_images=4096] [--seed=0] \
+        [--attributes=list_attr_celeba_000001-010000.npz] [--checkpoint=...]
 
 Modes (`MODES`):
 
@@ -50,6 +52,15 @@ Modes (`MODES`):
   written before it recorded names is refused with the folder to delete (the next run rebuilds it). The JSON's
   `mask_source` records the template, the mask image, or the landmark file's path, sha256 and every face's box.
 
+* `disentangle` (issue #14 B1; `crvae_tf.evaluation.disentanglement_lib`): which time step carries which factor of
+  variation. One posterior sample per image (from `--seed`) of the first `--num_images` (4096) training images fits
+  linear probes of each factor from each time step z_t alone and from all of z; the first `--num_images` validation
+  images score them. Writes
+  the factor-by-time-step tables, group MIG / SAP / DCI (`crvae_tf.evaluation.disentanglement`) and heat maps.
+  Factors: the sprites' own (shape, scale, rotation modulo the shape's symmetry, x, y), or for a CelebA run the 40
+  attributes of `--attributes` (an .npz with attr, filenames, attr_names), matched to the images by file name.
+  For the sprites also a factor grid: each factor swept in ground-truth renderings, and their reconstructions.
+
 Outputs:
     model_dir/empirical_prior/step<step>.npz           the fitted prior + metadata (EmpiricalPrior.load)
     model_dir/explore/empirical_prior-step<step>.png   Bernoulli means of the empirical-prior samples
@@ -59,6 +70,8 @@ Outputs:
     model_dir/tb/explore/                              views' and completion grids as TensorBoard images
     model_dir/explore/complete-<mask>-step<step>.png   rows original | occluded | reconstruction | completed
     model_dir/explore/complete-<mask>-step<step>.json  settings, metrics (masked PSNR / L1), step, checkpoint
+    model_dir/explore/disentangle-step<step>.{json,md,png}  metrics, factor-by-time-step tables, heat maps
+    model_dir/explore/factor_grid-step<step>.png       sprites: factor sweeps (truth) and their reconstructions
 The last stdout line is a one-line JSON summary (paths, step, grid size; the prior's image count and whether it was
 reused; a view's time steps, their slices of z and the validation images used).
 
@@ -78,12 +91,13 @@ from absl import flags
 
 from crvae_tf import cli
 from crvae_tf.data import masks
+from crvae_tf.evaluation import disentanglement_lib
 from crvae_tf.exploration import completion_lib
 from crvae_tf.exploration import explore_lib
 from crvae_tf.exploration import views
 from crvae_tf.models import completion
 
-MODES = ("empirical_prior",) + views.VIEWS + ("complete",)
+MODES = ("empirical_prior",) + views.VIEWS + ("complete", "disentangle")
 VIEW_FLAGS = ("time_step", "num_points", "source", "image_indices")
 COMPLETION_FLAGS = (
     "mask",
@@ -161,7 +175,18 @@ TAU = flags.DEFINE_float("tau", 0.0, "complete: weight of log(1 - D(gen z)); adv
 INIT = flags.DEFINE_enum(
     "init", "posterior_mean", list(completion.INITS), "complete: z_0 (posterior of the occluded image, or prior)."
 )
-NUM_IMAGES = flags.DEFINE_integer("num_images", 64, "complete: the first N validation images.")
+NUM_IMAGES = flags.DEFINE_integer(
+    "num_images",
+    None,
+    "complete: the first N validation images (default 64); disentangle: probes fitted on the first N training "
+    f"images and scored on the first N validation images (default {disentanglement_lib.DEFAULT_NUM_IMAGES}).",
+)
+ATTRIBUTES = flags.DEFINE_string(
+    "attributes",
+    None,
+    "disentangle, CelebA runs: the attribute .npz (attr, filenames, attr_names), e.g. "
+    "list_attr_celeba_000001-010000.npz; the attributes are the factors.",
+)
 
 
 def _view_options() -> dict:
@@ -202,6 +227,8 @@ def main(argv):
     if MODE.value in views.VIEWS:
         if MAX_IMAGES.value is not None:
             raise app.UsageError(f"--max_images applies to --mode=empirical_prior only, not --mode={MODE.value}.")
+        if ATTRIBUTES.value is not None:
+            raise app.UsageError(f"--attributes applies to --mode=disentangle only, not --mode={MODE.value}.")
         try:
             summary = explore_lib.explore_view(
                 MODEL_DIR.value, MODE.value, CHECKPOINT.value, BINDINGS.value, **_view_options()
@@ -218,6 +245,11 @@ def main(argv):
     if MODE.value == "complete":
         _complete()
         return
+    if MODE.value == "disentangle":
+        _disentangle()
+        return
+    if ATTRIBUTES.value is not None:
+        raise app.UsageError(f"--attributes applies to --mode=disentangle only, not --mode={MODE.value}.")
     given = [f"--{name}" for name in COMPLETION_FLAGS if flags.FLAGS[name].present]
     if given:
         raise app.UsageError(f"{', '.join(given)}: only for --mode=complete, not for --mode={MODE.value}.")
@@ -236,7 +268,7 @@ def main(argv):
 
 
 def _complete():
-    given = [f"--{name}" for name in ("num_samples", "max_images") if flags.FLAGS[name].present]
+    given = [f"--{name}" for name in ("num_samples", "max_images", "attributes") if flags.FLAGS[name].present]
     if given:
         raise app.UsageError(f"{', '.join(given)}: not used by --mode=complete (it takes --num_images).")
     try:
@@ -249,13 +281,37 @@ def _complete():
             gamma=GAMMA.value,
             tau=TAU.value,
             init=INIT.value,
-            num_images=NUM_IMAGES.value,
+            num_images=64 if NUM_IMAGES.value is None else NUM_IMAGES.value,
             seed=SEED.value,
             gin_bindings=BINDINGS.value,
             landmarks=LANDMARKS.value,
         )
     except (completion_lib.CompletionSettingsError, masks.MaskError) as error:
         raise app.UsageError(str(error)) from error
+    print(json.dumps(summary), flush=True)
+
+
+def _disentangle():
+    not_used = ("num_samples", "max_images") + tuple(name for name in COMPLETION_FLAGS if name != "num_images")
+    given = [f"--{name}" for name in not_used if flags.FLAGS[name].present]
+    if given:
+        raise app.UsageError(
+            f"{', '.join(given)}: not used by --mode=disentangle (it takes --num_images, --seed, --attributes)."
+        )
+    num_images = disentanglement_lib.DEFAULT_NUM_IMAGES if NUM_IMAGES.value is None else NUM_IMAGES.value
+    try:
+        summary = disentanglement_lib.explore_disentangle(
+            MODEL_DIR.value,
+            CHECKPOINT.value,
+            BINDINGS.value,
+            num_images=num_images,
+            seed=SEED.value,
+            attributes=ATTRIBUTES.value,
+        )
+    except disentanglement_lib.DisentangleSettingsError as error:
+        raise app.UsageError(str(error)) from error
+    except disentanglement_lib.NoFactorsError as error:
+        raise cli.UnsupportedRunError(str(error)) from error
     print(json.dumps(summary), flush=True)
 
 
