@@ -36,11 +36,14 @@ from typing import List
 from absl import app
 from absl import flags
 from absl import logging
+import gin
 
+from crvae_tf import builders
 from crvae_tf import cli
 from crvae_tf import runs
 from crvae_tf.evaluation import learning_curves
 from crvae_tf.evaluation import likelihood as eval_lib
+from crvae_tf.evaluation import sample_quality_eval
 
 # --model_dir and --gin_bindings have the same meaning as in crvae_tf.train; allow_override lets both binaries be
 # imported into one process (the tests), whichever comes first.
@@ -98,6 +101,13 @@ POLL_TIMEOUT = flags.DEFINE_float(
     "poll_timeout", 3600.0, "With --poll: stop after this many seconds without a new checkpoint."
 )
 
+EXPORT_DIR = flags.DEFINE_string(
+    "export_dir",
+    None,
+    "Instead of --model_dir, for the sample-quality metrics: an export of python -m crvae_tf.export (EXPORT_DIR, "
+    "its newest version, or EXPORT_DIR/<step>); its `sample` signature is evaluated. Results go to EXPORT_DIR/eval/.",
+    allow_override=True,
+)
 METRICS_FLAG = flags.DEFINE_list(
     "metrics",
     ["nll"],
@@ -139,14 +149,58 @@ def _checkpoint_value(text: str):
         raise app.UsageError(f"--checkpoint: {error}") from None
 
 
-class EvalTarget:
-    """What `--metrics` evaluate: a run's checkpoint (`model_dir`, `checkpoint`). `shared` holds work that several
-    metrics of one command reuse (computed once)."""
+@gin.configurable("sample_quality")
+def sample_quality_settings(
+    feature_network="inception",
+    inception_path=None,
+    feature_network_path=None,
+    feature_layer=None,
+    probabilities_layer=None,
+    num_samples=10000,
+    sample_batch_size=250,
+    network_batch_size=100,
+    kid_num_subsets=100,
+    kid_subset_size=1000,
+    kid_max_samples=50000,
+    inception_score_splits=10,
+    confidence_threshold=0.9,
+    cache_dir=None,
+) -> sample_quality_eval.Settings:
+    """The settings of --metrics=fid,kid,is,classifier_accuracy (`sample_quality_eval.Settings` documents each).
 
-    def __init__(self, model_dir: str, checkpoint, gin_bindings: List[str]):
+    The samples' seed, the split and the cap on real images are the flags --seed, --split and --max_images.
+    feature_network: 'inception' (with inception_path: `classify_image_graph_def.pb`; results named fid / kid),
+    'classifier' (the project's own, python -m crvae_tf.train_feature_net; feature_network_path), 'keras',
+    'saved_model' or 'keras_inception_v3' (feature_network_path): proxies, results named proxy_fid / proxy_kid_*.
+    """
+    return sample_quality_eval.Settings(
+        feature_network=feature_network,
+        inception_path=inception_path,
+        feature_network_path=feature_network_path,
+        feature_layer=feature_layer,
+        probabilities_layer=probabilities_layer,
+        num_samples=num_samples,
+        sample_batch_size=sample_batch_size,
+        network_batch_size=network_batch_size,
+        kid_num_subsets=kid_num_subsets,
+        kid_subset_size=kid_subset_size,
+        kid_max_samples=kid_max_samples,
+        inception_score_splits=inception_score_splits,
+        confidence_threshold=confidence_threshold,
+        cache_dir=cache_dir,
+    )
+
+
+class EvalTarget:
+    """What `--metrics` evaluate: a run's checkpoint (`model_dir`, `checkpoint`) or an export (`export_dir`), with
+    the requested `metrics`. `shared` holds work that several metrics of one command reuse (computed once)."""
+
+    def __init__(self, model_dir, checkpoint, gin_bindings: List[str], export_dir=None, metrics=()):
         self.model_dir = model_dir
+        self.export_dir = export_dir
         self.checkpoint = checkpoint
         self.gin_bindings = list(gin_bindings)
+        self.metrics = list(metrics)
         self.shared: Dict[str, dict] = {}
 
 
@@ -185,10 +239,62 @@ def _nll(target: EvalTarget) -> dict:
         raise
 
 
+def _sample_quality(target: EvalTarget) -> dict:
+    """FID / KID / IS / classifier statistics of the target's samples (`sample_quality_eval`), computed once for
+    all of them that --metrics names."""
+    if "sample_quality" in target.shared:
+        return target.shared["sample_quality"]
+    wanted = [m for m in target.metrics if m in sample_quality_eval.METRICS]
+    if target.export_dir:
+        version_dir, base_dir = sample_quality_eval.resolve_export(target.export_dir)
+        metadata = sample_quality_eval.export_metadata(version_dir)
+        gin.clear_config()
+        runs.parse_gin(
+            [os.path.join(version_dir, sample_quality_eval.EXPORT_CONFIG_FILE)],
+            ["dataset.download = False", *target.gin_bindings],
+            finalize=False,
+        )
+        settings = sample_quality_settings()
+        network = sample_quality_eval.feature_network(settings)  # a missing file fails before any sampling
+        seed = metadata.get("train_seed", gin.query_parameter("train.seed"))
+        splits, step, output_dir = builders.build_dataset(seed=seed), int(metadata["training_step"]), base_dir
+        sample = sample_quality_eval.export_sampler(version_dir)
+        source = dict(kind="export", path=os.path.abspath(version_dir), training_step=step)
+        source.update(model_dir=metadata.get("model_dir"), checkpoint_path=metadata.get("checkpoint"))
+    else:
+        run = runs.load_run(
+            target.model_dir, target.checkpoint, [eval_lib.EVAL_PRECISION_BINDING, *target.gin_bindings]
+        )
+        settings = sample_quality_settings()
+        network = sample_quality_eval.feature_network(settings)
+        splits, step, output_dir = run.splits, run.step, target.model_dir
+        sample = sample_quality_eval.run_sampler(run.model)
+        source = dict(kind="run", model_dir=os.path.abspath(target.model_dir), checkpoint=str(target.checkpoint))
+        source.update(checkpoint_path=os.path.abspath(run.checkpoint_path))
+    target.shared["sample_quality"] = sample_quality_eval.evaluate_samples(
+        sample,
+        splits,
+        SPLIT.value,
+        network,
+        settings,
+        wanted,
+        step,
+        output_dir,
+        source,
+        seed=SEED.value,
+        max_images=MAX_IMAGES.value,
+    )
+    return target.shared["sample_quality"]
+
+
 # The metrics of --metrics: name -> function(EvalTarget) -> result dict (written to DIR/eval/ by the function).
 # Adding a metric is one entry; metrics that share one computation return the same dict (printed once).
 METRICS: Dict[str, Callable[[EvalTarget], dict]] = {
     "nll": _nll,
+    "fid": _sample_quality,
+    "kid": _sample_quality,
+    "is": _sample_quality,
+    "classifier_accuracy": _sample_quality,
 }
 
 
@@ -208,8 +314,11 @@ def main(argv):
     if CURVES.value:
         _plot_curves()
         return
-    if not MODEL_DIR.value:
-        raise app.UsageError("--model_dir is required (or --curves=NAME=MODEL_DIR,... for learning curves).")
+    if bool(MODEL_DIR.value) == bool(EXPORT_DIR.value):
+        raise app.UsageError(
+            "Pass one of --model_dir (a run) and --export_dir (an export; sample-quality metrics only), or "
+            "--curves=NAME=MODEL_DIR,... for learning curves."
+        )
     for name, value in (
         ("num_importance_samples", NUM_SAMPLES.value),
         ("batch_size", BATCH_SIZE.value),
@@ -220,11 +329,15 @@ def main(argv):
             raise app.UsageError(f"--{name}={value} must be a positive integer.")
     if not 0 <= SEED.value < eval_lib.MAX_SEED:
         raise app.UsageError(f"--seed={SEED.value} must be in [0, 2^31).")
-    if not os.path.isdir(MODEL_DIR.value):
-        raise NotADirectoryError(
-            f"--model_dir={MODEL_DIR.value} is not a directory (paths are relative to {os.getcwd()})."
-        )
     metrics = _selected_metrics()
+    if EXPORT_DIR.value and [m for m in metrics if m not in sample_quality_eval.METRICS]:
+        raise app.UsageError(
+            f"--export_dir evaluates samples only ({', '.join(sample_quality_eval.METRICS)}); "
+            f"{[m for m in metrics if m not in sample_quality_eval.METRICS]} need the run: pass --model_dir."
+        )
+    for name, path in (("model_dir", MODEL_DIR.value), ("export_dir", EXPORT_DIR.value)):
+        if path and not os.path.isdir(path):
+            raise NotADirectoryError(f"--{name}={path} is not a directory (paths are relative to {os.getcwd()}).")
     if not flags.FLAGS["verbosity"].present:
         # An estimate runs for minutes to hours: its start, progress (every minute) and result lines are INFO.
         logging.set_verbosity(logging.INFO)
@@ -244,7 +357,9 @@ def main(argv):
             **_likelihood_kwargs(BINDINGS.value),
         )
         return
-    target = EvalTarget(MODEL_DIR.value, _checkpoint_value(CHECKPOINT.value), BINDINGS.value)
+    if EXPORT_DIR.value and CHECKPOINT.present:
+        raise app.UsageError("--checkpoint selects a run's weights; an export has one (pick EXPORT_DIR/<step>).")
+    target = EvalTarget(MODEL_DIR.value, _checkpoint_value(CHECKPOINT.value), BINDINGS.value, EXPORT_DIR.value, metrics)
     printed = []
     for name in metrics:
         result = METRICS[name](target)

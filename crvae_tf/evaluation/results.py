@@ -5,6 +5,8 @@ Gin-free.
     DIR/eval/<split>-step<step>-k<K>[-n<max_images>].json          the result
     DIR/eval/<split>-step<step>-k<K>[-n<max_images>].npz           per-image arrays
     DIR/eval/<split>-step<step>-k<K>[-n<max_images>].partial.npz   progress of an unfinished evaluation
+    DIR/eval/sample_quality-<split>-step<step>-s<num_samples>-<network sha256[:12]>[-n<max_images>].json
+                                                                    FID / KID / IS (`sample_quality_stem`)
 """
 
 import io
@@ -85,6 +87,15 @@ def result_path(
 ) -> str:
     """Where `evaluate` writes its JSON result."""
     return os.path.join(model_dir, EVAL_DIR, result_stem(split, step, num_importance_samples, max_images) + ".json")
+
+
+def sample_quality_stem(
+    split: str, step: int, num_samples: int, network_sha256: str, max_images: Optional[int] = None
+) -> str:
+    """`sample_quality-<split>-step<step>-s<num_samples>-<first 12 hex of the feature network's sha256>`, plus
+    `-n<max_images>` when the real split was capped: one file per (checkpoint, sample count, network)."""
+    stem = f"sample_quality-{split}-step{int(step)}-s{int(num_samples)}-{network_sha256[:12]}"
+    return stem if max_images is None else f"{stem}-n{int(max_images)}"
 
 
 class Partial:

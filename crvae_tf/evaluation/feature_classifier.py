@@ -1,0 +1,223 @@
+"""The project's own offline feature network: a small conv-net classifier of MNIST digits or sprite shapes.
+
+FID / KID need a feature network, and the standard one (the TF Inception graph) cannot be downloaded on an offline
+machine; for 28 x 28 grayscale images it is also a poor judge. Like TF-GAN's `mnist_frechet_distance` /
+`mnist_score` (a frozen MNIST classifier beside `tensorflow_gan/examples/mnist/util.py`), this module trains a
+small classifier once (seeded) and uses it as a *proxy* feature network (`sample_quality.KerasFeatureNetwork`):
+
+    features      = the penultimate layer 'features' (ReLU, `feature_dim` units): proxy FID / KID
+    probabilities = the softmax layer 'probabilities' over the classes: proxy Inception Score (the "MNIST score")
+                    and the classifier statistics of samples (`classifier_statistics`)
+
+Architecture (`build_classifier`), for images `[batch, H, W, C]` in [0, 1]:
+    conv 3x3 (widths[0]) ReLU -> max-pool 2 -> conv 3x3 (widths[1]) ReLU -> max-pool 2 -> flatten
+    -> dense `feature_dim` ReLU ('features') -> dense `num_classes` softmax ('probabilities')
+trained with Adam on the sparse categorical cross-entropy (mean over the batch), one seeded permutation of the
+training images per epoch. Numbers from this network are comparable only with numbers from the same file (its sha256
+is in every result). Classes: MNIST's digit labels (`ImageSplits.labels`), or the sprites' shape factor
+(`ImageSplits.factors[split]['shape']`, 4 shapes). Gin-free: the recipe's hyperparameters are `feature_net.*`
+bindings of `python -m crvae_tf.train_feature_net` (recipes in gin/feature_net/).
+"""
+
+import io
+import json
+import os
+import tempfile
+import time
+from typing import Dict
+from typing import Optional
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from crvae_tf import artifacts
+
+FEATURES_LAYER = "features"
+PROBABILITIES_LAYER = "probabilities"
+MODEL_FILE = "feature_net.keras"
+INFO_FILE = "feature_net.json"
+
+
+def class_labels(splits, split: str) -> np.ndarray:
+    """int64 `[num_images]` class labels of a split: MNIST digits (`splits.labels`) or the sprites' shape index.
+
+    Raises:
+      ValueError: the dataset has neither (e.g. MNIST read from tfds, whose reader keeps no labels).
+    """
+    if splits.labels is not None and splits.labels.get(split) is not None:
+        return np.asarray(splits.labels[split], np.int64)
+    if splits.factors is not None and splits.factors.get(split) is not None and "shape" in splits.factors[split]:
+        return np.asarray(splits.factors[split]["shape"], np.int64)
+    raise ValueError(
+        f"the {splits.name!r} dataset ({splits.source}) has no class labels for its {split} split: the classifier "
+        "needs MNIST read from a keras-layout mnist.npz with labels (dataset.local_path) or the sprites."
+    )
+
+
+def build_classifier(
+    image_shape: Sequence[int],
+    num_classes: int,
+    widths: Sequence[int] = (32, 64),
+    feature_dim: int = 128,
+    seed: int = 0,
+) -> keras.Model:
+    """The classifier of the module docstring, float32, with seeded initialisers (same seed, same weights)."""
+    if len(widths) != 2 or min(widths) < 1 or feature_dim < 1 or num_classes < 2:
+        raise ValueError(
+            f"widths must be two positive ints, feature_dim >= 1 and num_classes >= 2; got {widths}, {feature_dim}, "
+            f"{num_classes}"
+        )
+
+    def init(offset):
+        return keras.initializers.GlorotUniform(seed=int(seed) * 16 + offset)
+
+    inputs = keras.Input(tuple(int(d) for d in image_shape), name="images")
+    x = keras.layers.Conv2D(int(widths[0]), 3, padding="same", activation="relu", kernel_initializer=init(0))(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(int(widths[1]), 3, padding="same", activation="relu", kernel_initializer=init(1))(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    features = keras.layers.Dense(int(feature_dim), activation="relu", kernel_initializer=init(2), name=FEATURES_LAYER)(
+        x
+    )
+    probabilities = keras.layers.Dense(
+        int(num_classes), activation="softmax", kernel_initializer=init(3), name=PROBABILITIES_LAYER
+    )(features)
+    return keras.Model(inputs, probabilities, name="feature_classifier")
+
+
+def accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> float:
+    """Fraction of `images` `[n, H, W, C]` whose arg-max class is `labels` `[n]`."""
+    probabilities = model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(probabilities, axis=1) == np.asarray(labels)))
+
+
+def train_classifier(
+    model: keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int = 0,
+    validation=None,
+    log=print,
+) -> Dict:
+    """Adam on the mean cross-entropy, `num_epochs` passes over seeded permutations of (images, labels).
+
+    Args:
+      model: `build_classifier`'s model (compiled here).
+      images: float32 `[n, H, W, C]` in [0, 1]; labels: int `[n]`.
+      num_epochs, batch_size, learning_rate: the recipe's `feature_net.*`.
+      seed: the permutation of epoch e is `default_rng([seed, e]).permutation(n)`.
+      validation: optional (images, labels) scored after every epoch.
+      log: called with one line per epoch.
+
+    Returns:
+      {'epochs': [{'epoch', 'loss', 'train_accuracy', 'validation_accuracy', 'seconds'}], 'train_seconds'}.
+    """
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels, np.int64)
+    history, total = [], 0.0
+    for epoch in range(int(num_epochs)):
+        order = np.random.default_rng([int(seed), epoch]).permutation(len(images))
+        start = time.perf_counter()
+        fit = model.fit(images[order], labels[order], batch_size=int(batch_size), epochs=1, shuffle=False, verbose=0)
+        seconds = time.perf_counter() - start
+        total += seconds
+        row = dict(
+            epoch=epoch + 1,
+            loss=float(fit.history["loss"][-1]),
+            train_accuracy=float(fit.history["accuracy"][-1]),
+            seconds=round(seconds, 2),
+        )
+        if validation is not None:
+            row["validation_accuracy"] = accuracy(model, *validation)
+        history.append(row)
+        log(json.dumps(row))
+    return dict(epochs=history, train_seconds=round(total, 2))
+
+
+def save(model: keras.Model, folder: str, info: Dict) -> Dict:
+    """Writes `folder/feature_net.keras` and `folder/feature_net.json` (`info` + the model file's path and sha256),
+    each atomically; returns the JSON written."""
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=artifacts.TMP_PREFIX, suffix=".keras", dir=folder)
+    os.close(fd)
+    path = os.path.join(folder, MODEL_FILE)
+    try:
+        model.save(tmp)
+        with open(tmp, "rb") as f:
+            payload = f.read()
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    artifacts.atomic_write_bytes(path, payload)
+    info = dict(
+        info,
+        model_path=os.path.abspath(path),
+        sha256=artifacts.file_sha256(path),
+        features_layer=FEATURES_LAYER,
+        probabilities_layer=PROBABILITIES_LAYER,
+    )
+    buffer = io.StringIO()
+    json.dump(info, buffer, indent=2, allow_nan=False)
+    artifacts.atomic_write_text(os.path.join(folder, INFO_FILE), buffer.getvalue() + "\n")
+    return info
+
+
+def class_fractions(classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """float64 `[num_classes]`: the fraction of `classes` `[n]` (ints) equal to each class."""
+    classes = np.asarray(classes, np.int64)
+    return np.bincount(classes, minlength=int(num_classes))[: int(num_classes)] / max(len(classes), 1)
+
+
+def classifier_statistics(
+    fake_probabilities: np.ndarray,
+    real_probabilities: np.ndarray,
+    real_labels: Optional[np.ndarray],
+    confidence_threshold: float = 0.9,
+) -> Dict:
+    """What a classifier says about unlabelled samples, beside its accuracy on the labelled real images.
+
+    A prior sample has no label, so its "accuracy" is not defined; reported instead, with p = p(y|x) `[n, classes]`:
+      real_accuracy              mean_i [argmax p(real_i) = label_i] (the yardstick: the network on real images)
+      sample_confidence          mean_i max_y p(y | fake_i)
+      sample_confident_fraction  mean_i [max_y p(y | fake_i) >= confidence_threshold]: recognisable samples
+      real_confident_fraction    the same for the real images
+      sample_class_fractions     fraction of samples per arg-max class `[classes]`
+      real_class_fractions       fraction of real images per label (per arg-max class without labels)
+      sample_class_tv            total variation 0.5 sum_y |sample_class_fractions - real_class_fractions|
+    """
+    fake = np.asarray(fake_probabilities, np.float64)
+    real = np.asarray(real_probabilities, np.float64)
+    if fake.ndim != 2 or real.ndim != 2 or fake.shape[1] != real.shape[1]:
+        raise ValueError(f"probabilities must be [n, classes] of one class count; got {fake.shape}, {real.shape}")
+    if not 0.0 < confidence_threshold <= 1.0:
+        raise ValueError(f"confidence_threshold must be in (0, 1]; got {confidence_threshold}")
+    classes = fake.shape[1]
+    real_predicted = np.argmax(real, axis=1)
+    fake_fractions = class_fractions(np.argmax(fake, axis=1), classes)
+    real_fractions = class_fractions(real_predicted if real_labels is None else real_labels, classes)
+    result = dict(
+        classifier_real_accuracy=None,
+        classifier_sample_confidence=float(np.mean(np.max(fake, axis=1))),
+        classifier_sample_confident_fraction=float(np.mean(np.max(fake, axis=1) >= confidence_threshold)),
+        classifier_real_confident_fraction=float(np.mean(np.max(real, axis=1) >= confidence_threshold)),
+        classifier_confidence_threshold=float(confidence_threshold),
+        classifier_sample_class_fractions=[float(v) for v in fake_fractions],
+        classifier_real_class_fractions=[float(v) for v in real_fractions],
+        classifier_sample_class_tv=float(0.5 * np.sum(np.abs(fake_fractions - real_fractions))),
+    )
+    if real_labels is not None:
+        labels = np.asarray(real_labels)
+        if labels.shape != (len(real),):
+            raise ValueError(f"real_labels must be [{len(real)}]; got {labels.shape}")
+        result["classifier_real_accuracy"] = float(np.mean(real_predicted == labels))
+    return result
