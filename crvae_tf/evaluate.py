@@ -8,7 +8,20 @@ r"""Estimates a trained run's test NLL with K importance samples (Table 1) and p
     python -m crvae_tf.evaluate --curves=VAE=runs/vae,crVAE=runs/crvae --curves_out=docs/curves.png   # learning curves
 
 --metrics (default 'nll') names what to compute, a comma list of the entries of `METRICS` (name -> function of the
-run, returning its result dict); each distinct result is one line of JSON.
+run, returning its result dict); each distinct result is one line of JSON. Sample quality (`sample_quality_eval`):
+
+    python -m crvae_tf.evaluate --model_dir=runs/crvae --checkpoint=best --metrics=fid,kid,is,classifier_accuracy \
+        --gin_bindings="sample_quality.feature_network='classifier'" \
+        --gin_bindings="sample_quality.feature_network_path='runs/feature_net_mnist/feature_net.keras'"
+    python -m crvae_tf.evaluate --export_dir=runs/serving/crvae --metrics=fid,kid \
+        --gin_bindings="sample_quality.inception_path='/models/classify_image_graph_def.pb'"
+
+draws `sample_quality.num_samples` prior samples (seeded by --seed) from the run's checkpoint or from the export's
+`sample` signature and compares them with --split of the run's dataset (--max_images: a cap spread over the split) in
+the chosen network's feature space (`sample_quality.*`, the gin configurable below; only the TF Inception graph gives
+results named fid / kid, any other network proxy_fid / proxy_kid_*). The result goes to
+DIR/eval/sample_quality-<split>-step<S>-s<num_samples>-<network sha256[:12]>[-n<max_images>].json (DIR: the run, or
+the export's base folder).
 
 With --curves, no model is evaluated: the runs' validation curves of --curves_metric are drawn against epochs and
 against cumulative training hours (`crvae_tf.evaluation.learning_curves`; needs matplotlib, `pip install -e
@@ -75,7 +88,8 @@ SPLIT = flags.DEFINE_enum(
 MAX_IMAGES = flags.DEFINE_integer(
     "max_images",
     None,
-    "A budget cap: evaluate N images spread evenly over the split (not its first N, which may be sorted by class).",
+    "A budget cap: evaluate N images spread evenly over the split (not its first N, which may be sorted by class); "
+    "for sample quality, the real images compared with.",
     allow_override=True,
 )
 SEED = flags.DEFINE_integer(
