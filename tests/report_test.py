@@ -103,9 +103,16 @@ class ReportTest(testing_utils.GinTestCase):
                 os.path.join(gan, "eval", f"classification-fold{fold}-step{step}.json"),
                 {"fold": fold, "step": step, "test_accuracy": accuracy, "validation_accuracy": 0.5},
             )
-        _json(
-            os.path.join(evals, "disentanglement.json"),
-            {"metrics": {"mig": 0.125, "sap": 0.5, "per_factor": {"mig": [0.1]}}, "factor_names": ["shape", "scale"]},
+        _json(  # explore --mode=disentangle's summary layout
+            os.path.join(self.crvae_dir, "explore", "disentangle-step30.json"),
+            {
+                "step": 30,
+                "metrics": {"mig": 0.125, "sap": 0.5, "per_factor": {"mig": [0.1]}},
+                "factor_names": ["shape", "scale"],
+                "dominant_time_step": {"explained": {"shape": 1, "scale": 3}},
+                "num_time_steps": 8,
+                "num_test": 64,
+            },
         )
         _json(os.path.join(evals, "mystery.json"), {"foo": 1.5, "bar": {"baz": 2}})
 
@@ -130,7 +137,9 @@ class ReportTest(testing_utils.GinTestCase):
         self.assertIn(f"mixed_bfloat16 | 0123456789ab; not recorded; {stamp} |", text)  # precision, commit, dates
         self.assertIn("| not recorded; not recorded; ", text)  # the VAE records neither commit nor start
 
-        self.assertIn("| vae | test-step30-k100-n4.json (Table 1) | test | 30 | 100 | 4 | ", text)  # every estimate
+        self.assertIn(
+            "| vae | eval/test-step30-k100-n4.json (Table 1) | test | 30 | 100 | 4 | ", text
+        )  # every estimate
 
         # Paired difference crVAE - VAE, against a by-hand oracle.
         d = (-self.crvae_ll) - (-self.vae_ll)
@@ -141,8 +150,9 @@ class ReportTest(testing_utils.GinTestCase):
         folds_std = np.std([70.0, 80.0], ddof=1)
         self.assertIn(f"| crVAE (75.86) | crvae_gan | 75.00 ± {folds_std:.2f} | 2: 0 70.00, 1 80.00 |", text)
         self.assertIn("proxy_fid 25.50; proxy_kid_mean 0.0123 ± 0.0004 | tiny (proxy) | 64 / 64 |", text)
-        self.assertIn("| crvae | disentanglement.json | – | mig 0.125, sap 0.500 | shape, scale | – | – |", text)
-        self.assertIn("| crvae | mystery.json | – | foo 1.5000, bar.baz 2 |", text)
+        disentangled = "| crvae | explore/disentangle-step30.json | 30 | mig 0.125, sap 0.500 | shape, scale |"
+        self.assertIn(disentangled + " shape 1, scale 3 | 8 | 64 |", text)
+        self.assertIn("| crvae | eval/mystery.json | – | foo 1.5000, bar.baz 2 |", text)
 
         # Damaged files: named with the reason, skipped, never fatal.
         self.assertIn("broken.json`: not valid JSON", text)

@@ -12,7 +12,8 @@ What one run gives (`collect_run`):
   progress.json     the step and the cumulative training seconds at the last checkpoint
   operative_config.gin, config.gin   the recipe (inferred, `infer_recipe`), model.precision, train.seed
   tb/validation     the validation IWAE-5 curve (its points are printed in Table 1)
-  eval/*.json       every result file, recognised by its keys (`result_kind`):
+  eval/*.json       every result file, and explore/disentangle-*.json (`RESULT_GLOBS`), recognised by its keys
+                    (`result_kind`):
                       likelihood       'nll' (`crvae_tf.evaluate`; per-image arrays in the .npz of the same name)
                       sample_quality   'fid' / 'kid_mean' / 'inception_score_mean' or their 'proxy_' forms
                       classification   'test_accuracy' or 'accuracy' with 'fold' (one fold: `evaluation.classification`
@@ -260,11 +261,17 @@ def _check_result(kind: str, result: dict) -> Optional[str]:
     return None
 
 
+# Where a run's results lie, relative to the run: every eval/*.json, and the disentanglement summaries that
+# `python -m crvae_tf.explore --mode=disentangle` writes (`evaluation.disentanglement_lib`).
+RESULT_GLOBS = (os.path.join(EVAL_DIR, "*.json"), os.path.join("explore", "disentangle-*.json"))
+
+
 def read_results(model_dir: str, skipped: list) -> Dict[str, list]:
-    """kind -> the run's eval/*.json results of that kind (each with '_path' added), sorted by file name. Files
-    that cannot be used are appended to `skipped` as (path, reason) and logged."""
+    """kind -> the run's results of that kind (RESULT_GLOBS; each with '_path' and '_file', its path relative to the
+    run, added), sorted by file name. Files that cannot be used are appended to `skipped` as (path, reason)."""
     found = {kind: [] for kind in KINDS}
-    for path in sorted(glob.glob(os.path.join(model_dir, EVAL_DIR, "*.json"))):
+    paths = [path for pattern in RESULT_GLOBS for path in sorted(glob.glob(os.path.join(model_dir, pattern)))]
+    for path in paths:
         if os.path.basename(path).startswith("."):
             continue
         try:
@@ -281,7 +288,7 @@ def read_results(model_dir: str, skipped: list) -> Dict[str, list]:
         if problem:
             skipped.append((path, f"a {kind} result whose {problem}"))
             continue
-        found[kind].append({**result, "_path": path})
+        found[kind].append({**result, "_path": path, "_file": os.path.relpath(path, model_dir)})
     return found
 
 
@@ -665,7 +672,7 @@ def render_likelihoods(collected: Sequence[dict]) -> Optional[str]:
             rows.append(
                 [
                     run["name"],
-                    os.path.basename(result["_path"]) + (" (Table 1)" if result is headline else ""),
+                    result["_file"] + (" (Table 1)" if result is headline else ""),
                     result.get("split", "–"),
                     fmt(result.get("step")),
                     fmt(result.get("num_importance_samples")),
@@ -789,7 +796,7 @@ def render_sample_quality(collected: Sequence[dict]) -> Optional[str]:
             rows.append(
                 [
                     run["name"],
-                    os.path.basename(result["_path"]),
+                    result["_file"],
                     fmt(result.get("step")),
                     "; ".join(values),
                     f"{network.get('name', NOT_RECORDED)}" + (" (proxy)" if network.get("is_proxy", True) else ""),
@@ -826,10 +833,19 @@ def render_generic(collected: Sequence[dict], kind: str, limit: int = 12) -> Opt
             shown = ", ".join(f"{k} {fmt(v, 4)}" for k, v in items[:limit])
             if len(items) > limit:
                 shown += f", ... ({len(items) - limit} more)"
-            rows.append([run["name"], os.path.basename(result["_path"]), fmt(result.get("step")), shown or "–"])
+            rows.append([run["name"], result["_file"], fmt(result.get("step")), shown or "–"])
     if not rows:
         return None
     return markdown_table(["run", "file", "step", "numbers"], rows)
+
+
+def _dominant_text(result: dict) -> str:
+    """'factor t, ...': the time step that alone explains most of each factor (`evaluate_groups`), or '–'."""
+    dominant = result.get("dominant_time_step")
+    explained = dominant.get("explained") if isinstance(dominant, dict) else None
+    if not isinstance(explained, dict) or not explained:
+        return "–"
+    return ", ".join(f"{factor} {step}" for factor, step in explained.items())
 
 
 def render_disentanglement(collected: Sequence[dict]) -> Optional[str]:
@@ -841,17 +857,19 @@ def render_disentanglement(collected: Sequence[dict]) -> Optional[str]:
             rows.append(
                 [
                     run["name"],
-                    os.path.basename(result["_path"]),
+                    result["_file"],
                     fmt(result.get("step")),
                     ", ".join(f"{k} {fmt(v, 3)}" for k, v in disentanglement_values(result)),
                     ", ".join(map(str, factors)) if isinstance(factors, list) else "–",
+                    _dominant_text(result),
                     fmt(result.get("num_time_steps")),
                     fmt(result.get("num_test")),
                 ]
             )
     if not rows:
         return None
-    return markdown_table(["run", "file", "step", "metrics", "factors", "groups (time steps)", "test codes"], rows) + (
+    header = ["run", "file", "step", "metrics", "factors", "dominant time step per factor (explained)"]
+    return markdown_table(header + ["groups (time steps)", "test codes"], rows) + (
         "\n\nThe paper reports no disentanglement score (its Sec. 4.4 and Fig. 5 are qualitative)."
     )
 
