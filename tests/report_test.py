@@ -96,7 +96,8 @@ class ReportTest(testing_utils.GinTestCase):
             _json(
                 os.path.join(gan, "eval", f"sample_quality-step{step}.json"),
                 {"proxy_fid": fid, "proxy_kid_mean": 0.0123, "proxy_kid_sem": 0.0004, "step": step,
-                 "network": network, "num_real": 64, "num_fake": 64},
+                 "network": network, "num_real": 64, "num_fake": 64, "classifier_sample_confidence": 0.75,
+                 "budget": {"wall_time_s": 90.0}},
             )  # fmt: skip
         for fold, step, accuracy in ((0, 5, 0.6), (0, 10, 0.7), (1, 10, 0.8)):  # fold 0: its latest step counts
             _json(
@@ -149,7 +150,11 @@ class ReportTest(testing_utils.GinTestCase):
         # Table 2 (mean ± std over the folds, %), sample quality, disentanglement, the unknown kind.
         folds_std = np.std([70.0, 80.0], ddof=1)
         self.assertIn(f"| crVAE (75.86) | crvae_gan | 75.00 ± {folds_std:.2f} | 2: 0 70.00, 1 80.00 |", text)
-        self.assertIn("proxy_fid 25.50; proxy_kid_mean 0.0123 ± 0.0004 | tiny (proxy) | 64 / 64 |", text)
+        self.assertIn(
+            "proxy_fid 25.50; proxy_kid_mean 0.0123 ± 0.0004 | sample_confidence 0.750 | "
+            "tiny cdcdcdcdcdcd (proxy) | 64 / 64 | 1.5 min |",
+            text,
+        )
         disentangled = "| crvae | explore/disentangle-step30.json | 30 | mig 0.125, sap 0.500 | shape, scale |"
         self.assertIn(disentangled + " shape 1, scale 3 | 8 | 64 |", text)
         self.assertIn("| crvae | eval/mystery.json | – | foo 1.5000, bar.baz 2 |", text)

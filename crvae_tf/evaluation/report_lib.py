@@ -793,20 +793,32 @@ def render_sample_quality(collected: Sequence[dict]) -> Optional[str]:
                 values.append(
                     f"{name} {fmt(value, digits)}" + (f" ± {fmt(error, digits)}" if error is not None else "")
                 )
+            classifier = [  # the project classifier's statistics of the samples (evaluate --metrics=...)
+                f"{key[len('classifier_') :]} {fmt(value, 3)}"
+                for key, value in result.items()
+                if key.startswith(("classifier_sample_", "classifier_real_")) and _is_number(value)
+            ]
+            budget = result.get("budget") if isinstance(result.get("budget"), dict) else {}
+            sha = str(network.get("sha256") or "")[:12]
             rows.append(
                 [
                     run["name"],
                     result["_file"],
                     fmt(result.get("step")),
                     "; ".join(values),
-                    f"{network.get('name', NOT_RECORDED)}" + (" (proxy)" if network.get("is_proxy", True) else ""),
+                    ", ".join(classifier) or "–",
+                    f"{network.get('name', NOT_RECORDED)}"
+                    + (f" {sha}" if sha else "")
+                    + (" (proxy)" if network.get("is_proxy", True) else ""),
                     f"{fmt(result.get('num_real'))} / {fmt(result.get('num_fake'))}",
+                    fmt_duration(budget.get("wall_time_s")),
                 ]
             )
     if not rows:
         return None
+    header = ["run", "file", "step", "metrics", "classifier statistics", "feature network (sha256)"]
     return (
-        markdown_table(["run", "file", "step", "metrics", "feature network", "real / generated images"], rows)
+        markdown_table(header + ["real / generated images", "wall time"], rows)
         + "\n\nThe paper reports no FID, KID or Inception Score (its image results are qualitative); proxy_* numbers "
         "are comparable only between results of the same feature network (same sha256)."
     )
