@@ -114,6 +114,47 @@ class KnownCodeTest(tf.test.TestCase):
         self.assertEqual(reordered["dominant_time_step"]["explained"], {"size": 2, "kind": 1, "angle": 3})
 
 
+class _IdentityModel:
+    """A duck-typed model whose image is its latent: generate(z) = z as a 1 x D image, encode(x) = (x, 0)."""
+
+    input_range = (0.0, 1.0)
+
+    def generate(self, z):
+        return tf.reshape(z, [-1, 1, z.shape[1], 1])
+
+    def encode(self, images, training=False):
+        flat = tf.reshape(images, [tf.shape(images)[0], -1])
+        return flat, tf.zeros_like(flat)
+
+
+class InterventionTest(tf.test.TestCase):
+    def test_redrawing_a_time_step_moves_its_factor_only(self):
+        rng = np.random.default_rng(3)
+        f_train, f_test = _factors(600, rng), _factors(200, rng)
+        z_train, z_test = (_known_code(f, rng).reshape(len(f), -1) for f in (f_train, f_test))
+        slices = [(DIMS * t, DIMS * (t + 1)) for t in range(STEPS)]
+        probes = disentanglement.FactorProbes(z_train, f_train, KINDS, slices)
+        predicted = probes.predict(z_test)
+        self.assertEqual(np.mean(predicted[:, 1] == f_test[:, 1]), 1.0)  # step 3 is the class exactly
+        self.assertLess(np.mean(np.abs(np.angle(np.exp(1j * (predicted[:, 2] - f_test[:, 2]))))), 0.1)
+        scales = f_test.std(axis=0)
+        matrix = disentanglement_lib.intervention_matrix(
+            _IdentityModel(), z_test, slices, probes, KINDS, scales, "mean", seed=0
+        )
+        self.assertEqual(disentanglement.dominant_groups(matrix), [1, 3, 4])
+        self.assertGreater(min(matrix[0, 0], matrix[2, 1], matrix[3, 2]), 0.3)
+        self.assertLess(matrix[1].max(), 0.05)  # step 2 is noise that no probe reads
+        # The effects: a class change counts 1, a continuous change in units of the scale, an angle's wrapped
+        # change over pi.
+        effects = disentanglement.intervention_effects(
+            [[0, 1.0, 3.0], [1, 2.0, -3.0]],
+            [[0, 2.0, -3.0], [2, 2.0, 3.0]],
+            ["discrete", "continuous", "angle"],
+            [1.0, 2.0, 1.0],
+        )
+        self.assertAllClose(effects, [0.5, 0.25, (2 * np.pi - 6.0) / np.pi])
+
+
 class FormulaTest(tf.test.TestCase):
     def test_dci_mig_and_sap_formulas(self):
         self.assertAllClose([disentanglement.dci(np.eye(3))[k] for k in ("disentanglement", "completeness")], [1, 1])
@@ -218,7 +259,8 @@ class ExploreDisentangleTest(testing_utils.GinTestCase):
         self.assertEqual((summary["num_time_steps"], summary["time_steps_are"]), (8, "channel slices"))
         self.assertEqual((summary["num_train"], summary["num_test"]), (40, 40))
         self.assertEqual(summary["step_slices"][2], [4, 6])  # latent 16: 8 slices of 2
-        self.assertEqual(np.shape(summary["matrices"]["explained"]), (8, 5))
+        for matrix in ("explained", "sap_score", "information", "importance", "intervention"):
+            self.assertEqual(np.shape(summary["matrices"][matrix]), (8, 5), msg=matrix)
         with open(stem + ".json") as f:
             self.assertEqual(json.load(f)["metrics"], summary["metrics"])
         with open(stem + ".md") as f:

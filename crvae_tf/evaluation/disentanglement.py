@@ -55,6 +55,11 @@ The metrics (`disentanglement_metrics`), group forms of the standard ones with e
   the held-out score of the probe on all of z, per factor and its mean. A group with no importance counts
   nothing; with no importance anywhere D = C = 0.
 
+The intervention matrix (paper Fig. 5's style redraws, measured): `FactorProbes` predict every factor from all of
+z; a caller resamples z_t alone, decodes, encodes again and compares the predictions with those of the unchanged z
+through the same decode-encode round trip (`intervention_effects`): entry [t, k] is how far factor k moved when only
+z_t changed.
+
 Each metric needs T >= 2 groups (a gap of one group is undefined) and D needs K >= 2 factors.
 """
 
@@ -205,6 +210,7 @@ class _FactorTargets:
         if kind == "discrete":
             self.labels = _encode_classes(train_values, test_values)
             self.bins = self.labels
+            self.classes = np.unique(np.concatenate([train_values, test_values]))
             return
         train_values = train_values.astype(np.float64)
         test_values = test_values.astype(np.float64)
@@ -213,6 +219,7 @@ class _FactorTargets:
         else:
             mean, std = train_values.mean(), max(train_values.std(), 1e-12)
             self.targets = tuple(((v - mean) / std)[:, None] for v in (train_values, test_values))
+            self.mean, self.std = mean, std
         edges = _bin_edges(train_values, num_bins)
         self.bins = (np.digitize(train_values, edges), np.digitize(test_values, edges), len(edges) + 1)
 
@@ -510,3 +517,68 @@ def markdown_table(result: dict, matrix: str = "explained", digits: int = 2) -> 
         cells = [(f"**{v:.{digits}f}**" if best[k] == t else f"{v:.{digits}f}") for k, v in enumerate(row)]
         lines.append(f"| {t + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- interventions
+
+
+class FactorProbes:
+    """The probes of every factor on all of z (as `importance` uses them), fitted once, to predict factors of new
+    codes: `predict(codes) -> [N, K]` (a discrete factor's class value, a continuous factor's value, an angle in
+    (-pi, pi])."""
+
+    def __init__(
+        self,
+        codes_train,
+        factors_train,
+        kinds: Sequence[str],
+        slices=None,
+        *,
+        l2_grid: Sequence[float] = L2_GRID,
+        logistic_steps: int = LOGISTIC_STEPS,
+    ):
+        self.slices = slices
+        codes = np.concatenate(code_groups(codes_train, slices), axis=1)
+        factors, self.kinds = _check_factors(factors_train, kinds, len(codes))
+        self.whiten = _Whitener(codes)
+        features = self.whiten(codes)
+        self.probes = []
+        for k, kind in enumerate(self.kinds):
+            target = _FactorTargets(factors[:, k], factors[:, k], kind, NUM_BINS)
+            self.probes.append(_Probe(features, target, tuple(l2_grid), logistic_steps))
+
+    def predict(self, codes) -> np.ndarray:
+        features = self.whiten(np.concatenate(code_groups(codes, self.slices), axis=1))
+        out = []
+        for probe in self.probes:
+            outputs = features @ probe.weights
+            target = probe.target
+            if target.kind == "discrete":
+                out.append(target.classes[np.argmax(outputs, axis=1)].astype(np.float64))
+            elif target.kind == "angle":
+                out.append(np.arctan2(outputs[:, 1], outputs[:, 0]))
+            else:
+                out.append(outputs[:, 0] * target.std + target.mean)
+        return np.stack(out, axis=1)
+
+
+def intervention_effects(before, after, kinds: Sequence[str], scales) -> np.ndarray:
+    """How far predicted factors moved, `[K]`: a discrete factor, the fraction of images whose predicted class changed;
+    a continuous one, the mean |change| in units of `scales[k]` (e.g. the factor's standard deviation); an angle,
+    the mean |wrapped change| / pi (in [0, 1]).
+
+    Args:
+      before, after: `[N, K]` predictions (`FactorProbes.predict`) of the same images before and after an intervention.
+      scales: `[K]` positive scales of the continuous factors (ignored for the others).
+    """
+    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    effects = []
+    for k, kind in enumerate(kinds):
+        change = after[:, k] - before[:, k]
+        if kind == "discrete":
+            effects.append(float(np.mean(change != 0)))
+        elif kind == "angle":
+            effects.append(float(np.mean(np.abs(np.angle(np.exp(1j * change)))) / np.pi))
+        else:
+            effects.append(float(np.mean(np.abs(change)) / float(scales[k])))
+    return np.array(effects)

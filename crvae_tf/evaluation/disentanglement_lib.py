@@ -20,10 +20,11 @@ Factors:
 
 Writes under `model_dir/explore/` (atomically): `disentangle-step<S>.json` (settings, metrics, matrices, dominant
 time steps), `disentangle-step<S>.md` (the tables), `disentangle-step<S>.png` (heat maps: the fraction of each
-factor explained by each time step alone, and the permutation importance in the probe on all of z, normalised per
-factor), for the sprites `factor_grid-step<S>.png` (rows in pairs, one per factor: ground-truth renderings with that
-factor swept across its range, the others fixed, and their reconstructions), and the PNGs as TensorBoard images
-under `model_dir/tb/explore`.
+factor explained by each time step alone, the permutation importance in the probe on all of z, normalised per
+factor, and the intervention matrix (`intervention_matrix`: redraw z_t alone, decode, encode, see which factor's
+prediction moves), normalised per factor), for the sprites `factor_grid-step<S>.png` (rows in pairs, one per
+factor: ground-truth renderings with that factor swept across its range, the others fixed, and their
+reconstructions), and the PNGs as TensorBoard images under `model_dir/tb/explore`.
 """
 
 import io
@@ -54,6 +55,8 @@ GRID_POINTS = 8
 # quickstart crVAE every time step "explained" 0.73-0.98 of every factor from means (README).
 REPRESENTATIONS = ("sample", "mean")
 SAMPLE_TAG = 206
+INTERVENTION_TAG = 207
+ROUND_TRIP_TAG = 2  # the eps stream of re-encoded images (common to the unchanged and the intervened latents)
 SHAPE_SYMMETRY_ORDERS = {"square": 4, "ellipse": 2, "triangle": 3, "heart": 1}
 
 
@@ -164,6 +167,31 @@ def decode(model, z) -> np.ndarray:
     )
 
 
+# --------------------------------------------------------------------------------------------- interventions
+
+
+def intervention_matrix(model, codes, slices, probes, kinds, scales, representation: str, seed: int) -> np.ndarray:
+    """`[T, K]`: how far each factor's prediction moves when z_t alone is redrawn from N(0, I).
+
+    For base codes z (`[N, D]`), x = decode(z) and x_t = decode(z with slice t replaced by eps_t ~ N(0, I), eps_t from
+    `np.random.default_rng([seed, INTERVENTION_TAG, t])`); both are encoded again (`representation`, the same
+    posterior noise for both) and `probes` (`disentanglement.FactorProbes`) predict their factors; entry [t, k] is
+    `disentanglement.intervention_effects` of factor k. Comparing with the round trip of the unchanged z removes what
+    decoding and encoding alone move.
+    """
+    codes = np.asarray(codes, np.float32)
+    before = probes.predict(posterior_codes(model, decode(model, codes), representation, seed, ROUND_TRIP_TAG))
+    rows = []
+    for t, (start, stop) in enumerate(slices, 1):
+        changed = codes.copy()
+        changed[:, start:stop] = np.random.default_rng([int(seed), INTERVENTION_TAG, t]).standard_normal(
+            (len(codes), stop - start)
+        )
+        after = probes.predict(posterior_codes(model, decode(model, changed), representation, seed, ROUND_TRIP_TAG))
+        rows.append(disentanglement.intervention_effects(before, after, kinds, scales))
+    return np.stack(rows)
+
+
 # --------------------------------------------------------------------------------------------- factor grid
 
 
@@ -211,8 +239,9 @@ def sprite_factor_grid(model, generator: dict, num_points: int = GRID_POINTS) ->
 
 
 def heat_map_png(result: dict, title: str) -> bytes:
-    """PNG bytes: two heat maps (time steps x factors) of `disentanglement.evaluate_groups`' result, the fraction
-    explained by each time step alone and the permutation importance normalised per factor, with the values."""
+    """PNG bytes: heat maps (time steps x factors) of `disentanglement.evaluate_groups`' result, the fraction
+    explained by each time step alone, the permutation importance normalised per factor and (when present) the
+    intervention matrix normalised by each factor's largest entry, with the values."""
     try:
         import matplotlib
 
@@ -227,11 +256,20 @@ def heat_map_png(result: dict, title: str) -> bytes:
     names = result["factor_names"]
     steps, factors = explained.shape
     width = min(16.0, 2.0 + 0.45 * factors) if factors > 8 else 2.4 + 0.7 * factors
-    figure, axes = pyplot.subplots(1, 2, figsize=(2 * width, 0.42 * steps + 1.9))
-    panels = (
+    panels = [
         (explained, "explained by z_t alone (R^2 or (H-CE)/H)"),
         (normalised, "share of importance in the probe on all of z"),
-    )
+    ]
+    if "intervention" in result["matrices"]:
+        intervention = np.asarray(result["matrices"]["intervention"])
+        peaks = intervention.max(axis=0, keepdims=True)
+        panels.append(
+            (
+                np.divide(intervention, peaks, out=np.zeros_like(intervention), where=peaks > 0),
+                "intervention: change when z_t is redrawn (/ max)",
+            )
+        )
+    figure, axes = pyplot.subplots(1, len(panels), figsize=(len(panels) * width, 0.42 * steps + 1.9))
     for axis, (matrix, label) in zip(axes, panels):
         axis.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         axis.set_xticks(range(factors))
@@ -346,6 +384,12 @@ def explore_disentangle(
         codes_train, train_factors, codes_test, test_factors, kinds, slices, factor_names=names, seed=int(seed)
     )
     scored = time.time()
+    probes = disentanglement.FactorProbes(codes_train, train_factors, kinds, slices)
+    scales = np.maximum(np.std(test_factors, axis=0), 1e-12)
+    interventions = intervention_matrix(model, codes_test, slices, probes, kinds, scales, representation, seed)
+    result["matrices"]["intervention"] = interventions.tolist()
+    result["dominant_time_step"]["intervention"] = dict(zip(names, disentanglement.dominant_groups(interventions)))
+    intervened = time.time()
     stem = f"disentangle-step{run.step}"
     folder = os.path.join(model_dir, EXPLORE_DIR)
     paths = {kind: os.path.join(folder, f"{stem}.{kind}") for kind in ("json", "md", "png")}
@@ -367,7 +411,11 @@ def explore_disentangle(
         "probe_images": {"train": "first of the training split", "test": "first of the validation split"},
         "factors": source,
         "seed": int(seed),
-        "seconds": {"encode": round(encoded - started, 1), "probes": round(scored - encoded, 1)},
+        "seconds": {
+            "encode": round(encoded - started, 1),
+            "probes": round(scored - encoded, 1),
+            "interventions": round(intervened - scored, 1),
+        },
         **result,
         "json": paths["json"],
         "markdown": paths["md"],
@@ -424,6 +472,12 @@ def markdown_report(summary: dict, title: str) -> str:
         "Permutation importance in the probe on all of z (drop of the held-out score when z_t is shuffled):",
         "",
         disentanglement.markdown_table(summary, "importance"),
+        "",
+        "Intervention: how far the predicted factor moves when z_t alone is redrawn from N(0, I), decoded and encoded "
+        "again (discrete: fraction of images whose class changes; continuous: mean |change| in test standard "
+        "deviations; angle: mean |change| / pi):",
+        "",
+        disentanglement.markdown_table(summary, "intervention"),
         "",
     ]
     return "\n".join(lines)
