@@ -68,6 +68,8 @@ def build_dataset(
     cache_dir=None,
     flip=None,
     max_corrupt_fraction: float = 0.01,
+    fold=None,
+    labeled_batch_size=None,
 ) -> data_lib.ImageSplits:
     """Loads the train/validation/test images (`data.load_image_splits`; RGB details in
     `crvae_tf.data.celeba` and `birds`).
@@ -105,6 +107,10 @@ def build_dataset(
       flip: 'celeba' / 'birds': random horizontal flips of training batches (None: True); `splits.flip`.
       max_corrupt_fraction: 'celeba' / 'birds': the largest fraction of corrupt images skipped (and listed
         in the cache manifest) before loading fails.
+      fold: 'stl10': the official labeled fold 0..9 (None: all labeled images but a seeded validation hold-out;
+        the only choice on tfds stl10, whose records lose the folds). 'stl10' also reads local_path (the
+        stl10_binary/ folder), manual_dir (tfds: stl10_binary.tar.gz), resolution (None: 64), validation_size, flip.
+      labeled_batch_size: 'stl10': labeled images per training step (None: train.batch_size).
     """
     arguments = dict(
         local_path=local_path,
@@ -126,6 +132,8 @@ def build_dataset(
         cache_dir=cache_dir,
         flip=flip,
         max_corrupt_fraction=max_corrupt_fraction,
+        fold=fold,
+        labeled_batch_size=labeled_batch_size,
     )
     if source is None:
         source = DATASET_SOURCES.get(name)
@@ -451,6 +459,49 @@ def _vae_gan_family(
     )
 
 
+@gin.configurable("class_head", denylist=["feature_shape", "seed"])
+def build_class_head(feature_shape, seed=None, num_classes: int = 10, dropout_rate: float = 0.5):
+    """The semi-supervised discriminator's class head on the trunk's features (`networks.class_head`; Sec. 4.5).
+
+    Args:
+      feature_shape: the discriminator trunk's output shape (h, w, c).
+      seed: seeds its dropout (from `train.seed`).
+      num_classes: 10 for STL-10.
+      dropout_rate: its spatial dropout (CC-GAN's netC: SpatialDropout; 0.5).
+    """
+    return networks.class_head(
+        feature_shape, num_classes=num_classes, dropout_rate=dropout_rate, seed=None if seed is None else seed + 200
+    )
+
+
+def _semi_supervised_family(
+    encoder, head, decoder, image_shape, seed, num_importance_samples, num_validation_samples, **kwargs
+):
+    del num_validation_samples  # selection is on the validation accuracy (crvae_tf.evaluation.classification)
+    if num_importance_samples != 1 or tuple(image_shape) == MNIST_SHAPE:
+        raise ValueError(
+            "model.family='semi_supervised_vae_gan' trains RGB images (dataset.name='stl10') with one posterior "
+            f"sample; got image_shape={tuple(image_shape)}, num_importance_samples={num_importance_samples}."
+        )
+    latent_shape = (head.feature_shape[:2] + (head.latent_channels,)) if hasattr(head, "latent_channels") else None
+    with_q = bool(kwargs.get("mutual_information_weight"))
+    trunk, discriminator, q_head = build_discriminator(image_shape, latent_shape, with_q_head=with_q, seed=seed)
+    class_head = build_class_head(tuple(trunk.output_shape[1:]), seed=seed)
+    return models.SemiSupervisedVAEGAN(
+        encoder,
+        head,
+        decoder,
+        trunk,
+        discriminator,
+        q_head,
+        class_head,
+        image_shape=image_shape,
+        seed=seed,
+        name="semi_supervised_vae_gan",
+        **kwargs,
+    )
+
+
 def _family_selector(model_class, factory, name):
     """A gin-registered family `name` (the value of `model.family = @name`): builds `model_class` from the
     networks; `model_class` tells which `model.*` arguments it accepts."""
@@ -463,6 +514,9 @@ def _family_selector(model_class, factory, name):
 FAMILIES = {
     "vae": _family_selector(models.VAE, _vae_family, "vae"),
     "vae_gan": _family_selector(models.VAEGAN, _vae_gan_family, "vae_gan"),
+    "semi_supervised_vae_gan": _family_selector(
+        models.SemiSupervisedVAEGAN, _semi_supervised_family, "semi_supervised_vae_gan"
+    ),
 }
 # Arguments of the model classes that the builder itself supplies (networks, shapes, seed, name, IWAE settings).
 _STRUCTURAL = {
@@ -473,6 +527,7 @@ _STRUCTURAL = {
     "discriminator_trunk",
     "discriminator",
     "q_head",
+    "class_head",
     "image_shape",
     "seed",
     "name",
@@ -507,6 +562,8 @@ def build_model(
     legacy_swapped_prior_weights=None,
     legacy_unweighted_prior_mutual_information=None,
     generator_batch=None,
+    adversarial_prior_samples=None,
+    classification_weight=None,
 ):
     """Builds (and builds the weights of) the model with the configured encoder, latent head and decoder.
 
@@ -514,8 +571,9 @@ def build_model(
       image_shape: from the dataset.
       family: 'vae' (`models.VAE`: Bernoulli likelihood, binary images) or 'vae_gan'
         (`models.VAEGAN`: MSE reconstruction + discriminator, RGB images; the latent head picks
-        the VAE-GAN baseline ('fc') or the crVAE-GAN ('channel_recurrent')); the strings are aliases of the
-        selectors `@vae` and `@vae_gan` (`model.family = @vae_gan`).
+        the VAE-GAN baseline ('fc') or the crVAE-GAN ('channel_recurrent')), or 'semi_supervised_vae_gan'
+        (`models.SemiSupervisedVAEGAN`: + a class head on the discriminator, STL-10, Sec. 4.5); the strings are
+        aliases of the selectors `@vae`, `@vae_gan` and `@semi_supervised_vae_gan` (`model.family = @vae_gan`).
       kl_weight: alpha, per image (see `crvae_tf.models` / `crvae_tf.models.vae_gan`).
       kl_step_weights: optional per-time-step KL weights, one per time step (alpha_t = kl_weight * w_t).
       seed: from `train.seed`.
@@ -540,6 +598,10 @@ def build_model(
       generator_batch: 'vae_gan': 'separate' (default, the code: the generator decodes posterior and prior samples
         in two passes) or 'joint' (one pass over both: BatchNorm statistics of the mixture, the same in training
         and evaluation; `crvae_tf.models.vae_gan.VAEGAN`).
+      adversarial_prior_samples: 'vae_gan' / 'semi_supervised_vae_gan': whether prior samples are fakes for the
+        discriminator and in the generator's adversarial term (default True for 'vae_gan'; False, reconstructions
+        only, for 'semi_supervised_vae_gan': the STL-10 protocol of Sec. 4.5).
+      classification_weight: 'semi_supervised_vae_gan': the weight of the class loss on labeled images (1.0).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"model.precision={precision!r} is not one of {list(PRECISIONS)}.")
@@ -561,6 +623,8 @@ def build_model(
             legacy_swapped_prior_weights=legacy_swapped_prior_weights,
             legacy_unweighted_prior_mutual_information=legacy_unweighted_prior_mutual_information,
             generator_batch=generator_batch,
+            adversarial_prior_samples=adversarial_prior_samples,
+            classification_weight=classification_weight,
         ).items()
         if value is not None
     }

@@ -437,6 +437,34 @@ def discriminator_head(
     return keras.Sequential(net, name=name)
 
 
+def class_head(
+    feature_shape, num_classes: int = 10, dropout_rate: float = 0.5, seed=None, name: str = "class_head"
+) -> keras.Sequential:
+    """The semi-supervised discriminator's class head (paper Sec. 4.5, following CC-GAN's `netC`): trunk features
+    `[batch, H, W, C]` -> `[batch, num_classes]` class LOGITS (softmax in the loss).
+
+        layer                                 output
+        dropout   SpatialDropout2D(p)         H x W x C   (CC-GAN: SpatialDropout)
+        flatten                               H*W*C
+        logits    Dense(num_classes)          num_classes (CC-GAN: a conv whose kernel covers the 2x2 map, i.e. a
+                                                           dense layer over the whole feature map)
+
+    Keras inverted dropout (train-time rescale, identity at inference). Init: Torch default U(+-1/sqrt(fan_in)),
+    bias zero.
+    """
+    feature_shape = tuple(int(d) for d in feature_shape)
+    fan_in = feature_shape[0] * feature_shape[1] * feature_shape[2]
+    net = [
+        keras.Input(feature_shape),
+        keras.layers.SpatialDropout2D(dropout_rate, seed=seed, name="dropout"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(
+            int(num_classes), kernel_initializer=blocks.torch_uniform(fan_in), bias_initializer="zeros", name="logits"
+        ),
+    ]
+    return keras.Sequential(net, name=name)
+
+
 def q_head(
     feature_shape,
     latent_shape=(4, 4, 64),

@@ -90,6 +90,9 @@ def make_dataset(
       flip: random horizontal flips of training batches (p = 0.5 per image); pass `ImageSplits.flip`. None:
         flip exactly when `binarization == 'none'` (the RGB datasets). Ignored in evaluation.
 
+    An `images` object with its own `make_dataset` method (`data.stl10.TrainingPool`: STL-10's unlabeled + labeled
+    training pool) gets these arguments and builds its own pipeline.
+
     Returns:
       A prefetched `tf.data.Dataset` of float32 `[B, H, W, C]` batches in [0, 1] (static batch dimension B
       when training; evaluation batches have an unknown batch dimension, the last one holding N mod B).
@@ -98,6 +101,16 @@ def make_dataset(
     _check_batch_size(batch_size)
     check_seed(seed, "seed")
     check_seed(epoch, "epoch")
+    if hasattr(images, "make_dataset"):  # an image source with its own pipeline (`data.stl10.TrainingPool`)
+        return images.make_dataset(
+            batch_size=batch_size,
+            binarization=binarization,
+            seed=seed,
+            training=training,
+            epoch=epoch,
+            skip_batches=skip_batches,
+            flip=flip,
+        )
     if flip is None:
         flip = binarization == "none"
     if not isinstance(flip, (bool, np.bool_)):

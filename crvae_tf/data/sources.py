@@ -30,6 +30,9 @@ preprocessed once (decode, crop, resize to `resolution` x `resolution`, R = 64 o
 `flip=True`; `crvae_tf/data/celeba.py`, `birds.py` and `image_cache.py` document their sources, crop rules,
 splits, cache and validation.
 
+`'stl10'` (`crvae_tf/data/stl10.py`) is the semi-supervised protocol of Table 2: a training pool of unlabeled +
+labeled images (labels -1 for unlabeled) with its own cropping pipeline, labeled validation and test splits.
+
 No code path ever falls back silently to other data: if the requested data cannot be found a
 `DataUnavailableError` says exactly which binding to set. tensorflow-datasets is only imported when
 it is actually used (it is slow to import), and on an offline machine `tfds.load(..., download=True)`
@@ -44,6 +47,7 @@ from typing import Union
 
 from crvae_tf.data import birds
 from crvae_tf.data import celeba
+from crvae_tf.data import stl10
 from crvae_tf.data.mnist import DEFAULT_MNIST_VALIDATION_SIZE
 from crvae_tf.data.mnist import load_binarized_mnist
 from crvae_tf.data.mnist import load_mnist
@@ -84,12 +88,14 @@ def load_image_splits(
     flip: Optional[bool] = None,
     max_corrupt_fraction: float = 0.01,
     num_workers: Optional[int] = None,
+    fold: Optional[int] = None,
+    labeled_batch_size: Optional[int] = None,
 ) -> ImageSplits:
     """Loads the train / validation / test splits of one dataset.
 
     Args:
-      name: 'mnist', 'binarized_mnist', 'sprites', 'celeba' or 'birds' (see the module docstring and, for
-        the last two, `crvae_tf/data/celeba.py`, `birds.py` and `image_cache.py`).
+      name: 'mnist', 'binarized_mnist', 'sprites', 'celeba', 'birds' or 'stl10' (see the module docstring and, for
+        the RGB ones, `crvae_tf/data/celeba.py`, `birds.py`, `image_cache.py` and `stl10.py`).
       local_path: for 'mnist' a keras-layout `mnist.npz` (or a folder containing one); for
         'binarized_mnist' a bit-packed `binarized_mnist.npz` (or a folder containing one); for 'celeba' a
         folder of aligned CelebA images at any resolution. When None the data come from
@@ -127,6 +133,9 @@ def load_image_splits(
       max_corrupt_fraction: 'celeba' / 'birds': the largest fraction of present images that may be
         rejected (corrupt, undecodable, blank, bad box) and skipped before loading fails.
       num_workers: 'celeba' / 'birds': preprocessing threads (None: min(8, 2 x CPU cores)).
+      fold, labeled_batch_size: 'stl10' only: the official labeled fold 0..9 (None: no fold) and the labeled images
+        per training step (`crvae_tf/data/stl10.py`, which also reads local_path, manual_dir, data_dir, cache_dir,
+        resolution, validation_size and flip).
 
     Returns:
       An `ImageSplits`: float32 `[num_images, 28, 28, 1]` arrays in [0, 1] for the MNIST family; uint8
@@ -146,6 +155,39 @@ def load_image_splits(
         )
     check_seed(seed, "seed")
     start = time.perf_counter()
+    if name == "stl10":
+        for key, value in dict(
+            crop=crop,
+            box_scale=box_scale,
+            cub_path=cub_path,
+            birdsnap_path=birdsnap_path,
+            nabirds_path=nabirds_path,
+            num_sprites=num_sprites,
+            sprite_radius=sprite_radius,
+            sprite_scale=sprite_scale,
+            sprite_rotation=sprite_rotation,
+        ).items():
+            if value is not None:
+                raise ValueError(f"dataset.{key}={value!r} does not apply to dataset.name='stl10'; unset it.")
+        splits = stl10.load_stl10(
+            local_path=local_path,
+            data_dir=data_dir,
+            download=download,
+            manual_dir=manual_dir,
+            cache_dir=cache_dir,
+            fold=fold,
+            resolution=resolution,
+            labeled_batch_size=labeled_batch_size,
+            validation_size=validation_size,
+            seed=seed,
+            flip=flip,
+        )
+        _logger.info("Loaded %r in %.2f s.", splits, time.perf_counter() - start)
+        return splits
+    if fold is not None or labeled_batch_size is not None:
+        raise ValueError(
+            f"dataset.fold and dataset.labeled_batch_size apply to dataset.name='stl10' only, not {name!r}; unset them."
+        )
     rgb_only = dict(
         resolution=resolution,
         crop=crop,

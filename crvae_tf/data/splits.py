@@ -14,7 +14,7 @@ from typing import Tuple
 
 import numpy as np
 
-DATASET_NAMES = ("mnist", "binarized_mnist", "sprites", "celeba", "birds")
+DATASET_NAMES = ("mnist", "binarized_mnist", "sprites", "celeba", "birds", "stl10")
 RGB_DATASET_NAMES = ("celeba", "birds")
 # 'dynamic': re-binarized every batch; 'static': already 0/1; 'none': continuous pixels passed through
 # (the RGB datasets; the adversarial models take intensities, not bits).
@@ -52,7 +52,8 @@ class ImageSplits:
       flip: whether training batches should be flipped horizontally at random (p = 0.5); pass it on as
         `make_dataset(..., flip=splits.flip)`. True for 'celeba' and 'birds' unless `dataset.flip=False`.
       manifest_path: the RGB datasets' cache `manifest.json` (sources, counts, crop, rejected files), else None.
-      labels: None, or split name -> int64 `[num_images]` class labels of that split (datasets with classes).
+      labels: None, or split name -> int64 `[num_images]` class labels of that split (datasets with classes); -1
+        marks an unlabeled image (STL-10's training pool, `data.stl10`).
       factors: None, or split name -> {factor name -> `[num_images]` array}: ground-truth factors of variation
         (the sprites: 'shape' (index into `sprites.SPRITE_SHAPES`), 'scale', 'rotation', 'x', 'y').
       generator: None, or the parameters a synthetic dataset was rendered with, so the images can be rendered

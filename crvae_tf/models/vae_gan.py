@@ -100,6 +100,11 @@ class VAEGAN(LatentVariableModel):
         samples are normalised as in training). Early in training, while q(z|x) is far from N(0, I), 'separate'
         leaves moving averages that fit neither input (gin/README.md: validation MSE 0.262 as saved vs 0.098
         re-estimated on posterior passes).
+      adversarial_prior_samples: True (default): prior samples are fakes for the discriminator and the generator's
+        adversarial term covers them. False (the semi-supervised STL-10 protocol of Sec. 4.5: "all fakes are
+        reconstructions"): the discriminator's fake half is reconstructions only (its `*_prior` metrics then
+        describe the reconstructions of the last quarter) and the generator's adversarial term is on
+        reconstructions only.
       seed: seed of the model's noise streams.
     """
 
@@ -126,6 +131,7 @@ class VAEGAN(LatentVariableModel):
         legacy_swapped_prior_weights: bool = False,
         legacy_unweighted_prior_mutual_information: bool = False,
         generator_batch: str = "separate",
+        adversarial_prior_samples: bool = True,
         seed=None,
         **kwargs,
     ):
@@ -174,6 +180,7 @@ class VAEGAN(LatentVariableModel):
                 "(set model.generator_batch)."
             )
         self.generator_batch = generator_batch
+        self.adversarial_prior_samples = bool(adversarial_prior_samples)
         self.legacy_swapped_prior_weights = bool(legacy_swapped_prior_weights)
         self.legacy_unweighted_prior_mutual_information = bool(legacy_unweighted_prior_mutual_information)
         self._init_noise_streams(seed)
@@ -283,12 +290,19 @@ class VAEGAN(LatentVariableModel):
             out["u"], out["u_prior"] = self.transform(z, training), self.transform(z_prior, training)
         return out
 
+    def _second_fakes(self, out):
+        """The fakes of the discriminator batch's last quarter: prior samples, or with `adversarial_prior_samples=False`
+        reconstructions (other images of the batch than the first quarter's)."""
+        return out["prior_samples"] if self.adversarial_prior_samples else out["reconstructions"]
+
     def train_step(self, data):
         x = self.to_model_range(self._images(data))
         groups = self.variable_groups()
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         beta, kappa = self.adversarial_weight, self.mutual_information_weight
         prior_beta, prior_kappa = (kappa, beta) if self.legacy_swapped_prior_weights else (beta, kappa)
+        if not self.adversarial_prior_samples:
+            prior_beta = 0.0
         with tf.GradientTape(persistent=True) as tape:
             out = self._forward(x, training=True)
             kl_steps = bounds.kl_per_time_step(out["loc"], out["log_variance"], self.num_time_steps)
@@ -315,7 +329,7 @@ class VAEGAN(LatentVariableModel):
             mi_loss = kappa * mi_rec + prior_kappa * mi_prior
 
             d_images, labels, kind = losses.discriminator_batch(
-                x, tf.stop_gradient(out["reconstructions"]), tf.stop_gradient(out["prior_samples"])
+                x, tf.stop_gradient(out["reconstructions"]), tf.stop_gradient(self._second_fakes(out))
             )
             d_logits = tf.cast(
                 self.discriminator(self.discriminator_trunk(d_images, training=True), training=True)[:, 0], tf.float32
@@ -406,7 +420,7 @@ class VAEGAN(LatentVariableModel):
         kl_steps = bounds.kl_per_time_step(out["loc"], out["log_variance"], self.num_time_steps)
         reconstruction = self.reconstruction_error(x, out["reconstructions"])
         vae = reconstruction + bounds.weighted_rate(kl_steps, self.kl_weight, self.kl_step_weights)
-        d_images, labels, kind = losses.discriminator_batch(x, out["reconstructions"], out["prior_samples"])
+        d_images, labels, kind = losses.discriminator_batch(x, out["reconstructions"], self._second_fakes(out))
         d_logits = tf.cast(self.discriminator(self.discriminator_trunk(d_images))[:, 0], tf.float32)
         d_losses = losses.discriminator_loss(d_logits, labels)
         correct = losses.discriminator_correct(d_logits, labels)
@@ -445,6 +459,7 @@ class VAEGAN(LatentVariableModel):
             "mutual_information_step_weights": self.mutual_information_step_weights,
             "reconstruction_normalization": self.reconstruction_normalization,
             "generator_batch": self.generator_batch,
+            "adversarial_prior_samples": self.adversarial_prior_samples,
             "discriminator_accuracy_threshold": self.discriminator_accuracy_threshold,
             "encoder_adversarial_gradient": self.encoder_adversarial_gradient,
             "legacy_swapped_prior_weights": self.legacy_swapped_prior_weights,

@@ -12,6 +12,7 @@ are in the model's range [-1, 1]; discriminator outputs are logits l (D = sigmoi
     mutual_information_error(q, u)  = (1/D) sum_d w_{t(d)} (q_d - u_d)^2  (Q's prediction of the generation-path
                                                                         output u = transform(z); u is a constant)
     discriminator_loss(l, y)        = BCE(sigmoid(l), y)                (labels y: 1 real, 0 fake)
+    classification_loss(l, y)       = -log softmax(l)_y                 (the semi-supervised class head, Sec. 4.5)
 
 The discriminator's batch (`discriminator_batch`) and the rule that skips its step when it is winning too
 clearly (`discriminator_update_allowed`, the paper's 90% accuracy threshold) live here too, so that one module
@@ -93,6 +94,26 @@ def discriminator_correct(logits, labels):
     return tf.cast(tf.equal(tf.cast(logits > 0.0, tf.float32), labels), tf.float32)
 
 
+def classification_loss(logits, labels):
+    """Softmax cross-entropy per example, the class loss of the semi-supervised discriminator (paper Sec. 4.5; CC-GAN's
+    LogSoftmax + ClassNLLCriterion, Denton et al. 2016): -log softmax(l)_y = logsumexp_k l_k - l_y.
+
+    Args:
+      logits: `[batch, num_classes]` class logits (any float dtype; computed in float32).
+      labels: int `[batch]` classes in [0, num_classes).
+
+    Returns:
+      float32 `[batch]`, in nats.
+    """
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+
+
+def classification_correct(logits, labels):
+    """1.0 where argmax_k l_k equals the label, else 0.0: logits `[batch, num_classes]`, labels `[batch]` -> `[batch]`."""
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.equal(predictions, tf.cast(labels, tf.int32)), tf.float32)
+
+
 def discriminator_update_allowed(accuracy, threshold: float):
     """The skip rule (paper App. H; the code's margin 0.1): the discriminator takes its step only while its
     batch accuracy is at most `threshold` (0.9); above it, the step is skipped so it does not overpower the
@@ -110,4 +131,6 @@ __all__ = [
     "discriminator_loss",
     "discriminator_correct",
     "discriminator_update_allowed",
+    "classification_loss",
+    "classification_correct",
 ]
