@@ -17,8 +17,8 @@ on (codes_train, factors_train) and scored on (codes_test, factors_test). The in
 training codes (PCA; directions with variance below `RELATIVE_RANK_TOLERANCE` of the largest, e.g. collapsed units,
 are dropped), so 128 or 1,024 dimensions need no feature scaling. The penalty lambda of each probe is chosen from
 `L2_GRID` by the loss (squared error, cross-entropy) on the last `VALIDATION_FRACTION` of the training codes, then the
-probe is refitted on all of them with it: uninformative groups (inactive units: pure noise in posterior samples)
-would otherwise be overfitted.
+probe is refitted on all of them with it (logistic fits warm-started along the path from the largest lambda down):
+uninformative groups (inactive units: pure noise in posterior samples) would otherwise be overfitted.
 
 * Continuous and angle factors: ridge regression, closed form, w = (F^T F + lambda N I)^{-1} F^T y on the whitened
   features F (bias unpenalised); score R^2 = 1 - sum (y - yhat)^2 / sum (y - mean_test y)^2, summed over the two
@@ -72,7 +72,7 @@ FACTOR_KINDS = ("discrete", "continuous", "angle")
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 VALIDATION_FRACTION = 0.2
 LOGISTIC_STEPS = 300
-LOGISTIC_TOLERANCE = 1e-5  # stop early when every gradient entry is below this
+LOGISTIC_TOLERANCE = 1e-4  # stop early when every gradient entry is below this
 NUM_BINS = 10
 NUM_PERMUTATIONS = 3
 RELATIVE_RANK_TOLERANCE = 1e-6
@@ -159,14 +159,17 @@ def _log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def _logistic(features, labels, num_classes, l2, steps):
-    """Multinomial logistic weights `[F+1, C]` by Nesterov-accelerated full-batch gradient descent (module docstring);
+def _logistic(features, labels, num_classes, l2, steps, init=None):
+    """Multinomial logistic weights `[F+1, C]` by Nesterov-accelerated full-batch gradient descent (module docstring)
+    from `init` (default: zero weights, biases at the training class log-frequencies, the best constant predictor);
     the bias (last feature) is unpenalised."""
     onehot = np.eye(num_classes)[labels]
-    weights = np.zeros((features.shape[1], num_classes))
-    # Start the biases at the training class log-frequencies (the best constant predictor).
-    frequencies = (onehot.sum(axis=0) + 1.0) / (len(labels) + num_classes)
-    weights[-1] = np.log(frequencies)
+    if init is None:
+        weights = np.zeros((features.shape[1], num_classes))
+        frequencies = (onehot.sum(axis=0) + 1.0) / (len(labels) + num_classes)
+        weights[-1] = np.log(frequencies)
+    else:
+        weights = np.array(init, np.float64)
     mask = np.ones((features.shape[1], 1))
     mask[-1] = 0.0
     rate = 1.0 / (0.5 + l2)
@@ -248,25 +251,28 @@ class _Probe:
         if discrete:
             labels, test_labels, classes = target.labels
             self.entropy = _entropy(test_labels, classes)
-            fit = lambda f, rows, l2: _logistic(f, labels[rows], classes, l2, steps)  # noqa: E731
+            fit = lambda f, rows, l2, init: _logistic(f, labels[rows], classes, l2, steps, init)  # noqa: E731
         else:
             targets = target.targets[0]
-            fit = lambda f, rows, l2: _ridge(f, targets[rows], l2)  # noqa: E731
+            fit = lambda f, rows, l2, init: _ridge(f, targets[rows], l2)  # noqa: E731
         num = len(features_train)
         cut = int(round(num * (1.0 - VALIDATION_FRACTION)))
-        self.l2 = float(l2_grid[0])
-        if len(l2_grid) > 1 and 2 <= cut < num:
+        grid = sorted((float(v) for v in l2_grid), reverse=True)  # a path from strong to weak, warm-started
+        self.l2, start = grid[0], None
+        if len(grid) > 1 and 2 <= cut < num:
             fitted, held = slice(0, cut), slice(cut, num)
-            losses = []
-            for l2 in l2_grid:
-                weights = fit(features_train[fitted], fitted, l2)
+            losses, path = [], []
+            for l2 in grid:
+                weights = fit(features_train[fitted], fitted, l2, path[-1] if path else None)
+                path.append(weights)
                 outputs = features_train[held] @ weights
                 if discrete:
                     losses.append(-_log_softmax(outputs)[np.arange(num - cut), labels[held]].mean())
                 else:
                     losses.append(np.square(outputs - targets[held]).mean())
-            self.l2 = float(l2_grid[int(np.argmin(losses))])
-        self.weights = fit(features_train, slice(None), self.l2)
+            best = int(np.argmin(losses))
+            self.l2, start = grid[best], path[best]
+        self.weights = fit(features_train, slice(None), self.l2, start)
 
     def scores(self, features_test):
         """(explained, sap score, information or None): information for discrete factors only."""
