@@ -205,7 +205,7 @@ class RealFeatureCacheTest(testing_utils.GinTestCase):
             cache_dir=os.path.join(self.get_temp_dir(), "cache"),
         )
 
-    def evaluate(self, max_images=None):
+    def evaluate(self, max_images=None, seed=0):
         def sample(num, seed):
             return np.random.default_rng(seed).uniform(size=(num, 28, 28, 1)).astype(np.float32)
 
@@ -220,6 +220,7 @@ class RealFeatureCacheTest(testing_utils.GinTestCase):
             output_dir=self.get_temp_dir(),
             source={"kind": "test"},
             max_images=max_images,
+            seed=seed,
         )
 
     def test_the_real_features_are_computed_once_per_data_and_network(self):
@@ -236,6 +237,11 @@ class RealFeatureCacheTest(testing_utils.GinTestCase):
         capped = self.evaluate(max_images=20)  # other real pixels: another entry
         self.assertFalse(capped["real_features_cache"]["hit"])
         self.assertNotEqual(capped["data_sha256"], first["data_sha256"])
+        self.assertTrue(first["result_path"].endswith("-step7-s12-" + self.network.sha256[:12] + ".json"))
+        reseeded = self.evaluate(seed=2)  # other samples: their own file; the same real features
+        self.assertTrue(reseeded["result_path"].endswith("-seed2.json"))
+        self.assertTrue(reseeded["real_features_cache"]["hit"])
+        self.assertNotEqual(reseeded["proxy_fid"], first["proxy_fid"])
         with open(first["real_features_cache"]["path"], "wb") as f:
             f.write(b"not an npz")  # a damaged entry is recomputed, not trusted
         again = self.evaluate()

@@ -5,7 +5,7 @@ Gin-free.
     DIR/eval/<split>-step<step>-k<K>[-n<max_images>].json          the result
     DIR/eval/<split>-step<step>-k<K>[-n<max_images>].npz           per-image arrays
     DIR/eval/<split>-step<step>-k<K>[-n<max_images>].partial.npz   progress of an unfinished evaluation
-    DIR/eval/sample_quality-<split>-step<step>-s<num_samples>-<network sha256[:12]>[-n<max_images>].json
+    DIR/eval/sample_quality-<split>-step<step>-s<num_samples>-<network sha256[:12]>[-n<max_images>][-seed<S>].json
                                                                     FID / KID / IS (`sample_quality_stem`)
 """
 
@@ -90,12 +90,14 @@ def result_path(
 
 
 def sample_quality_stem(
-    split: str, step: int, num_samples: int, network_sha256: str, max_images: Optional[int] = None
+    split: str, step: int, num_samples: int, network_sha256: str, max_images: Optional[int] = None, seed: int = 0
 ) -> str:
     """`sample_quality-<split>-step<step>-s<num_samples>-<first 12 hex of the feature network's sha256>`, plus
-    `-n<max_images>` when the real split was capped: one file per (checkpoint, sample count, network)."""
+    `-n<max_images>` when the real split was capped and `-seed<seed>` for a seed other than 0: one file per
+    (checkpoint, sample count, network, cap, seed)."""
     stem = f"sample_quality-{split}-step{int(step)}-s{int(num_samples)}-{network_sha256[:12]}"
-    return stem if max_images is None else f"{stem}-n{int(max_images)}"
+    stem = stem if max_images is None else f"{stem}-n{int(max_images)}"
+    return stem if int(seed) == 0 else f"{stem}-seed{int(seed)}"
 
 
 class Partial:

@@ -19,7 +19,8 @@ compared with a dataset split in a feature network's space (`python -m crvae_tf.
 The real split's features (float64 moments, the KID reservoir and class probabilities) are cached in
 `cache_dir/<key>.npz`, key = sha256 of (the real pixels' sha256, the network's sha256, layer and preprocessing, the
 reservoir size and seed), so evaluating several checkpoints or runs on the same split computes them once. The
-result JSON goes to `OUT/eval/sample_quality-<split>-step<step>-s<num_samples>-<network sha256[:12]>[-n<max>].json`
+result JSON goes to
+`OUT/eval/sample_quality-<split>-step<step>-s<num_samples>-<network sha256[:12]>[-n<max>][-seed<S>].json`
 (`results.sample_quality_stem`), atomically; OUT is the run directory, or the export's base directory (the folder
 of its numbered versions, which TF Serving ignores non-numeric entries of). Gin-free: the binary reads the settings
 (`Settings`) from its `sample_quality.*` configurable.
@@ -59,6 +60,7 @@ EXPORT_METADATA_FILE = os.path.join("assets.extra", "crvae_tf_metadata.json")
 EXPORT_CONFIG_FILE = os.path.join("assets.extra", "operative_config.gin")
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "crvae_tf", "feature_moments")
 CACHE_FORMAT = "crvae_tf.real_features/1"
+REAL_RESERVOIR_SEED = (0, 0)  # the real rows kept for KID when there are more than kid_max_samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,9 +321,10 @@ def save_cached_features(path: str, key: Dict, features: sq.CollectedFeatures) -
     artifacts.atomic_write_bytes(path, buffer.getvalue())
 
 
-def real_features(images, network: sq.FeatureNetwork, settings: Settings, seed: int, data_sha256: str):
-    """(CollectedFeatures of the real images, {'path', 'hit'}), from the cache when it holds them."""
-    reservoir_seed = [int(seed), 0]
+def real_features(images, network: sq.FeatureNetwork, settings: Settings, data_sha256: str):
+    """(CollectedFeatures of the real images, {'path', 'hit'}), from the cache when it holds them. The KID reservoir
+    of the real rows is seeded by `REAL_RESERVOIR_SEED`, not by the samples' seed, so every seed reuses the entry."""
+    reservoir_seed = list(REAL_RESERVOIR_SEED)
     key = cache_key(data_sha256, network, settings.kid_max_samples, reservoir_seed)
     path = _cache_path(settings.cache_dir or DEFAULT_CACHE_DIR, key)
     cached = load_cached_features(path, key, network, network.has_probabilities)
@@ -373,7 +376,7 @@ def evaluate_samples(
       step: the checkpoint's training step (in the file name).
       output_dir: the result goes to `output_dir/eval/<sample_quality_stem>.json`.
       source: what was sampled ({'kind': 'run' | 'export', paths, checkpoint}); recorded.
-      seed: the samples' seed (`sampled_images`), the real reservoir's and the KID subsets'.
+      seed: the samples' seed (`sampled_images`), their KID reservoir's and the KID subsets'.
       max_images: cap on the real images (spread evenly over the split; recorded, and in the file name).
 
     Returns:
@@ -397,7 +400,7 @@ def evaluate_samples(
             "has none."
         )
     data_sha256 = pixels_sha256(images)
-    real, cache = real_features(images, network, settings, seed, data_sha256)
+    real, cache = real_features(images, network, settings, data_sha256)
     real_seconds = time.perf_counter() - start
     logging.info("Sampling %d images (seed %d) for %s.", settings.num_samples, seed, ", ".join(metrics))
     sample_start = time.perf_counter()
@@ -434,7 +437,7 @@ def evaluate_samples(
             )
         )
     metric_seconds = time.perf_counter() - metric_start
-    stem = sample_quality_stem(split, step, settings.num_samples, network.sha256, max_images)
+    stem = sample_quality_stem(split, step, settings.num_samples, network.sha256, max_images, seed)
     path = os.path.join(os.path.abspath(output_dir), EVAL_DIR, stem + ".json")
     result.update(
         split=split,
