@@ -20,8 +20,8 @@ draws `sample_quality.num_samples` prior samples (seeded by --seed) from the run
 `sample` signature and compares them with --split of the run's dataset (--max_images: a cap spread over the split) in
 the chosen network's feature space (`sample_quality.*`, the gin configurable below; only the TF Inception graph gives
 results named fid / kid, any other network proxy_fid / proxy_kid_*). The result goes to
-DIR/eval/sample_quality-<split>-step<S>-s<num_samples>-<network sha256[:12]>[-n<max_images>].json (DIR: the run, or
-the export's base folder).
+DIR/eval/sample_quality-<split>-step<S>-s<num_samples>-<network sha256[:12]>[-n<max_images>][-seed<S>].json (DIR:
+the run, or the export's base folder).
 
 With --curves, no model is evaluated: the runs' validation curves of --curves_metric are drawn against epochs and
 against cumulative training hours (`crvae_tf.evaluation.learning_curves`; needs matplotlib, `pip install -e
