@@ -2,7 +2,8 @@
 # Table 1 at a stated budget (issue "the crVAE must learn", item 4): the six MNIST rows trained for the same number
 # of epochs with the recipes' defaults, validation IWAE-5 curves, each row's test NLL (best validation checkpoint) with
 # K importance samples on images spread over the statically binarized test set, and the curves figure (redrawn after
-# each row trains). Every stage resumes: rerun the same command after an interruption (training continues from its last checkpoint, evaluation from its last finished batch, and
+# each row trains), and after every stage the report (python -m crvae_tf.report: gin/README.md's generated Table 1
+# block and docs/results.md, written into the tree the script runs from). Every stage resumes: rerun the same command after an interruption (training continues from its last checkpoint, evaluation from its last finished batch, and
 # finished stages are skipped).
 #
 #   scripts/table1_budget.sh [RUNS_ROOT]          # default RUNS_ROOT: ../runs_table1 (outside the repository)
@@ -54,10 +55,15 @@ curves() {  # the rows trained so far (the figure is redrawn after every trainin
     --curves_title="MNIST, $EPOCHS epochs, batch 128, $PRECISION, 2 CPU cores; validation IWAE-5 on 2,000 images"
 }
 
+report() {  # gin/README.md's generated Table 1 block and docs/results.md, from the runs (after every stage)
+  "$PY" -m crvae_tf.report --runs="$ROOT" --out=docs/results.md --update_markdown=gin/README.md
+}
+
 for stage in $STAGES; do
   case $stage in
     train:*) train "${stage#train:}"; curves || echo "(curves not drawn; training goes on)" >&2 ;;
     eval:*) evaluate "${stage#eval:}" ;;
     *) echo "unknown stage '$stage' (train:ROW or eval:ROW)" >&2; exit 2 ;;
   esac
+  report || echo "(report not written; the runs go on)" >&2
 done
