@@ -253,6 +253,13 @@ def _nll(target: EvalTarget) -> dict:
         raise
 
 
+def _binding_value(name: str):
+    try:
+        return gin.query_parameter(name)
+    except ValueError:  # not bound: the builder's default
+        return None
+
+
 def _sample_quality(target: EvalTarget) -> dict:
     """FID / KID / IS / classifier statistics of the target's samples (`sample_quality_eval`), computed once for
     all of them that --metrics names."""
@@ -275,6 +282,8 @@ def _sample_quality(target: EvalTarget) -> dict:
         sample = sample_quality_eval.export_sampler(version_dir)
         source = dict(kind="export", path=os.path.abspath(version_dir), training_step=step)
         source.update(model_dir=metadata.get("model_dir"), checkpoint_path=metadata.get("checkpoint"))
+        # The export computes in the precision it was exported with: the run's, unless its export bindings changed it.
+        source.update(precision=_binding_value("model.precision"), export_gin_bindings=metadata.get("gin_bindings"))
     else:
         run = runs.load_run(
             target.model_dir, target.checkpoint, [eval_lib.EVAL_PRECISION_BINDING, *target.gin_bindings]
@@ -284,7 +293,7 @@ def _sample_quality(target: EvalTarget) -> dict:
         splits, step, output_dir = run.splits, run.step, target.model_dir
         sample = sample_quality_eval.run_sampler(run.model)
         source = dict(kind="run", model_dir=os.path.abspath(target.model_dir), checkpoint=str(target.checkpoint))
-        source.update(checkpoint_path=os.path.abspath(run.checkpoint_path))
+        source.update(checkpoint_path=os.path.abspath(run.checkpoint_path), precision=run.model.dtype_policy.name)
     target.shared["sample_quality"] = sample_quality_eval.evaluate_samples(
         sample,
         splits,
