@@ -96,7 +96,7 @@ class SampleQualityBinaryTest(testing_utils.GinTestCase):
         self.assertTrue(result["network"]["is_proxy"])
         self.assertEqual(result["network"]["sha256"], artifacts.file_sha256(self.network_path))
         self.assertEqual((result["num_real"], result["num_fake"], result["step"]), (NUM_SPRITES[2], NUM_SAMPLES, STEP))
-        self.assertEqual(result["source"]["kind"], "run")
+        self.assertEqual((result["source"]["kind"], result["source"]["precision"]), ("run", "float32"))
         self.assertFalse(result["real_features_cache"]["hit"])
         stem = f"sample_quality-test-step{STEP}-s{NUM_SAMPLES}-{result['network']['sha256'][:12]}"
         self.assertEqual(result["result_path"], os.path.join(os.path.abspath(self.run_dir), "eval", stem + ".json"))
@@ -123,7 +123,7 @@ class SampleQualityBinaryTest(testing_utils.GinTestCase):
         gin.clear_config()
         exported = self.evaluate(f"--export_dir={self.export_base}", [metrics, *self.bindings(cache)])[-1]
         self.assertTrue(exported["real_features_cache"]["hit"])
-        self.assertEqual(exported["source"]["kind"], "export")
+        self.assertEqual((exported["source"]["kind"], exported["source"]["precision"]), ("export", "float32"))
         self.assertEqual(exported["step"], STEP)
         self.assertEqual(exported["data_sha256"], result["data_sha256"])
         for key in ("proxy_fid", "proxy_kid_mean", "proxy_inception_score_mean", "classifier_sample_confidence"):
