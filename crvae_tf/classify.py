@@ -27,7 +27,6 @@ import gin
 
 from crvae_tf import artifacts
 from crvae_tf import cli
-from crvae_tf import runs
 from crvae_tf.evaluation import classification
 
 VERBOSE = flags.DEFINE_boolean("verbose", False, cli.VERBOSE_HELP, allow_override=True)
@@ -41,17 +40,6 @@ BINDINGS = flags.DEFINE_multi_string(
 BATCH = flags.DEFINE_integer("batch_size", 256, "Images per forward pass.", allow_override=True)
 REEVALUATE = flags.DEFINE_boolean("reevaluate", False, "Evaluate runs that already have a result again.")
 OUTPUT = flags.DEFINE_string("output", None, "Also write the summary JSON to this file (atomically).")
-
-
-def run_fold(model_dir: str):
-    """The run's `dataset.fold` (None: no official fold), read from its saved config."""
-    runs.parse_gin([os.path.join(model_dir, "operative_config.gin")], BINDINGS.value, finalize=False)
-    try:
-        return gin.query_parameter("dataset.fold")
-    except ValueError:  # never bound: the default, no fold
-        return None
-    finally:
-        gin.clear_config()
 
 
 def main(argv):
@@ -74,9 +62,7 @@ def main(argv):
             results.append(existing)
             continue
         try:
-            results.append(
-                classification.evaluate_run(model_dir, run_fold(model_dir), None, BATCH.value, BINDINGS.value)
-            )
+            results.append(classification.evaluate_run(model_dir, None, BATCH.value, BINDINGS.value))
         except classification.NotAClassifierError as error:
             raise cli.UnsupportedRunError(str(error)) from error
         finally:

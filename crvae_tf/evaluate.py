@@ -23,6 +23,14 @@ results named fid / kid, any other network proxy_fid / proxy_kid_*). The result 
 DIR/eval/sample_quality-<split>-step<S>-s<num_samples>-<network sha256[:12]>[-n<max_images>][-seed<S>].json (DIR:
 the run, or the export's base folder).
 
+Semi-supervised STL-10 accuracy (Table 2, `crvae_tf.evaluation.classification`) of one fold's run:
+
+    python -m crvae_tf.evaluate --model_dir=runs/stl10_crvae/fold0 --metrics=classification
+
+selects the kept checkpoint with the best validation accuracy (--checkpoint=STEP: that one only) and scores it on the
+test split, writing DIR/eval/classification-fold<k>-step<S>.json; python -m crvae_tf.classify runs it over the folds
+and prints the Table 2 line (mean ± std).
+
 With --curves, no model is evaluated: the runs' validation curves of --curves_metric are drawn against epochs and
 against cumulative training hours (`crvae_tf.evaluation.learning_curves`; needs matplotlib, `pip install -e
 ".[plot]"`), and one JSON line per run gives its last and best values.
@@ -54,6 +62,7 @@ import gin
 from crvae_tf import builders
 from crvae_tf import cli
 from crvae_tf import runs
+from crvae_tf.evaluation import classification
 from crvae_tf.evaluation import learning_curves
 from crvae_tf.evaluation import likelihood as eval_lib
 from crvae_tf.evaluation import sample_quality_eval
@@ -310,6 +319,15 @@ def _sample_quality(target: EvalTarget) -> dict:
     return target.shared["sample_quality"]
 
 
+def _classification(target: EvalTarget) -> dict:
+    """Semi-supervised classification accuracy of one fold's run (`crvae_tf.evaluation.classification`)."""
+    steps = [target.checkpoint] if isinstance(target.checkpoint, int) else None
+    try:
+        return classification.evaluate_run(target.model_dir, steps, gin_bindings=target.gin_bindings)
+    except classification.NotAClassifierError as error:
+        raise cli.UnsupportedRunError(str(error)) from error
+
+
 # The metrics of --metrics: name -> function(EvalTarget) -> result dict (written to DIR/eval/ by the function).
 # Adding a metric is one entry; metrics that share one computation return the same dict (printed once).
 METRICS: Dict[str, Callable[[EvalTarget], dict]] = {
@@ -318,6 +336,7 @@ METRICS: Dict[str, Callable[[EvalTarget], dict]] = {
     "kid": _sample_quality,
     "is": _sample_quality,
     "classifier_accuracy": _sample_quality,
+    "classification": _classification,
 }
 
 

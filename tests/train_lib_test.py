@@ -15,6 +15,7 @@ from unittest import mock
 from absl import flags
 import gin
 import numpy as np
+import stl10_testing
 import tensorflow as tf
 
 from crvae_tf import models
@@ -33,6 +34,7 @@ KIND = {
     "celeba64_vaegan.gin": "fc",
     "celeba128_vaegan.gin": "fc",
     "birds128_vaegan.gin": "fc",
+    "stl10_vae_gan.gin": "fc",
 }
 # Recipe-specific overrides that keep the smoke run tiny.
 TINY_OVERRIDES = {"mnist_crvae_iwae40.gin": ["model.num_importance_samples = 3"]}
@@ -56,6 +58,9 @@ class _RecipeData(testing_utils.GinTestCase):
         if not os.path.isdir(self.cub):
             testing_utils.write_fake_cub(self.cub, 24)
         self.cache = os.path.join(root, "cache")
+        self.stl10 = os.path.join(root, "stl10_binary")
+        if not os.path.isdir(self.stl10):
+            stl10_testing.write_position_folder(self.stl10)
 
     def _bindings(self, recipe, max_steps=2):
         bindings = (
@@ -75,6 +80,11 @@ class _RecipeData(testing_utils.GinTestCase):
                 if recipe.startswith("celeba")
                 else f"dataset.cub_path = '{self.cub}'"
             )
+        elif recipe.startswith("stl10"):
+            bindings += testing_utils.TINY_ADVERSARIAL_BINDINGS + [
+                f"dataset.local_path = '{self.stl10}'",
+                "dataset.labeled_batch_size = 4",
+            ]
         return bindings + TINY_OVERRIDES.get(recipe, [])
 
 

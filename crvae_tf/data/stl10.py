@@ -278,13 +278,13 @@ class TrainingPool:
     """The training split of the semi-supervised protocol: unlabeled images + the labeled fold, as one read-only
     array-like `[N, R, R, 3]` uint8 (rows are read and resized on access; nothing is loaded up front).
 
-    `labels[i]` is the class of row i, or -1 (unlabeled). `pipeline.make_dataset` hands training to
-    `make_dataset` below, whose batches are `(pool [B, R, R, 3], labeled [L, R, R, 3], labels [L])`: B rows of the
-    whole pool (the real images of the real/fake loss; one epoch = N // B steps) and L rows of the labeled ones (the
-    class loss), each cropped, resized and flipped at random.
+    `labels[i]` is the class of row i, or -1 (unlabeled); `fold` is the official fold of the labeled rows (or None).
+    `pipeline.make_dataset` hands training to `make_dataset` below, whose batches are `(pool [B, R, R, 3], labeled
+    [L, R, R, 3], labels [L])`: B rows of the whole pool (the real images of the real/fake loss; one epoch = N // B
+    steps) and L rows of the labeled ones (the class loss), each cropped, resized and flipped at random.
     """
 
-    def __init__(self, parts, labels, resolution: int, labeled_batch_size=None):
+    def __init__(self, parts, labels, resolution: int, labeled_batch_size=None, fold=None):
         self._parts = list(parts)
         self._offsets = np.cumsum([0] + [len(part) for part in self._parts])
         self.labels = np.asarray(labels, np.int64)
@@ -295,6 +295,7 @@ class TrainingPool:
             raise ValueError("The training pool has no labeled row.")
         self.resolution = int(resolution)
         self.labeled_batch_size = labeled_batch_size
+        self.fold = fold  # the official fold of the labeled rows, or None
         self.shape = (int(self._offsets[-1]), self.resolution, self.resolution, 3)
         self.dtype = np.dtype(np.uint8)
         self.ndim = 4
@@ -481,7 +482,7 @@ def load_stl10(
         rule = f"no fold: {len(labeled)} labeled, a seeded hold-out of {len(validation)} (seed {seed}) validates"
     labeled_images = arrays.train_images[labeled]
     pool_labels = np.concatenate([np.full(len(arrays.unlabeled), UNLABELED, np.int64), arrays.train_labels[labeled]])
-    pool = TrainingPool([arrays.unlabeled, labeled_images], pool_labels, resolution, labeled_batch_size)
+    pool = TrainingPool([arrays.unlabeled, labeled_images], pool_labels, resolution, labeled_batch_size, fold)
     labels: Dict[str, np.ndarray] = {
         "train": pool_labels,
         "validation": arrays.train_labels[validation],

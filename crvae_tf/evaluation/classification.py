@@ -37,14 +37,15 @@ from crvae_tf import runs
 from crvae_tf.evaluation.results import EVAL_DIR
 
 RESULT_PREFIX = "classification"
-# Table 2 of the paper (mean test accuracy over the 10 folds, %); rows marked † in the paper are quoted from others.
+# Table 2 of the paper (mean test accuracy over the 10 folds, %; no spread given). Left: autoencoder + discriminator
+# pipelines; right: other methods. Rows marked † in the paper are taken from the original papers.
 PAPER_TABLE2 = {
-    "Deterministic AE [32]": 73.81,
+    "Deterministic AE [32]": 73.81,  # †
     "Standard VAE": 74.91,
     "crVAE": 75.86,
-    "SWWAE": 74.33,
-    "Exemplar CNN": 75.40,
-    "Unsup. pre-train [36]": 70.40,
+    "Stacked What-Where AE [34]": 74.33,  # †
+    "Exemplar CNN [35]": 75.40,  # †
+    "Unsupervised Pre-train [36]": 70.40,  # †
 }
 
 
@@ -98,7 +99,6 @@ def result_path(model_dir: str, fold, step: int) -> str:
 
 def evaluate_run(
     model_dir: str,
-    fold: Optional[int],
     steps: Optional[Sequence[int]] = None,
     batch_size: int = 256,
     gin_bindings: Iterable[str] = (),
@@ -107,8 +107,8 @@ def evaluate_run(
     """Selects a run's checkpoint on validation accuracy and scores it on the test split (module docstring).
 
     Args:
-      model_dir: a `semi_supervised_vae_gan` run (`runs.load_run`).
-      fold: the run's `dataset.fold` (recorded in the result and its file name; None: no official fold).
+      model_dir: a `semi_supervised_vae_gan` run (`runs.load_run`); its fold (`dataset.fold`, from the training
+        pool: `data.stl10.TrainingPool.fold`) is recorded in the result and its file name.
       steps: the checkpoint steps to compare (None: every kept checkpoint, `runs.kept_steps`).
       batch_size: images per forward pass.
       gin_bindings: applied after the run's config (e.g. its dataset.local_path on another machine).
@@ -132,6 +132,7 @@ def evaluate_run(
         )
     validation_images, validation_labels = _split(run.splits, "validation")
     test_images, test_labels = _split(run.splits, "test")
+    fold = getattr(run.splits.train, "fold", None)
     step_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=run.model, step=step_variable)
     by_step = {}

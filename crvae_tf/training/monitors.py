@@ -112,6 +112,8 @@ class TrainingGuard:
 
     def save_batch(self, batch, what: str, step: int) -> str:
         path = os.path.join(self.model_dir, f"{what}_batch-{step:08d}.npy")
+        if isinstance(batch, (tuple, list)):  # (pool, labeled, labels) of data.stl10.TrainingPool: its real images
+            batch = batch[0]
         artifacts.atomic_write_bytes(path, _npy_bytes(np.asarray(batch)))
         return path
 
