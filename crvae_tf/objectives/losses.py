@@ -105,11 +105,14 @@ def classification_loss(logits, labels):
     Returns:
       float32 `[batch]`, in nats.
     """
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+    )
 
 
 def classification_correct(logits, labels):
-    """1.0 where argmax_k l_k equals the label, else 0.0: logits `[batch, num_classes]`, labels `[batch]` -> `[batch]`."""
+    """1.0 where argmax_k l_k equals the label, else 0.0: logits `[batch, num_classes]`, labels `[batch]` ->
+    `[batch]`."""
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
     return tf.cast(tf.equal(predictions, tf.cast(labels, tf.int32)), tf.float32)
 
