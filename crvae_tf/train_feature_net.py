@@ -67,6 +67,8 @@ def feature_net_settings(
     feature_dim: int = 128,
     seed: int = 0,
     max_train_images=None,
+    blur_sigma_range=None,
+    blur_fraction: float = 0.5,
 ) -> dict:
     """The classifier recipe (`feature_classifier`).
 
@@ -79,6 +81,10 @@ def feature_net_settings(
       seed: weight initialisation, epoch permutations, and the dataset's hold-out / sprite generation
         (`dataset.*`'s seed, as `train.seed` in crvae_tf.train).
       max_train_images: None, or train on the first N training images only (tests).
+      blur_sigma_range: None, or (low, high): a seeded `blur_fraction` of each epoch's training images is blurred
+        with a Gaussian of standard deviation ~ U(low, high) pixels (`feature_classifier.train_classifier`), so the
+        network also names the shapes of blurred images (a VAE's samples).
+      blur_fraction: the fraction of each epoch's images blurred when blur_sigma_range is set.
     """
     for name, value in (("num_epochs", num_epochs), ("batch_size", batch_size), ("feature_dim", feature_dim)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -95,6 +101,8 @@ def feature_net_settings(
         feature_dim=feature_dim,
         seed=int(seed),
         max_train_images=max_train_images,
+        blur_sigma_range=None if blur_sigma_range is None else [float(v) for v in blur_sigma_range],
+        blur_fraction=float(blur_fraction),
     )
 
 
@@ -139,6 +147,8 @@ def train(model_dir: str) -> dict:
         settings["seed"],
         validation=validation,
         log=logging.info,
+        blur_sigma_range=settings["blur_sigma_range"],
+        blur_fraction=settings["blur_fraction"],
     )
     info = dict(
         dataset=splits.name,

@@ -266,6 +266,17 @@ class ClassifierStatisticsTest(tf.test.TestCase):
         self.assertAllClose(stats["classifier_real_class_fractions"], [0.25, 0.25, 0.5])
         self.assertAllClose(stats["classifier_sample_class_tv"], 0.25)
 
+    def test_blur_is_a_normalised_gaussian_away_from_the_border(self):
+        images = np.zeros((3, 15, 15, 1), np.float32)
+        images[:, 7, 7, 0] = 1.0  # a point in the middle: its blur is the kernel itself
+        out = feature_classifier.blur(images, np.array([0.0, 1.0, 2.0]))
+        self.assertAllEqual(out[0], images[0])  # sigma 0: unchanged
+        grid = np.arange(15) - 7.0
+        for i, sigma in ((1, 1.0), (2, 2.0)):
+            kernel = np.exp(-0.5 * (grid[:, None] ** 2 + grid[None, :] ** 2) / sigma**2)
+            self.assertAllClose(out[i, :, :, 0], kernel / kernel.sum(), atol=2e-3)
+            self.assertAllClose(out[i].sum(), 1.0, atol=1e-3)
+
 
 class TrainFeatureNetTest(testing_utils.GinTestCase):
     def test_trains_saves_and_never_replaces_the_sprites_classifier(self):
@@ -280,11 +291,13 @@ class TrainFeatureNetTest(testing_utils.GinTestCase):
             "--gin_bindings=feature_net.feature_dim = 8",
             "--gin_bindings=feature_net.batch_size = 32",
             "--gin_bindings=feature_net.learning_rate = 0.003",
+            "--gin_bindings=feature_net.blur_sigma_range = (0.5, 2.0)",
         ]
         info = json.loads(testing_utils.run_main(train_feature_net.main, argv).strip().splitlines()[-1])
         path = os.path.join(model_dir, feature_classifier.MODEL_FILE)
         self.assertEqual(info["sha256"], artifacts.file_sha256(path))
         self.assertEqual((info["dataset"], info["num_classes"], info["num_train"]), ("sprites", 4, 256))
+        self.assertEqual(info["settings"]["blur_sigma_range"], [0.5, 2.0])
         self.assertLess(info["epochs"][1]["loss"], info["epochs"][0]["loss"])  # it learns
         with open(os.path.join(model_dir, feature_classifier.INFO_FILE)) as f:
             self.assertEqual(json.load(f)["test_accuracy"], info["test_accuracy"])
