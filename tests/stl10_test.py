@@ -84,6 +84,8 @@ class ReaderTest(tf.test.TestCase):
             data.load_image_splits("stl10", local_path=self.root, fold=10)
         with self.assertRaisesRegex(ValueError, "only"):
             data.load_image_splits("sprites", fold=1)
+        with self.assertRaisesRegex(ValueError, "validation_size.*fold=None only"):
+            data.load_image_splits("stl10", local_path=self.root, fold=1, validation_size=5)
         splits = data.load_image_splits("stl10", local_path=self.root, validation_size=5, seed=3)
         self.assertEqual((len(splits.validation), len(splits.train)), (5, 45))  # no fold: 15 labeled + 30
 

@@ -469,6 +469,11 @@ def load_stl10(
     fold = _check_fold(fold, arrays.folds)
     num_train = len(arrays.train_images)
     if fold is not None:
+        if validation_size is not None:
+            raise ValueError(
+                f"dataset.validation_size={validation_size!r} applies to dataset.fold=None only: fold {fold} validates "
+                "on the training images outside the fold. Unset it."
+            )
         labeled = arrays.folds[fold]
         validation = np.setdiff1d(np.arange(num_train), labeled)
         rule = f"official fold {fold}: {len(labeled)} labeled, the other {len(validation)} training images validate"
