@@ -341,6 +341,7 @@ class TrainingPool:
             raise ValueError(f"STL-10 images are continuous: binarization must be 'none', got {binarization!r}.")
         check_seed(seed, "seed")
         check_seed(epoch, "epoch")
+        flip = True if flip is None else bool(flip)  # None: as pipeline.make_dataset for continuous pixels
         gather, resolution = self._gatherer(), self.resolution
         if not training:
             starts = tf.data.Dataset.range(0, len(self), batch_size)
