@@ -15,6 +15,7 @@ from crvae_tf.architectures import networks
 from crvae_tf.data import stl10
 from crvae_tf.evaluation import classification
 from crvae_tf.objectives import losses
+from crvae_tf.training import monitors
 
 import testing_utils
 
@@ -127,6 +128,12 @@ class PoolPipelineTest(tf.test.TestCase):
         self.assertNotAllClose(make(epoch=1)[0][0], epoch[0][0])
         evaluation = list(data.make_dataset(pool, batch_size=16, binarization="none", seed=5, training=False))
         self.assertEqual([b.shape[0] for b in evaluation], [16, 16, 8])
+
+    def test_a_pool_batch_is_saved_on_a_nonfinite_loss(self):
+        guard = monitors.TrainingGuard(self.get_temp_dir(), None, lambda: None)
+        pool = np.full((2, 4, 4, 3), 0.5, np.float32)
+        path = guard.save_batch((pool, np.zeros((3, 4, 4, 3), np.float32), np.arange(3)), "nonfinite", 7)
+        self.assertAllEqual(np.load(path), pool)  # the real images of the (pool, labeled, labels) batch
 
     def test_crop_boxes(self):
         boxes = stl10.random_crop_boxes(tf.constant(500), 2 / 3, tf.constant([1, 2], tf.int64)).numpy()
