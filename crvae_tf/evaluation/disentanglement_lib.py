@@ -269,7 +269,11 @@ def heat_map_png(result: dict, title: str) -> bytes:
                 "intervention: change when z_t is redrawn (/ max)",
             )
         )
-    figure, axes = pyplot.subplots(1, len(panels), figsize=(len(panels) * width, 0.42 * steps + 1.9))
+    height = 0.42 * steps + 1.9
+    if factors > 12:  # many factors (CelebA's 40 attributes): the panels one above the other
+        figure, axes = pyplot.subplots(len(panels), 1, figsize=(width, len(panels) * (height + 0.6)))
+    else:
+        figure, axes = pyplot.subplots(1, len(panels), figsize=(len(panels) * width, height))
     for axis, (matrix, label) in zip(axes, panels):
         axis.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         axis.set_xticks(range(factors))
@@ -288,7 +292,7 @@ def heat_map_png(result: dict, title: str) -> bytes:
                         k, t, f"{value:.2f}", ha="center", va="center", fontsize=6, color="w" if value < 0.6 else "k"
                     )
     figure.suptitle(title, fontsize=8)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0.0, 0.0, 1.0, 0.97))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
     pyplot.close(figure)
