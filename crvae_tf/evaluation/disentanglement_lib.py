@@ -51,8 +51,9 @@ DEFAULT_NUM_IMAGES = 4096
 GRID_POINTS = 8
 # 'sample' (default): one posterior sample per image, so a time step counts only with the information it passes to
 # the decoder (its posterior noise included); 'mean': the posterior mean, as disentanglement_lib. Whitened probes
-# read a mean's smallest variations (a time step with 0.1 nats of KL still moves its 128 means a little), so on the
-# quickstart crVAE every time step "explained" 0.73-0.98 of every factor from means (README).
+# read a mean's smallest variations (a time step with 0.1 nats of KL still moves its 128 means a little): on the
+# quickstart crVAE every time step "explained" 0.73-0.98 of every factor from means (512 images, an earlier probe
+# with a fixed lambda of 1e-3), the last steps included, whose redraws change nothing visible.
 REPRESENTATIONS = ("sample", "mean")
 SAMPLE_TAG = 206
 INTERVENTION_TAG = 207
