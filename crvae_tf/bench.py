@@ -202,7 +202,7 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
     """Median training step time of any recipe (e.g. the adversarial ones) on random images of its shape."""
     gin.clear_config()
     runs.parse_gin([path], list(bindings), finalize=False)
-    if gin.query_parameter("dataset.name") in ("celeba", "birds"):
+    if gin.query_parameter("dataset.name") in ("celeba", "birds", "stl10"):
         resolution = gin.query_parameter("dataset.resolution")
         image_shape = (resolution, resolution, 3)
     else:
@@ -215,6 +215,9 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
     step = tf.function(model.train_step, reduce_retracing=True)
     rng = np.random.default_rng(0)
     batches = [tf.constant(rng.random((batch_size,) + image_shape).astype(np.float32)) for _ in range(2)]
+    if hasattr(model, "class_logits"):  # semi-supervised (STL-10): (pool, labeled, labels), labeled batch = batch
+        labels = tf.constant(rng.integers(0, 10, batch_size))
+        batches = [(images, images, labels) for images in batches]
     times = time_steps(step, batches, warmup, steps)
     median = statistics.median(times)
     return {
