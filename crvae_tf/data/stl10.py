@@ -224,10 +224,11 @@ def read_tfds_stl10(data_dir, download, manual_dir, cache_dir) -> Stl10Arrays:
     key = hashlib.sha256(f"{builder.data_dir}:{builder.version}".encode()).hexdigest()[:12]
     path = os.path.join(root, f"unlabelled-{key}.npy")  # one cache per prepared tfds copy
     if not os.path.isfile(path):
-        images = [example["image"] for example in datasets["unlabelled"].as_numpy_iterator()]
+        unlabelled = datasets["unlabelled"].map(lambda example: example["image"])
+        count = int(unlabelled.reduce(np.int64(0), lambda n, _: n + 1))  # a first pass: no image is kept
         temporary = f"{path}.tmp-{os.getpid()}"
-        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(images), SIDE, SIDE, 3))
-        for row, image in enumerate(images):
+        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(count, SIDE, SIDE, 3))
+        for row, image in enumerate(unlabelled.as_numpy_iterator()):  # streamed: one image in memory at a time
             out[row] = image
         out.flush()
         del out
