@@ -682,6 +682,9 @@ class TrainSettings(NamedTuple):
     checkpoint_every_secs: object
     keep_checkpoints: object
     discriminator_collapse_steps: object
+    distribution: str = "default"
+    devices: object = None
+    synchronized_batch_statistics: bool = True
 
 
 @gin.configurable("train")
@@ -705,6 +708,10 @@ def train_settings(
     keep_checkpoints=None,
     # Adversarial family.
     discriminator_collapse_steps=1000,
+    # More than one device (`crvae_tf.training.distribution`).
+    distribution: str = "default",
+    devices=None,
+    synchronized_batch_statistics: bool = True,
 ) -> TrainSettings:
     """The settings of `crvae_tf.training.loop.train` (gin: `train.*`), checked.
 
@@ -712,6 +719,12 @@ def train_settings(
     run): the first N validation images (None: all of them). `max_checkpoints_to_keep` bounds the disk a run uses:
     that many checkpoints in `checkpoints/` plus the best one (None: keep every checkpoint); `keep_checkpoints` is
     its former name, still read in older runs' configs.
+
+    `distribution` selects the `tf.distribute` strategy ('default': one device; 'mirrored': the local GPUs, or
+    `devices`; 'multi_worker': the workers of TF_CONFIG; 'tpu'), with `batch_size` the global batch split over the
+    replicas; `synchronized_batch_statistics` (True) computes BatchNorm moments over the global batch and lets
+    minibatch discrimination compare each example with the global batch, so that a step does not depend on the
+    number of replicas (False: per-replica statistics, no cross-replica traffic in the layers).
 
     ARGS_DOC
         Returns:
@@ -750,6 +763,9 @@ def train_settings(
         checkpoint_every_secs,
         None if max_checkpoints_to_keep is None else int(max_checkpoints_to_keep),
         discriminator_collapse_steps,
+        str(distribution),
+        None if devices is None else [str(d) for d in devices],
+        bool(synchronized_batch_statistics),
     )
 
 

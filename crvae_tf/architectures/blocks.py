@@ -20,6 +20,8 @@ import keras
 from keras import ops
 import tensorflow as tf
 
+from crvae_tf.architectures import replicas
+
 PACKAGE = "crvae_tf"
 
 
@@ -121,6 +123,8 @@ class BatchNorm(keras.layers.BatchNormalization):
             and not self.renorm
         ):
             return super().call(inputs, training=training, mask=mask)
+        if self.synchronized and replicas.replica_context() is not None:
+            return self._synchronized_call(inputs)
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             inputs,
             self.gamma,
@@ -136,6 +140,28 @@ class BatchNorm(keras.layers.BatchNormalization):
         self.moving_mean.assign(mean)
         self.moving_variance.assign(variance)
         return outputs
+
+    def _synchronized_call(self, inputs):
+        """Training with `synchronized=True` in a multi-replica step: the statistics of the global batch.
+
+        With per-channel sums over every replica's N*H*W positions (n in all), in two passes as the fused kernel
+        (two all-reduces; E[x^2] - E[x]^2 in one pass loses digits where |mean| >> std): mean = sum x / n, then
+        var_B = sum (x - mean)^2 / n (float32); y = gamma * (x - mean) / sqrt(var_B + eps) + beta, and the moving
+        averages take the unbiased n / (n - 1) var_B, as the fused kernel does on one device. Every replica
+        computes the same statistics, so the moving averages stay equal on all of them.
+        """
+        x = tf.cast(inputs, tf.float32)
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        total, count = replicas.all_reduce_sum([tf.reduce_sum(x, axis=[0, 1, 2]), count])
+        mean = total / count
+        variance = replicas.all_reduce_sum(tf.reduce_sum(tf.square(x - mean), axis=[0, 1, 2])) / count
+        outputs = tf.nn.batch_normalization(
+            x, mean, variance, tf.cast(self.beta, tf.float32), tf.cast(self.gamma, tf.float32), self.epsilon
+        )
+        unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+        self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
+        self.moving_variance.assign(self.momentum * self.moving_variance + (1.0 - self.momentum) * unbiased)
+        return tf.cast(outputs, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(PACKAGE)

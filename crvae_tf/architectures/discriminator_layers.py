@@ -7,6 +7,7 @@ Gin-free and serializable.
 import keras
 from keras import ops
 
+from crvae_tf.architectures import replicas
 from crvae_tf.architectures.blocks import PACKAGE
 from crvae_tf.architectures.blocks import torch_uniform
 
@@ -65,7 +66,8 @@ class TorchDropout(keras.layers.Layer):
                     f"{inputs.shape}; use spatial=False for vectors"
                 )
             shape = (shape[0],) + (1,) * (len(inputs.shape) - 2) + (shape[-1],)
-        keep = keras.random.uniform(shape, seed=self.seed_generator) >= self.rate
+        # Under a strategy, each replica keeps its rows of the global batch's draw (`replicas.uniform`).
+        keep = replicas.uniform(shape, self.seed_generator) >= self.rate
         return inputs * ops.cast(keep, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
@@ -119,6 +121,13 @@ class MinibatchDiscrimination(keras.layers.Layer):
     `nn.Sum` with size-average). The bias cancels in the differences (it gets zero gradient); it is kept,
     zero-initialised, so that parameter counts match the Torch module (which wraps an `nn.Linear`). W has
     Torch's Linear default U(+-1/sqrt(d)) (porting notes 10.2). Memory is O(N^2 * B * C) per call.
+
+    Under a `tf.distribute` strategy each replica holds n = N / R rows. With `synchronized = False` (Keras' and the
+    per-replica default of data-parallel GANs) j runs over the replica's own n rows: o compares an example with its
+    replica's batch only, and its value depends on R. With `synchronized = True` (set by the training loop when
+    `train.synchronized_batch_statistics`) the rows M of every replica are all-gathered (`replicas.all_gather`,
+    gradient included) and j runs over all N: the output of a replica's rows is the output the one-device layer gives
+    them on the concatenated batch (the mean over j does not depend on the order of the rows).
     """
 
     def __init__(self, num_kernels: int = 100, kernel_dim: int = 5, use_bias: bool = True, **kwargs):
@@ -128,6 +137,7 @@ class MinibatchDiscrimination(keras.layers.Layer):
         self.num_kernels = int(num_kernels)
         self.kernel_dim = int(kernel_dim)
         self.use_bias = bool(use_bias)
+        self.synchronized = False
 
     def build(self, input_shape):
         if len(input_shape) != 2:
@@ -144,7 +154,8 @@ class MinibatchDiscrimination(keras.layers.Layer):
         if self.bias is not None:
             m = m + self.bias
         m = ops.reshape(m, (-1, self.num_kernels, self.kernel_dim))  # [N, B, C]
-        distances = ops.sum(ops.abs(ops.expand_dims(m, 1) - ops.expand_dims(m, 0)), axis=-1)  # [N, N, B]
+        others = replicas.all_gather(m) if self.synchronized else m  # [N_all, B, C]
+        distances = ops.sum(ops.abs(ops.expand_dims(m, 1) - ops.expand_dims(others, 0)), axis=-1)  # [N, N_all, B]
         similarity = ops.mean(ops.exp(-distances), axis=1)  # [N, B]
         return ops.concatenate([x, similarity], axis=-1)
 

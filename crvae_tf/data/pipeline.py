@@ -58,6 +58,7 @@ def make_dataset(
     epoch: int = 0,
     skip_batches: int = 0,
     flip: Optional[bool] = None,
+    shard: Optional[tuple] = None,
 ) -> tf.data.Dataset:
     """Builds the input pipeline for one pass over `images`.
 
@@ -89,6 +90,10 @@ def make_dataset(
       skip_batches: batches of this epoch already consumed, in [0, N // B]; training only.
       flip: random horizontal flips of training batches (p = 0.5 per image); pass `ImageSplits.flip`. None:
         flip exactly when `binarization == 'none'` (the RGB datasets). Ignored in evaluation.
+      shard: training only: (index w, count W) for multi-worker training: each batch is the w-th of W equal row
+        blocks of the global batch of `batch_size` (which W must divide): rows [w*B/W, (w+1)*B/W) of the same
+        (seed, epoch) permutation, with the binarization noise and flips those rows get in the global batch.
+        Only the shard's images are read. None (or W = 1): the whole batch.
 
     An `images` object with its own `make_dataset` method (`data.stl10.TrainingPool`: STL-10's unlabeled + labeled
     training pool) gets these arguments and builds its own pipeline.
@@ -168,6 +173,19 @@ def make_dataset(
                 batch = random_flip_left_right(batch, tf.random.experimental.stateless_fold_in(flip_key, index))
             return batch
 
+        if shard is not None and int(shard[1]) > 1:
+            make_batch = _sharded_batches(
+                shard,
+                batch_size,
+                images.shape[1:],
+                gather_batch if passthrough else None,
+                pixels,
+                dynamic,
+                flip,
+                epoch_key,
+                flip_key,
+            )
+
         dataset = tf.data.Dataset.from_tensor_slices(batch_indices).enumerate().skip(int(skip_batches))
     else:
         num_batches = -(-num_images // batch_size)
@@ -184,6 +202,34 @@ def make_dataset(
         dataset = starts.enumerate()
     dataset = dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _sharded_batches(shard, batch_size, image_shape, gather_batch, pixels, dynamic, flip, epoch_key, flip_key):
+    """`make_batch` of `make_dataset` for rows [w*B/W, (w+1)*B/W) of each global batch: the noise is drawn for the
+    whole batch (the same stateless draws as one worker's) and sliced, the images gathered for the rows only."""
+    index_w, count = int(shard[0]), int(shard[1])
+    if batch_size % count or not 0 <= index_w < count:
+        raise ValueError(
+            f"shard={tuple(shard)}: the global batch of {batch_size} must split into {count} equal shards and the "
+            f"index must be in [0, {count}); set train.batch_size to a multiple of the number of workers."
+        )
+    rows = batch_size // count
+    start, stop = index_w * rows, (index_w + 1) * rows
+
+    def make_batch(index, indices):
+        indices = indices[start:stop]
+        batch = gather_batch(indices) if gather_batch is not None else tf.gather(pixels, indices)
+        if dynamic:
+            seed = tf.random.experimental.stateless_fold_in(epoch_key, index)
+            noise = tf.random.stateless_uniform([batch_size, *image_shape], seed=seed, dtype=tf.float32)[start:stop]
+            batch = tf.cast(noise < tf.cast(batch, tf.float32), tf.float32)
+        if flip:
+            seed = tf.random.experimental.stateless_fold_in(flip_key, index)
+            flips = tf.random.stateless_uniform([batch_size], seed=seed, dtype=tf.float32)[start:stop] < 0.5
+            batch = tf.where(flips[:, None, None, None], tf.reverse(batch, axis=[2]), batch)
+        return batch
+
+    return make_batch
 
 
 def random_flip_left_right(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

@@ -7,6 +7,7 @@ Gin-free.
 import keras
 import tensorflow as tf
 
+from crvae_tf.architectures import replicas
 from crvae_tf.objectives import bounds
 
 
@@ -105,22 +106,55 @@ class LatentVariableModel(keras.Model):
             for kind in self.DIAGNOSTICS
         }
 
-    def _apply(self, name, gradients, variables):
+    def _apply(self, name, gradients, variables, taken=None):
         """One optimizer step of group `name`, after its optional element-wise gradient clamp.
 
         Also records the group's diagnostics: the global norm of the (clamped) gradient, of the parameters after
-        the step, and the relative size of the step ||theta_new - theta_old|| / ||theta_old||.
+        the step, and the relative size of the step ||theta_new - theta_old|| / ||theta_old||. Under a strategy
+        with R replicas the gradient is each replica's share (the gradient of its batch mean / R; Keras' optimizer
+        sums the shares), so `grad_norm_<group>` is the mean over replicas of the norms of the shares.
+
+        `taken` (a boolean scalar, identical on every replica) makes the step conditional without `tf.cond`, which
+        fails around `optimizer.apply` under a `tf.distribute` strategy: the optimizer steps, then the group's
+        variables and the optimizer's own (moments, iteration count) are put back where `taken` is False, which
+        is an exact skip; the diagnostics count only taken steps.
         """
         clip = self.group_clip_values.get(name)
         if clip:
-            gradients = [tf.clip_by_value(g, -clip, clip) for g in gradients]
+            context = replicas.replica_context()
+            if context is None:
+                gradients = [tf.clip_by_value(g, -clip, clip) for g in gradients]
+            else:
+                # The clamp applies to the gradient of the global batch, so it is summed over the replicas first;
+                # each replica then hands the optimizer (which sums again) 1/R of the clamped gradient.
+                share = 1.0 / context.num_replicas_in_sync
+                gradients = [tf.clip_by_value(g, -clip, clip) * share for g in replicas.all_reduce_sum(gradients)]
+        optimizer = self.group_optimizers[name]
         before = [tf.identity(v) for v in variables]
-        self.group_optimizers[name].apply(gradients, variables)
+        if taken is not None:
+            state = list(optimizer.variables)
+            state_before = [tf.identity(v) for v in state]
+        optimizer.apply(gradients, variables)
+        weight = None
+        if taken is not None:
+            for variable, old in zip(list(variables) + state, before + state_before):
+                variable.assign(tf.where(taken, tf.convert_to_tensor(variable), old))
+            weight = tf.cast(taken, tf.float32)
         old_norm = tf.linalg.global_norm(before)
         step_norm = tf.linalg.global_norm([tf.convert_to_tensor(v) - b for v, b in zip(variables, before)])
-        self._diagnostics[f"grad_norm_{name}"].update_state(tf.linalg.global_norm(gradients))
-        self._diagnostics[f"param_norm_{name}"].update_state(tf.linalg.global_norm(list(variables)))
-        self._diagnostics[f"update_ratio_{name}"].update_state(step_norm / tf.maximum(old_norm, 1e-12))
+        self._diagnostics[f"grad_norm_{name}"].update_state(tf.linalg.global_norm(gradients), sample_weight=weight)
+        self._diagnostics[f"param_norm_{name}"].update_state(
+            tf.linalg.global_norm(list(variables)), sample_weight=weight
+        )
+        self._diagnostics[f"update_ratio_{name}"].update_state(
+            step_norm / tf.maximum(old_norm, 1e-12), sample_weight=weight
+        )
+
+    def _normal(self, shape, training, batch_axis=0):
+        """N(0, 1) float32 noise from the training stream (`training`) or the evaluation one; under a strategy
+        each replica's rows of the global batch's draw (`architectures.replicas.normal`)."""
+        generator = self.seed_generator if training else self.eval_seed_generator
+        return replicas.normal(shape, generator, dtype="float32", batch_axis=batch_axis)
 
     def _apply_split(self, names, groups, gradients):
         """Applies a flat gradient list laid out as the concatenation of `groups[name]` for `names`."""

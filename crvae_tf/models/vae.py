@@ -126,9 +126,8 @@ class VAE(LatentVariableModel):
         Returns `[batch, latent_dim]`, or `[num_samples, batch, latent_dim]` when `num_samples` is given.
         """
         shape = tf.shape(loc) if num_samples is None else tf.concat([[num_samples], tf.shape(loc)], 0)
-        generator = self.seed_generator if training else self.eval_seed_generator
-        eps = keras.random.normal(shape, seed=generator, dtype=loc.dtype)
-        return loc + tf.exp(0.5 * log_variance) * eps
+        eps = self._normal(shape, training, batch_axis=0 if num_samples is None else 1)
+        return loc + tf.exp(0.5 * log_variance) * tf.cast(eps, loc.dtype)
 
     def generate(self, z):
         """Prior samples' Bernoulli means in [0, 1] for given z `[batch, latent_dim]`."""

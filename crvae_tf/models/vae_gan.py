@@ -57,6 +57,7 @@ Defects of the original crVAE-GAN loop (porting notes 5.4) are options that defa
 import keras
 import tensorflow as tf
 
+from crvae_tf.architectures import replicas as replicas_lib
 from crvae_tf.models.base import LatentVariableModel
 from crvae_tf.objectives import bounds
 from crvae_tf.objectives import losses
@@ -240,10 +241,6 @@ class VAEGAN(LatentVariableModel):
         """Dataset pixels in [0, 1] -> reconstructions from the posterior mean, in [0, 1]."""
         return (self(self.to_model_range(images), training=False) + 1.0) / 2.0
 
-    def _normal(self, shape, training):
-        generator = self.seed_generator if training else self.eval_seed_generator
-        return keras.random.normal(shape, seed=generator, dtype="float32")
-
     def transform(self, z, training=False):
         """u, the generation-path output that Q predicts (`latent_head.transform`); float32 `[batch, latent_dim]`."""
         return tf.cast(self.latent_head.transform(z, training=training), tf.float32)
@@ -344,7 +341,13 @@ class VAEGAN(LatentVariableModel):
             }
 
         correct = losses.discriminator_correct(d_logits, labels)
-        accuracy = tf.reduce_mean(correct)
+        if replicas_lib.replica_context() is None:
+            accuracy = tf.reduce_mean(correct)
+        else:  # the accuracy of the global batch, identical on every replica, decides the skip
+            num_correct, count = replicas_lib.all_reduce_sum(
+                [tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32)]
+            )
+            accuracy = num_correct / count
         update = losses.discriminator_update_allowed(accuracy, self.discriminator_accuracy_threshold)
 
         # One backward pass per loss, over every group that loss trains.
@@ -369,17 +372,20 @@ class VAEGAN(LatentVariableModel):
             mi_trunk = tape.gradient(group_losses["mi"], trunk, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             self._apply("discriminator_trunk", [m + gate * g for m, g in zip(mi_trunk, d_trunk)], trunk)
 
-            def step_discriminator():
-                self._apply("discriminator", d_head, head)
+            def step_discriminator(taken=None):
+                self._apply("discriminator", d_head, head, taken)
                 return tf.constant(True)
         else:
 
-            def step_discriminator():
-                self._apply("discriminator_trunk", d_trunk, trunk)
-                self._apply("discriminator", d_head, head)
+            def step_discriminator(taken=None):
+                self._apply("discriminator_trunk", d_trunk, trunk, taken)
+                self._apply("discriminator", d_head, head, taken)
                 return tf.constant(True)
 
-        tf.cond(update, step_discriminator, lambda: tf.constant(False))
+        if replicas_lib.replica_context() is None:
+            tf.cond(update, step_discriminator, lambda: tf.constant(False))
+        else:  # tf.cond around optimizer.apply fails under a strategy: the same exact skip without it
+            step_discriminator(update)
         del tape
 
         terms = {

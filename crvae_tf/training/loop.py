@@ -9,8 +9,11 @@ periodic parts (summaries, image grids, validation, checkpoints) are objects in 
 on a non-finite loss or a collapsed discriminator are in `training.monitors`.
 """
 
+import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import time
 
 import keras
@@ -21,6 +24,7 @@ from crvae_tf import builders
 from crvae_tf import data
 from crvae_tf import runs
 from crvae_tf.training import console as console_lib
+from crvae_tf.training import distribution
 from crvae_tf.training import monitors
 from crvae_tf.training import triggers
 
@@ -44,14 +48,21 @@ def train(model_dir: str, settings=None):
       (in memory).
     """
     settings = settings or builders.train_settings()
+    # MultiWorkerMirroredStrategy must exist before the first TF op of the process.
+    strategy = distribution.make_strategy(settings.distribution, settings.devices)
+    if not distribution.is_chief(strategy):  # another worker holds the lock and checks and writes the config
+        with monitors.InterruptGuard() as interrupts:
+            result = _train(model_dir, settings, interrupts, strategy)
+        result["amendments"] = []
+        return result
     with runs.RunDirectory(model_dir), monitors.InterruptGuard() as interrupts:
         amendments = runs.prepare_config(model_dir)
-        result = _train(model_dir, settings, interrupts)
+        result = _train(model_dir, settings, interrupts, strategy)
     result["amendments"] = amendments
     return result
 
 
-def _train(model_dir, settings, interrupts):
+def _train(model_dir, settings, interrupts, strategy):
     start_time = time.time()
     (
         max_steps,
@@ -68,27 +79,49 @@ def _train(model_dir, settings, interrupts):
         checkpoint_every_secs,
         keep_checkpoints,
         discriminator_collapse_steps,
-    ) = settings
+    ) = settings[:14]
+    distributed = settings.distribution != "default"
+    if distributed and jit_compile:
+        raise ValueError(
+            f"train.jit_compile=True is not supported with train.distribution={settings.distribution!r} "
+            "(Keras compiles no XLA under a strategy); set train.jit_compile=False."
+        )
+    chief = distribution.is_chief(strategy)
+    worker, num_workers = distribution.worker_index_and_count(strategy)
     keras.utils.set_random_seed(seed)
-    console = console_lib.Console(max_steps, progress=progress_bar)
+    console = console_lib.Console(max_steps, progress=progress_bar and chief)
 
     splits = builders.build_dataset(seed=seed)
     steps_per_epoch = data.steps_per_epoch(len(splits.train), batch_size)
-    model = builders.build_model(image_shape=splits.image_shape, seed=seed)
-    runs.write_run_info(model_dir, model, max_steps, batch_size, steps_per_epoch)
-    optimizers, clip_values = builders.build_optimizers(model, steps_per_epoch)
-    model.compile(optimizers=optimizers, clip_values=clip_values, jit_compile=jit_compile)
-    checkpoints = runs.restore_or_initialize(model_dir, model, optimizers, keep_checkpoints)
+    with strategy.scope() if distributed else contextlib.nullcontext():
+        model = builders.build_model(image_shape=splits.image_shape, seed=seed)
+        if chief:
+            runs.write_run_info(model_dir, model, max_steps, batch_size, steps_per_epoch)
+        optimizers, clip_values = builders.build_optimizers(model, steps_per_epoch)
+        model.compile(optimizers=optimizers, clip_values=clip_values, jit_compile=jit_compile)
+        checkpoints = runs.restore_or_initialize(model_dir, model, optimizers, keep_checkpoints)
     manager, step_var, epoch_var = checkpoints.manager, checkpoints.step, checkpoints.epoch
     validation_every_steps = validation_every_steps or steps_per_epoch
 
-    train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb", "train"))
-    validation_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb", "validation"))
-    operative = runs.write_operative_config(model_dir)
-    with train_writer.as_default():
-        tf.summary.text("gin/operative_config", runs.config_markdown(operative), step=int(step_var.numpy()))
+    if chief:
+        train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb", "train"))
+        validation_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tb", "validation"))
+        operative = runs.write_operative_config(model_dir)
+        with train_writer.as_default():
+            tf.summary.text("gin/operative_config", runs.config_markdown(operative), step=int(step_var.numpy()))
+    else:
+        train_writer = validation_writer = tf.summary.create_noop_writer()
 
-    train_step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True)
+    if distributed:
+        adversarial = hasattr(model, "discriminator")
+        replicas = strategy.num_replicas_in_sync
+        per_replica = distribution.check_batch(strategy, batch_size, 4 if adversarial and replicas > 1 else 1)
+        if settings.synchronized_batch_statistics and replicas > 1:
+            synchronized = distribution.synchronize_batch_statistics(model)
+            console.message(f"{replicas} replicas, {per_replica} images each; {synchronized} layers synchronized")
+        train_step = distribution.replicated_step(strategy, model.train_step, per_replica, model.metrics)
+    else:
+        train_step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True)
     test_step = tf.function(model.test_step, reduce_retracing=True)
 
     # Fixed inputs for the image grids: the first validation images (fixed binarization) and a fixed z.
@@ -111,10 +144,25 @@ def _train(model_dir, settings, interrupts):
 
     step = initial_step = int(step_var.numpy())
     clock = triggers.TrainingClock(runs.read_progress(model_dir).get("train_seconds", 0.0) if step else 0.0)
+    resumed_from = manager.latest_checkpoint
 
     def on_save(saved_step):
-        runs.write_operative_config(model_dir)
-        runs.write_progress(model_dir, saved_step, clock.seconds())
+        if chief:
+            runs.write_operative_config(model_dir)
+            runs.write_progress(model_dir, saved_step, clock.seconds())
+
+    write_dir = model_dir
+    if not chief:
+        # Under MultiWorkerMirroredStrategy, reading or resetting a metric and saving a checkpoint are collective ops
+        # that every worker must run in the same order; the other workers therefore run the chief's summaries,
+        # validation and checkpoints, writing into a scratch folder deleted at the end (TF's multi-worker pattern).
+        write_dir = tempfile.mkdtemp(prefix=f"crvae_tf-worker{worker}-")
+        checkpoints = checkpoints._replace(
+            manager=tf.train.CheckpointManager(checkpoints.checkpoint, os.path.join(write_dir, "ckpt"), max_to_keep=1),
+            best_manager=tf.train.CheckpointManager(checkpoints.checkpoint, os.path.join(write_dir, "best"), 1),
+        )
+    if num_workers > 1:  # the workers' clocks differ: a time-based checkpoint would split their collectives
+        checkpoint_every_secs = None
 
     log_cadence = triggers.Every(log_every_steps, max_steps)
     validation_cadence = triggers.Every(validation_every_steps, max_steps)
@@ -130,7 +178,7 @@ def _train(model_dir, settings, interrupts):
         clock=clock,
     )
     validation = triggers.Validation(
-        model_dir,
+        write_dir,
         validation_writer,
         model,
         test_step,
@@ -147,7 +195,7 @@ def _train(model_dir, settings, interrupts):
         model_dir, train_writer, model, fixed_images, fixed_z, triggers.Every(image_every_steps, max_steps)
     )
     checkpointing = triggers.Checkpointing(
-        manager,
+        checkpoints.manager,
         triggers.Every(checkpoint_every_steps, max_steps),
         checkpoint_every_secs,
         on_save,
@@ -158,11 +206,13 @@ def _train(model_dir, settings, interrupts):
     periodic = [summaries, validation, grids, histograms, checkpointing]  # in this order after every step
     if model.num_time_steps > 1:
         periodic.insert(3, triggers.ProgressiveGrid(model_dir, train_writer, model, fixed_z, grids.every))
-    guard = monitors.TrainingGuard(model_dir, discriminator_collapse_steps, lambda: manager.latest_checkpoint)
+    if not chief:  # no image grids; the rest writes into write_dir
+        periodic = [summaries, validation, checkpointing]
+    guard = monitors.TrainingGuard(write_dir, discriminator_collapse_steps, lambda: manager.latest_checkpoint)
 
     if step:
-        console.message(f"Resuming from step {step} ({manager.latest_checkpoint})")
-    else:
+        console.message(f"Resuming from step {step} ({resumed_from})")
+    elif chief:
         for trigger in periodic[2:-1]:  # the grids and histograms of the untrained model
             trigger(0)
     console.message(
@@ -196,6 +246,7 @@ def _train(model_dir, settings, interrupts):
                 epoch=epoch,
                 skip_batches=skip,
                 flip=splits.flip,
+                **({"shard": (worker, num_workers)} if num_workers > 1 else {}),
             )
             for batch in dataset:
                 logs = train_step(batch)
@@ -216,6 +267,8 @@ def _train(model_dir, settings, interrupts):
         console.close()
         train_writer.close()
         validation_writer.close()
+        if write_dir != model_dir:
+            shutil.rmtree(write_dir, ignore_errors=True)
     return {
         "step": step,
         "initial_step": initial_step,
