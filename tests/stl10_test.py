@@ -126,6 +126,9 @@ class PoolPipelineTest(tf.test.TestCase):
         self.assertAllEqual(np.concatenate([b[2].numpy() for b in epoch]), labeled_rows % 10)  # labels match
         self.assertAllClose(make(skip_batches=3)[0][0], epoch[3][0])  # a resume continues the same epoch
         self.assertNotAllClose(make(epoch=1)[0][0], epoch[0][0])
+        shards = [make(shard=(w, 2))[2] for w in (0, 1)]  # multi-worker: each worker's rows of the global batch
+        for part in range(3):
+            self.assertAllClose(tf.concat([shards[0][part], shards[1][part]], 0), epoch[2][part])
         evaluation = list(data.make_dataset(pool, batch_size=16, binarization="none", seed=5, training=False))
         self.assertEqual([b.shape[0] for b in evaluation], [16, 16, 8])
 

@@ -115,6 +115,7 @@ def make_dataset(
             epoch=epoch,
             skip_batches=skip_batches,
             flip=flip,
+            shard=shard,
         )
     if flip is None:
         flip = binarization == "none"

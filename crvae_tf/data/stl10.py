@@ -334,9 +334,11 @@ class TrainingPool:
 
         return gather
 
-    def make_dataset(self, *, batch_size, binarization, seed, training, epoch=0, skip_batches=0, flip=None):
+    def make_dataset(self, *, batch_size, binarization, seed, training, epoch=0, skip_batches=0, flip=None, shard=None):
         """`pipeline.make_dataset` for this pool (same arguments). Training: one epoch of `(pool, labeled, labels)`
-        batches (see the class docstring), pixels float32 in [0, 1]; evaluation: the rows in order, resized, float32
+        batches (see the class docstring), pixels float32 in [0, 1]; with `shard=(w, W)` (multi-worker training) the
+        w-th of W equal row blocks of each of the three (the global batch is read and augmented, then sliced: the
+        same pixels as one worker's, not the least reading). Evaluation: the rows in order, resized, float32
         `[b, R, R, 3]` in [0, 1] (no labels, no crop, no flip)."""
         if binarization != "none":
             raise ValueError(f"STL-10 images are continuous: binarization must be 'none', got {binarization!r}.")
@@ -363,6 +365,12 @@ class TrainingPool:
         if not 0 <= int(skip_batches) <= steps:
             raise ValueError(f"skip_batches={skip_batches!r} must be in [0, {steps}].")
         labeled_size = int(self.labeled_batch_size or batch_size)
+        index_w, count_w = (0, 1) if shard is None else (int(shard[0]), int(shard[1]))
+        if count_w > 1 and (batch_size % count_w or labeled_size % count_w or not 0 <= index_w < count_w):
+            raise ValueError(
+                f"shard={tuple(shard)}: train.batch_size={batch_size} and dataset.labeled_batch_size={labeled_size} "
+                f"must both split into {count_w} equal shards (and the index lie in [0, {count_w}))."
+            )
         order = np.random.default_rng([seed, epoch]).permutation(len(self))[: steps * batch_size]
         pool_indices = order.reshape(steps, batch_size)
         labeled_indices = self._labeled_order(seed, epoch * steps * labeled_size, steps * labeled_size)
@@ -384,11 +392,16 @@ class TrainingPool:
                 images = random_flip_left_right(images, tf.random.experimental.stateless_fold_in(keys[flip_tag], index))
             return images
 
+        def rows(tensor, size):
+            if count_w == 1:
+                return tensor
+            return tensor[index_w * size // count_w : (index_w + 1) * size // count_w]
+
         def make_batch(index, pool, labeled):
             return (
-                augment(pool, index, _POOL_CROP_TAG, _POOL_FLIP_TAG),
-                augment(labeled, index, _LABELED_CROP_TAG, _LABELED_FLIP_TAG),
-                tf.gather(labels, labeled),
+                rows(augment(pool, index, _POOL_CROP_TAG, _POOL_FLIP_TAG), batch_size),
+                rows(augment(labeled, index, _LABELED_CROP_TAG, _LABELED_FLIP_TAG), labeled_size),
+                rows(tf.gather(labels, labeled), labeled_size),
             )
 
         dataset = (
