@@ -12,9 +12,9 @@ latent_steps               time step t as slice t of the flat z (every head), an
 
 from crvae_tf.models.base import LatentVariableModel
 from crvae_tf.models.schedules import WarmupSchedule
+from crvae_tf.models.semi_supervised import SemiSupervisedVAEGAN
 from crvae_tf.models.vae import VAE
 from crvae_tf.models.vae import parameter_counts
-from crvae_tf.models.semi_supervised import SemiSupervisedVAEGAN
 from crvae_tf.models.vae_gan import VAEGAN
 
 __all__ = ["LatentVariableModel", "SemiSupervisedVAEGAN", "VAE", "VAEGAN", "WarmupSchedule", "parameter_counts"]
