@@ -144,15 +144,15 @@ class InterventionTest(tf.test.TestCase):
         self.assertEqual(disentanglement.dominant_groups(matrix), [1, 3, 4])
         self.assertGreater(min(matrix[0, 0], matrix[2, 1], matrix[3, 2]), 0.3)
         self.assertLess(matrix[1].max(), 0.05)  # step 2 is noise that no probe reads
-        # The effects: a class change counts 1, a continuous change in units of the scale, an angle's wrapped
-        # change over pi.
+        # The effects: the total-variation distance of class distributions, a continuous change in units of the
+        # scale, an angle's wrapped change over pi.
         effects = disentanglement.intervention_effects(
-            [[0, 1.0, 3.0], [1, 2.0, -3.0]],
-            [[0, 2.0, -3.0], [2, 2.0, 3.0]],
+            [[[1.0, 0.0], [0.5, 0.5]], [1.0, 2.0], [3.0, -3.0]],
+            [[[0.0, 1.0], [0.4, 0.6]], [2.0, 2.0], [-3.0, 3.0]],
             ["discrete", "continuous", "angle"],
             [1.0, 2.0, 1.0],
         )
-        self.assertAllClose(effects, [0.5, 0.25, (2 * np.pi - 6.0) / np.pi])
+        self.assertAllClose(effects, [(1.0 + 0.1) / 2, 0.25, (2 * np.pi - 6.0) / np.pi])
 
 
 class FormulaTest(tf.test.TestCase):

@@ -56,8 +56,9 @@ The metrics (`disentanglement_metrics`), group forms of the standard ones with e
   nothing; with no importance anywhere D = C = 0.
 
 The intervention matrix (paper Fig. 5's style redraws, measured): `FactorProbes` predict every factor from all of
-z; a caller resamples z_t alone, decodes, encodes again and compares the predictions with those of the unchanged z
-through the same decode-encode round trip (`intervention_effects`): entry [t, k] is how far factor k moved when only
+z; a caller resamples z_t alone, decodes, encodes again and compares the probes' outputs with those of the unchanged
+z through the same decode-encode round trip (`intervention_effects`: the total-variation distance of a discrete
+factor's predicted distribution, the change of a continuous one): entry [t, k] is how far factor k moved when only
 z_t changed.
 
 Each metric needs T >= 2 groups (a gap of one group is undefined) and D needs K >= 2 factors.
@@ -530,8 +531,9 @@ def markdown_table(result: dict, matrix: str = "explained", digits: int = 2) -> 
 
 class FactorProbes:
     """The probes of every factor on all of z (as `importance` uses them), fitted once, to predict factors of new
-    codes: `predict(codes) -> [N, K]` (a discrete factor's class value, a continuous factor's value, an angle in
-    (-pi, pi])."""
+    codes: `outputs(codes)` (per factor: a discrete factor's class probabilities `[N, C]`, a continuous factor's value
+    `[N]`, an angle `[N]` in (-pi, pi]) and `predict(codes) -> [N, K]` (the most probable class value in place of the
+    probabilities)."""
 
     def __init__(
         self,
@@ -553,38 +555,46 @@ class FactorProbes:
             target = _FactorTargets(factors[:, k], factors[:, k], kind, NUM_BINS)
             self.probes.append(_Probe(features, target, tuple(l2_grid), logistic_steps))
 
-    def predict(self, codes) -> np.ndarray:
+    def outputs(self, codes) -> list:
         features = self.whiten(np.concatenate(code_groups(codes, self.slices), axis=1))
         out = []
         for probe in self.probes:
-            outputs = features @ probe.weights
+            raw = features @ probe.weights
             target = probe.target
             if target.kind == "discrete":
-                out.append(target.classes[np.argmax(outputs, axis=1)].astype(np.float64))
+                out.append(np.exp(_log_softmax(raw)))
             elif target.kind == "angle":
-                out.append(np.arctan2(outputs[:, 1], outputs[:, 0]))
+                out.append(np.arctan2(raw[:, 1], raw[:, 0]))
             else:
-                out.append(outputs[:, 0] * target.std + target.mean)
-        return np.stack(out, axis=1)
+                out.append(raw[:, 0] * target.std + target.mean)
+        return out
+
+    def predict(self, codes) -> np.ndarray:
+        columns = []
+        for probe, output in zip(self.probes, self.outputs(codes)):
+            if probe.target.kind == "discrete":
+                output = probe.target.classes[np.argmax(output, axis=1)].astype(np.float64)
+            columns.append(output)
+        return np.stack(columns, axis=1)
 
 
 def intervention_effects(before, after, kinds: Sequence[str], scales) -> np.ndarray:
-    """How far predicted factors moved, `[K]`: a discrete factor, the fraction of images whose predicted class changed;
-    a continuous one, the mean |change| in units of `scales[k]` (e.g. the factor's standard deviation); an angle,
-    the mean |wrapped change| / pi (in [0, 1]).
+    """How far the probes' outputs moved, `[K]`: a discrete factor, the mean total-variation distance between the
+    predicted class distributions, (1/2) sum_c |p_c - p'_c| in [0, 1] (it sees a shift of belief even where the most
+    probable class stays, as for a rare attribute); a continuous one, the mean |change| in units of `scales[k]` (e.g.
+    the factor's standard deviation); an angle, the mean |wrapped change| / pi (in [0, 1]).
 
     Args:
-      before, after: `[N, K]` predictions (`FactorProbes.predict`) of the same images before and after an intervention.
+      before, after: `FactorProbes.outputs` of the same images before and after an intervention (K arrays each).
       scales: `[K]` positive scales of the continuous factors (ignored for the others).
     """
-    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
     effects = []
     for k, kind in enumerate(kinds):
-        change = after[:, k] - before[:, k]
+        old, new = np.asarray(before[k], np.float64), np.asarray(after[k], np.float64)
         if kind == "discrete":
-            effects.append(float(np.mean(change != 0)))
+            effects.append(float(0.5 * np.abs(new - old).sum(axis=1).mean()))
         elif kind == "angle":
-            effects.append(float(np.mean(np.abs(np.angle(np.exp(1j * change)))) / np.pi))
+            effects.append(float(np.mean(np.abs(np.angle(np.exp(1j * (new - old)))))) / np.pi)
         else:
-            effects.append(float(np.mean(np.abs(change)) / float(scales[k])))
+            effects.append(float(np.mean(np.abs(new - old)) / float(scales[k])))
     return np.array(effects)

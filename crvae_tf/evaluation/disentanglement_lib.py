@@ -181,14 +181,14 @@ def intervention_matrix(model, codes, slices, probes, kinds, scales, representat
     decoding and encoding alone move.
     """
     codes = np.asarray(codes, np.float32)
-    before = probes.predict(posterior_codes(model, decode(model, codes), representation, seed, ROUND_TRIP_TAG))
+    before = probes.outputs(posterior_codes(model, decode(model, codes), representation, seed, ROUND_TRIP_TAG))
     rows = []
     for t, (start, stop) in enumerate(slices, 1):
         changed = codes.copy()
         changed[:, start:stop] = np.random.default_rng([int(seed), INTERVENTION_TAG, t]).standard_normal(
             (len(codes), stop - start)
         )
-        after = probes.predict(posterior_codes(model, decode(model, changed), representation, seed, ROUND_TRIP_TAG))
+        after = probes.outputs(posterior_codes(model, decode(model, changed), representation, seed, ROUND_TRIP_TAG))
         rows.append(disentanglement.intervention_effects(before, after, kinds, scales))
     return np.stack(rows)
 
@@ -479,8 +479,8 @@ def markdown_report(summary: dict, title: str) -> str:
         disentanglement.markdown_table(summary, "importance"),
         "",
         "Intervention: how far the predicted factor moves when z_t alone is redrawn from N(0, I), decoded and encoded "
-        "again (discrete: fraction of images whose class changes; continuous: mean |change| in test standard "
-        "deviations; angle: mean |change| / pi):",
+        "again (discrete: mean total-variation distance of the predicted class distribution; continuous: mean "
+        "|change| in test standard deviations; angle: mean |change| / pi):",
         "",
         disentanglement.markdown_table(summary, "intervention"),
         "",
