@@ -21,7 +21,7 @@ RUNNER = os.path.join(HERE, "distributed_run.py")
 
 # Tolerances of the 2-replica vs 1-replica comparison after 2 steps (float32): a loss within LOSS_RTOL (measured:
 # 1e-7 for the crVAE on IWAE-3, 9e-7 for the crVAE-GAN), every variable within WEIGHT_ATOL + WEIGHT_RTOL x how far the
-# one-device run moved it (measured: 4.3e-7 absolute at most, 4.2e-4 of the movement). Only the order of float32 sums
+# one-device run moved it (measured: 4.3e-7 absolute at most, 2.5e-3 of the movement). Only the order of float32 sums
 # differs (cross-replica sums, BatchNorm moments of all-reduced sums).
 LOSS_RTOL = 2e-5
 WEIGHT_ATOL = 1e-6
@@ -228,13 +228,15 @@ class MultiWorkerTest(testing_utils.GinTestCase):
                 "dataset.validation_size = 40",
                 "train.distribution = 'multi_worker'",
                 "train.num_validation_images = 4",
+                "train.num_image_samples = 2",
+                "train.checkpoint_every_steps = 1",
                 "model.num_validation_samples = 2",
                 "train.image_every_steps = 1000",
                 "train.validation_every_steps = 1000",
             ]
         )
-        # Sitting 1: far more steps than it will live; both workers are killed once the chief's checkpoint at step 2
-        # is on disk.
+        # Sitting 1: far more steps than it will live; both workers are killed once the chief's first checkpoint is
+        # on disk.
         processes, start = self._start_workers(root, bindings + ["train.max_steps = 1000"], 1)
         index_file = os.path.join(self.model_dir, "checkpoints", "checkpoint")
         while not os.path.exists(index_file):
@@ -247,10 +249,10 @@ class MultiWorkerTest(testing_utils.GinTestCase):
             process.wait()
             log.close()
         killed_at = int(open(index_file).read().split('"')[1].rsplit("-", 1)[1])
-        self.assertGreaterEqual(killed_at, 2)
+        self.assertGreaterEqual(killed_at, 1)
 
         # Sitting 2: the same config (max_steps is resume-safe), both workers resume from the chief's checkpoint.
-        final = killed_at + 2
+        final = killed_at + 1
         processes, start = self._start_workers(root, bindings + [f"train.max_steps = {final}"], 2)
         for index, (process, _, log) in enumerate(processes):
             try:
@@ -269,7 +271,9 @@ class MultiWorkerTest(testing_utils.GinTestCase):
         events = os.listdir(os.path.join(self.model_dir, "tb", "train"))
         self.assertLen([e for e in events if e.startswith("events.out")], 2)
         self.assertIn(f"ckpt-{final}.index", os.listdir(os.path.join(self.model_dir, "checkpoints")))
-        self.assertIn("Resuming from step", self._log(root, 0, 2) + open(os.path.join(root, "worker0-2.log")).read())
+        for index in range(2):
+            with open(os.path.join(root, f"worker{index}-2.log")) as f:
+                self.assertIn(f"Resuming from step {killed_at}", f.read())
 
 
 class ShardTest(testing_utils.GinTestCase):
