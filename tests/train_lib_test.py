@@ -29,6 +29,7 @@ import testing_utils
 RECIPES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(testing_utils.GIN_DIR, "*.gin")))
 KIND = {
     "mnist_vae.gin": "fc",
+    "quickstart_vae.gin": "fc",
     "mnist_cvae.gin": "conv",
     "mnist_bcvae.gin": "block_fc",
     "celeba64_vaegan.gin": "fc",
