@@ -66,16 +66,23 @@ class MirroredParityTest(testing_utils.GinTestCase):
         ]
         # Dropout masks are drawn per replica over each replica's own discriminator batch, whose rows are not the
         # one-device batch's in the same order: the comparison runs without dropout.
+        faces_data = testing_utils.TINY_ADVERSARIAL_BINDINGS + [
+            f"dataset.local_path = '{faces}'",
+            f"dataset.cache_dir = '{os.path.join(cls.root, 'cache')}'",
+            "dataset.validation_size = 4",
+            "discriminator.dropout_rate = 0.0",
+        ]
+        # The crVAE-GAN with the mutual-information term (kappa > 0) and a skip threshold below the batch accuracy
+        # (0.5 at the start): every discriminator step is skipped, on one device by tf.cond, under the strategy by
+        # stepping and restoring (weights, Adam moments, iteration count), while the trunk still learns the MI term.
         gan = (
             common
-            + testing_utils.TINY_ADVERSARIAL_BINDINGS
+            + faces_data
             + [
-                f"dataset.local_path = '{faces}'",
-                f"dataset.cache_dir = '{os.path.join(cls.root, 'cache')}'",
-                "dataset.validation_size = 4",
-                "discriminator.dropout_rate = 0.0",
                 "model.kl_step_weights = [3, 2]",
+                "model.mutual_information_weight = 0.02",
                 "model.mutual_information_step_weights = [0.1, 1.5]",
+                "model.discriminator_accuracy_threshold = 0.3",
             ]
         )
         cls.outputs = {
@@ -136,11 +143,24 @@ class MirroredParityTest(testing_utils.GinTestCase):
 
     def test_crvae_gan_two_replicas_match_one_device(self):
         logs_one, logs_two = self._check_parity(
-            "crvae_gan", ["loss", "reconstruction", "rate", "discriminator_loss", "generator_adversarial"]
+            "crvae_gan",
+            ["loss", "reconstruction", "rate", "discriminator_loss", "generator_adversarial", "mutual_information"],
         )
         for one, two in zip(logs_one, logs_two):  # the skip rule saw the same, all-reduced accuracy
             self.assertEqual(two["discriminator_batch_accuracy"], one["discriminator_batch_accuracy"])
-            self.assertEqual(two["discriminator_skip_rate"], one["discriminator_skip_rate"])
+            self.assertEqual(one["discriminator_skip_rate"], 1.0)
+            self.assertEqual(two["discriminator_skip_rate"], 1.0)
+        result = np.load(self.outputs["crvae_gan"])
+        names = [str(n) for n in result["names"]]
+        head = [i for i, n in enumerate(names) if n.startswith("discriminator/")]
+        trunk = [i for i, n in enumerate(names) if n.startswith("discriminator_trunk/") and "kernel" in n]
+        self.assertNotEmpty(head)
+        self.assertNotEmpty(trunk)
+        for i in head:  # an exact skip: the head is where it started, on both
+            self.assertAllEqual(result[f"two_{i}"], result[f"init_{i}"], msg=names[i])
+            self.assertAllEqual(result[f"one_{i}"], result[f"init_{i}"], msg=names[i])
+        for i in trunk:  # the trunk learned the MI term
+            self.assertGreater(np.max(np.abs(result[f"two_{i}"] - result[f"init_{i}"])), 0, msg=names[i])
 
     def test_replica_noise_is_the_global_draw_split_by_replica(self):
         result = np.load(self.outputs["replicas"])
