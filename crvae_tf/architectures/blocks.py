@@ -142,7 +142,7 @@ class BatchNorm(keras.layers.BatchNormalization):
         return outputs
 
     def _synchronized_call(self, inputs):
-        """Training with `synchronized=True` in a multi-replica step: the statistics of the global batch.
+        """Training with `synchronized=True` in a strategy's step: the statistics of the global batch.
 
         With per-channel sums over every replica's N*H*W positions (n in all), in two passes as the fused kernel
         (two all-reduces; E[x^2] - E[x]^2 in one pass loses digits where |mean| >> std): mean = sum x / n, then

@@ -11,8 +11,8 @@ B = R*b images. The helpers here keep what a step computes a function of the glo
   and dropout masks: small beside the networks).
 - Batch statistics (`all_reduce_sum`, `all_gather`): cross-replica sums and concatenations in a replica context.
 
-Outside a strategy, in a strategy's cross-replica context (evaluation, image grids) and with one replica, every
-helper does exactly what the single-device code did before (the same ops, so one-device runs stay bit-identical).
+Outside a strategy and in a strategy's cross-replica context (evaluation, image grids) every helper does exactly what
+the single-device code did before (the same ops, so one-device runs stay bit-identical).
 """
 
 import keras
@@ -20,11 +20,11 @@ import tensorflow as tf
 
 
 def replica_context():
-    """The replica context of a multi-replica step, or None (no strategy, one replica, or cross-replica context)."""
-    if tf.distribute.in_cross_replica_context():
+    """The replica context of a step run by a strategy (`strategy.run`, any number of replicas: `tf.cond` around
+    `optimizer.apply` fails there even with one), or None (no strategy, or its cross-replica context)."""
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
         return None
-    context = tf.distribute.get_replica_context()
-    return context if context is not None and context.num_replicas_in_sync > 1 else None
+    return tf.distribute.get_replica_context()
 
 
 def _draw_rows(draw, shape, seed_generator, dtype, batch_axis):
@@ -51,14 +51,14 @@ def uniform(shape, seed_generator, dtype="float32", batch_axis: int = 0):
 
 
 def all_reduce_sum(values):
-    """Cross-replica sums of a tensor (or a nest of tensors) in a multi-replica step; the values themselves
+    """Cross-replica sums of a tensor (or a nest of tensors) in a strategy's step; the values themselves
     otherwise."""
     context = replica_context()
     return values if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
 def all_gather(value, axis: int = 0):
-    """The concatenation over replicas (in replica order) of `value` along `axis` in a multi-replica step (its
+    """The concatenation over replicas (in replica order) of `value` along `axis` in a strategy's step (its
     gradient flows back to every replica's rows); `value` itself otherwise."""
     context = replica_context()
     return value if context is None else context.all_gather(value, axis=axis)
@@ -67,7 +67,7 @@ def all_gather(value, axis: int = 0):
 def synchronize_batch_statistics(model) -> int:
     """Sets `synchronized = True` on every layer of `model` that has the attribute: Keras `BatchNormalization` (and
     `blocks.BatchNorm`: moments over the global batch) and `MinibatchDiscrimination` (comparisons with the global
-    batch). Changes nothing outside a multi-replica step. Returns the number of layers set."""
+    batch). Changes nothing outside a strategy's step. Returns the number of layers set."""
     layers = [layer for layer in model._flatten_layers(include_self=False) if hasattr(layer, "synchronized")]
     for layer in layers:
         layer.synchronized = True
