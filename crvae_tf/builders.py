@@ -433,18 +433,25 @@ def _vae_family(encoder, head, decoder, image_shape, seed, num_importance_sample
     )
 
 
+def _adversarial_parts(label, encoder, head, image_shape, seed, num_importance_samples, kwargs):
+    """Checks an adversarial family's settings and builds its discriminator: (trunk, discriminator, q_head)."""
+    if num_importance_samples != 1 or tuple(image_shape) == MNIST_SHAPE:
+        raise ValueError(
+            f"model.family={label!r} trains RGB images with one posterior sample; got "
+            f"image_shape={tuple(image_shape)}, num_importance_samples={num_importance_samples}."
+        )
+    latent_shape = (head.feature_shape[:2] + (head.latent_channels,)) if hasattr(head, "latent_channels") else None
+    with_q = bool(kwargs.get("mutual_information_weight"))
+    return build_discriminator(image_shape, latent_shape, with_q_head=with_q, seed=seed)
+
+
 def _vae_gan_family(
     encoder, head, decoder, image_shape, seed, num_importance_samples, num_validation_samples, **kwargs
 ):
     del num_validation_samples  # the adversarial family selects on its validation loss
-    if num_importance_samples != 1 or tuple(image_shape) == MNIST_SHAPE:
-        raise ValueError(
-            "model.family='vae_gan' trains RGB images (dataset 'celeba' or 'birds') with one posterior "
-            f"sample; got image_shape={tuple(image_shape)}, num_importance_samples={num_importance_samples}."
-        )
-    latent_shape = (head.feature_shape[:2] + (head.latent_channels,)) if hasattr(head, "latent_channels") else None
-    with_q = bool(kwargs.get("mutual_information_weight"))
-    trunk, discriminator, q_head = build_discriminator(image_shape, latent_shape, with_q_head=with_q, seed=seed)
+    trunk, discriminator, q_head = _adversarial_parts(
+        "vae_gan (dataset 'celeba' or 'birds')", encoder, head, image_shape, seed, num_importance_samples, kwargs
+    )
     return models.VAEGAN(
         encoder,
         head,
@@ -478,15 +485,15 @@ def _semi_supervised_family(
     encoder, head, decoder, image_shape, seed, num_importance_samples, num_validation_samples, **kwargs
 ):
     del num_validation_samples  # selection is on the validation accuracy (crvae_tf.evaluation.classification)
-    if num_importance_samples != 1 or tuple(image_shape) == MNIST_SHAPE:
-        raise ValueError(
-            "model.family='semi_supervised_vae_gan' trains RGB images (dataset.name='stl10') with one posterior "
-            f"sample; got image_shape={tuple(image_shape)}, num_importance_samples={num_importance_samples}."
-        )
-    latent_shape = (head.feature_shape[:2] + (head.latent_channels,)) if hasattr(head, "latent_channels") else None
-    with_q = bool(kwargs.get("mutual_information_weight"))
-    trunk, discriminator, q_head = build_discriminator(image_shape, latent_shape, with_q_head=with_q, seed=seed)
-    class_head = build_class_head(tuple(trunk.output_shape[1:]), seed=seed)
+    trunk, discriminator, q_head = _adversarial_parts(
+        "semi_supervised_vae_gan (dataset.name='stl10')",
+        encoder,
+        head,
+        image_shape,
+        seed,
+        num_importance_samples,
+        kwargs,
+    )
     return models.SemiSupervisedVAEGAN(
         encoder,
         head,
@@ -494,7 +501,7 @@ def _semi_supervised_family(
         trunk,
         discriminator,
         q_head,
-        class_head,
+        class_head=build_class_head(tuple(trunk.output_shape[1:]), seed=seed),
         image_shape=image_shape,
         seed=seed,
         name="semi_supervised_vae_gan",
@@ -537,9 +544,17 @@ _STRUCTURAL = {
 
 
 def family_arguments(model_class) -> set:
-    """The optional `model.*` objective arguments a model class accepts (read from its constructor)."""
-    parameters = inspect.signature(model_class.__init__).parameters.values()
-    return {p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD} - _STRUCTURAL
+    """The optional `model.*` objective arguments a model class accepts (read from its constructor, and from its
+    base classes' where the constructor forwards `*args` / `**kwargs` to them)."""
+    names = set()
+    for cls in model_class.__mro__:
+        if "__init__" not in vars(cls) or cls is keras.Model:
+            continue
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+            break
+    return names - _STRUCTURAL
 
 
 @gin.configurable("model", denylist=["image_shape", "seed"])

@@ -47,57 +47,17 @@ class SemiSupervisedVAEGAN(VAEGAN):
 
     def __init__(
         self,
-        encoder,
-        latent_head,
-        decoder,
-        discriminator_trunk,
-        discriminator,
-        q_head=None,
+        *args,
         class_head=None,
-        image_shape=(64, 64, 3),
-        kl_weight: float = 1e-4,
-        kl_step_weights=None,
-        adversarial_weight: float = 0.0125,
-        adversarial_loss: str = "non_saturating",
-        mutual_information_weight: float = 0.0,
-        mutual_information_step_weights=None,
-        reconstruction_normalization: str = "per_pixel",
-        discriminator_accuracy_threshold: float = 0.9,
-        encoder_adversarial_gradient: bool = True,
-        legacy_swapped_prior_weights: bool = False,
-        legacy_unweighted_prior_mutual_information: bool = False,
-        generator_batch: str = "separate",
-        adversarial_prior_samples: bool = False,
         classification_weight: float = 1.0,
-        seed=None,
+        adversarial_prior_samples: bool = False,
         **kwargs,
     ):
+        """`args` and `kwargs` are `VAEGAN`'s (encoder, latent_head, decoder, discriminator_trunk, discriminator,
+        q_head, image_shape, ...), with `adversarial_prior_samples` False by default."""
         if class_head is None:
             raise ValueError("SemiSupervisedVAEGAN needs a class_head (networks.class_head on the trunk's features).")
-        super().__init__(
-            encoder,
-            latent_head,
-            decoder,
-            discriminator_trunk,
-            discriminator,
-            q_head,
-            image_shape=image_shape,
-            kl_weight=kl_weight,
-            kl_step_weights=kl_step_weights,
-            adversarial_weight=adversarial_weight,
-            adversarial_loss=adversarial_loss,
-            mutual_information_weight=mutual_information_weight,
-            mutual_information_step_weights=mutual_information_step_weights,
-            reconstruction_normalization=reconstruction_normalization,
-            discriminator_accuracy_threshold=discriminator_accuracy_threshold,
-            encoder_adversarial_gradient=encoder_adversarial_gradient,
-            legacy_swapped_prior_weights=legacy_swapped_prior_weights,
-            legacy_unweighted_prior_mutual_information=legacy_unweighted_prior_mutual_information,
-            generator_batch=generator_batch,
-            adversarial_prior_samples=adversarial_prior_samples,
-            seed=seed,
-            **kwargs,
-        )
+        super().__init__(*args, adversarial_prior_samples=adversarial_prior_samples, **kwargs)
         self.class_head = class_head
         self.classification_weight = float(classification_weight)
         if self.classification_weight < 0:
