@@ -220,6 +220,7 @@ class MultiWorkerTest(testing_utils.GinTestCase):
                 CUDA_VISIBLE_DEVICES="",
                 TF_CPP_MIN_LOG_LEVEL="2",
                 TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+                TMPDIR=root,  # worker 1's scratch folder (a killed worker leaves it behind)
             )
             log = open(os.path.join(root, f"worker{index}-{sitting}.log"), "w")
             processes.append(
