@@ -297,7 +297,7 @@ class ExploreBinaryTest(testing_utils.GinTestCase):
         with self.assertRaisesRegex(
             app.UsageError,
             r"--mode='time_steps'.*"
-            r"\['empirical_prior', 'progressive', 'interpolate', 'style', 'manifold', 'complete'\]",
+            r"\['empirical_prior', 'progressive', 'interpolate', 'style', 'manifold', 'complete', 'disentangle'\]",
         ):
             self._explore(f"--model_dir={model_dir}", "--mode=time_steps")
         with self.assertRaisesRegex(FileNotFoundError, r"no checkpoint for step 7; kept steps: \[2\]"):
