@@ -27,6 +27,14 @@ Timing rule (the twin's `nll`): one untimed warm-up chunk (tracing), then the wh
 `samples_per_s = images * K / seconds`. `peak_rss_growth_mb` is the high-water mark's growth from after the
 model build to the end, i.e. what the estimator itself needs: it should not grow with K.
 
+Twin mode (`--twin=PATH/torch_twin.py --twin_python=PYTHON`): the three side-by-side ratios against the PyTorch twin of
+the authors' MNIST crVAE (issue "Scale", item 4), each pair run back to back in fresh processes on the same machine:
+float32 training vs the twin's `train --fast`, `mixed_bfloat16` training vs `train --fast --bf16`, and the NLL
+estimator vs `nll --fast` (K = `--nll_samples`' first value, `--nll_images` images). One JSON line per comparison with
+both rates and `ratio` = ours / twin (>= 1.0 is the goal), `--twin_rounds` times, alternating which side runs first:
+
+    python -m crvae_tf.bench --twin=../shared/bench/torch_twin.py --twin_python=../.venv_torch/bin/python
+
 Serving mode (`--serving`): request latency of the exported `serving_default` (the SavedModel of
 `python -m crvae_tf.export`, written to a temporary folder and loaded back with `tf.saved_model.load`, i.e. the
 graph TF Serving runs, without the server's RPC layer) against Keras `Model.predict` on the same weights (a
@@ -113,6 +121,13 @@ SERVING = flags.DEFINE_boolean(
 )
 SERVING_BATCHES = flags.DEFINE_list("serving_batch_sizes", ["1", "64"], "--serving: batch sizes (rows of z).")
 SERVING_ITERATIONS = flags.DEFINE_integer("serving_iterations", 200, "--serving: timed calls per path and batch.")
+TWIN = flags.DEFINE_string(
+    "twin",
+    None,
+    "Path of the PyTorch twin (torch_twin.py): print our / twin throughput ratios instead of timing alone.",
+)
+TWIN_PYTHON = flags.DEFINE_string("twin_python", None, "--twin: the Python interpreter that has torch installed.")
+TWIN_ROUNDS = flags.DEFINE_integer("twin_rounds", 1, "--twin: rounds of each comparison (alternating who runs first).")
 NLL_SUBPROCESS = flags.DEFINE_boolean(
     "nll_subprocess",
     True,
@@ -421,8 +436,85 @@ def _serving_main(models):
             print(json.dumps(row), flush=True)
 
 
+# The twin comparisons: (name, the twin's arguments, our bench arguments, our JSON key, the twin's JSON key).
+TWIN_COMPARISONS = (
+    ("train_float32", ["train", "--model", "crvae", "--fast"], ["--models=crvae"], "img_per_s", "img_per_s"),
+    (
+        "train_mixed_bfloat16",
+        ["train", "--model", "crvae", "--fast", "--bf16"],
+        ["--models=crvae", "--gin_bindings=model.precision='mixed_bfloat16'"],
+        "img_per_s",
+        "img_per_s",
+    ),
+    (
+        "nll",
+        ["nll", "--model", "crvae", "--fast"],
+        ["--nll", "--models=crvae"],
+        "samples_per_s",
+        "importance_samples_per_s",
+    ),
+)
+
+
+def _last_json(command, what):
+    """Runs `command` and returns the JSON object on its last stdout line; a failure names the command."""
+    child = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = child.stdout.strip().splitlines()
+    if child.returncode or not lines:
+        tail = child.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{what} failed (exit {child.returncode}): {' '.join(command)}: {tail[0]}")
+    return json.loads(lines[-1])
+
+
+def twin_ratio(name, twin_args, our_args, our_key, twin_key, round_index=0):
+    """One side-by-side comparison: the twin and our benchmark in fresh processes, back to back (the twin first on
+    even rounds), with the same steps, warm-up, batch and (for the NLL) K and images. Returns the JSON row."""
+    steps, warmup, batch = STEPS.value, WARMUP.value, BATCH.value
+    k, images = int(NLL_SAMPLES.value[0]), NLL_IMAGES.value
+    twin_command = [TWIN_PYTHON.value, TWIN.value] + twin_args + ["--threads", str(os.cpu_count())]
+    ours = [sys.executable, "-m", "crvae_tf.bench", f"--gin_dir={GIN_DIR.value}"] + our_args
+    if name == "nll":
+        twin_command += ["--k", str(k), "--images", str(images)]
+        ours += [f"--nll_samples={k}", f"--nll_images={images}"]
+    else:
+        twin_command += ["--steps", str(steps + 3), "--batch", str(batch)]  # the twin drops its first 3 steps
+        ours += [f"--steps={steps}", f"--warmup={warmup}", f"--batch_size={batch}"]
+    ours += [f"--gin_bindings={b}" for b in GIN_BINDINGS.value]
+    runs_in_order = [("twin", twin_command), ("ours", ours)]
+    results = {}
+    for side, command in runs_in_order if round_index % 2 == 0 else runs_in_order[::-1]:
+        results[side] = _last_json(command, f"--twin: the {side} side of {name}")
+    ours_rate, twin_rate = float(results["ours"][our_key]), float(results["twin"][twin_key])
+    return {
+        "comparison": name,
+        "round": round_index,
+        "ours": ours_rate,
+        "twin": twin_rate,
+        "ratio": round(ours_rate / twin_rate, 3),
+        "unit": "images/s" if name != "nll" else "importance samples/s",
+        "first": "twin" if round_index % 2 == 0 else "ours",
+        "threads": os.cpu_count(),
+    }
+
+
+def _twin_main():
+    if not TWIN_PYTHON.value:
+        raise app.UsageError("--twin needs --twin_python: the interpreter of a venv with torch (pip install torch).")
+    for path, what in ((TWIN.value, "--twin"), (TWIN_PYTHON.value, "--twin_python")):
+        if not os.path.isfile(path):
+            raise app.UsageError(f"{what}={path} is not a file.")
+    if TWIN_ROUNDS.value < 1:
+        raise app.UsageError("--twin_rounds must be >= 1.")
+    for round_index in range(TWIN_ROUNDS.value):
+        for comparison in TWIN_COMPARISONS:
+            print(json.dumps(twin_ratio(*comparison, round_index=round_index)), flush=True)
+
+
 def main(argv):
     del argv
+    if TWIN.value:
+        _twin_main()
+        return
     unknown = sorted(set(MODELS.value) - set(VARIANTS))
     if unknown:
         raise app.UsageError(f"--models has unknown variants {unknown}; choose from {list(VARIANTS)}")

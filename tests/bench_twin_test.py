@@ -1,0 +1,98 @@
+"""`python -m crvae_tf.bench --twin=...`: the side-by-side ratios against the PyTorch twin. The twin here is a stand-in
+script that records its arguments (the real one needs torch); our side's subprocess is replaced by canned results, so
+the test checks the contract: which commands run, with matching budgets, in alternating order, and the ratios."""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import unittest
+from unittest import mock
+
+from absl import app
+
+from crvae_tf import bench
+
+import testing_utils
+
+FAKE_TWIN = """
+import json, sys
+with open(sys.argv[0] + ".log", "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+mode = sys.argv[1]
+rate = 100.0 if "--bf16" not in sys.argv else 200.0
+print("diagnostics go to stderr", file=sys.stderr)
+print(json.dumps({"importance_samples_per_s": 400.0} if mode == "nll" else {"img_per_s": rate}))
+"""
+
+OURS = {
+    "train_float32": {"img_per_s": 80.0},
+    "train_mixed_bfloat16": {"img_per_s": 190.0},
+    "nll": {"samples_per_s": 440.0},
+}
+
+
+class TwinRatioTest(unittest.TestCase):
+    def setUp(self):
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder, ignore_errors=True)
+        self.twin = os.path.join(self.folder, "torch_twin.py")
+        with open(self.twin, "w") as f:
+            f.write(FAKE_TWIN)
+        self.ours_commands = []
+        self.real_last_json = bench._last_json
+
+    def _last_json(self, command, what):
+        if command[1] == self.twin:
+            return self.real_last_json(command, what)  # the stand-in twin runs for real
+        self.ours_commands.append(command)
+        name = "nll" if "--nll" in command else "train_float32"
+        if any("mixed_bfloat16" in part for part in command):
+            name = "train_mixed_bfloat16"
+        return OURS[name]
+
+    def test_ratios_budgets_and_order(self):
+        argv = ["bench", f"--twin={self.twin}", f"--twin_python={sys.executable}", "--twin_rounds=2", "--steps=7"]
+        argv += ["--warmup=2", "--batch_size=64", "--nll_samples=500", "--nll_images=8"]
+        with mock.patch.object(bench, "_last_json", side_effect=self._last_json):
+            stdout = testing_utils.run_main(bench.main, argv)
+        rows = [json.loads(line) for line in stdout.strip().splitlines()]
+        self.assertEqual([r["comparison"] for r in rows], ["train_float32", "train_mixed_bfloat16", "nll"] * 2)
+        by_name = {r["comparison"]: r for r in rows[:3]}
+        self.assertAlmostEqual(by_name["train_float32"]["ratio"], 0.8)
+        self.assertAlmostEqual(by_name["train_mixed_bfloat16"]["ratio"], 0.95)
+        self.assertAlmostEqual(by_name["nll"]["ratio"], 1.1)
+        self.assertEqual([r["first"] for r in rows], ["twin"] * 3 + ["ours"] * 3)
+        with open(self.twin + ".log") as f:
+            twin_args = [json.loads(line) for line in f]
+        self.assertEqual(len(twin_args), 6)
+        train, bf16, nll = twin_args[:3]
+        self.assertEqual(train[:4], ["train", "--model", "crvae", "--fast"])
+        self.assertIn("--bf16", bf16)
+        self.assertNotIn("--bf16", train)
+        # The twin drops 3 warm-up steps itself: 7 timed steps on both sides, the same batch, K and images.
+        self.assertEqual(train[train.index("--steps") + 1], "10")
+        self.assertEqual(train[train.index("--batch") + 1], "64")
+        self.assertEqual((nll[nll.index("--k") + 1], nll[nll.index("--images") + 1]), ("500", "8"))
+        ours_train, ours_bf16, ours_nll = self.ours_commands[:3]
+        for flag in ("--steps=7", "--warmup=2", "--batch_size=64", "--models=crvae"):
+            self.assertIn(flag, ours_train)
+        self.assertIn("--gin_bindings=model.precision='mixed_bfloat16'", ours_bf16)
+        self.assertTrue({"--nll", "--nll_samples=500", "--nll_images=8"} <= set(ours_nll))
+
+    def test_usage_errors(self):
+        with self.assertRaisesRegex(app.UsageError, "--twin_python"):
+            testing_utils.run_main(bench.main, ["bench", f"--twin={self.twin}"])
+        with self.assertRaisesRegex(app.UsageError, "is not a file"):
+            testing_utils.run_main(bench.main, ["bench", "--twin=/nonexistent.py", f"--twin_python={sys.executable}"])
+
+    def test_a_failing_side_names_its_command(self):
+        with open(self.twin, "w") as f:
+            f.write("import sys\nprint('torch missing', file=sys.stderr)\nsys.exit(3)\n")
+        with self.assertRaisesRegex(RuntimeError, r"twin side of train_float32 failed \(exit 3\).*torch missing"):
+            testing_utils.run_main(bench.main, ["bench", f"--twin={self.twin}", f"--twin_python={sys.executable}"])
+
+
+if __name__ == "__main__":
+    unittest.main()
