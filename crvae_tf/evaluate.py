@@ -6,6 +6,7 @@ r"""Estimates a trained run's test NLL with K importance samples (Table 1) and p
         --max_images=500                      # a budget run on CPU (recorded, and in the file name)
     python -m crvae_tf.evaluate --model_dir=runs/crvae --split=validation --poll   # each new checkpoint once
     python -m crvae_tf.evaluate --curves=VAE=runs/vae,crVAE=runs/crvae --curves_out=docs/curves.png   # learning curves
+    python -m crvae_tf.evaluate --report=/work/runs_table1 --report_out=docs/results.md    # the reproduction report
 
 --metrics (default 'nll') names what to compute, a comma list of the entries of `METRICS` (name -> function of the
 run, returning its result dict); each distinct result is one line of JSON. Sample quality (`sample_quality_eval`):
@@ -28,12 +29,33 @@ Semi-supervised STL-10 accuracy (Table 2, `crvae_tf.evaluation.classification`) 
     python -m crvae_tf.evaluate --model_dir=runs/stl10_crvae/fold0 --metrics=classification
 
 selects the kept checkpoint with the best validation accuracy (--checkpoint=STEP: that one only) and scores it on the
-test split, writing DIR/eval/classification-fold<k>-step<S>.json; python -m crvae_tf.classify runs it over the folds
-and prints the Table 2 line (mean ± std).
+test split, writing DIR/eval/classification-fold<k>-step<S>.json; run it once per fold (scripts/stl10_table2.sh
+skips evaluated folds), then the report below (`--report`) pools the folds of each model into Table 2 (mean ± std
+over the folds, the paper's number beside it).
 
 With --curves, no model is evaluated: the runs' validation curves of --curves_metric are drawn against epochs and
 against cumulative training hours (`crvae_tf.evaluation.learning_curves`; needs matplotlib, `pip install -e
 ".[plot]"`), and one JSON line per run gives its last and best values.
+
+With --report, no model is evaluated either: the reproduction report (`crvae_tf.evaluation.report_lib`) is written
+from the runs' own files, which are only read (a trainer may be writing them):
+
+    python -m crvae_tf.evaluate --report=runs/ --report_out=docs/results.md
+    python -m crvae_tf.evaluate --report=vae=/work/runs_table1/vae,crvae=/work/runs_table1/crvae --report_out=/tmp/r.md
+    python -m crvae_tf.evaluate --report=/work/runs_table1 --update_markdown=gin/README.md   # its marked blocks only
+
+--report is a folder of run directories (each subfolder with run.json, progress.json or eval/) or NAME=DIR pairs.
+Each run's eval/*.json results are recognised by their keys (likelihood, sample quality, classification folds,
+disentanglement; anything else is listed as is); a damaged or partial file is named in the report's "Skipped files"
+section (and logged) and never stops it. --report_out writes the whole report (Table 1 with the validation curve
+points and paired differences, Table 2 when there are classification results, sample quality, disentanglement,
+other results, every run's budget and provenance, the skipped files) plus its figures into --report_figures_dir
+(default: the report's folder): <stem>_curves.png (validation IWAE-5 against epochs and training hours) and
+<stem>_fid.png (FID over training, when sample-quality results record their step); without matplotlib they are left
+out, said so. --update_markdown regenerates, in each named file, what lies between `<!-- report:NAME begin -->` and
+`<!-- report:NAME end -->` for every such pair (NAME: one of `report_lib.BLOCKS`), and leaves every other byte as
+it was. The last line of stdout is one line of JSON: the files written, the runs read, the files skipped. A
+Markdown file without markers, or one fold of a model in two runs, exits 2; a missing path 5.
 
 The last line of stdout is the result as one line of JSON (keys include nll, nll_stderr, elbo, iwae_5,
 num_importance_samples, split, step, data_sha256); it is also written to
@@ -65,6 +87,7 @@ from crvae_tf import runs
 from crvae_tf.evaluation import classification
 from crvae_tf.evaluation import learning_curves
 from crvae_tf.evaluation import likelihood as eval_lib
+from crvae_tf.evaluation import report_lib
 from crvae_tf.evaluation import sample_quality_eval
 
 # --model_dir and --gin_bindings have the same meaning as in crvae_tf.train; allow_override lets both binaries be
@@ -143,6 +166,18 @@ CURVES = flags.DEFINE_list(
 CURVES_OUT = flags.DEFINE_string("curves_out", None, "With --curves: the PNG to write.")
 CURVES_METRIC = flags.DEFINE_string("curves_metric", "iwae_5", "With --curves: the validation scalar to plot.")
 CURVES_TITLE = flags.DEFINE_string("curves_title", "", "With --curves: the figure's title (budget, hardware).")
+REPORT = flags.DEFINE_string(
+    "report", None, "The reproduction report instead of an evaluation: a folder of runs, or NAME=DIR pairs."
+)
+REPORT_OUT = flags.DEFINE_string("report_out", None, "With --report: the Markdown report to write (docs/results.md).")
+REPORT_FIGURES_DIR = flags.DEFINE_string(
+    "report_figures_dir", None, "With --report_out: where its PNG figures go (default: the report's folder)."
+)
+UPDATE_MARKDOWN = flags.DEFINE_list(
+    "update_markdown",
+    [],
+    "With --report: Markdown files whose <!-- report:NAME begin/end --> blocks are regenerated (gin/README.md).",
+)
 
 
 def _plot_curves():
@@ -163,6 +198,30 @@ def _plot_curves():
     for row in learning_curves.summarize(curves, metric):
         print(json.dumps(row), flush=True)
     print(json.dumps({"figure": os.path.abspath(CURVES_OUT.value)}), flush=True)
+
+
+def _write_report():
+    for flag in (REPORT_OUT, REPORT_FIGURES_DIR, UPDATE_MARKDOWN):
+        if flag.value and not REPORT.value:
+            raise app.UsageError(f"--{flag.name} belongs to the report: add --report=RUNS (a folder of runs).")
+    if not REPORT.value:
+        return False
+    if CURVES.value or MODEL_DIR.value or EXPORT_DIR.value:
+        raise app.UsageError(
+            "--report writes the report from the runs' files; drop --curves, --model_dir and --export_dir."
+        )
+    if not REPORT_OUT.value and not UPDATE_MARKDOWN.value:
+        raise app.UsageError(
+            "--report: nothing to write; give --report_out=REPORT.md and/or --update_markdown=FILE.md."
+        )
+    if REPORT_OUT.value and not REPORT_OUT.value.endswith(".md"):
+        raise app.UsageError(f"--report_out={REPORT_OUT.value} must be a Markdown file (.md).")
+    try:
+        summary = report_lib.write(REPORT.value, REPORT_OUT.value, REPORT_FIGURES_DIR.value, UPDATE_MARKDOWN.value)
+    except report_lib.ReportError as error:
+        raise app.UsageError(str(error)) from None
+    print(json.dumps(summary), flush=True)
+    return True
 
 
 def _checkpoint_value(text: str):
@@ -193,8 +252,9 @@ def sample_quality_settings(
 
     The samples' seed, the split and the cap on real images are the flags --seed, --split and --max_images.
     feature_network: 'inception' (with inception_path: `classify_image_graph_def.pb`; results named fid / kid),
-    'classifier' (the project's own, python -m crvae_tf.train_feature_net; feature_network_path), 'keras',
-    'saved_model' or 'keras_inception_v3' (feature_network_path): proxies, results named proxy_fid / proxy_kid_*.
+    'classifier' (the project's own: python -m crvae_tf.train --gin_file=gin/feature_net/mnist.gin;
+    feature_network_path), 'keras', 'saved_model' or 'keras_inception_v3' (feature_network_path): proxies, results
+    named proxy_fid / proxy_kid_*.
     """
     return sample_quality_eval.Settings(
         feature_network=feature_network,
@@ -353,6 +413,8 @@ def _selected_metrics() -> List[str]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass everything as --flags (see --helpfull).")
+    if _write_report():
+        return
     if CURVES.value:
         _plot_curves()
         return

@@ -2,7 +2,7 @@
 # Table 1 at a stated budget (issue "the crVAE must learn", item 4): the six MNIST rows trained for the same number
 # of epochs with the recipes' defaults, validation IWAE-5 curves, each row's test NLL (best validation checkpoint) with
 # K importance samples on images spread over the statically binarized test set, and the curves figure (redrawn after
-# each row trains), and after every stage the report (python -m crvae_tf.report: gin/README.md's generated Table 1
+# each row trains), and after every stage the report (python -m crvae_tf.evaluate --report: gin/README.md's generated Table 1
 # block and docs/results.md, written into the tree the script runs from). Every stage resumes: rerun the same command after an interruption (training continues from its last checkpoint, evaluation from its last finished batch, and
 # finished stages are skipped).
 #
@@ -56,7 +56,7 @@ curves() {  # the rows trained so far (the figure is redrawn after every trainin
 }
 
 report() {  # gin/README.md's generated Table 1 block and docs/results.md, from the runs (after every stage)
-  "$PY" -m crvae_tf.report --runs="$ROOT" --out=docs/results.md --update_markdown=gin/README.md
+  "$PY" -m crvae_tf.evaluate --report="$ROOT" --report_out=docs/results.md --update_markdown=gin/README.md
 }
 
 for stage in $STAGES; do

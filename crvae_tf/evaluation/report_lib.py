@@ -1,10 +1,11 @@
 """The reproduction report: every run's results and budget, collected from its directory, and the paper-vs-ours
-tables as Markdown (`python -m crvae_tf.report`). Gin-free. Collection reads files and never writes into a run;
-rendering is pure functions over the collected dicts.
+tables as Markdown (`python -m crvae_tf.evaluate --report=RUNS`, `write`). Gin-free and flag-free. Collection
+reads files and never writes into a run; rendering is pure functions over the collected dicts.
 
     collected = [collect_run(name, model_dir) for name, model_dir in find_runs("runs/")]
     markdown = render_report(collected)                    # every section that has results
     readme = replace_block(readme, "table1", render_table1(collected, table1_pairs=True))
+    summary = write("runs/", out="docs/results.md", markdown_files=["gin/README.md"])   # what the binary does
 
 What one run gives (`collect_run`):
   run.json          family, schedule (max_steps, steps_per_epoch, batch_size), versions; runs started since the
@@ -123,13 +124,13 @@ def find_runs(spec: str) -> List[Tuple[str, str]]:
         for item in spec.split(","):
             name, _, model_dir = item.strip().partition("=")
             if not name or not model_dir:
-                raise ReportError(f"--runs entry {item!r} must be NAME=DIR (or give one folder of runs).")
+                raise ReportError(f"--report entry {item!r} must be NAME=DIR (or give one folder of runs).")
             if not os.path.isdir(model_dir):
-                raise FileNotFoundError(f"--runs: {model_dir} (run {name!r}) is not a directory.")
+                raise FileNotFoundError(f"--report: {model_dir} (run {name!r}) is not a directory.")
             found.append((name, model_dir))
         return found
     if not os.path.isdir(spec):
-        raise FileNotFoundError(f"--runs={spec} is not a directory (paths are relative to {os.getcwd()}).")
+        raise FileNotFoundError(f"--report={spec} is not a directory (paths are relative to {os.getcwd()}).")
     if is_run_dir(spec):
         return [(os.path.basename(os.path.normpath(spec)), spec)]
     found = [
@@ -139,7 +140,7 @@ def find_runs(spec: str) -> List[Tuple[str, str]]:
     ]
     if not found:
         raise ReportError(
-            f"--runs={spec} holds no run directory (a folder with run.json, progress.json or eval/); "
+            f"--report={spec} holds no run directory (a folder with run.json, progress.json or eval/); "
             "give the folder that holds the runs, or NAME=DIR pairs."
         )
     return found
@@ -737,11 +738,26 @@ def render_runs(collected: Sequence[dict]) -> str:
 
 def render_table2(collected: Sequence[dict]) -> Optional[str]:
     """STL-10 test accuracy, mean ± std (ddof 1) over the folds of every run of a model (crVAE-GAN / VAE-GAN: the
-    protocol trains one run per fold), against the paper's Table 2; None without classification results."""
-    groups = {}
+    protocol trains one run per fold), against the paper's Table 2; None without classification results.
+
+        mean = (1/F) sum_k a_k,   std = sqrt( sum_k (a_k - mean)^2 / (F - 1) )   (F folds of a model; '–' for F = 1)
+
+    Raises:
+      ReportError: one fold of a model in two runs (it would count twice); pass each fold's run once.
+    """
+    groups, owners = {}, {}
     for run in collected:
         for fold, accuracy in fold_accuracies(run):
-            groups.setdefault(run["model_kind"], []).append((run["name"], fold, accuracy))
+            kind = run["model_kind"]
+            # A per-fold file's label is its fold; a fold list's entries ('file[i]') belong to their run.
+            key = (kind, fold) if "[" not in fold else (kind, run["name"], fold)
+            if key in owners:
+                raise ReportError(
+                    f"Table 2: fold {fold} of the {kind} runs appears in runs {owners[key]!r} and {run['name']!r}; "
+                    "each fold counts once: give each fold's run once (--report=NAME=DIR,...)."
+                )
+            owners[key] = run["name"]
+            groups.setdefault(kind, []).append((run["name"], fold, accuracy))
     rows = []
     for kind, entries in groups.items():
         values = np.array([a for _, _, a in entries], np.float64)
@@ -1023,3 +1039,107 @@ def replace_block(text: str, name: str, content: str) -> str:
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{begin}\n\n{content.strip()}\n\n{end}{tail}"
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+# The blocks a Markdown file may mark (`<!-- report:NAME begin -->`), and what fills each.
+BLOCKS = {
+    "table1": lambda collected: render_table1(collected),
+    "runs": render_runs,
+    "table2": lambda collected: render_table2(collected) or "No classification results yet.",
+    "sample_quality": lambda collected: render_sample_quality(collected) or "No sample-quality results yet.",
+}
+COMMAND = "python -m crvae_tf.evaluate"
+
+
+def command(runs_spec: str, out: Optional[str] = None, markdown: Optional[str] = None) -> str:
+    """The command that regenerates the report at `out` (with `markdown`: that file's marked blocks only)."""
+    target = f"--update_markdown={markdown}" if markdown else f"--report_out={out}"
+    return f"{COMMAND} --report={runs_spec} {target}"
+
+
+def draw_figures(collected: Sequence[dict], out: str, figures_dir: Optional[str] = None) -> Dict[str, str]:
+    """Draws the report's figures (module docstring of `crvae_tf.evaluate`) into `figures_dir` (default: `out`'s
+    folder) as <stem>_curves.png and <stem>_fid.png; returns name -> path. Without matplotlib: {} (logged)."""
+    folder = figures_dir or os.path.dirname(os.path.abspath(out))
+    stem = os.path.splitext(os.path.basename(out))[0]
+    figures = {}
+    curves = curves_for_plot(collected)
+    fid = fid_series(collected)
+    try:
+        if curves:
+            path = os.path.join(folder, f"{stem}_curves.png")
+            label = f"validation {metric_label(collected[0]['curve_metric'])} (nats)"
+            learning_curves.plot_curves(curves, path, label, curves_title(collected))
+            figures["curves"] = path
+        if fid:
+            path = os.path.join(folder, f"{stem}_fid.png")
+            plot_series(fid, path, "FID (proxy_fid: the proxy network's)", "FID over training")
+            figures["fid"] = path
+    except ImportError as error:
+        logging.warning("Figures left out: %s", error)
+    return figures
+
+
+def update_markdown(path: str, collected: Sequence[dict], runs_spec: str) -> dict:
+    """Regenerates every marked block of the Markdown file `path` (atomically; untouched when nothing changed).
+
+    Raises:
+      FileNotFoundError: `path` is not a file.
+      ReportError: no markers, an unknown block name, or a broken pair of markers.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--update_markdown: {path} is not a file (paths are relative to {os.getcwd()}).")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    names = block_names(text)
+    if not names:
+        raise ReportError(
+            f"--update_markdown: {path} has no <!-- report:NAME begin --> ... <!-- report:NAME end --> markers; insert "
+            f"a pair once where a generated block belongs (NAME one of {', '.join(BLOCKS)})."
+        )
+    unknown = [name for name in names if name not in BLOCKS]
+    if unknown:
+        raise ReportError(f"--update_markdown: {path} marks unknown block(s) {unknown}; known: {', '.join(BLOCKS)}.")
+    generated = f"_Generated by `{command(runs_spec, markdown=path)}` from the runs; never edit it by hand._"
+    updated = text
+    for name in names:
+        try:
+            updated = replace_block(updated, name, f"{generated}\n\n{BLOCKS[name](collected)}")
+        except ReportError as error:
+            raise ReportError(f"--update_markdown: {path}: {error}") from None
+    if updated != text:
+        artifacts.atomic_write_text(path, updated)
+    return {"path": os.path.abspath(path), "blocks": names, "changed": updated != text}
+
+
+def write(
+    runs_spec: str,
+    out: Optional[str] = None,
+    figures_dir: Optional[str] = None,
+    markdown_files: Sequence[str] = (),
+) -> dict:
+    """Collects the runs of `runs_spec` (`find_runs`) and writes the report to `out` (Markdown, with its figures)
+    and/or regenerates the marked blocks of `markdown_files`; returns the summary the binary prints (the runs read,
+    the files skipped, what was written). Damaged result files are logged and listed, never fatal.
+
+    Raises:
+      ReportError: a bad `runs_spec` or Markdown file (the message says what to fix).
+      FileNotFoundError: a path that does not exist.
+    """
+    found = find_runs(runs_spec)
+    collected = [collect_run(name, model_dir) for name, model_dir in found]
+    skipped = [f"{path}: {reason}" for run in collected for path, reason in run["skipped"]]
+    for line in skipped:
+        logging.warning("Skipped %s", line)
+    summary = {"runs": [run["name"] for run in collected], "skipped": skipped}
+    if out:
+        figures = draw_figures(collected, out, figures_dir)
+        folder = os.path.dirname(os.path.abspath(out))
+        links = {name: os.path.relpath(path, folder) for name, path in figures.items()}
+        artifacts.atomic_write_text(out, render_report(collected, links, command(runs_spec, out=out)))
+        summary.update(out=os.path.abspath(out), figures=sorted(figures.values()))
+    if markdown_files:
+        summary["updated"] = [update_markdown(path, collected, runs_spec) for path in markdown_files]
+    return summary
