@@ -31,13 +31,12 @@ LAYERS = {
     "export": 7,
     "explore": 7,
     "bench": 7,
-    "classify": 7,
     "train_feature_net": 7,
 }
 # The one gin surface: the builders (every configurable) and the run-directory contract (it parses and writes a
 # run's config); plus the binaries. Everything else is importable in a notebook or a serving job without gin.
-GIN_ALLOWED = {"builders", "runs", "train", "evaluate", "export", "explore", "bench", "classify", "train_feature_net"}
-BINARIES = {"train", "bench", "evaluate", "export", "explore", "classify", "train_feature_net"}
+GIN_ALLOWED = {"builders", "runs", "train", "evaluate", "export", "explore", "bench", "train_feature_net"}
+BINARIES = {"train", "bench", "evaluate", "export", "explore", "train_feature_net"}
 FLAG_MODULES = BINARIES
 
 

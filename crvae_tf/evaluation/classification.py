@@ -5,12 +5,12 @@ The protocol (Coates et al. 2011; CC-GAN, Denton et al. 2016): for each official
 training images; `dataset.fold=k`) one run is trained; its checkpoint is SELECTED on the classification accuracy of
 the 4,000 labeled training images outside the fold (the run's validation split; never the test set), and that
 checkpoint's accuracy on the 8,000 test images is the fold's score. Table 2 reports the mean over the folds; the
-standard deviation over folds is reported alongside (sample std, ddof = 1).
+standard deviation over folds is reported alongside (sample std, ddof = 1). This module scores one fold
+(`python -m crvae_tf.evaluate --model_dir=FOLD_RUN --metrics=classification`); the report pools the folds
+(`python -m crvae_tf.evaluate --report=RUNS`, `report_lib.render_table2`: mean and std over the folds of each model).
 
     accuracy(f, S) = (1/|S|) sum_{(x, y) in S} 1[argmax_k f_k(x) = y]
     stderr         = sqrt(accuracy (1 - accuracy) / |S|)                 (binomial, per fold)
-    mean           = (1/F) sum_k test_accuracy_k
-    std            = sqrt( sum_k (test_accuracy_k - mean)^2 / (F - 1) )  (F folds; None for F = 1)
 
 f is the discriminator's class head on its trunk (`models.SemiSupervisedVAEGAN.class_logits`, evaluation mode:
 no dropout). Images are the run's own splits (`data.stl10`: resized to the protocol's size, no crop, no flip).
@@ -162,45 +162,4 @@ def evaluate_run(
         path = result_path(model_dir, fold, selected)
         artifacts.atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True) + "\n")
         result["path"] = path
-    return result
-
-
-def summarize_folds(results: Sequence[dict]) -> dict:
-    """Mean and sample std (ddof 1) of the folds' test accuracies (module docstring); refuses a fold twice."""
-    if not results:
-        raise ValueError("No fold results to summarise.")
-    folds = [r.get("fold") for r in results]
-    if len(set(folds)) != len(folds):
-        raise ValueError(f"A fold appears twice among the results: {folds}.")
-    values = np.array([r["test_accuracy"] for r in results], np.float64)
-    return {
-        "metric": RESULT_PREFIX,
-        "folds": folds,
-        "test_accuracy_by_fold": values.tolist(),
-        "num_folds": len(values),
-        "mean": float(values.mean()),
-        "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-    }
-
-
-def table2_line(name: str, summary: dict) -> str:
-    """One Markdown row: the model, the paper's Table 2 number (when `name` is one of its rows) and ours (%)."""
-    paper = PAPER_TABLE2.get(name)
-    ours = f"{100 * summary['mean']:.2f}"
-    if summary["std"] is not None:
-        ours += f" ± {100 * summary['std']:.2f}"
-    folds = summary["num_folds"]
-    return f"| {name} | {'–' if paper is None else f'{paper:.2f}'} | {ours} ({folds} fold{'s' if folds != 1 else ''}) |"
-
-
-def latest_result(model_dir: str) -> Optional[dict]:
-    """The newest `eval/classification-fold*-step*.json` of a run (by modification time), or None."""
-    folder = os.path.join(model_dir, EVAL_DIR)
-    names = [n for n in (os.listdir(folder) if os.path.isdir(folder) else []) if n.startswith(f"{RESULT_PREFIX}-fold")]
-    if not names:
-        return None
-    newest = max(names, key=lambda n: os.path.getmtime(os.path.join(folder, n)))
-    with open(os.path.join(folder, newest)) as f:
-        result = json.load(f)
-    result["path"] = os.path.join(folder, newest)
     return result
