@@ -12,6 +12,8 @@ the same for every model variant:
                    `adversarial_weight`, `mutual_information_weight`, ...)
     optimizer.*    Adam per parameter group, per-group LR scale, gradient clamp and warm-up, LR halving
     train.*        the loop (`max_steps`, `batch_size`, `seed`, logging/checkpoint cadence)
+    job.*          what `python -m crvae_tf.train` trains: `kind` 'model' (the above) or 'feature_net'
+    feature_net.*  the offline feature network of sample quality (`evaluation.feature_classifier`)
 """
 
 import inspect
@@ -850,6 +852,71 @@ def current_learning_rate(optimizer) -> float:
     """The optimizer's learning rate at its current iteration (schedules evaluated)."""
     rate = optimizer.learning_rate
     return float(rate.numpy() if hasattr(rate, "numpy") else rate)
+
+
+JOB_KINDS = ("model", "feature_net")
+
+
+@gin.configurable("job")
+def job_kind(kind: str = "model") -> str:
+    """What `python -m crvae_tf.train` trains (gin: `job.kind`), checked.
+
+    Args:
+      kind: 'model' (a recipe's model: `crvae_tf.training.loop.train`, `train.*`) or 'feature_net' (the offline
+        feature network of sample quality, `feature_net_settings` and `dataset.*`: gin/feature_net/*.gin, trained by
+        `evaluation.feature_classifier.train_and_save`).
+    """
+    if kind not in JOB_KINDS:
+        raise ValueError(f"job.kind={kind!r} is not a job; the kinds are {', '.join(repr(k) for k in JOB_KINDS)}.")
+    return kind
+
+
+@gin.configurable("feature_net")
+def feature_net_settings(
+    num_epochs: int = 3,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    widths=(32, 64),
+    feature_dim: int = 128,
+    seed: int = 0,
+    max_train_images=None,
+    blur_sigma_range=None,
+    blur_fraction: float = 0.5,
+) -> dict:
+    """The feature network's recipe (`job.kind = 'feature_net'`; `evaluation.feature_classifier`), checked.
+
+    Args:
+      num_epochs: passes over the training split.
+      batch_size: images per Adam step.
+      learning_rate: Adam's learning rate.
+      widths: the two conv layers' channels.
+      feature_dim: units of the 'features' layer (the proxy FID's feature dimension).
+      seed: weight initialisation, epoch permutations, and the dataset's hold-out / sprite generation
+        (`dataset.*`'s seed, as `train.seed` for a model).
+      max_train_images: None, or train on the first N training images only (tests).
+      blur_sigma_range: None, or (low, high): a seeded `blur_fraction` of each epoch's training images is blurred
+        with a Gaussian of standard deviation ~ U(low, high) pixels (`feature_classifier.train_classifier`), so the
+        network also names the shapes of blurred images (a VAE's samples).
+      blur_fraction: the fraction of each epoch's images blurred when blur_sigma_range is set.
+    """
+    for name, value in (("num_epochs", num_epochs), ("batch_size", batch_size), ("feature_dim", feature_dim)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"feature_net.{name}={value!r} must be a positive int.")
+    if max_train_images is not None and (not isinstance(max_train_images, int) or max_train_images < 2):
+        raise ValueError(f"feature_net.max_train_images={max_train_images!r} must be None or an int >= 2.")
+    if not learning_rate > 0:
+        raise ValueError(f"feature_net.learning_rate={learning_rate!r} must be > 0.")
+    return dict(
+        num_epochs=num_epochs,
+        batch_size=batch_size,
+        learning_rate=float(learning_rate),
+        widths=[int(w) for w in widths],
+        feature_dim=feature_dim,
+        seed=int(seed),
+        max_train_images=max_train_images,
+        blur_sigma_range=None if blur_sigma_range is None else [float(v) for v in blur_sigma_range],
+        blur_fraction=float(blur_fraction),
+    )
 
 
 __all__ = [

@@ -31,12 +31,11 @@ LAYERS = {
     "export": 7,
     "explore": 7,
     "bench": 7,
-    "train_feature_net": 7,
 }
 # The one gin surface: the builders (every configurable) and the run-directory contract (it parses and writes a
 # run's config); plus the binaries. Everything else is importable in a notebook or a serving job without gin.
-GIN_ALLOWED = {"builders", "runs", "train", "evaluate", "export", "explore", "bench", "train_feature_net"}
-BINARIES = {"train", "bench", "evaluate", "export", "explore", "train_feature_net"}
+GIN_ALLOWED = {"builders", "runs", "train", "evaluate", "export", "explore", "bench"}
+BINARIES = {"train", "bench", "evaluate", "export", "explore"}
 FLAG_MODULES = BINARIES
 
 

@@ -1,6 +1,7 @@
 """Sample quality through the evaluation binary (python -m crvae_tf.evaluate --metrics=fid,kid,is,classifier_accuracy)
 on a tiny sprites run and its export, with a seeded random-initialised feature network and a fabricated Inception
-graph; the real-feature cache; the errors; and the feature-network trainer (python -m crvae_tf.train_feature_net)."""
+graph; the real-feature cache; the errors; and the feature-network job of the training binary (python -m
+crvae_tf.train with gin/feature_net/*.gin: job.kind = 'feature_net')."""
 
 import json
 import os
@@ -17,11 +18,12 @@ from sample_quality_test import _fid_eigvals
 import tensorflow as tf
 
 from crvae_tf import artifacts
+from crvae_tf import builders
 from crvae_tf import cli
 from crvae_tf import data as data_lib
 from crvae_tf import evaluate as evaluate_binary
 from crvae_tf import runs
-from crvae_tf import train_feature_net
+from crvae_tf import train as train_binary
 from crvae_tf.evaluation import feature_classifier
 from crvae_tf.evaluation import sample_quality as sq
 from crvae_tf.evaluation import sample_quality_eval
@@ -282,7 +284,7 @@ class TrainFeatureNetTest(testing_utils.GinTestCase):
     def test_trains_saves_and_never_replaces_the_sprites_classifier(self):
         model_dir = os.path.join(self.get_temp_dir(), "feature_net")
         argv = [
-            "train_feature_net",
+            "train",
             f"--gin_file={os.path.join(testing_utils.GIN_DIR, 'feature_net', 'sprites.gin')}",
             f"--model_dir={model_dir}",
             "--gin_bindings=dataset.num_sprites = (256, 32, 64)",
@@ -293,7 +295,7 @@ class TrainFeatureNetTest(testing_utils.GinTestCase):
             "--gin_bindings=feature_net.learning_rate = 0.003",
             "--gin_bindings=feature_net.blur_sigma_range = (0.5, 2.0)",
         ]
-        info = json.loads(testing_utils.run_main(train_feature_net.main, argv).strip().splitlines()[-1])
+        info = json.loads(testing_utils.run_main(train_binary.main, argv).strip().splitlines()[-1])
         path = os.path.join(model_dir, feature_classifier.MODEL_FILE)
         self.assertEqual(info["sha256"], artifacts.file_sha256(path))
         self.assertEqual((info["dataset"], info["num_classes"], info["num_train"]), ("sprites", 4, 256))
@@ -313,8 +315,21 @@ class TrainFeatureNetTest(testing_utils.GinTestCase):
         predicted = np.argmax(keras.models.load_model(path).predict(splits.test, verbose=0), axis=1)
         self.assertAllClose(info["test_accuracy"], np.mean(predicted == splits.factors["test"]["shape"]))
         gin.clear_config()
-        with self.assertRaisesRegex(FileExistsError, "never replaced"):
-            testing_utils.run_main(train_feature_net.main, argv)
+        with open(path, "rb") as f:
+            saved = f.read()
+        with self.assertRaisesRegex(FileExistsError, "never replaced") as caught:
+            testing_utils.run_main(train_binary.main, argv)
+        self.assertEqual(cli.message_and_code(caught.exception)[1], cli.EXIT_PATH)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), saved)
+        gin.clear_config()
+        # A job kind that does not exist: one configuration error naming the kinds (before any data is read).
+        with self.assertRaises(ValueError) as caught:
+            testing_utils.run_main(train_binary.main, [*argv, "--gin_bindings=job.kind = 'classifier'"])
+        message, code = cli.message_and_code(caught.exception)
+        self.assertEqual(code, cli.EXIT_CONFIG)
+        self.assertIn("job.kind='classifier' is not a job; the kinds are 'model', 'feature_net'.", message)
+        self.assertEqual(tuple(train_binary.JOBS), builders.JOB_KINDS)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,20 @@ the quickstart run's reconstructions of 1,000 test sprites, and called 38.5% of 
 Numbers from this network are comparable only with numbers from the same file (its sha256
 is in every result). Classes: MNIST's digit labels (`ImageSplits.labels`), or the sprites' shape factor
 (`ImageSplits.factors[split]['shape']`, 4 shapes). Gin-free: the recipe's hyperparameters are `feature_net.*`
-bindings of `python -m crvae_tf.train_feature_net` (recipes in gin/feature_net/).
+bindings (`builders.feature_net_settings`) of the training binary's feature-network job, `train_and_save`:
+
+    python -m crvae_tf.train --gin_file=gin/feature_net/mnist.gin --model_dir=runs/feature_net_mnist \
+        --gin_bindings="dataset.local_path='../shared/data/mnist/mnist.npz'"
+    python -m crvae_tf.train --gin_file=gin/feature_net/sprites.gin --model_dir=runs/feature_net_sprites
+
+(the recipes bind `job.kind = 'feature_net'`). It writes MODEL_DIR/feature_net.keras (layer 'features' = proxy FID /
+KID features, layer 'probabilities' = softmax) and MODEL_DIR/feature_net.json (test and validation accuracy, per-epoch
+log, training seconds, the file's sha256, the config), each atomically, and never replaces an existing
+feature_net.keras (its sha256 identifies the numbers computed with it); the binary's last line of stdout is that JSON
+(without the config).
 """
 
+import datetime
 import io
 import json
 import os
@@ -34,9 +45,11 @@ from typing import Optional
 from typing import Sequence
 from typing import Tuple
 
+from absl import logging
 import keras
 import numpy as np
 from scipy import ndimage
+import tensorflow as tf
 
 from crvae_tf import artifacts
 
@@ -204,6 +217,94 @@ def save(model: keras.Model, folder: str, info: Dict) -> Dict:
     json.dump(info, buffer, indent=2, allow_nan=False)
     artifacts.atomic_write_text(os.path.join(folder, INFO_FILE), buffer.getvalue() + "\n")
     return info
+
+
+def refuse_existing(model_dir: str) -> None:
+    """Raises FileExistsError when `model_dir` already holds a feature_net.keras (never replaced)."""
+    path = os.path.join(model_dir, MODEL_FILE)
+    if os.path.exists(path):
+        raise FileExistsError(
+            f"{path} exists: a trained feature network is never replaced (numbers computed with it carry its "
+            "sha256). Delete it or choose another --model_dir."
+        )
+
+
+def train_and_save(model_dir: str, settings: Dict, splits, config: str = "") -> Dict:
+    """Trains the classifier of `settings` on `splits` and saves it into `model_dir` (`save`; module docstring).
+
+    Args:
+      model_dir: the output folder; one that holds a feature_net.keras is refused (`refuse_existing`).
+      settings: `builders.feature_net_settings()` (num_epochs, batch_size, learning_rate, widths, feature_dim, seed,
+        max_train_images, blur_sigma_range, blur_fraction).
+      splits: the gray `data.ImageSplits` (MNIST-family, 28x28) whose labels `class_labels` gives.
+      config: the gin config text recorded in feature_net.json (provenance).
+
+    Returns:
+      feature_net.json's content.
+
+    Raises:
+      FileExistsError: `model_dir` holds a feature_net.keras.
+      ValueError: an RGB dataset, or one without class labels.
+    """
+    start = time.perf_counter()
+    refuse_existing(model_dir)
+    if splits.train.dtype == np.uint8:
+        raise ValueError(f"the feature network takes the 28x28 MNIST-family images; dataset {splits.name!r} is RGB.")
+    labels = {split: class_labels(splits, split) for split in ("train", "validation", "test")}
+    images = {split: np.asarray(splits.split(split), np.float32) for split in ("train", "validation", "test")}
+    if settings["max_train_images"] is not None:
+        images["train"] = images["train"][: settings["max_train_images"]]
+        labels["train"] = labels["train"][: settings["max_train_images"]]
+    num_classes = int(max(int(np.max(labels[s])) for s in labels if len(labels[s])) + 1)
+    model = build_classifier(
+        splits.image_shape, num_classes, settings["widths"], settings["feature_dim"], settings["seed"]
+    )
+    logging.info(
+        "Training the %s classifier (%d classes) on %d images; validating on %d, testing on %d.",
+        splits.name,
+        num_classes,
+        len(images["train"]),
+        len(images["validation"]),
+        len(images["test"]),
+    )
+    validation = (images["validation"], labels["validation"]) if len(images["validation"]) else None
+    history = train_classifier(
+        model,
+        images["train"],
+        labels["train"],
+        settings["num_epochs"],
+        settings["batch_size"],
+        settings["learning_rate"],
+        settings["seed"],
+        validation=validation,
+        log=logging.info,
+        blur_sigma_range=settings["blur_sigma_range"],
+        blur_fraction=settings["blur_fraction"],
+    )
+    info = dict(
+        dataset=splits.name,
+        source=splits.source,
+        num_classes=num_classes,
+        image_shape=[int(d) for d in splits.image_shape],
+        num_train=int(len(images["train"])),
+        num_test=int(len(images["test"])),
+        test_accuracy=accuracy(model, images["test"], labels["test"]),
+        validation_accuracy=(accuracy(model, *validation) if validation is not None else None),
+        settings=settings,
+        epochs=history["epochs"],
+        train_seconds=history["train_seconds"],
+        wall_time_s=None,
+        hardware=dict(
+            cpu_count=os.cpu_count(),
+            devices=sorted({d.device_type for d in tf.config.list_physical_devices()}),
+        ),
+        config=config,
+        finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        tensorflow=tf.__version__,
+        keras=keras.__version__,
+    )
+    info["wall_time_s"] = round(time.perf_counter() - start, 2)
+    return save(model, model_dir, info)
 
 
 def class_fractions(classes: np.ndarray, num_classes: int) -> np.ndarray:

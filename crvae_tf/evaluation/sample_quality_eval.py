@@ -69,8 +69,8 @@ class Settings:
 
     Attributes:
       feature_network: 'inception' (the TF Inception graph at `inception_path`: results named fid / kid),
-        'classifier' (the project's own classifier, `python -m crvae_tf.train_feature_net`, at
-        `feature_network_path`), 'keras' (any Keras model file; `feature_layer`, `probabilities_layer`),
+        'classifier' (the project's own classifier, `python -m crvae_tf.train --gin_file=gin/feature_net/mnist.gin`,
+        at `feature_network_path`), 'keras' (any Keras model file; `feature_layer`, `probabilities_layer`),
         'saved_model' (a SavedModel's serving_default; `feature_layer` / `probabilities_layer` name its outputs) or
         'keras_inception_v3' (an InceptionV3 weights file). All but 'inception' are proxies.
       inception_path: `classify_image_graph_def.pb` (or its folder); read only with feature_network='inception'.
@@ -135,7 +135,7 @@ def feature_network(settings: Settings) -> sq.FeatureNetwork:
         return sq.InceptionGraphDef(settings.inception_path, batch_size=batch)
     if not path:
         hint = (
-            " Train the project's classifier with python -m crvae_tf.train_feature_net "
+            " Train the project's classifier with python -m crvae_tf.train "
             "--gin_file=gin/feature_net/mnist.gin (or sprites.gin) and pass its feature_net.keras."
             if kind == "classifier"
             else ""
