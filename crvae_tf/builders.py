@@ -842,9 +842,7 @@ def build_optimizers(
             )
         if warmups.get(name):
             rate = models.WarmupSchedule(rate, warmups[name])
-        optimizers[name] = keras.optimizers.Adam(
-            rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, name=f"{name}_adam"
-        )
+        optimizers[name] = models.FusedAdam(rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, name=f"{name}_adam")
     return optimizers, {name: c for name, c in clips.items() if c}
 
 

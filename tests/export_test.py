@@ -85,6 +85,10 @@ OP_ALLOWLIST = frozenset(
         "Transpose",
         "Cast",
         "Identity",
+        "IdentityN",  # the forward side of tf.custom_gradient (blocks.lstm_recurrence)
+        "DepthToSpace",  # blocks.TorchConv2DTranspose's four phases (its kernel's rows are reversed: ReverseV2)
+        "ReverseV2",
+        "SpaceToDepth",  # the gradient of DepthToSpace (the `complete` signature optimises z through the decoder)
         "Const",
         "NoOp",
         "Select",

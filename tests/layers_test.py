@@ -55,6 +55,93 @@ class LayersTest(tf.test.TestCase):
         self.assertEqual(out.shape, (3, 5, 6))
         self.assertAllClose(out, oracle, atol=1e-5)
 
+    def test_lstm_recurrence_gradient_matches_autodiff_of_the_unrolled_loop(self):
+        """The hand-written backward pass of `lstm_recurrence` against TensorFlow's autodiff of the plain unrolled
+        recurrence (float64: the two must agree to rounding), for T = 1 (no recurrent term) and T = 5."""
+
+        def unrolled(projected, recurrent_kernel):
+            h = c = None
+            outputs = []
+            for t in range(projected.shape[0]):
+                a = projected[t] if h is None else projected[t] + tf.matmul(h, recurrent_kernel)
+                i, f, g, o = tf.split(a, 4, axis=-1)
+                c = tf.sigmoid(i) * tf.tanh(g) if c is None else tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+                h = tf.sigmoid(o) * tf.tanh(c)
+                outputs.append(h)
+            return tf.stack(outputs)
+
+        rng = np.random.default_rng(1)
+        for steps in (1, 5):
+            projected = tf.constant(rng.normal(size=(steps, 3, 16)), tf.float64)
+            recurrent_kernel = tf.constant(rng.normal(size=(4, 16)) * 0.7, tf.float64)
+            upstream = tf.constant(rng.normal(size=(steps, 3, 4)), tf.float64)
+            results = []
+            for fn in (unrolled, blocks.lstm_recurrence):
+                with tf.GradientTape() as tape:
+                    tape.watch([projected, recurrent_kernel])
+                    outputs = fn(projected, recurrent_kernel)
+                    loss = tf.reduce_sum(outputs * upstream)
+                gradients = tape.gradient(
+                    loss, [projected, recurrent_kernel], unconnected_gradients=tf.UnconnectedGradients.ZERO
+                )
+                results.append([outputs] + gradients)
+            for ours, reference in zip(*results):
+                self.assertAllClose(ours, reference, atol=1e-12, rtol=1e-12)
+            if steps > 1:
+                self.assertGreater(float(tf.reduce_max(tf.abs(results[1][2]))), 1e-3)
+
+    def test_narrow_conv2d_is_conv2d(self):
+        """`NarrowConv2D` computes what `keras.layers.Conv2D` computes with the same weights (outputs and gradients),
+        for 1, 2 and 3 output channels and non-square kernels, and falls back to it for 'same' padding."""
+        x = tf.constant(np.random.default_rng(2).normal(size=(3, 9, 7, 5)), tf.float32)
+        for filters, kernel_size, padding in ((1, 3, "valid"), (3, (2, 3), "valid"), (2, 3, "same")):
+            narrow = blocks.NarrowConv2D(filters, kernel_size, padding=padding)
+            reference = keras.layers.Conv2D(filters, kernel_size, padding=padding)
+            narrow(x), reference(x)
+            reference.set_weights([w + 0.1 for w in narrow.get_weights()])  # a non-zero bias too
+            narrow.set_weights(reference.get_weights())
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(x)
+                outputs = [layer(x) for layer in (narrow, reference)]
+                losses = [tf.reduce_sum(tf.square(y)) for y in outputs]
+            self.assertEqual(outputs[0].shape, outputs[1].shape)
+            self.assertAllClose(outputs[0], outputs[1], atol=1e-5)
+            ours = tape.gradient(losses[0], [x] + narrow.trainable_variables)
+            theirs = tape.gradient(losses[1], [x] + reference.trainable_variables)
+            for a, b in zip(ours, theirs):
+                self.assertAllClose(a, b, atol=1e-4, rtol=1e-5)
+        clone = blocks.NarrowConv2D.from_config(narrow.get_config())
+        self.assertIsInstance(clone, blocks.NarrowConv2D)
+
+    def test_torch_conv2d_transpose_is_the_cut_valid_transposed_conv(self):
+        """`TorchConv2DTranspose` (p = 2: four phases + depth_to_space) against Keras' 'valid' transposed convolution
+        with p rows and columns cut from every border (Torch's definition), outputs and gradients, p = 0..3."""
+        x = tf.constant(np.random.default_rng(3).normal(size=(2, 5, 6, 3)), tf.float32)
+        for p in range(4):
+            ours = blocks.TorchConv2DTranspose(4, torch_padding=p)
+            reference = keras.layers.Conv2DTranspose(4, 4, strides=2, padding="valid")
+            ours(x), reference(x)
+            reference.set_weights([w + 0.1 for w in ours.get_weights()])
+            ours.set_weights(reference.get_weights())
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(x)
+                y = ours(x)
+                full = reference(x)
+                cut = full[:, p : full.shape[1] - p, p : full.shape[2] - p, :]
+                losses = [tf.reduce_sum(tf.square(v)) for v in (y, cut)]
+            self.assertEqual(y.shape, (2, 12 - 2 * p, 14 - 2 * p, 4))
+            self.assertEqual(ours.compute_output_shape((None, 5, 6, 3)), (None, 12 - 2 * p, 14 - 2 * p, 4))
+            self.assertAllClose(y, cut, atol=1e-5)
+            for a, b in zip(
+                tape.gradient(losses[0], [x] + ours.trainable_variables),
+                tape.gradient(losses[1], [x] + reference.trainable_variables),
+            ):
+                self.assertAllClose(a, b, atol=1e-4, rtol=1e-5)
+        clone = blocks.TorchConv2DTranspose.from_config(ours.get_config())
+        self.assertEqual(clone.torch_padding, 3)
+        with self.assertRaisesRegex(ValueError, "4x4, stride 2"):
+            blocks.TorchConv2DTranspose(4, kernel_size=3)
+
     def test_stacked_lstm_forget_bias_init(self):
         layer = blocks.StackedLSTM(64, num_layers=1)
         layer.build((None, 8, 16))

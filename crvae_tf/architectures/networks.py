@@ -103,17 +103,14 @@ def _deconv_block(filters, padding, momentum, epsilon, name):
                 kernel_initializer=blocks.conv_init(4, filters),
             )
         ]
-    else:  # (n-1)*2 - 2p + 4: a valid transposed conv followed by a symmetric crop of p - 0
+    else:  # (n-1)*2 - 2p + 4 (`blocks.TorchConv2DTranspose`)
         deconv = [
-            keras.layers.Conv2DTranspose(
-                filters,
-                4,
-                strides=2,
-                padding="valid",
-                name=f"{name}_deconv",
-                kernel_initializer=blocks.conv_init(4, filters),
+            blocks.TorchConv2DTranspose(
+                filters, torch_padding=padding, name=f"{name}_deconv", kernel_initializer=blocks.conv_init(4, filters)
             ),
-            keras.layers.Cropping2D(padding, name=f"{name}_crop"),
+            # Where a Cropping2D stood until the transposed convolution cut its own border: checkpoints name the
+            # decoder's layers by position, so the layers after it keep theirs and older runs still restore.
+            keras.layers.Identity(name=f"{name}_crop"),
         ]
     return deconv + [
         blocks.batch_norm(momentum, epsilon, name=f"{name}_bn"),
@@ -134,7 +131,7 @@ def mnist_decoder(
     net += _deconv_block(2 * b, 2, *bn, "deconv3")  # 16 -> 30
     net += _conv_block(2 * b, 3, 1, 1, "leaky", *bn, "conv3")
     net += [
-        keras.layers.Conv2D(
+        blocks.NarrowConv2D(
             1,
             3,
             padding="valid",
