@@ -31,7 +31,10 @@ Twin mode (`--twin=PATH/torch_twin.py --twin_python=PYTHON`): the three side-by-
 the authors' MNIST crVAE (issue "Scale", item 4), each pair run back to back in fresh processes on the same machine:
 float32 training vs the twin's `train --fast`, `mixed_bfloat16` training vs `train --fast --bf16`, and the NLL
 estimator vs `nll --fast` (K = `--nll_samples`' first value, `--nll_images` images). One JSON line per comparison with
-both rates and `ratio` = ours / twin (>= 1.0 is the goal), `--twin_rounds` times, alternating which side runs first:
+both rates and `ratio` = ours / twin (>= 1.0 is the goal), `--twin_rounds` times, alternating which side runs first.
+Each row carries `ours_cpu_utilization` (our process's CPU seconds over wall seconds) and a `warning` when it is
+below 90% of the cores: on the 2-core machine the kernel now and then keeps both of TensorFlow's compute threads on
+one core for a whole run, and that row then measures the scheduler (rerun it):
 
     python -m crvae_tf.bench --twin=../shared/bench/torch_twin.py --twin_python=../.venv_torch/bin/python
 
@@ -171,15 +174,18 @@ def head_macs(head) -> int:
     return loc + inference + generation + conv3(head.latent_channels, cf)
 
 
-def time_steps(step, batches, warmup: int, steps: int) -> list:
-    """Wall time of each of `steps` training steps after `warmup` untimed ones (cycling over `batches`)."""
+def time_steps(step, batches, warmup: int, steps: int) -> tuple:
+    """Wall time of each of `steps` training steps after `warmup` untimed ones (cycling over `batches`), and the
+    process's CPU seconds over the wall seconds of the timed steps (`cpu_utilization`)."""
     times = []
+    cpu = 0.0
     for i in range(warmup + steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         float(step(batches[i % len(batches)])["loss"])  # forces completion of the step
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return times
+            cpu += time.process_time() - cpu_start
+    return times, round(cpu / sum(times), 2)
 
 
 def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
@@ -192,7 +198,7 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
     step = tf.function(model.train_step, reduce_retracing=True)
     rng = np.random.default_rng(0)
     batches = [tf.constant((rng.random((batch_size, 28, 28, 1)) < 0.13).astype(np.float32)) for _ in range(4)]
-    times = time_steps(step, batches, warmup, steps)
+    times, cpu_utilization = time_steps(step, batches, warmup, steps)
     median = statistics.median(times)
     flops = 3 * 2 * forward_macs(model)
     params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
@@ -207,6 +213,8 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
         "gflop_per_s": round(flops * batch_size / median / 1e9, 1),
         "params": params,
         "steps": steps,
+        # CPU seconds of this process over wall seconds: about --threads when every core worked for it.
+        "cpu_utilization": cpu_utilization,
         "threads": os.cpu_count(),
         "tf": tf.__version__,
         "keras": keras.__version__,
@@ -233,7 +241,7 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
     if hasattr(model, "class_logits"):  # semi-supervised (STL-10): (pool, labeled, labels), labeled batch = batch
         labels = tf.constant(rng.integers(0, 10, batch_size))
         batches = [(images, images, labels) for images in batches]
-    times = time_steps(step, batches, warmup, steps)
+    times, cpu_utilization = time_steps(step, batches, warmup, steps)
     median = statistics.median(times)
     return {
         "recipe": os.path.basename(path),
@@ -245,6 +253,7 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
         "img_per_s": round(batch_size / median, 1),
         "params": models.parameter_counts(model),
         "steps": steps,
+        "cpu_utilization": cpu_utilization,
         "threads": os.cpu_count(),
         "tf": tf.__version__,
         "keras": keras.__version__,
@@ -466,6 +475,9 @@ def _last_json(command, what):
     return json.loads(lines[-1])
 
 
+FULL_UTILIZATION = 0.9  # --twin: a row whose process used less than this fraction of the cores gets a warning
+
+
 def twin_ratio(name, twin_args, our_args, our_key, twin_key, round_index=0):
     """One side-by-side comparison: the twin and our benchmark in fresh processes, back to back (the twin first on
     even rounds), with the same steps, warm-up, batch and (for the NLL) K and images. Returns the JSON row."""
@@ -485,7 +497,8 @@ def twin_ratio(name, twin_args, our_args, our_key, twin_key, round_index=0):
     for side, command in runs_in_order if round_index % 2 == 0 else runs_in_order[::-1]:
         results[side] = _last_json(command, f"--twin: the {side} side of {name}")
     ours_rate, twin_rate = float(results["ours"][our_key]), float(results["twin"][twin_key])
-    return {
+    utilization = results["ours"].get("cpu_utilization")
+    row = {
         "comparison": name,
         "round": round_index,
         "ours": ours_rate,
@@ -494,7 +507,14 @@ def twin_ratio(name, twin_args, our_args, our_key, twin_key, round_index=0):
         "unit": "images/s" if name != "nll" else "importance samples/s",
         "first": "twin" if round_index % 2 == 0 else "ours",
         "threads": os.cpu_count(),
+        "ours_cpu_utilization": utilization,
     }
+    if utilization is not None and utilization < FULL_UTILIZATION * os.cpu_count():
+        # Seen on a 2-core VM: now and then the kernel keeps both of TensorFlow's compute threads on one core for a
+        # whole run (utilization ~1.0 or ~1.65 instead of ~1.93, throughput 233 or 390 instead of ~450 importance
+        # samples/s, the same code and settings). Such a row measures the scheduler, not the code: rerun it.
+        row["warning"] = f"our process used {utilization} of {os.cpu_count()} cores: a scheduler artefact, rerun"
+    return row
 
 
 def _twin_main():

@@ -27,8 +27,8 @@ print(json.dumps({"importance_samples_per_s": 400.0} if mode == "nll" else {"img
 """
 
 OURS = {
-    "train_float32": {"img_per_s": 80.0},
-    "train_mixed_bfloat16": {"img_per_s": 190.0},
+    "train_float32": {"img_per_s": 80.0, "cpu_utilization": 1.95},
+    "train_mixed_bfloat16": {"img_per_s": 190.0, "cpu_utilization": 1.0},  # our process kept to one of two cores
     "nll": {"samples_per_s": 440.0},
 }
 
@@ -56,7 +56,8 @@ class TwinRatioTest(unittest.TestCase):
         argv = ["bench", f"--twin={self.twin}", f"--twin_python={sys.executable}", "--twin_rounds=2", "--steps=7"]
         argv += ["--warmup=2", "--batch_size=64", "--nll_samples=500", "--nll_images=8"]
         with mock.patch.object(bench, "_last_json", side_effect=self._last_json):
-            stdout = testing_utils.run_main(bench.main, argv)
+            with mock.patch.object(bench.os, "cpu_count", return_value=2):
+                stdout = testing_utils.run_main(bench.main, argv)
         rows = [json.loads(line) for line in stdout.strip().splitlines()]
         self.assertEqual([r["comparison"] for r in rows], ["train_float32", "train_mixed_bfloat16", "nll"] * 2)
         by_name = {r["comparison"]: r for r in rows[:3]}
@@ -64,6 +65,9 @@ class TwinRatioTest(unittest.TestCase):
         self.assertAlmostEqual(by_name["train_mixed_bfloat16"]["ratio"], 0.95)
         self.assertAlmostEqual(by_name["nll"]["ratio"], 1.1)
         self.assertEqual([r["first"] for r in rows], ["twin"] * 3 + ["ours"] * 3)
+        for row in rows:  # 2 cores (patched): a process that used 1.0 of them gets a warning, 1.95 none
+            self.assertEqual(row["ours_cpu_utilization"], OURS[row["comparison"]].get("cpu_utilization"))
+            self.assertEqual("warning" in row, row["comparison"] == "train_mixed_bfloat16", row)
         with open(self.twin + ".log") as f:
             twin_args = [json.loads(line) for line in f]
         self.assertEqual(len(twin_args), 6)
