@@ -23,26 +23,8 @@ def verbose_requested(argv=None) -> bool:
     return any(arg in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for arg in argv[1:])
 
 
-def use_bfc_cpu_allocator() -> None:
-    """Makes TensorFlow keep freed CPU memory for reuse (its BFC allocator), unless the user set
-    `TF_CPU_ALLOCATOR_USE_BFC` (`false` restores TensorFlow's default) or TensorFlow is imported already.
-
-    TensorFlow's default CPU allocator hands every tensor to malloc; glibc serves large blocks (the decoder's
-    activations: 147 MB per 30x30x64 map of a 640-row evaluation pass) with a fresh mmap each time, and the kernel
-    zeroes the new pages on first touch, every pass. Measured on 2 CPU cores (`python -m crvae_tf.bench --nll
-    --nll_samples=500 --nll_images=16`, float32): 389.5 importance samples/s with the default, 434.6 with the BFC
-    allocator, at the same peak memory (1.31 GB); training steps at batch 128 are unchanged. (The PyTorch twin does
-    the same with `mallopt`.)
-    """
-    if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-
-
 def quiet_tensorflow() -> None:
-    """Imports TensorFlow quietly (module docstring); a no-op if it is imported already or the user chose a level.
-
-    Also chooses TensorFlow's BFC CPU allocator first (`use_bfc_cpu_allocator`)."""
-    use_bfc_cpu_allocator()
+    """Imports TensorFlow quietly (module docstring); a no-op if it is imported already or the user chose a level."""
     if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ or verbose_requested():
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
