@@ -50,6 +50,29 @@ Timing rule: `--warmup` untimed calls of each path, then `--serving_iterations` 
 (exported, Keras, exported, ...) so both see the same machine load; each call starts from a numpy z and ends
 with numpy images. Prints p50 and p99 in milliseconds and `ratio_p50` = exported / Keras. Recipe weights are
 freshly initialised (latency does not depend on their values).
+
+Scaling mode (`--scaling`): the multi-device scaling efficiency of training (issue #13, item 4). For each variant
+(`--models`, default crvae), two fresh processes back to back at the SAME global batch `--batch_size`: one trains on
+one device exactly as the plain benchmark does (`tf.function(model.train_step)`), the other under
+`tf.distribute.MirroredStrategy` over `--scaling_replicas` devices (R, default 2) with the training loop's own
+distribution code (`training.distribution`: `make_strategy('mirrored', devices)`, the model and its optimizers built
+in the strategy's scope, `check_batch`, `synchronize_batch_statistics` when the recipe's
+`train.synchronized_batch_statistics` asks for it, `replicated_step`; B/R images per replica). Devices: the first R
+GPUs when the machine has at least R, otherwise the CPU split into R logical devices
+(`tf.config.set_logical_device_configuration`, which must precede TensorFlow's initialisation, hence the processes)
+with the GPUs hidden from both sides; the row's `device_kind` says which ('GPU' or 'logical CPU devices on N cores')
+and `gpus_available` how many GPUs the machine has (0: no GPU, the CPU figure only):
+
+    python -m crvae_tf.bench --scaling                                  # crvae, 2 replicas, batch 128
+    python -m crvae_tf.bench --scaling --models=crvae,vae --scaling_replicas=4 --steps=6 --warmup=2
+
+Timing rule: the training benchmark's on both sides (`--warmup` untimed steps, then `--steps` timed ones;
+`img_per_s = batch_size / median(step time)`). One JSON line per variant: `img_per_s_1`, `img_per_s_R`,
+`scaling_efficiency` = img_per_s_R / img_per_s_1 (the issue's definition: images/s with R devices over 1), on GPUs
+also `per_device_efficiency` = scaling_efficiency / R (the usual definition: 1.0 is linear scaling), and each side's
+`cpu_utilization` (process CPU seconds over wall seconds). R logical CPU devices share the same cores, so on a CPU
+1.0 means the replication costs nothing and the figure measures the overhead of the strategy (per-replica work at
+B/R, cross-replica sums, synchronized batch statistics), not a speed-up.
 """
 
 from crvae_tf import startup
@@ -77,6 +100,7 @@ from crvae_tf import models
 from crvae_tf import runs
 from crvae_tf.architectures import heads
 from crvae_tf.evaluation import likelihood as eval_lib
+from crvae_tf.training import distribution
 
 VARIANTS = ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae")
 
@@ -131,6 +155,21 @@ TWIN = flags.DEFINE_string(
 )
 TWIN_PYTHON = flags.DEFINE_string("twin_python", None, "--twin: the Python interpreter that has torch installed.")
 TWIN_ROUNDS = flags.DEFINE_integer("twin_rounds", 1, "--twin: rounds of each comparison (alternating who runs first).")
+SCALING = flags.DEFINE_boolean(
+    "scaling",
+    False,
+    "Print the multi-device scaling efficiency of training (images/s on --scaling_replicas devices over one, the "
+    "same global batch) instead of timing alone; --models then defaults to crvae.",
+)
+SCALING_REPLICAS = flags.DEFINE_integer(
+    "scaling_replicas", 2, "--scaling: R, the replicas of the MirroredStrategy side (GPUs, or logical CPU devices)."
+)
+SCALING_SIDE = flags.DEFINE_enum(
+    "scaling_side",
+    None,
+    ["one", "replicated"],
+    "--scaling: set by the benchmark for its child processes (the side this process times); not for users.",
+)
 NLL_SUBPROCESS = flags.DEFINE_boolean(
     "nll_subprocess",
     True,
@@ -188,6 +227,12 @@ def time_steps(step, batches, warmup: int, steps: int) -> tuple:
     return times, round(cpu / sum(times), 2)
 
 
+def _random_binary_batches(batch_size):
+    """Four random binary 28x28 batches (13% ones, about MNIST's), seed 0: what the training benchmarks cycle over."""
+    rng = np.random.default_rng(0)
+    return [tf.constant((rng.random((batch_size, 28, 28, 1)) < 0.13).astype(np.float32)) for _ in range(4)]
+
+
 def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
     gin.clear_config()
     runs.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
@@ -196,8 +241,7 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
     optimizers, clips = builders.build_optimizers(model, steps_per_epoch=390)
     model.compile(optimizers=optimizers, clip_values=clips)
     step = tf.function(model.train_step, reduce_retracing=True)
-    rng = np.random.default_rng(0)
-    batches = [tf.constant((rng.random((batch_size, 28, 28, 1)) < 0.13).astype(np.float32)) for _ in range(4)]
+    batches = _random_binary_batches(batch_size)
     times, cpu_utilization = time_steps(step, batches, warmup, steps)
     median = statistics.median(times)
     flops = 3 * 2 * forward_macs(model)
@@ -530,6 +574,140 @@ def _twin_main():
             print(json.dumps(twin_ratio(*comparison, round_index=round_index)), flush=True)
 
 
+def scaling_device_kind(num_gpus: int, replicas: int, cores: int) -> str:
+    """The devices of `--scaling`: 'GPU' when the machine has at least `replicas` GPUs, else the CPU split into
+    logical devices ('logical CPU devices on N cores')."""
+    return "GPU" if num_gpus >= replicas else f"logical CPU devices on {cores} cores"
+
+
+def _configure_scaling_devices(replicas: int, side: str) -> dict:
+    """Sets up this process's devices for one `side` ('one' or 'replicated') of `--scaling`, before TensorFlow
+    initialises: with at least `replicas` GPUs, the first GPU or the first `replicas`; otherwise the GPUs are hidden
+    (both sides run on the CPU) and the replicated side splits the CPU into `replicas` logical devices. Returns the
+    row's device fields: device_kind, gpus_available, devices (this side's device names)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    kind = scaling_device_kind(len(gpus), replicas, os.cpu_count())
+    count = replicas if side == "replicated" else 1
+    if kind != "GPU":
+        try:
+            if gpus:
+                tf.config.set_visible_devices([], "GPU")
+            if count > 1:
+                cpu = tf.config.list_physical_devices("CPU")[0]
+                tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+        except RuntimeError as error:  # TensorFlow already initialised: a defect of this module, not of the input
+            raise RuntimeError(f"--scaling must set up its devices before TensorFlow's first op: {error}") from None
+    prefix = "/gpu" if kind == "GPU" else "/cpu"
+    return {"device_kind": kind, "gpus_available": len(gpus), "devices": [f"{prefix}:{i}" for i in range(count)]}
+
+
+def bench_replicated(name, devices, steps, warmup, batch_size, gin_dir, bindings):
+    """Training throughput of a variant under `MirroredStrategy` over `devices` at global batch `batch_size`, with
+    the training loop's distribution code; the same timing as `bench_variant`."""
+    gin.clear_config()
+    runs.parse_gin([os.path.join(gin_dir, f"mnist_{name}.gin")], list(bindings), finalize=False)
+    settings = builders.train_settings()
+    strategy = distribution.make_strategy("mirrored", devices)
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = builders.build_model(image_shape=(28, 28, 1), seed=0)
+        optimizers, clips = builders.build_optimizers(model, steps_per_epoch=390)
+        model.compile(optimizers=optimizers, clip_values=clips)
+    per_replica = distribution.check_batch(strategy, batch_size, 4 if hasattr(model, "discriminator") else 1)
+    synchronized = 0
+    if settings.synchronized_batch_statistics:
+        synchronized = distribution.synchronize_batch_statistics(model)
+    step = distribution.replicated_step(strategy, model.train_step, per_replica, model.metrics)
+    times, cpu_utilization = time_steps(step, _random_binary_batches(batch_size), warmup, steps)
+    median = statistics.median(times)
+    return {
+        "model": name,
+        "mode": "scaling_replicated",
+        "replicas": strategy.num_replicas_in_sync,
+        "batch_size": batch_size,
+        "per_replica_batch_size": per_replica,
+        "synchronized_layers": synchronized,
+        "precision": model.dtype_policy.name,
+        "img_per_s": round(batch_size / median, 1),
+        "step_s_median": round(median, 4),
+        "step_s_min": round(min(times), 4),
+        "steps": steps,
+        "cpu_utilization": cpu_utilization,
+        "threads": os.cpu_count(),
+        "tf": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def scaling_row(name, one, replicated, replicas):
+    """The `--scaling` line of one variant from its two sides' JSON (one device; `replicas` devices)."""
+    efficiency = float(replicated["img_per_s"]) / float(one["img_per_s"])
+    row = {
+        "model": name,
+        "mode": "scaling",
+        "replicas": replicas,
+        "device_kind": replicated["device_kind"],
+        "devices": replicated.get("devices"),
+        "gpus_available": replicated.get("gpus_available"),
+        "batch_size": replicated.get("batch_size"),
+        "img_per_s_1": float(one["img_per_s"]),
+        "img_per_s_R": float(replicated["img_per_s"]),
+        "scaling_efficiency": round(efficiency, 3),
+    }
+    if replicated["device_kind"] == "GPU":  # logical CPU devices share the cores: R times the devices, not the work
+        row["per_device_efficiency"] = round(efficiency / replicas, 3)
+    row.update(
+        {
+            "cpu_utilization_1": one.get("cpu_utilization"),
+            "cpu_utilization_R": replicated.get("cpu_utilization"),
+            "precision": replicated.get("precision"),
+            "steps": replicated.get("steps"),
+            "threads": os.cpu_count(),
+        }
+    )
+    starved = [
+        f"the {side} side used {u} of {os.cpu_count()} cores"
+        for side, u in (("one-device", row["cpu_utilization_1"]), ("replicated", row["cpu_utilization_R"]))
+        if u is not None and u < FULL_UTILIZATION * os.cpu_count()
+    ]
+    if starved:  # as in --twin: a shared machine or the scheduler, not the code; the ratio is then unreliable
+        row["warning"] = "; ".join(starved) + ": the machine was busy or the scheduler kept threads together, rerun"
+    return row
+
+
+def _scaling_main(models):
+    replicas, batch = SCALING_REPLICAS.value, BATCH.value
+    if replicas < 2:
+        raise app.UsageError(f"--scaling_replicas={replicas} must be at least 2 (the one-device side is always run).")
+    if batch < 1 or batch % replicas:
+        raise app.UsageError(
+            f"--batch_size={batch} must be a positive multiple of --scaling_replicas={replicas}: both sides train "
+            "on the same global batch, split evenly over the replicas."
+        )
+    if STEPS.value < 1 or WARMUP.value < 0:
+        raise app.UsageError("--steps must be positive and --warmup >= 0.")
+    if SCALING_SIDE.value:  # a child process: one side, its devices set up before TensorFlow's first op
+        devices = _configure_scaling_devices(replicas, SCALING_SIDE.value)
+        for name in models:
+            if SCALING_SIDE.value == "one":
+                row = bench_variant(name, STEPS.value, WARMUP.value, batch, GIN_DIR.value, GIN_BINDINGS.value)
+            else:
+                row = bench_replicated(
+                    name, devices["devices"], STEPS.value, WARMUP.value, batch, GIN_DIR.value, GIN_BINDINGS.value
+                )
+            print(json.dumps({**row, **devices}), flush=True)
+        return
+    for name in models:
+        command = [sys.executable, "-m", "crvae_tf.bench", "--scaling", f"--scaling_replicas={replicas}"]
+        command += [f"--models={name}", f"--steps={STEPS.value}", f"--warmup={WARMUP.value}", f"--batch_size={batch}"]
+        command += [f"--gin_dir={GIN_DIR.value}"] + [f"--gin_bindings={b}" for b in GIN_BINDINGS.value]
+        sides = {
+            side: _last_json(command + [f"--scaling_side={side}"], f"--scaling: the {side} side of {name}")
+            for side in ("one", "replicated")
+        }
+        print(json.dumps(scaling_row(name, sides["one"], sides["replicated"], replicas)), flush=True)
+
+
 def main(argv):
     del argv
     if TWIN.value:
@@ -538,8 +716,12 @@ def main(argv):
     unknown = sorted(set(MODELS.value) - set(VARIANTS))
     if unknown:
         raise app.UsageError(f"--models has unknown variants {unknown}; choose from {list(VARIANTS)}")
-    if NLL.value and SERVING.value:
-        raise app.UsageError("--nll and --serving are separate modes; pass one.")
+    modes = [name for name, flag in (("--nll", NLL), ("--serving", SERVING), ("--scaling", SCALING)) if flag.value]
+    if len(modes) > 1:
+        raise app.UsageError(f"{' and '.join(modes)} are separate modes; pass one.")
+    if SCALING.value:
+        _scaling_main(MODELS.value if flags.FLAGS["models"].present else ["crvae"])
+        return
     if SERVING.value:
         _serving_main(MODELS.value if flags.FLAGS["models"].present else ["crvae"])
         return
