@@ -697,6 +697,10 @@ def _scaling_main(models):
                 )
             print(json.dumps({**row, **devices}), flush=True)
         return
+    for name in models:  # bad recipes or bindings fail here, with the binary's error line, before any child starts
+        gin.clear_config()
+        runs.parse_gin([os.path.join(GIN_DIR.value, f"mnist_{name}.gin")], list(GIN_BINDINGS.value), finalize=False)
+    gin.clear_config()
     for name in models:
         command = [sys.executable, "-m", "crvae_tf.bench", "--scaling", f"--scaling_replicas={replicas}"]
         command += [f"--models={name}", f"--steps={STEPS.value}", f"--warmup={WARMUP.value}", f"--batch_size={batch}"]

@@ -12,6 +12,7 @@ from unittest import mock
 from absl import app
 
 from crvae_tf import bench
+from crvae_tf import runs
 
 import testing_utils
 
@@ -52,6 +53,7 @@ class ScalingContractTest(unittest.TestCase):
     def _run(self, replicated, extra=()):
         argv = ["bench", "--scaling", "--models=crvae,vae", "--steps=3", "--warmup=1", "--batch_size=64"]
         argv += ["--scaling_replicas=4", "--gin_bindings=latent_head.hidden_units = 16", *extra]
+        argv += [f"--gin_dir={testing_utils.GIN_DIR}"]
         with mock.patch.object(bench, "_last_json", side_effect=self._fake(replicated)):
             with mock.patch.object(bench.os, "cpu_count", return_value=2):
                 stdout = testing_utils.run_main(bench.main, argv)
@@ -68,7 +70,7 @@ class ScalingContractTest(unittest.TestCase):
                 self.assertIn(flag, command)
             self.assertIn(f"--models={model}", command)
             self.assertIn("--gin_bindings=latent_head.hidden_units = 16", command)
-            self.assertTrue(any(part.startswith("--gin_dir=") for part in command))
+            self.assertIn(f"--gin_dir={testing_utils.GIN_DIR}", command)
 
     def test_efficiency_on_logical_cpu_devices(self):
         row = self._run(REPLICATED_CPU)[0]
@@ -105,6 +107,17 @@ class ScalingContractTest(unittest.TestCase):
                 with mock.patch.object(bench, "_last_json", side_effect=AssertionError("no child may start")):
                     with self.assertRaisesRegex(app.UsageError, message):
                         testing_utils.run_main(bench.main, ["bench", "--scaling", *extra])
+
+    def test_bad_bindings_fail_before_any_child(self):
+        argv = [
+            "bench",
+            "--scaling",
+            f"--gin_dir={testing_utils.GIN_DIR}",
+            "--gin_bindings=latent_head.hiden_units = 1",
+        ]
+        with mock.patch.object(bench, "_last_json", side_effect=AssertionError("no child may start")):
+            with self.assertRaisesRegex(runs.ConfigError, "hiden_units"):
+                testing_utils.run_main(bench.main, argv)
 
 
 class ScalingChildTest(unittest.TestCase):
