@@ -227,6 +227,16 @@ def time_steps(step, batches, warmup: int, steps: int) -> tuple:
     return times, round(cpu / sum(times), 2)
 
 
+def step_rates(batch_size: int, times, digits: int = 4) -> dict:
+    """The timing rule's figures: `img_per_s` = batch / median step time, and the median and fastest step (s)."""
+    median = statistics.median(times)
+    return {
+        "img_per_s": round(batch_size / median, 1),
+        "step_s_median": round(median, digits),
+        "step_s_min": round(min(times), digits),
+    }
+
+
 def _random_binary_batches(batch_size):
     """Four random binary 28x28 batches (13% ones, about MNIST's), seed 0: what the training benchmarks cycle over."""
     rng = np.random.default_rng(0)
@@ -250,9 +260,7 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
         "model": name,
         "batch_size": batch_size,
         "precision": model.dtype_policy.name,
-        "img_per_s": round(batch_size / median, 1),
-        "step_s_median": round(median, 4),
-        "step_s_min": round(min(times), 4),
+        **step_rates(batch_size, times),
         "flops_per_image": flops,
         "gflop_per_s": round(flops * batch_size / median / 1e9, 1),
         "params": params,
@@ -286,15 +294,12 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
         labels = tf.constant(rng.integers(0, 10, batch_size))
         batches = [(images, images, labels) for images in batches]
     times, cpu_utilization = time_steps(step, batches, warmup, steps)
-    median = statistics.median(times)
     return {
         "recipe": os.path.basename(path),
         "image_shape": list(image_shape),
         "batch_size": batch_size,
         "precision": model.dtype_policy.name,
-        "step_s_median": round(median, 3),
-        "step_s_min": round(min(times), 3),
-        "img_per_s": round(batch_size / median, 1),
+        **step_rates(batch_size, times, digits=3),
         "params": models.parameter_counts(model),
         "steps": steps,
         "cpu_utilization": cpu_utilization,
@@ -619,7 +624,6 @@ def bench_replicated(name, devices, steps, warmup, batch_size, gin_dir, bindings
         synchronized = distribution.synchronize_batch_statistics(model)
     step = distribution.replicated_step(strategy, model.train_step, per_replica, model.metrics)
     times, cpu_utilization = time_steps(step, _random_binary_batches(batch_size), warmup, steps)
-    median = statistics.median(times)
     return {
         "model": name,
         "mode": "scaling_replicated",
@@ -628,9 +632,7 @@ def bench_replicated(name, devices, steps, warmup, batch_size, gin_dir, bindings
         "per_replica_batch_size": per_replica,
         "synchronized_layers": synchronized,
         "precision": model.dtype_policy.name,
-        "img_per_s": round(batch_size / median, 1),
-        "step_s_median": round(median, 4),
-        "step_s_min": round(min(times), 4),
+        **step_rates(batch_size, times),
         "steps": steps,
         "cpu_utilization": cpu_utilization,
         "threads": os.cpu_count(),

@@ -34,7 +34,6 @@ feature_net.keras (its sha256 identifies the numbers computed with it); the bina
 (without the config).
 """
 
-import datetime
 import io
 import json
 import os
@@ -49,9 +48,10 @@ from absl import logging
 import keras
 import numpy as np
 from scipy import ndimage
-import tensorflow as tf
 
 from crvae_tf import artifacts
+from crvae_tf.evaluation.results import device_types
+from crvae_tf.evaluation.results import provenance
 
 FEATURES_LAYER = "features"
 PROBABILITIES_LAYER = "probabilities"
@@ -294,14 +294,9 @@ def train_and_save(model_dir: str, settings: Dict, splits, config: str = "") -> 
         epochs=history["epochs"],
         train_seconds=history["train_seconds"],
         wall_time_s=None,
-        hardware=dict(
-            cpu_count=os.cpu_count(),
-            devices=sorted({d.device_type for d in tf.config.list_physical_devices()}),
-        ),
+        hardware=dict(cpu_count=os.cpu_count(), devices=device_types()),
         config=config,
-        finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        tensorflow=tf.__version__,
-        keras=keras.__version__,
+        **provenance(),
     )
     info["wall_time_s"] = round(time.perf_counter() - start, 2)
     return save(model, model_dir, info)

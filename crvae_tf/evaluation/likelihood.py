@@ -38,7 +38,6 @@ Outputs, in the run directory `DIR`:
                                                             iwae_5/k<K> at the checkpoint's step
 """
 
-import datetime
 import hashlib
 import io
 import json
@@ -49,7 +48,6 @@ from typing import Iterable
 from typing import Optional
 
 from absl import logging
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -62,6 +60,7 @@ from crvae_tf.evaluation import sprite_shapes
 from crvae_tf.evaluation.results import EVAL_DIR
 from crvae_tf.evaluation.results import Estimates
 from crvae_tf.evaluation.results import Partial
+from crvae_tf.evaluation.results import provenance
 from crvae_tf.evaluation.results import result_path
 from crvae_tf.evaluation.results import result_stem
 from crvae_tf.evaluation.results import summarize
@@ -482,9 +481,7 @@ def evaluate(
         "resumed_images": int(len(images) - estimates.num_estimated),
         "per_image_path": os.path.join(os.path.abspath(folder), stem + ".npz"),
         "result_path": os.path.join(os.path.abspath(folder), stem + ".json"),
-        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
+        **provenance(),
     }
     if splits.name == "sprites" and splits.factors and splits.generator:
         # Does the model keep the sprites' shapes, or draw blobs at the right place? (no likelihood can tell)

@@ -9,6 +9,7 @@ Gin-free.
                                                                     FID / KID / IS (`sample_quality_stem`)
 """
 
+import datetime
 import io
 import json
 import math
@@ -17,7 +18,9 @@ from typing import NamedTuple
 from typing import Optional
 
 from absl import logging
+import keras
 import numpy as np
+import tensorflow as tf
 
 from crvae_tf import artifacts
 from crvae_tf.objectives import bounds
@@ -134,3 +137,17 @@ class Partial:
     def remove(self):
         if os.path.exists(self.path):
             os.remove(self.path)
+
+
+def provenance() -> dict:
+    """When and with what a result was computed: `finished_utc` (now, ISO 8601) and the TensorFlow / Keras versions."""
+    return {
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def device_types() -> list:
+    """The kinds of device TensorFlow sees here, sorted (e.g. ['CPU'] or ['CPU', 'GPU'])."""
+    return sorted({d.device_type for d in tf.config.list_physical_devices()})

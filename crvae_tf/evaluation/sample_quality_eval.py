@@ -27,7 +27,6 @@ of its numbered versions, which TF Serving ignores non-numeric entries of). Gin-
 """
 
 import dataclasses
-import datetime
 import hashlib
 import io
 import json
@@ -40,7 +39,6 @@ from typing import Sequence
 from typing import Tuple
 
 from absl import logging
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -48,6 +46,8 @@ from crvae_tf import artifacts
 from crvae_tf.evaluation import feature_classifier
 from crvae_tf.evaluation import sample_quality as sq
 from crvae_tf.evaluation.results import EVAL_DIR
+from crvae_tf.evaluation.results import device_types
+from crvae_tf.evaluation.results import provenance
 from crvae_tf.evaluation.results import sample_quality_stem
 
 METRICS = ("fid", "kid", "is", "classifier_accuracy")
@@ -459,12 +459,10 @@ def evaluate_samples(
             metrics_s=round(metric_seconds, 3),
             wall_time_s=None,
             cpu_count=os.cpu_count(),
-            devices=sorted({d.device_type for d in tf.config.list_physical_devices()}),
+            devices=device_types(),
         ),
         result_path=path,
-        finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        tensorflow=tf.__version__,
-        keras=keras.__version__,
+        **provenance(),
     )
     result["budget"]["wall_time_s"] = round(time.perf_counter() - start, 3)
     artifacts.atomic_write_text(path, json.dumps(result, indent=2, allow_nan=False) + "\n")
