@@ -141,6 +141,9 @@ class LayersTest(tf.test.TestCase):
         self.assertEqual(clone.torch_padding, 3)
         with self.assertRaisesRegex(ValueError, "4x4, stride 2"):
             blocks.TorchConv2DTranspose(4, kernel_size=3)
+        with self.assertRaisesRegex(ValueError, "padding='v'"):
+            blocks.TorchConv2DTranspose(4, padding="v")
+        self.assertEqual(blocks.TorchConv2DTranspose(4, kernel_size=4, strides=2).kernel_size, (4, 4))
 
     def test_stacked_lstm_forget_bias_init(self):
         layer = blocks.StackedLSTM(64, num_layers=1)

@@ -386,8 +386,9 @@ class TorchConv2DTranspose(keras.layers.Conv2DTranspose):
 
     def __init__(self, filters, torch_padding: int = 2, **kwargs):
         for key, value in (("kernel_size", (4, 4)), ("strides", (2, 2)), ("padding", "valid")):
-            given = kwargs.pop(key, value)
-            if (tuple(given) if isinstance(given, (list, tuple)) else given) not in (value, value[0]):
+            given = kwargs.pop(key, value)  # from_config passes the base class's keys back
+            normalized = tuple(given) if isinstance(given, (list, tuple)) else given
+            if normalized != value and (not isinstance(given, int) or (given, given) != value):
                 raise ValueError(f"TorchConv2DTranspose is 4x4, stride 2, 'valid' plus a cut; got {key}={given!r}")
         super().__init__(filters, (4, 4), strides=(2, 2), padding="valid", **kwargs)
         if not 0 <= int(torch_padding) <= 3:
