@@ -581,6 +581,7 @@ def build_model(
     generator_batch=None,
     adversarial_prior_samples=None,
     classification_weight=None,
+    fold_batch_norm: bool = True,
 ):
     """Builds (and builds the weights of) the model with the configured encoder, latent head and decoder.
 
@@ -619,6 +620,10 @@ def build_model(
         discriminator and in the generator's adversarial term (default True for 'vae_gan'; False, reconstructions
         only, for 'semi_supervised_vae_gan': the STL-10 protocol of Sec. 4.5).
       classification_weight: 'semi_supervised_vae_gan': the weight of the class loss on labeled images (1.0).
+      fold_batch_norm: evaluation mode (validation, likelihood estimates, grids, exports) runs the encoder and
+        decoder with each BatchNorm folded into the convolution before it (`architectures.folding`): the same
+        function up to float32 rounding (~1e-6 relative), measured ~5% faster for the MNIST decoder on a CPU.
+        False: Keras' layers as they are. Training never folds.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"model.precision={precision!r} is not one of {list(PRECISIONS)}.")
@@ -673,6 +678,7 @@ def build_model(
         )
     finally:
         keras.config.set_dtype_policy(previous)
+    model.fold_batch_norm = bool(fold_batch_norm)
     model.build()
     return model
 
@@ -702,6 +708,7 @@ class TrainSettings(NamedTuple):
     distribution: str = "default"
     devices: object = None
     synchronized_batch_statistics: bool = True
+    steps_per_execution: object = "auto"
 
 
 @gin.configurable("train")
@@ -711,6 +718,7 @@ def train_settings(
     batch_size: int = 128,
     seed: int = 0,
     jit_compile: bool = False,
+    steps_per_execution: object = "auto",
     # Logging and evaluation.
     log_every_steps: int = 50,
     image_every_steps: int = 500,
@@ -743,10 +751,24 @@ def train_settings(
     minibatch discrimination compare each example with the global batch, so that a step does not depend on the
     number of replicas (False: per-replica statistics, no cross-replica traffic in the layers).
 
+    `steps_per_execution` ('auto' or N >= 1) runs up to N training steps per `tf.function` call (`crvae_tf.training.
+    execution`): the periodic tasks, the guard and the numbers are those of one step per call; an interrupt is acted
+    on at the end of a call. 'auto' sizes N so that a call lasts about a second; under 'multi_worker' it is 1.
+
     ARGS_DOC
         Returns:
           `TrainSettings`.
     """
+    if not (steps_per_execution == "auto" or (type(steps_per_execution) is int and steps_per_execution >= 1)):
+        raise ValueError(
+            "train.steps_per_execution must be 'auto' or an integer >= 1 (training steps per tf.function call), "
+            f"got {steps_per_execution!r}"
+        )
+    if distribution == "multi_worker" and steps_per_execution not in ("auto", 1):
+        raise ValueError(
+            f"train.steps_per_execution={steps_per_execution} is not supported with train.distribution='multi_worker' "
+            "(the workers' calls must hold the same collectives); leave it at 'auto' (one step per call there) or 1."
+        )
     if max_steps is None or int(max_steps) < 1:
         raise ValueError(f"train.max_steps must be a positive integer, got {max_steps}")
     for name, value in (
@@ -783,6 +805,7 @@ def train_settings(
         str(distribution),
         None if devices is None else [str(d) for d in devices],
         bool(synchronized_batch_statistics),
+        steps_per_execution,
     )
 
 

@@ -149,7 +149,10 @@ def _token_error(paths, bindings) -> ConfigError:
 
 
 def _expected_type(parameter):
-    """The plain type (int, float, bool, str) a parameter takes, from its annotation or default; None if unsure."""
+    """The plain type (int, float, bool, str) a parameter takes, from its annotation or default; None if unsure
+    (annotated `object`: several types, checked by the configurable itself)."""
+    if parameter.annotation is object:
+        return None
     if parameter.annotation in (int, float, bool, str):
         return parameter.annotation
     default = parameter.default
@@ -213,6 +216,8 @@ RESUME_SAFE = frozenset(
         "train.validation_every_steps",
         "train.num_image_samples",
         "train.progress_bar",
+        "train.steps_per_execution",
+        "model.fold_batch_norm",
         "train.checkpoint_every_steps",
         "train.checkpoint_every_secs",
         "train.max_checkpoints_to_keep",

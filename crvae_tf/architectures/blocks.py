@@ -395,20 +395,26 @@ class TorchConv2DTranspose(keras.layers.Conv2DTranspose):
             raise ValueError(f"torch_padding must be in [0, 3] for a 4x4 kernel, got {torch_padding}")
         self.torch_padding = int(torch_padding)
 
-    def call(self, inputs):
+    def transposed_op(self, inputs, kernel):
+        """The layer's linear map without bias, for a kernel `[4, 4, out, in]` (its own, or a folded one:
+        `architectures.folding`)."""
         p = self.torch_padding
         if p == 2:
             channels = inputs.shape[-1]
-            kernel = tf.reshape(tf.transpose(self.kernel, (0, 1, 3, 2)), (2, 2, 2, 2, channels, self.filters))
+            kernel = tf.reshape(tf.transpose(kernel, (0, 1, 3, 2)), (2, 2, 2, 2, channels, self.filters))
             kernel = tf.reverse(kernel, [0, 2])  # (1 - a, r, 1 - b, s, in, out) -> (a, r, b, s, in, out)
             kernel = tf.reshape(tf.transpose(kernel, (0, 2, 4, 1, 3, 5)), (2, 2, channels, 4 * self.filters))
-            outputs = tf.nn.depth_to_space(tf.nn.conv2d(inputs, kernel, 1, "VALID"), 2)
-        else:
-            outputs = super().call(inputs)
-            if p:
-                return outputs[:, p:-p, p:-p, :]
-            return outputs
-        return tf.nn.bias_add(outputs, self.bias) if self.use_bias else outputs
+            return tf.nn.depth_to_space(tf.nn.conv2d(inputs, kernel, 1, "VALID"), 2)
+        outputs = ops.conv_transpose(inputs, kernel, strides=2, padding="valid", data_format="channels_last")
+        return outputs[:, p:-p, p:-p, :] if p else outputs
+
+    def call(self, inputs):
+        p = self.torch_padding
+        if p == 2:
+            outputs = self.transposed_op(inputs, self.kernel)
+            return tf.nn.bias_add(outputs, self.bias) if self.use_bias else outputs
+        outputs = super().call(inputs)  # Keras' op, bias and activation, then the cut
+        return outputs[:, p:-p, p:-p, :] if p else outputs
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape

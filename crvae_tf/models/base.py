@@ -7,6 +7,7 @@ Gin-free.
 import keras
 import tensorflow as tf
 
+from crvae_tf.architectures import folding
 from crvae_tf.architectures import replicas
 from crvae_tf.objectives import bounds
 
@@ -32,19 +33,34 @@ class LatentVariableModel(keras.Model):
     def latent_dim(self) -> int:
         return self.latent_head.latent_dim
 
+    # Evaluation mode runs the encoder and decoder with BatchNorm folded into the convolutions before it
+    # (`architectures.folding`: the same function up to float32 rounding, ~5% faster; gin: `model.fold_batch_norm`).
+    fold_batch_norm = True
+
+    def _network(self, network, training):
+        """`network` as called in this mode: folded in evaluation mode when `fold_batch_norm` and it is a Sequential."""
+        if training or not self.fold_batch_norm or not isinstance(network, keras.Sequential):
+            return lambda x: network(x, training=training)
+        cache = self.__dict__.setdefault("_folded_networks", {})  # plain dict: not tracked, not checkpointed
+        if id(network) not in cache:
+            cache[id(network)] = folding.FoldedInference(network)
+        return cache[id(network)]
+
     def encode(self, images, training=False):
         """`[batch, H, W, C]` pixels in `input_range` -> (loc, log_variance), each float32 `[batch, latent_dim]`.
 
         Under a mixed-precision policy the networks compute in bfloat16; the posterior parameters, the
         decoder outputs and hence every loss and bound are float32.
         """
-        loc, log_variance = self.latent_head.infer(self.encoder(images, training=training), training=training)
+        features = self._network(self.encoder, training)(images)
+        loc, log_variance = self.latent_head.infer(features, training=training)
         return tf.cast(loc, tf.float32), tf.cast(log_variance, tf.float32)
 
     def decode(self, z, training=False):
         """`[batch, latent_dim]` -> the decoder's float32 output `[batch, H, W, C]` (the VAE family: Bernoulli
         logits; the adversarial family: tanh images in [-1, 1])."""
-        return tf.cast(self.decoder(self.latent_head.generate(z, training=training), training=training), tf.float32)
+        features = self.latent_head.generate(z, training=training)
+        return tf.cast(self._network(self.decoder, training)(features), tf.float32)
 
     def call(self, images, training=False):
         """Decoder output for the posterior mean (deterministic) of images in `input_range`."""

@@ -1,7 +1,8 @@
 """The training loop: builders -> compiled model -> train steps, with checkpoints and TensorBoard. Gin-free.
 
 `train(model_dir)` takes its settings from `builders.train_settings` (gin: `train.*`). It drives the model's
-own Keras `train_step` through `tf.function`, step by step, which gives exact control over resumption: the
+own Keras `train_step` through `tf.function`, up to `train.steps_per_execution` steps per call but never past a
+step at which a periodic task is due (`training.execution`), which gives exact control over resumption: the
 data order and binarization noise are functions of (seed, epoch, batch index), and the checkpoint holds the
 weights, every optimizer's state, the step, the epoch and the model's RNG state, so a run that is killed and
 restarted with the same command continues as if it had never stopped. What it writes: `crvae_tf.runs`. The
@@ -25,6 +26,7 @@ from crvae_tf import data
 from crvae_tf import runs
 from crvae_tf.training import console as console_lib
 from crvae_tf.training import distribution
+from crvae_tf.training import execution
 from crvae_tf.training import monitors
 from crvae_tf.training import triggers
 
@@ -35,7 +37,8 @@ def train(model_dir: str, settings=None):
     The run directory is locked first (`runs.RunDirectory`: a second trainer on it raises `locking.LockedError`),
     then the config is checked against the run's own (`runs.prepare_config`: a resume may change only
     `runs.RESUME_SAFE` settings, else `runs.ConfigMismatchError`, before any file is written). SIGINT / SIGTERM
-    finish the current step, write a checkpoint and raise `monitors.TrainingInterrupted`.
+    finish the current call (at most `train.steps_per_execution` steps), write a checkpoint and raise
+    `monitors.TrainingInterrupted`.
 
     Args:
       model_dir: output directory (see `crvae_tf.runs`); resumed when it holds a checkpoint.
@@ -209,6 +212,11 @@ def _train(model_dir, settings, interrupts, strategy):
     if not chief:  # no image grids; the rest writes into write_dir
         periodic = [summaries, validation, checkpointing]
     guard = monitors.TrainingGuard(write_dir, discriminator_collapse_steps, lambda: manager.latest_checkpoint)
+    # Several steps per call (`training.execution`), never past a step at which a periodic task is due. Several
+    # workers run one step per call: their calls must hold the same collectives, and 'auto' follows each one's clock.
+    steps_per_execution = 1 if num_workers > 1 else settings.steps_per_execution
+    plan = execution.ExecutionPlan(steps_per_execution, periodic, steps_per_epoch, max_steps)
+    execute = None
 
     if step:
         console.message(f"Resuming from step {step} ({resumed_from})")
@@ -248,12 +256,16 @@ def _train(model_dir, settings, interrupts, strategy):
                 flip=splits.flip,
                 **({"shard": (worker, num_workers)} if num_workers > 1 else {}),
             )
-            for batch in dataset:
-                logs = train_step(batch)
-                step += 1
+            iterator = iter(dataset)
+            if execute is None:
+                execute = execution.multi_step(train_step, dataset.element_spec)
+            end_of_epoch = (epoch + 1) * steps_per_epoch
+            while step < min(end_of_epoch, max_steps):
+                ran, logs, seconds = execution.run_and_check(execute, iterator, plan.steps(step), guard, step)
+                plan.observe(ran, seconds)
+                step += ran
                 step_var.assign(step)
                 epoch_var.assign(step // steps_per_epoch)
-                guard.check(step, logs, batch)
                 console.progress(step, {k: float(v) for k, v in logs.items() if k in console_lib.PROGRESS_KEYS})
                 for trigger in periodic:
                     if trigger.due(step) and not (trigger is validation and interrupts.requested):
