@@ -7,7 +7,10 @@ r"""Training-throughput benchmark: images/second of each MNIST variant, one JSON
 Each variant is built from its recipe (`gin/mnist_<model>.gin`, so the benchmark measures exactly what
 the recipe trains: architecture, per-group optimizers, gradient clamp), then trained on random binary
 28x28 batches held in memory. Timing rule (the same as the PyTorch twin's, see gin/README.md): every step is
-timed with `perf_counter` after `--warmup` untimed steps; `img_per_s = batch_size / median(step time)`.
+timed with `perf_counter` after `--warmup` untimed steps; `img_per_s = batch_size / median(step time)`. The timed
+step is the one the training loop runs between logging points (`training.execution.without_diagnostics`: no
+per-group diagnostics, `train.diagnostics='logged_steps'`); `"diagnostics": "every_step"` in a row means they were
+recorded (`--gin_bindings="train.diagnostics='every_step'"`).
 
 `flops_per_image` counts the multiply-accumulates of every conv, transposed conv, Dense and LSTM gate
 matmul of one forward pass (elementwise ops, BN, activations and the loss are ignored), times 2 for
@@ -101,6 +104,7 @@ from crvae_tf import runs
 from crvae_tf.architectures import heads
 from crvae_tf.evaluation import likelihood as eval_lib
 from crvae_tf.training import distribution
+from crvae_tf.training import execution
 
 VARIANTS = ("vae", "cvae", "bcvae", "crvae_inference", "crvae_generation", "crvae")
 
@@ -237,6 +241,14 @@ def step_rates(batch_size: int, times, digits: int = 4) -> dict:
     }
 
 
+def _loop_step(model):
+    """(the `tf.function` step the training loop runs between logging points, `train.diagnostics`) under the parsed
+    gin config."""
+    diagnostics = builders.train_settings(max_steps=1).diagnostics
+    fn = model.train_step if diagnostics == "every_step" else execution.without_diagnostics(model)
+    return tf.function(fn, reduce_retracing=True), diagnostics
+
+
 def _random_binary_batches(batch_size):
     """Four random binary 28x28 batches (13% ones, about MNIST's), seed 0: what the training benchmarks cycle over."""
     rng = np.random.default_rng(0)
@@ -250,7 +262,7 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
     model = builders.build_model(image_shape=(28, 28, 1), seed=0)
     optimizers, clips = builders.build_optimizers(model, steps_per_epoch=390)
     model.compile(optimizers=optimizers, clip_values=clips)
-    step = tf.function(model.train_step, reduce_retracing=True)
+    step, diagnostics = _loop_step(model)
     batches = _random_binary_batches(batch_size)
     times, cpu_utilization = time_steps(step, batches, warmup, steps)
     median = statistics.median(times)
@@ -260,6 +272,7 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
         "model": name,
         "batch_size": batch_size,
         "precision": model.dtype_policy.name,
+        "diagnostics": diagnostics,
         **step_rates(batch_size, times),
         "flops_per_image": flops,
         "gflop_per_s": round(flops * batch_size / median / 1e9, 1),
@@ -287,7 +300,7 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
     model = builders.build_model(image_shape=image_shape, seed=0)
     optimizers, clips = builders.build_optimizers(model, steps_per_epoch=1000)
     model.compile(optimizers=optimizers, clip_values=clips)
-    step = tf.function(model.train_step, reduce_retracing=True)
+    step, diagnostics = _loop_step(model)
     rng = np.random.default_rng(0)
     batches = [tf.constant(rng.random((batch_size,) + image_shape).astype(np.float32)) for _ in range(2)]
     if hasattr(model, "class_logits"):  # semi-supervised (STL-10): (pool, labeled, labels), labeled batch = batch
@@ -299,6 +312,7 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
         "image_shape": list(image_shape),
         "batch_size": batch_size,
         "precision": model.dtype_policy.name,
+        "diagnostics": diagnostics,
         **step_rates(batch_size, times, digits=3),
         "params": models.parameter_counts(model),
         "steps": steps,
@@ -622,7 +636,9 @@ def bench_replicated(name, devices, steps, warmup, batch_size, gin_dir, bindings
     synchronized = 0
     if settings.synchronized_batch_statistics:
         synchronized = distribution.synchronize_batch_statistics(model)
-    step = distribution.replicated_step(strategy, model.train_step, per_replica, model.metrics)
+    diagnostics = settings.diagnostics  # the step the loop runs between logging points, as `bench_variant`
+    fn = model.train_step if diagnostics == "every_step" else execution.without_diagnostics(model)
+    step = distribution.replicated_step(strategy, fn, per_replica, model.metrics)
     times, cpu_utilization = time_steps(step, _random_binary_batches(batch_size), warmup, steps)
     return {
         "model": name,
@@ -632,6 +648,7 @@ def bench_replicated(name, devices, steps, warmup, batch_size, gin_dir, bindings
         "per_replica_batch_size": per_replica,
         "synchronized_layers": synchronized,
         "precision": model.dtype_policy.name,
+        "diagnostics": diagnostics,
         **step_rates(batch_size, times),
         "steps": steps,
         "cpu_utilization": cpu_utilization,

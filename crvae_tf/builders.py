@@ -709,6 +709,7 @@ class TrainSettings(NamedTuple):
     devices: object = None
     synchronized_batch_statistics: bool = True
     steps_per_execution: object = "auto"
+    diagnostics: str = "logged_steps"
 
 
 @gin.configurable("train")
@@ -719,6 +720,7 @@ def train_settings(
     seed: int = 0,
     jit_compile: bool = False,
     steps_per_execution: object = "auto",
+    diagnostics: str = "logged_steps",
     # Logging and evaluation.
     log_every_steps: int = 50,
     image_every_steps: int = 500,
@@ -755,6 +757,11 @@ def train_settings(
     execution`): the periodic tasks, the guard and the numbers are those of one step per call; an interrupt is acted
     on at the end of a call. 'auto' sizes N so that a call lasts about a second; under 'multi_worker' it is 1.
 
+    `diagnostics` says which steps record the per-group training diagnostics (`grad_norm/`, `param_norm/`,
+    `update_ratio/`): 'logged_steps' (default) only the steps whose summaries are written, so each logged value is
+    that step's; the steps between them skip the copy of every parameter the update ratio needs (measured 20-30 ms
+    of a 1.3 s MNIST crVAE step on 2 CPU cores). 'every_step': every step, logged as the mean since the last summary.
+
     ARGS_DOC
         Returns:
           `TrainSettings`.
@@ -764,6 +771,8 @@ def train_settings(
             "train.steps_per_execution must be 'auto' or an integer >= 1 (training steps per tf.function call), "
             f"got {steps_per_execution!r}"
         )
+    if diagnostics not in ("logged_steps", "every_step"):
+        raise ValueError(f"train.diagnostics must be 'logged_steps' or 'every_step', got {diagnostics!r}")
     if distribution == "multi_worker" and steps_per_execution not in ("auto", 1):
         raise ValueError(
             f"train.steps_per_execution={steps_per_execution} is not supported with train.distribution='multi_worker' "
@@ -806,6 +815,7 @@ def train_settings(
         None if devices is None else [str(d) for d in devices],
         bool(synchronized_batch_statistics),
         steps_per_execution,
+        str(diagnostics),
     )
 
 

@@ -217,6 +217,7 @@ RESUME_SAFE = frozenset(
         "train.num_image_samples",
         "train.progress_bar",
         "train.steps_per_execution",
+        "train.diagnostics",
         "model.fold_batch_norm",
         "train.checkpoint_every_steps",
         "train.checkpoint_every_secs",

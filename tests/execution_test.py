@@ -53,6 +53,17 @@ class ExecutionPlanTest(tf.test.TestCase):
         plan.observe(4, 8.0)  # slow steps: one per call
         self.assertEqual(plan.steps(112), 1)
 
+    def test_logged_steps_run_alone(self):
+        logged = _Task(5)
+        plan = execution.ExecutionPlan(8, [logged], steps_per_epoch=100, max_steps=12, recorded=logged.due)
+        step, calls = 0, []
+        while step < 12:
+            n = plan.steps(step)
+            calls.append((n, plan.records(step)))
+            step += n
+        # Steps 5 and 10 are logged: each runs alone with the recording step, the others never reach them.
+        self.assertEqual(calls, [(4, False), (1, True), (4, False), (1, True), (2, False)])
+
     def test_bad_settings_are_refused(self):
         for bad in (0, -3, 2.5, "fast", True, None):
             with self.assertRaisesRegex(ValueError, "'auto' or an integer >= 1"):
@@ -166,10 +177,32 @@ class GroupedRunsTest(testing_utils.GinTestCase):
         one, sizes_one, _ = self._train("one", 1)
         four, sizes_four, _ = self._train("four", 4)
         self.assertEqual(sizes_one, [1] * 10)
-        self.assertEqual(sizes_four, [4, 2, 4])  # the summaries at step 6; the run ends at 10
+        self.assertEqual(sizes_four, [4, 1, 1, 3, 1])  # steps 6 and 10 logged (alone); the run ends at 10
         self.assertAllClose(four["train"], one["train"], rtol=1e-6, atol=1e-6)
         self.assertAllClose(four["validation"], one["validation"], rtol=1e-6, atol=1e-6)
         for a, b in zip(four["model"].weights, one["model"].weights):
+            self.assertAllClose(a, b, rtol=1e-6, atol=1e-6, msg=a.path)
+
+    def test_logged_steps_record_the_diagnostics_of_the_logged_step_only(self):
+        def run(name, diagnostics, log_every):
+            return self._train(
+                name,
+                4,
+                extra=[f"train.diagnostics = '{diagnostics}'", f"train.log_every_steps = {log_every}"],
+            )
+
+        logged, sizes, _ = run("logged", "logged_steps", 5)
+        every, _, _ = run("every", "every_step", 5)
+        single, _, _ = run("single", "every_step", 1)  # every step logged: step 10's own values
+        self.assertEqual(sizes, [4, 1, 4, 1])
+        diagnostics = [k for k in logged["train"] if k.startswith(("grad_norm_", "param_norm_", "update_ratio_"))]
+        self.assertLen(diagnostics, 9)  # three kinds x encoder / latent_head / decoder
+        for key in diagnostics:
+            self.assertGreater(logged["train"][key], 0.0, msg=key)
+            self.assertAllClose(logged["train"][key], single["train"][key], rtol=1e-5, msg=key)
+        # 'every_step' logs the mean over steps 6..10, which differs; the training itself does not.
+        self.assertNotAllClose(every["train"]["grad_norm_decoder"], logged["train"]["grad_norm_decoder"])
+        for a, b in zip(logged["model"].weights, every["model"].weights):
             self.assertAllClose(a, b, rtol=1e-6, atol=1e-6, msg=a.path)
 
     def test_the_guard_sees_the_non_finite_step_and_its_batch(self):
@@ -190,6 +223,8 @@ class GroupedRunsTest(testing_utils.GinTestCase):
         self.assertAllEqual(saved[8], saved[1])
 
     def test_multi_worker_takes_one_step_per_call_only(self):
+        with self.assertRaisesRegex(ValueError, "train.diagnostics must be 'logged_steps' or 'every_step'"):
+            builders.train_settings(max_steps=5, diagnostics="sometimes")
         with self.assertRaisesRegex(ValueError, "not supported with train.distribution='multi_worker'"):
             builders.train_settings(max_steps=5, distribution="multi_worker", steps_per_execution=4)
         settings = builders.train_settings(max_steps=5, distribution="multi_worker")

@@ -84,15 +84,34 @@ def multi_step(step_fn, element_spec):
     return execute
 
 
+def without_diagnostics(model):
+    """`step(batch)`: `model.train_step` traced without the per-group training diagnostics
+    (`model.record_diagnostics` is read when the step is traced), for the steps between logging points."""
+
+    def step(batch):
+        model.record_diagnostics = False
+        try:
+            return model.train_step(batch)
+        finally:
+            model.record_diagnostics = True
+
+    return step
+
+
 class ExecutionPlan:
     """How many steps the next call runs: at most N ('auto': from the measured step time), never past a step at which
-    one of `tasks` is due (`task.due(step)`), the end of the epoch or `max_steps`."""
+    one of `tasks` is due (`task.due(step)`), the end of the epoch or `max_steps`.
 
-    def __init__(self, steps_per_execution, tasks, steps_per_epoch: int, max_steps: int):
+    With `recorded(step)` (the steps whose diagnostics are logged, `train.diagnostics='logged_steps'`), such a step
+    runs alone in its call, with the step function that records them (`records`), and no other call reaches it.
+    """
+
+    def __init__(self, steps_per_execution, tasks, steps_per_epoch: int, max_steps: int, recorded=None):
         if not (steps_per_execution == "auto" or (type(steps_per_execution) is int and steps_per_execution >= 1)):
             raise ValueError(f"steps_per_execution must be 'auto' or an integer >= 1, got {steps_per_execution!r}")
         self.setting = steps_per_execution
         self.tasks, self.steps_per_epoch, self.max_steps = list(tasks), int(steps_per_epoch), int(max_steps)
+        self.recorded = recorded
         self.auto_steps = 1
         self._calls = 0
 
@@ -101,11 +120,17 @@ class ExecutionPlan:
 
     def steps(self, step: int) -> int:
         """n >= 1 for the call that starts after `step`."""
+        if self.records(step):
+            return 1
         end = min(self.max_steps, (step // self.steps_per_epoch + 1) * self.steps_per_epoch, step + self.limit())
         n = 1
-        while step + n < end and not any(task.due(step + n) for task in self.tasks):
+        while step + n < end and not any(task.due(step + n) for task in self.tasks) and not self.records(step + n):
             n += 1
         return n
+
+    def records(self, step: int) -> bool:
+        """Whether the call that starts after `step` is the one-step call of a step whose diagnostics are logged."""
+        return self.recorded is not None and self.recorded(step + 1)
 
     def observe(self, steps: int, seconds: float) -> None:
         """Records a call's duration; 'auto' sizes the next calls from it (the first call, which traces, is not

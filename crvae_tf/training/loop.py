@@ -123,8 +123,12 @@ def _train(model_dir, settings, interrupts, strategy):
             synchronized = distribution.synchronize_batch_statistics(model)
             console.message(f"{replicas} replicas, {per_replica} images each; {synchronized} layers synchronized")
         train_step = distribution.replicated_step(strategy, model.train_step, per_replica, model.metrics)
+        plain_step = distribution.replicated_step(
+            strategy, execution.without_diagnostics(model), per_replica, model.metrics
+        )
     else:
         train_step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True)
+        plain_step = tf.function(execution.without_diagnostics(model), jit_compile=jit_compile, reduce_retracing=True)
     test_step = tf.function(model.test_step, reduce_retracing=True)
 
     # Fixed inputs for the image grids: the first validation images (fixed binarization) and a fixed z.
@@ -215,8 +219,13 @@ def _train(model_dir, settings, interrupts, strategy):
     # Several steps per call (`training.execution`), never past a step at which a periodic task is due. Several
     # workers run one step per call: their calls must hold the same collectives, and 'auto' follows each one's clock.
     steps_per_execution = 1 if num_workers > 1 else settings.steps_per_execution
-    plan = execution.ExecutionPlan(steps_per_execution, periodic, steps_per_epoch, max_steps)
-    execute = None
+    # The steps between logging points run without the training diagnostics ('logged_steps'): a logged step runs
+    # alone, with the step that records them.
+    logged_only = settings.diagnostics == "logged_steps"
+    plan = execution.ExecutionPlan(
+        steps_per_execution, periodic, steps_per_epoch, max_steps, recorded=summaries.due if logged_only else None
+    )
+    execute = execute_plain = None
 
     if step:
         console.message(f"Resuming from step {step} ({resumed_from})")
@@ -259,9 +268,11 @@ def _train(model_dir, settings, interrupts, strategy):
             iterator = iter(dataset)
             if execute is None:
                 execute = execution.multi_step(train_step, dataset.element_spec)
+                execute_plain = execution.multi_step(plain_step, dataset.element_spec) if logged_only else execute
             end_of_epoch = (epoch + 1) * steps_per_epoch
             while step < min(end_of_epoch, max_steps):
-                ran, logs, seconds = execution.run_and_check(execute, iterator, plan.steps(step), guard, step)
+                call = execute if plan.records(step) or not logged_only else execute_plain
+                ran, logs, seconds = execution.run_and_check(call, iterator, plan.steps(step), guard, step)
                 plan.observe(ran, seconds)
                 step += ran
                 step_var.assign(step)
