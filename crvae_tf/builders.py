@@ -759,7 +759,7 @@ def train_settings(
 
     `diagnostics` says which steps record the per-group training diagnostics (`grad_norm/`, `param_norm/`,
     `update_ratio/`): 'logged_steps' (default) only the steps whose summaries are written, so each logged value is
-    that step's; the steps between them skip the copy of every parameter the update ratio needs (measured 20-30 ms
+    that step's; the steps between them skip the copy of every parameter the update ratio needs (measured 36-57 ms
     of a 1.3 s MNIST crVAE step on 2 CPU cores). 'every_step': every step, logged as the mean since the last summary.
 
     ARGS_DOC
