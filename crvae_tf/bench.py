@@ -245,8 +245,7 @@ def _loop_step(model):
     """(the `tf.function` step the training loop runs between logging points, `train.diagnostics`) under the parsed
     gin config."""
     diagnostics = builders.train_settings(max_steps=1).diagnostics
-    fn = model.train_step if diagnostics == "every_step" else execution.without_diagnostics(model)
-    return tf.function(fn, reduce_retracing=True), diagnostics
+    return tf.function(execution.step_between_logs(model, diagnostics), reduce_retracing=True), diagnostics
 
 
 def _random_binary_batches(batch_size):
@@ -637,7 +636,7 @@ def bench_replicated(name, devices, steps, warmup, batch_size, gin_dir, bindings
     if settings.synchronized_batch_statistics:
         synchronized = distribution.synchronize_batch_statistics(model)
     diagnostics = settings.diagnostics  # the step the loop runs between logging points, as `bench_variant`
-    fn = model.train_step if diagnostics == "every_step" else execution.without_diagnostics(model)
+    fn = execution.step_between_logs(model, diagnostics)
     step = distribution.replicated_step(strategy, fn, per_replica, model.metrics)
     times, cpu_utilization = time_steps(step, _random_binary_batches(batch_size), warmup, steps)
     return {

@@ -98,6 +98,12 @@ def without_diagnostics(model):
     return step
 
 
+def step_between_logs(model, diagnostics: str):
+    """The step function the loop runs between logging points under `train.diagnostics`: `model.train_step`
+    ('every_step') or `without_diagnostics(model)` ('logged_steps'); not yet a `tf.function`."""
+    return model.train_step if diagnostics == "every_step" else without_diagnostics(model)
+
+
 class ExecutionPlan:
     """How many steps the next call runs: at most N ('auto': from the measured step time), never past a step at which
     one of `tasks` is due (`task.due(step)`), the end of the epoch or `max_steps`.

@@ -124,11 +124,13 @@ def _train(model_dir, settings, interrupts, strategy):
             console.message(f"{replicas} replicas, {per_replica} images each; {synchronized} layers synchronized")
         train_step = distribution.replicated_step(strategy, model.train_step, per_replica, model.metrics)
         plain_step = distribution.replicated_step(
-            strategy, execution.without_diagnostics(model), per_replica, model.metrics
+            strategy, execution.step_between_logs(model, settings.diagnostics), per_replica, model.metrics
         )
     else:
         train_step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True)
-        plain_step = tf.function(execution.without_diagnostics(model), jit_compile=jit_compile, reduce_retracing=True)
+        plain_step = tf.function(
+            execution.step_between_logs(model, settings.diagnostics), jit_compile=jit_compile, reduce_retracing=True
+        )
     test_step = tf.function(model.test_step, reduce_retracing=True)
 
     # Fixed inputs for the image grids: the first validation images (fixed binarization) and a fixed z.
@@ -268,10 +270,10 @@ def _train(model_dir, settings, interrupts, strategy):
             iterator = iter(dataset)
             if execute is None:
                 execute = execution.multi_step(train_step, dataset.element_spec)
-                execute_plain = execution.multi_step(plain_step, dataset.element_spec) if logged_only else execute
+                execute_plain = execution.multi_step(plain_step, dataset.element_spec)
             end_of_epoch = (epoch + 1) * steps_per_epoch
             while step < min(end_of_epoch, max_steps):
-                call = execute if plan.records(step) or not logged_only else execute_plain
+                call = execute if plan.records(step) else execute_plain
                 ran, logs, seconds = execution.run_and_check(call, iterator, plan.steps(step), guard, step)
                 plan.observe(ran, seconds)
                 step += ran
