@@ -81,6 +81,7 @@ TABLE1_PAIRS = (
     ("mnist_crvae", "mnist_bcvae"),
     ("mnist_crvae", "mnist_crvae_inference"),
     ("mnist_crvae", "mnist_crvae_generation"),
+    ("mnist_crvae_generation", "mnist_crvae_inference"),
     ("mnist_crvae_iwae40", "mnist_crvae"),
 )
 SAMPLE_QUALITY_KEYS = ("fid", "kid_mean", "inception_score_mean")
