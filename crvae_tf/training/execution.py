@@ -157,6 +157,6 @@ def run_and_check(execute, iterator, steps: int, guard, first_step: int):
     ran = int(ran)  # the host's one wait per call
     seconds = time.perf_counter() - start
     if ran > 1:
-        guard.collapse.update(0.5)
+        guard.collapse.reset()
     guard.check(first_step + ran, logs, batch)
     return ran, logs, seconds

@@ -84,6 +84,10 @@ class CollapseMonitor:
         self.value = accuracy
         return bool(self.patience) and self.pinned >= self.patience
 
+    def reset(self) -> None:
+        """An unpinned step: the count starts over (`training.execution` for the steps inside a call)."""
+        self.pinned = 0
+
     def describe(self, step: int) -> str:
         verdict = "wins" if self.value == 1.0 else "loses"
         return (
