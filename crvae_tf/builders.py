@@ -350,6 +350,7 @@ def build_latent_head(
     recurrent_generation=None,
     inference_batchnorm=None,
     generation_batchnorm=None,
+    lstm_jit_compile=None,
     batchnorm_momentum: float = 0.9,
     batchnorm_epsilon: float = 1e-5,
 ):
@@ -371,6 +372,9 @@ def build_latent_head(
       inference_batchnorm: BatchNorm after the inference LSTM (the 64x64 RGB code has one).
       generation_batchnorm: BatchNorm after the generation LSTM (not in the authors' code; the fix of the early
         posterior collapse that the crVAE recipes switch on, docs/crvae_collapse.md).
+      lstm_jit_compile: 'auto' (default), True or False: the crVAE LSTMs' training passes under XLA, 'auto' =
+        when they compute in float32 (faster on CPU there, slower in bfloat16; `blocks.StackedLSTM` has the
+        figures). Evaluation, sampling and exports never use XLA. Numbers differ from False by float rounding.
       batchnorm_momentum, batchnorm_epsilon: the BatchNorm at the decoder entry (crVAE, cVAE heads);
         recipes share one gin macro with encoder.* and decoder.*.
     """
@@ -387,6 +391,7 @@ def build_latent_head(
             recurrent_generation=recurrent_generation,
             inference_batchnorm=inference_batchnorm,
             generation_batchnorm=generation_batchnorm,
+            lstm_jit_compile=lstm_jit_compile,
         ).items()
         if value is not None
     }

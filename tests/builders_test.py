@@ -230,6 +230,7 @@ class BuildersTest(testing_utils.GinTestCase):
                 "recurrent_generation",
                 "inference_batchnorm",
                 "generation_batchnorm",
+                "lstm_jit_compile",
             },
         )
         parse(

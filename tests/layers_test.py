@@ -90,6 +90,49 @@ class LayersTest(tf.test.TestCase):
             if steps > 1:
                 self.assertGreater(float(tf.reduce_max(tf.abs(results[1][2]))), 1e-3)
 
+    def test_stacked_lstm_under_xla_computes_the_plain_stack(self):
+        """`jit_compile`: training calls under XLA give the plain graph's outputs and gradients (float32 rounding);
+        which calls compile ('auto' = float32 training only; never evaluation); bad values fail; configs keep it."""
+        rng = np.random.default_rng(2)
+        x = tf.constant(rng.normal(size=(5, 4, 6)), tf.float32)
+        upstream = tf.constant(rng.normal(size=(5, 4, 8)), tf.float32)
+        xla, plain = blocks.StackedLSTM(8, 2, jit_compile=True), blocks.StackedLSTM(8, 2, jit_compile=False)
+        xla.build(x.shape)
+        plain.build(x.shape)
+        for source, target in zip(xla.weights, plain.weights):
+            target.assign(source)
+
+        @tf.function
+        def forward_backward(layer):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                outputs = layer(x, training=True)
+                loss = tf.reduce_sum(outputs * upstream)
+            graph = tf.compat.v1.get_default_graph().as_graph_def()
+            must_compile = any("_XlaMustCompile" in f.attr for f in graph.library.function)
+            return [outputs] + tape.gradient(loss, [x] + layer.trainable_weights), must_compile
+
+        ours, compiled = forward_backward(xla)
+        for a, b in zip(ours, forward_backward(xla)[0]):  # deterministic: a resumed run recomputes the same steps
+            self.assertAllEqual(a, b)
+        reference, reference_compiled = forward_backward(plain)
+        self.assertTrue(bool(compiled))
+        self.assertFalse(bool(reference_compiled))
+        for a, b in zip(ours, reference):
+            self.assertAllClose(a, b, atol=2e-5, rtol=2e-5)
+        self.assertGreater(float(tf.reduce_max(tf.abs(ours[2]))), 1e-3)  # the recurrent kernel gets a gradient
+
+        self.assertEqual([xla.compiles(t) for t in (True, False, None)], [True, False, False])
+        self.assertEqual([plain.compiles(t) for t in (True, False)], [False, False])
+        auto32 = blocks.StackedLSTM(8, 2)
+        auto16 = blocks.StackedLSTM(8, 2, dtype="mixed_bfloat16")
+        self.assertEqual([auto32.compiles(True), auto32.compiles(False), auto16.compiles(True)], [True, False, False])
+        for bad in ("yes", 1, None):
+            with self.assertRaisesRegex(ValueError, "jit_compile must be one of"):
+                blocks.StackedLSTM(8, 2, jit_compile=bad)
+        self.assertEqual(blocks.StackedLSTM.from_config(xla.get_config()).jit_compile, True)
+        self.assertEqual(blocks.StackedLSTM.from_config(auto32.get_config()).jit_compile, "auto")
+
     def test_narrow_conv2d_is_conv2d(self):
         """`NarrowConv2D` computes what `keras.layers.Conv2D` computes with the same weights (outputs and gradients),
         for 1, 2 and 3 output channels and non-square kernels, and falls back to it for 'same' padding."""
@@ -170,6 +213,55 @@ class LayersTest(tf.test.TestCase):
         decoder = networks.mnist_decoder()
         self.assertEqual(decoder.get_layer("deconv3_crop").output.shape[1:], (30, 30, 64))
         self.assertEqual(decoder.output_shape, (None, 28, 28, 1))
+
+    def test_same_padding_is_used_exactly_where_it_is_torch_padding(self):
+        """`_same_is_torch_padding` against Torch's definition computed independently in NumPy (pad p zeros on every
+        side, then a 'valid' strided correlation): True exactly where Keras `same` gives Torch's output."""
+
+        def torch_conv(x, kernel, stride, padding):  # x [n, n], kernel [k, k]: Torch SpatialConvolution, one channel
+            x = np.pad(x, padding)
+            k = kernel.shape[0]
+            out = (x.shape[0] - k) // stride + 1
+            return np.array(
+                [
+                    [np.sum(x[i * stride : i * stride + k, j * stride : j * stride + k] * kernel) for j in range(out)]
+                    for i in range(out)
+                ]
+            )
+
+        rng = np.random.default_rng(0)
+        agreements = 0
+        for size in (4, 7, 8, 15, 16):
+            for kernel_size in (1, 2, 3, 4, 5):
+                for stride in (1, 2):
+                    for padding in range(kernel_size):
+                        x = rng.normal(size=(size, size))
+                        kernel = rng.normal(size=(kernel_size, kernel_size))
+                        expected = torch_conv(x, kernel, stride, padding)
+                        same = tf.nn.conv2d(x[None, :, :, None], kernel[:, :, None, None], stride, "SAME")[0, :, :, 0]
+                        agrees = same.shape == expected.shape and np.allclose(same, expected, atol=1e-9)
+                        claimed = networks._same_is_torch_padding(size, kernel_size, stride, padding)
+                        self.assertEqual(claimed, agrees, msg=f"n={size} k={kernel_size} s={stride} p={padding}")
+                        if stride == 1 and kernel_size % 2 and padding == kernel_size // 2:
+                            self.assertTrue(networks._same_is_torch_padding(None, kernel_size, stride, padding))
+                        agreements += agrees
+        self.assertGreater(agreements, 20)
+        # The MNIST networks: `same` in every stride-1 3x3 block and in the encoder's 15 -> 8 conv3, explicit
+        # ZeroPadding2D in conv1 (5x5, p3) and conv5 (8 -> 4); the Identity keeps each block's layer positions.
+        encoder = networks.mnist_encoder(base_channels=4)
+        kinds = {layer.name: type(layer).__name__ for layer in encoder.layers if layer.name.endswith("_pad")}
+        self.assertEqual(
+            kinds,
+            {
+                "conv1_pad": "ZeroPadding2D",
+                "conv2_pad": "Identity",
+                "conv3_pad": "Identity",
+                "conv4_pad": "Identity",
+                "conv5_pad": "ZeroPadding2D",
+                "conv6_pad": "Identity",
+            },
+        )
+        self.assertEqual(encoder.get_layer("conv3_conv").padding, "same")
 
     def test_heads_shapes_and_round_trip(self):
         feature_shape = (4, 4, 32)

@@ -40,6 +40,7 @@ TINY = [
     "decoder.base_channels = 4",
     "latent_head.latent_channels = 8",
     "latent_head.hidden_units = 16",
+    "latent_head.lstm_jit_compile = False",  # as testing_utils.tiny_head_bindings
     "train.batch_size = 8",
     "train.num_image_samples = 4",
     "train.image_every_steps = 1000",

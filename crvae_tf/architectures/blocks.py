@@ -15,6 +15,7 @@ Consequently time step `t` of a channel-recurrent model, the contiguous channel 
 """
 
 import math
+import weakref
 
 import keras
 from keras import ops
@@ -209,6 +210,9 @@ class BlockDense(keras.layers.Layer):
         }
 
 
+LSTM_JIT_COMPILE = ("auto", True, False)
+
+
 @keras.saving.register_keras_serializable(PACKAGE)
 class StackedLSTM(keras.layers.Layer):
     """A stack of LSTM layers over a short, static sequence, returning every step of the top layer.
@@ -224,14 +228,26 @@ class StackedLSTM(keras.layers.Layer):
     than a while-loop; (b) the graph contains only core matmul/elementwise ops, so exported SavedModels
     never contain cuDNN-only RNN kernels. The recurrence has a hand-written backward pass
     (`lstm_recurrence`): the gradient of the recurrent kernel over all steps is one matmul, not T - 1.
+
+    `jit_compile` compiles the stack with XLA in *training* calls (`training=True`), where the unrolled
+    recurrence is ~25 small element-wise ops per step and layer forward and ~40 backward, which XLA fuses
+    into a few loops: 'auto' (default) when the layer computes in float32, True always, False never.
+    Evaluation, sampling and exports always run the plain graph (TF Serving never sees an XLA function).
+    Measured on 2 idle CPU cores, batch 128, T = 8, 512 units, 2 layers, forward + backward: inputs of 512
+    (the MNIST inference LSTM) 163.6 ms plain, 139.7 ms XLA; inputs of 128 (generation) 131.6 / 115.6 ms
+    (PyTorch's oneDNN `nn.LSTM`: 130.7 / 106.7). In mixed_bfloat16, XLA's CPU matmuls are slower than
+    oneDNN's: 84.4 / 75.3 ms plain against 150.8 / 124.7 XLA, hence 'auto'. On GPUs: not measured.
     """
 
-    def __init__(self, units: int, num_layers: int = 2, **kwargs):
+    def __init__(self, units: int, num_layers: int = 2, jit_compile="auto", **kwargs):
         super().__init__(**kwargs)
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not (isinstance(jit_compile, bool) or (isinstance(jit_compile, str) and jit_compile == "auto")):
+            raise ValueError(f"jit_compile must be one of {LSTM_JIT_COMPILE}, got {jit_compile!r}")
         self.units = units
         self.num_layers = num_layers
+        self.jit_compile = jit_compile
 
     def build(self, input_shape):
         _, steps, features = input_shape
@@ -254,21 +270,59 @@ class StackedLSTM(keras.layers.Layer):
             self.recurrent_kernels.append(getattr(self, f"recurrent_kernel_{layer}"))
             self.biases.append(getattr(self, f"bias_{layer}"))
 
-    def call(self, x):
-        steps = x.shape[1]
-        for kernel, recurrent_kernel, bias in zip(self.kernels, self.recurrent_kernels, self.biases):
-            features = x.shape[-1]
-            # Input projection of all steps at once, time-major: [T*batch, in] @ [in, 4U] -> [T, batch, 4U].
-            time_major = tf.reshape(tf.transpose(x, (1, 0, 2)), (-1, features))
-            projected = tf.reshape(tf.matmul(time_major, kernel) + bias, (steps, -1, 4 * self.units))
-            x = tf.transpose(lstm_recurrence(projected, tf.convert_to_tensor(recurrent_kernel)), (1, 0, 2))
-        return x
+    def compiles(self, training) -> bool:
+        """Whether a call with this `training` runs the stack under XLA (class docstring)."""
+        if not training:
+            return False
+        if self.jit_compile == "auto":
+            return self.compute_dtype == "float32"
+        return bool(self.jit_compile)
+
+    def call(self, x, training=None):
+        # The weights as tensors here, inside the layer's call: under a mixed policy they are read in the compute
+        # dtype (Keras' autocast), and XLA receives plain tensors.
+        weights = [
+            (tf.convert_to_tensor(k), tf.convert_to_tensor(r), tf.convert_to_tensor(b))
+            for k, r, b in zip(self.kernels, self.recurrent_kernels, self.biases)
+        ]
+        if self.compiles(training):
+            return _compiled_stack(self)(x, weights)
+        return lstm_stack(x, weights)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1], self.units)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "num_layers": self.num_layers}
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "num_layers": self.num_layers,
+            "jit_compile": self.jit_compile,
+        }
+
+
+def lstm_stack(x, weights):
+    """`[batch, T, in] -> [batch, T, units]`: the stacked LSTM of `StackedLSTM`, for `weights` a list of
+    (kernel `[in, 4U]`, recurrent kernel `[U, 4U]`, bias `[4U]`) per layer, gates (i, f, g, o)."""
+    steps = x.shape[1]
+    for kernel, recurrent_kernel, bias in weights:
+        features, units4 = kernel.shape
+        # Input projection of all steps at once, time-major: [T*batch, in] @ [in, 4U] -> [T, batch, 4U].
+        time_major = tf.reshape(tf.transpose(x, (1, 0, 2)), (-1, features))
+        projected = tf.reshape(tf.matmul(time_major, kernel) + bias, (steps, -1, units4))
+        x = tf.transpose(lstm_recurrence(projected, recurrent_kernel), (1, 0, 2))
+    return x
+
+
+# One XLA-compiled `lstm_stack` per layer, held outside the layer: a `tf.function` attribute of a Keras layer
+# would be tracked (and could be written into SavedModels), which exports must never contain.
+_COMPILED_STACKS = weakref.WeakKeyDictionary()
+
+
+def _compiled_stack(layer):
+    if layer not in _COMPILED_STACKS:
+        _COMPILED_STACKS[layer] = tf.function(lstm_stack, jit_compile=True, autograph=False)
+    return _COMPILED_STACKS[layer]
 
 
 @tf.custom_gradient

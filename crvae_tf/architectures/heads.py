@@ -264,6 +264,9 @@ class ChannelRecurrentHead(_BlockedHead):
     `recurrent_inference=False` / `recurrent_generation=False` replace the LSTM + time-shared Dense of
     that path by T independent Dense layers (`BlockDense`), giving Table 1's "generation only" /
     "inference only" ablations. Both True is the paper's crVAE.
+
+    `lstm_jit_compile` ('auto', True, False): whether the LSTMs' training passes run under XLA
+    (`blocks.StackedLSTM`: 'auto' = in float32; evaluation and exports never).
     """
 
     def __init__(
@@ -275,9 +278,11 @@ class ChannelRecurrentHead(_BlockedHead):
         recurrent_generation: bool = True,
         inference_batchnorm: bool = False,
         generation_batchnorm: bool = False,
+        lstm_jit_compile="auto",
         **kwargs,
     ):
         super().__init__(feature_shape, **kwargs)
+        self.lstm_jit_compile = lstm_jit_compile
         self.hidden_units = int(hidden_units)
         self.num_layers = int(num_layers)
         self.recurrent_inference = bool(recurrent_inference)
@@ -297,7 +302,9 @@ class ChannelRecurrentHead(_BlockedHead):
             bias_initializer=torch_uniform(self.hidden_units),
         )
         if self.recurrent_inference:
-            self.inference_lstm = StackedLSTM(self.hidden_units, self.num_layers, name="inference_lstm")
+            self.inference_lstm = StackedLSTM(
+                self.hidden_units, self.num_layers, jit_compile=lstm_jit_compile, name="inference_lstm"
+            )
             self.inference_bn = (
                 keras.layers.BatchNormalization(
                     momentum=0.9,
@@ -316,7 +323,9 @@ class ChannelRecurrentHead(_BlockedHead):
             self.inference_blocks = BlockDense(step_dim, name="inference_blocks")
             inference = [self.inference_blocks]
         if self.recurrent_generation:
-            self.generation_lstm = StackedLSTM(self.hidden_units, self.num_layers, name="generation_lstm")
+            self.generation_lstm = StackedLSTM(
+                self.hidden_units, self.num_layers, jit_compile=lstm_jit_compile, name="generation_lstm"
+            )
             # Optional BatchNorm over the B*T rows of the generation LSTM's outputs (gamma 1, beta 0): the mirror
             # of the RGB code's inference-side BN, not in the authors' code (docs/crvae_collapse.md). At the Torch
             # initialisation the two LSTM layers shrink z, so u varies across the batch far less than the
@@ -350,7 +359,7 @@ class ChannelRecurrentHead(_BlockedHead):
     def infer(self, features, training=False):
         blocks = to_channel_blocks(features, self.num_time_steps)  # [B, T, C_feat/T*H*W]
         if self.recurrent_inference:
-            hidden = self.inference_lstm(blocks)  # [B, T, hidden]
+            hidden = self.inference_lstm(blocks, training=training)  # [B, T, hidden]
             if self.inference_bn is not None:
                 hidden = self._normalize_rows(self.inference_bn, hidden, training)
             steps = self.inference_dense(hidden)  # [B, T, D/T]
@@ -362,7 +371,7 @@ class ChannelRecurrentHead(_BlockedHead):
         """z `[B, D]` -> u `[B, D]`, the generation-path output before b_dec (the MI target of the GAN)."""
         blocks = ops.reshape(z, (-1, self.num_time_steps, self.latent_dim // self.num_time_steps))
         if self.recurrent_generation:
-            hidden = self.generation_lstm(blocks)  # [B, T, hidden]
+            hidden = self.generation_lstm(blocks, training=training)  # [B, T, hidden]
             if self.generation_bn is not None:
                 hidden = self._normalize_rows(self.generation_bn, hidden, training)
             steps = self.generation_dense(hidden)
@@ -383,6 +392,7 @@ class ChannelRecurrentHead(_BlockedHead):
             "recurrent_generation": self.recurrent_generation,
             "inference_batchnorm": self.inference_batchnorm,
             "generation_batchnorm": self.generation_batchnorm,
+            "lstm_jit_compile": self.lstm_jit_compile,
         }
 
 
