@@ -194,6 +194,23 @@ class PipelineTest(tf.test.TestCase):
         for a, b in zip(first, second):
             self.assertAllEqual(a, b)
 
+    def test_every_pipeline_runs_without_autotuning(self):
+        """`pipeline.finish`: autotuning off (its thread stalls iterator destruction), a fixed prefetch; the sharded
+        (multi-worker) and uint8 passthrough variants too."""
+        images, _ = data.generate_sprites(40, seed=0)
+        variants = {
+            "train": dict(binarization="dynamic", training=True),
+            "eval": dict(binarization="static", training=False),
+            "sharded": dict(binarization="dynamic", training=True, shard=(1, 2)),
+            "passthrough": dict(binarization="none", training=True),
+        }
+        for name, kwargs in variants.items():
+            with self.subTest(name):
+                source = (images * 255).astype(np.uint8) if name == "passthrough" else images
+                dataset = data.make_dataset(source, batch_size=8, seed=0, **kwargs)
+                self.assertIs(dataset.options().autotune.enabled, False)
+                self.assertLen(list(dataset), 5)
+
     def test_bad_arguments(self):
         images = np.zeros((4, 2, 2, 1), np.float32)
         with self.assertRaisesRegex(ValueError, "train.batch_size"):

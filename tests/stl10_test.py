@@ -131,6 +131,9 @@ class PoolPipelineTest(tf.test.TestCase):
             self.assertAllClose(tf.concat([shards[0][part], shards[1][part]], 0), epoch[2][part])
         evaluation = list(data.make_dataset(pool, batch_size=16, binarization="none", seed=5, training=False))
         self.assertEqual([b.shape[0] for b in evaluation], [16, 16, 8])
+        for training in (True, False):  # pipeline.finish: no autotuning thread to stall the iterators' destruction
+            dataset = data.make_dataset(pool, batch_size=8, binarization="none", seed=5, training=training)
+            self.assertIs(dataset.options().autotune.enabled, False)
 
     def test_a_pool_batch_is_saved_on_a_nonfinite_loss(self):
         guard = monitors.TrainingGuard(self.get_temp_dir(), None, lambda: None)

@@ -44,6 +44,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from crvae_tf.data.pipeline import finish
 from crvae_tf.data.pipeline import random_flip_left_right
 from crvae_tf.data.splits import DataUnavailableError
 from crvae_tf.data.splits import ImageSplits
@@ -356,7 +357,7 @@ class TrainingPool:
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
-            return dataset.prefetch(tf.data.AUTOTUNE)
+            return finish(dataset)
         steps = len(self) // int(batch_size)
         if steps == 0:
             raise ValueError(
@@ -410,7 +411,7 @@ class TrainingPool:
         dataset = dataset.map(
             lambda index, rows: make_batch(index, *rows), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        return finish(dataset)
 
     def _labeled_order(self, seed, start: int, count: int) -> np.ndarray:
         """Rows of the labeled stream at positions start .. start + count - 1: a sequence of seeded permutations of
