@@ -83,6 +83,7 @@ from crvae_tf import startup
 startup.quiet_tensorflow()
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -587,9 +588,46 @@ def _twin_main():
             raise app.UsageError(f"{what}={path} is not a file.")
     if TWIN_ROUNDS.value < 1:
         raise app.UsageError("--twin_rounds must be >= 1.")
+    rows = []
     for round_index in range(TWIN_ROUNDS.value):
         for comparison in TWIN_COMPARISONS:
-            print(json.dumps(twin_ratio(*comparison, round_index=round_index)), flush=True)
+            rows.append(twin_ratio(*comparison, round_index=round_index))
+            print(json.dumps(rows[-1]), flush=True)
+    for row in twin_summaries(rows):
+        print(json.dumps(row), flush=True)
+
+
+def _geometric_mean(values):
+    return round(math.exp(sum(math.log(v) for v in values) / len(values)), 3) if values else None
+
+
+def twin_summaries(rows):
+    """One summary row per comparison over its rounds: the geometric mean of the ratios (`ratio_geomean`) of the rounds
+    without a `warning` (scheduler artefacts are left out and counted), its range, and the geometric means of the rounds
+    where the twin / our side ran first. On the 2-core VM the side that runs first in a pair was measured faster in
+    bfloat16 (session 15, six rounds: the twin 182-196 img/s in the four it ran first, 176 in the two it ran second;
+    ours 180-182 first, 169-179 second), so the mean is `order_balanced` only with as many rounds of each order, i.e.
+    an even `--twin_rounds`."""
+    summaries = []
+    for name in dict.fromkeys(row["comparison"] for row in rows):
+        used = [row for row in rows if row["comparison"] == name and "warning" not in row]
+        ratios = [row["ratio"] for row in used]
+        firsts = [row["first"] for row in used]
+        summaries.append(
+            {
+                "comparison": name,
+                "summary": True,
+                "rounds": sum(row["comparison"] == name for row in rows),
+                "rounds_used": len(used),
+                "ratio_geomean": _geometric_mean(ratios),
+                "ratio_min": min(ratios, default=None),
+                "ratio_max": max(ratios, default=None),
+                "ratio_geomean_twin_first": _geometric_mean([r for r, f in zip(ratios, firsts) if f == "twin"]),
+                "ratio_geomean_ours_first": _geometric_mean([r for r, f in zip(ratios, firsts) if f == "ours"]),
+                "order_balanced": firsts.count("twin") == firsts.count("ours"),
+            }
+        )
+    return summaries
 
 
 def scaling_device_kind(num_gpus: int, replicas: int, cores: int) -> str:

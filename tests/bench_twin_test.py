@@ -59,7 +59,18 @@ class TwinRatioTest(unittest.TestCase):
             with mock.patch.object(bench.os, "cpu_count", return_value=2):
                 stdout = testing_utils.run_main(bench.main, argv)
         rows = [json.loads(line) for line in stdout.strip().splitlines()]
+        summaries = {r["comparison"]: r for r in rows[6:]}
+        rows = rows[:6]
         self.assertEqual([r["comparison"] for r in rows], ["train_float32", "train_mixed_bfloat16", "nll"] * 2)
+        self.assertEqual(list(summaries), ["train_float32", "train_mixed_bfloat16", "nll"])
+        self.assertTrue(all(r["summary"] for r in summaries.values()))
+        self.assertEqual(summaries["nll"]["rounds"], 2)
+        self.assertEqual(summaries["nll"]["rounds_used"], 2)
+        self.assertAlmostEqual(summaries["nll"]["ratio_geomean"], 1.1)
+        self.assertTrue(summaries["nll"]["order_balanced"])
+        # Every bfloat16 round was flagged (one core used): none enters the summary.
+        self.assertEqual(summaries["train_mixed_bfloat16"]["rounds_used"], 0)
+        self.assertIsNone(summaries["train_mixed_bfloat16"]["ratio_geomean"])
         by_name = {r["comparison"]: r for r in rows[:3]}
         self.assertAlmostEqual(by_name["train_float32"]["ratio"], 0.8)
         self.assertAlmostEqual(by_name["train_mixed_bfloat16"]["ratio"], 0.95)
@@ -84,6 +95,23 @@ class TwinRatioTest(unittest.TestCase):
             self.assertIn(flag, ours_train)
         self.assertIn("--gin_bindings=model.precision='mixed_bfloat16'", ours_bf16)
         self.assertTrue({"--nll", "--nll_samples=500", "--nll_images=8"} <= set(ours_nll))
+
+    def test_summaries_take_the_geometric_mean_of_unflagged_rounds_by_order(self):
+        rows = [
+            {"comparison": "a", "ratio": 0.9, "first": "twin"},
+            {"comparison": "a", "ratio": 1.1, "first": "ours"},
+            {"comparison": "a", "ratio": 0.5, "first": "twin", "warning": "scheduler"},
+            {"comparison": "a", "ratio": 1.0, "first": "twin"},
+            {"comparison": "b", "ratio": 2.0, "first": "twin"},
+        ]
+        a, b = bench.twin_summaries(rows)
+        self.assertEqual((a["rounds"], a["rounds_used"]), (4, 3))
+        self.assertAlmostEqual(a["ratio_geomean"], round((0.9 * 1.1 * 1.0) ** (1 / 3), 3))
+        self.assertEqual((a["ratio_min"], a["ratio_max"]), (0.9, 1.1))
+        self.assertAlmostEqual(a["ratio_geomean_twin_first"], round((0.9 * 1.0) ** 0.5, 3))
+        self.assertAlmostEqual(a["ratio_geomean_ours_first"], 1.1)
+        self.assertFalse(a["order_balanced"])  # two twin-first rounds used, one ours-first
+        self.assertEqual((b["comparison"], b["ratio_geomean"], b["ratio_geomean_ours_first"]), ("b", 2.0, None))
 
     def test_usage_errors(self):
         with self.assertRaisesRegex(app.UsageError, "--twin_python"):

@@ -252,6 +252,23 @@ class GroupedRunsTest(testing_utils.GinTestCase):
         self.assertAllClose(xla["train"]["loss"], plain["train"]["loss"], rtol=1e-3)
         self.assertAllClose(xla["validation"], plain["validation"], rtol=1e-3, atol=1e-3)
 
+    def test_mixed_precision_lstms_train_in_fused_cells(self):
+        """Under `model.precision='mixed_bfloat16'` the default 'auto' runs the LSTMs' training passes as XLA cells
+        (`blocks.fused_lstm_recurrence`: oneDNN matmuls, float32 cell state), inside multi-step calls; the run
+        follows the plain bfloat16 graph's to bfloat16 rounding (the cells are the more exact of the two)."""
+        precision = "model.precision = 'mixed_bfloat16'"
+        traced = blocks._lstm_cell_backward.experimental_get_tracing_count()
+        fused, sizes, _ = self._train("cells", 4, extra=[precision, "latent_head.lstm_jit_compile = 'auto'"])
+        plain, _, _ = self._train("plain_bf16", 4, extra=[precision])
+        self.assertEqual(sizes, [4, 1, 1, 3, 1])
+        for lstm in (fused["model"].latent_head.inference_lstm, fused["model"].latent_head.generation_lstm):
+            self.assertEqual(lstm.xla_mode(True), "cells")
+            self.assertNotIn(lstm, blocks._COMPILED_STACKS)
+        self.assertGreater(blocks._lstm_cell_backward.experimental_get_tracing_count(), traced)  # the cells ran
+        self.assertIsNone(plain["model"].latent_head.inference_lstm.xla_mode(True))
+        self.assertAllClose(fused["train"]["loss"], plain["train"]["loss"], rtol=2e-2)
+        self.assertAllClose(fused["validation"], plain["validation"], rtol=2e-2, atol=2e-2)
+
     def test_multi_worker_takes_one_step_per_call_only(self):
         with self.assertRaisesRegex(ValueError, "train.diagnostics must be 'logged_steps' or 'every_step'"):
             builders.train_settings(max_steps=5, diagnostics="sometimes")

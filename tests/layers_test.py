@@ -56,8 +56,9 @@ class LayersTest(tf.test.TestCase):
         self.assertAllClose(out, oracle, atol=1e-5)
 
     def test_lstm_recurrence_gradient_matches_autodiff_of_the_unrolled_loop(self):
-        """The hand-written backward pass of `lstm_recurrence` against TensorFlow's autodiff of the plain unrolled
-        recurrence (float64: the two must agree to rounding), for T = 1 (no recurrent term) and T = 5."""
+        """The hand-written backward passes of `lstm_recurrence` and `fused_lstm_recurrence` (XLA cells) against
+        TensorFlow's autodiff of the plain unrolled recurrence (float64: they must agree to rounding), for T = 1 (no
+        recurrent term) and T = 5."""
 
         def unrolled(projected, recurrent_kernel):
             h = c = None
@@ -76,7 +77,7 @@ class LayersTest(tf.test.TestCase):
             recurrent_kernel = tf.constant(rng.normal(size=(4, 16)) * 0.7, tf.float64)
             upstream = tf.constant(rng.normal(size=(steps, 3, 4)), tf.float64)
             results = []
-            for fn in (unrolled, blocks.lstm_recurrence):
+            for fn in (unrolled, blocks.lstm_recurrence, blocks.fused_lstm_recurrence):
                 with tf.GradientTape() as tape:
                     tape.watch([projected, recurrent_kernel])
                     outputs = fn(projected, recurrent_kernel)
@@ -85,22 +86,27 @@ class LayersTest(tf.test.TestCase):
                     loss, [projected, recurrent_kernel], unconnected_gradients=tf.UnconnectedGradients.ZERO
                 )
                 results.append([outputs] + gradients)
-            for ours, reference in zip(*results):
-                self.assertAllClose(ours, reference, atol=1e-12, rtol=1e-12)
+            for ours in results[1:]:
+                for a, reference in zip(ours, results[0]):
+                    self.assertEqual(a.dtype, tf.float64)  # the fused cells compute in float64 here, not float32
+                    self.assertAllClose(a, reference, atol=1e-12, rtol=1e-12)
             if steps > 1:
                 self.assertGreater(float(tf.reduce_max(tf.abs(results[1][2]))), 1e-3)
 
     def test_stacked_lstm_under_xla_computes_the_plain_stack(self):
-        """`jit_compile`: training calls under XLA give the plain graph's outputs and gradients (float32 rounding);
-        which calls compile ('auto' = float32 training only; never evaluation); bad values fail; configs keep it."""
+        """`jit_compile`: training calls under XLA ('stack' and 'cells') give the plain graph's outputs and gradients
+        (float32 rounding); which calls compile ('auto' = 'stack' in float32, 'cells' in mixed precision, training
+        only; never evaluation); bad values fail; configs keep it."""
         rng = np.random.default_rng(2)
         x = tf.constant(rng.normal(size=(5, 4, 6)), tf.float32)
         upstream = tf.constant(rng.normal(size=(5, 4, 8)), tf.float32)
         xla, plain = blocks.StackedLSTM(8, 2, jit_compile=True), blocks.StackedLSTM(8, 2, jit_compile=False)
-        xla.build(x.shape)
-        plain.build(x.shape)
-        for source, target in zip(xla.weights, plain.weights):
-            target.assign(source)
+        cells = blocks.StackedLSTM(8, 2, jit_compile="cells")
+        for layer in (xla, plain, cells):
+            layer.build(x.shape)
+        for target in (plain, cells):
+            for source, weight in zip(xla.weights, target.weights):
+                weight.assign(source)
 
         @tf.function
         def forward_backward(layer):
@@ -121,17 +127,60 @@ class LayersTest(tf.test.TestCase):
         for a, b in zip(ours, reference):
             self.assertAllClose(a, b, atol=2e-5, rtol=2e-5)
         self.assertGreater(float(tf.reduce_max(tf.abs(ours[2]))), 1e-3)  # the recurrent kernel gets a gradient
+        fused, fused_compiled = forward_backward(cells)
+        self.assertTrue(bool(fused_compiled))
+        for a, b in zip(fused, reference):
+            self.assertAllClose(a, b, atol=2e-5, rtol=2e-5)
 
+        self.assertEqual([xla.xla_mode(t) for t in (True, False, None)], ["stack", None, None])
         self.assertEqual([xla.compiles(t) for t in (True, False, None)], [True, False, False])
+        self.assertEqual([cells.xla_mode(t) for t in (True, False)], ["cells", None])
         self.assertEqual([plain.compiles(t) for t in (True, False)], [False, False])
         auto32 = blocks.StackedLSTM(8, 2)
         auto16 = blocks.StackedLSTM(8, 2, dtype="mixed_bfloat16")
-        self.assertEqual([auto32.compiles(True), auto32.compiles(False), auto16.compiles(True)], [True, False, False])
-        for bad in ("yes", 1, None):
+        self.assertEqual([auto32.xla_mode(True), auto32.xla_mode(False)], ["stack", None])
+        self.assertEqual([auto16.xla_mode(True), auto16.xla_mode(False)], ["cells", None])
+        self.assertEqual(blocks.StackedLSTM(8, 2, jit_compile="stack").xla_mode(True), "stack")
+        for bad in ("yes", 1, None, "Cells"):
             with self.assertRaisesRegex(ValueError, "jit_compile must be one of"):
                 blocks.StackedLSTM(8, 2, jit_compile=bad)
         self.assertEqual(blocks.StackedLSTM.from_config(xla.get_config()).jit_compile, True)
         self.assertEqual(blocks.StackedLSTM.from_config(auto32.get_config()).jit_compile, "auto")
+        self.assertEqual(blocks.StackedLSTM.from_config(cells.get_config()).jit_compile, "cells")
+
+    def test_fused_cells_keep_a_float32_cell_state_in_bfloat16(self):
+        """Under mixed_bfloat16 the 'cells' LSTM (float32 gates and cell state) is closer to the float32 LSTM than the
+        plain bfloat16 graph, in the outputs and every gradient; measured about half the plain graph's error."""
+        rng = np.random.default_rng(2)
+        x = tf.constant(rng.normal(size=(16, 8, 32)), tf.float32)
+        upstream = tf.constant(rng.normal(size=(16, 8, 64)), tf.float32)
+        reference = blocks.StackedLSTM(64, 2, jit_compile=False)
+        cells = blocks.StackedLSTM(64, 2, jit_compile="cells", dtype="mixed_bfloat16")
+        plain = blocks.StackedLSTM(64, 2, jit_compile=False, dtype="mixed_bfloat16")
+        for layer in (reference, cells, plain):
+            layer.build(x.shape)
+        for layer in (cells, plain):
+            for source, target in zip(reference.weights, layer.weights):
+                target.assign(source)
+
+        def forward_backward(layer):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                outputs = tf.cast(layer(x, training=True), tf.float32)
+                loss = tf.reduce_sum(outputs * upstream)
+            return [outputs] + tape.gradient(loss, [x] + layer.trainable_weights)
+
+        exact = forward_backward(reference)
+
+        def relative_errors(layer):
+            return [
+                float(tf.reduce_max(tf.abs(tf.cast(a, tf.float32) - b)) / tf.reduce_max(tf.abs(b)))
+                for a, b in zip(forward_backward(layer), exact)
+            ]
+
+        fused_errors, plain_errors = relative_errors(cells), relative_errors(plain)
+        self.assertLess(max(fused_errors), 1.5e-2)  # bfloat16 matmuls: a few 1e-3
+        self.assertLess(sum(fused_errors), 0.75 * sum(plain_errors))
 
     def test_narrow_conv2d_is_conv2d(self):
         """`NarrowConv2D` computes what `keras.layers.Conv2D` computes with the same weights (outputs and gradients),

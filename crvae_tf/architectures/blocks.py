@@ -210,7 +210,7 @@ class BlockDense(keras.layers.Layer):
         }
 
 
-LSTM_JIT_COMPILE = ("auto", True, False)
+LSTM_JIT_COMPILE = ("auto", "stack", "cells", True, False)
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -229,21 +229,28 @@ class StackedLSTM(keras.layers.Layer):
     never contain cuDNN-only RNN kernels. The recurrence has a hand-written backward pass
     (`lstm_recurrence`): the gradient of the recurrent kernel over all steps is one matmul, not T - 1.
 
-    `jit_compile` compiles the stack with XLA in *training* calls (`training=True`), where the unrolled
-    recurrence is ~25 small element-wise ops per step and layer forward and ~40 backward, which XLA fuses
-    into a few loops: 'auto' (default) when the layer computes in float32, True always, False never.
+    `jit_compile` selects XLA for *training* calls (`training=True`), where the unrolled recurrence is ~25 small
+    element-wise ops per step and layer forward and ~40 backward:
+      - 'stack' (or True): the whole stack, matmuls included, is one XLA function (`lstm_recurrence` inside);
+      - 'cells': only each step's element-wise work is compiled (`fused_lstm_recurrence`); the matmuls stay in
+        the graph's oneDNN kernels; the cell state is kept in float32;
+      - 'auto' (default): 'stack' when the layer computes in float32, 'cells' otherwise (mixed precision);
+      - False: the plain graph (`lstm_recurrence`).
     Evaluation, sampling and exports always run the plain graph (TF Serving never sees an XLA function).
-    Measured on 2 idle CPU cores, batch 128, T = 8, 512 units, 2 layers, forward + backward: inputs of 512
-    (the MNIST inference LSTM) 163.6 ms plain, 139.7 ms XLA; inputs of 128 (generation) 131.6 / 115.6 ms
-    (PyTorch's oneDNN `nn.LSTM`: 130.7 / 106.7). In mixed_bfloat16, XLA's CPU matmuls are slower than
-    oneDNN's: 84.4 / 75.3 ms plain against 150.8 / 124.7 XLA, hence 'auto'. On GPUs: not measured.
+    Measured on 2 idle CPU cores, batch 128, T = 8, 512 units, 2 layers, forward + backward, inputs of 512 (the
+    MNIST inference LSTM) / 128 (generation); PyTorch's oneDNN `nn.LSTM` on the same machine in brackets:
+      float32:   plain 163.6 / 131.6 ms, 'stack' 135-137 / 114 ms, 'cells' 166-169 / 133-139 ms (130.7 / 106.7);
+      bfloat16:  plain 83-85 / 72-86 ms, 'stack' 150.8 / 124.7 ms (XLA's CPU matmuls), 'cells' 80.6-80.8 /
+                 64.2-64.9 ms (72.9 / 60.7 under `torch.autocast`); forward only: plain 32.1 / 27.4-27.8 ms,
+                 'cells' 26.8-27.2 / 22.8 ms (22.4 / 18.6).
+    Hence 'auto'. On GPUs: not measured.
     """
 
     def __init__(self, units: int, num_layers: int = 2, jit_compile="auto", **kwargs):
         super().__init__(**kwargs)
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if not (isinstance(jit_compile, bool) or (isinstance(jit_compile, str) and jit_compile == "auto")):
+        if not (isinstance(jit_compile, bool) or (isinstance(jit_compile, str) and jit_compile in LSTM_JIT_COMPILE)):
             raise ValueError(f"jit_compile must be one of {LSTM_JIT_COMPILE}, got {jit_compile!r}")
         self.units = units
         self.num_layers = num_layers
@@ -270,13 +277,17 @@ class StackedLSTM(keras.layers.Layer):
             self.recurrent_kernels.append(getattr(self, f"recurrent_kernel_{layer}"))
             self.biases.append(getattr(self, f"bias_{layer}"))
 
-    def compiles(self, training) -> bool:
-        """Whether a call with this `training` runs the stack under XLA (class docstring)."""
-        if not training:
-            return False
+    def xla_mode(self, training):
+        """What a call with this `training` compiles: None (plain graph), 'stack' or 'cells' (class docstring)."""
+        if not training or self.jit_compile is False:
+            return None
         if self.jit_compile == "auto":
-            return self.compute_dtype == "float32"
-        return bool(self.jit_compile)
+            return "stack" if self.compute_dtype == "float32" else "cells"
+        return "stack" if self.jit_compile is True else self.jit_compile
+
+    def compiles(self, training) -> bool:
+        """Whether a call with this `training` runs any part of the stack under XLA."""
+        return self.xla_mode(training) is not None
 
     def call(self, x, training=None):
         # The weights as tensors here, inside the layer's call: under a mixed policy they are read in the compute
@@ -285,9 +296,10 @@ class StackedLSTM(keras.layers.Layer):
             (tf.convert_to_tensor(k), tf.convert_to_tensor(r), tf.convert_to_tensor(b))
             for k, r, b in zip(self.kernels, self.recurrent_kernels, self.biases)
         ]
-        if self.compiles(training):
+        mode = self.xla_mode(training)
+        if mode == "stack":
             return _compiled_stack(self)(x, weights)
-        return lstm_stack(x, weights)
+        return lstm_stack(x, weights, fused_lstm_recurrence if mode == "cells" else lstm_recurrence)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1], self.units)
@@ -301,16 +313,18 @@ class StackedLSTM(keras.layers.Layer):
         }
 
 
-def lstm_stack(x, weights):
+def lstm_stack(x, weights, recurrence=None):
     """`[batch, T, in] -> [batch, T, units]`: the stacked LSTM of `StackedLSTM`, for `weights` a list of
-    (kernel `[in, 4U]`, recurrent kernel `[U, 4U]`, bias `[4U]`) per layer, gates (i, f, g, o)."""
+    (kernel `[in, 4U]`, recurrent kernel `[U, 4U]`, bias `[4U]`) per layer, gates (i, f, g, o); `recurrence` is
+    `lstm_recurrence` (default) or `fused_lstm_recurrence`."""
+    recurrence = recurrence or lstm_recurrence
     steps = x.shape[1]
     for kernel, recurrent_kernel, bias in weights:
         features, units4 = kernel.shape
         # Input projection of all steps at once, time-major: [T*batch, in] @ [in, 4U] -> [T, batch, 4U].
         time_major = tf.reshape(tf.transpose(x, (1, 0, 2)), (-1, features))
         projected = tf.reshape(tf.matmul(time_major, kernel) + bias, (steps, -1, units4))
-        x = tf.transpose(lstm_recurrence(projected, recurrent_kernel), (1, 0, 2))
+        x = tf.transpose(recurrence(projected, recurrent_kernel), (1, 0, 2))
     return x
 
 
@@ -380,6 +394,95 @@ def lstm_recurrence(projected, recurrent_kernel):
             if t > 0:
                 dh_next = tf.matmul(das[t], recurrent_kernel, transpose_b=True)
                 dc_next = dc * f
+        if steps > 1:
+            previous = tf.reshape(tf.stack(hs[:-1]), (-1, units))
+            dr = tf.matmul(previous, tf.reshape(tf.stack(das[1:]), (-1, 4 * units)), transpose_a=True)
+        else:
+            dr = tf.zeros_like(recurrent_kernel)
+        return tf.stack(das), dr
+
+    return tf.stack(hs), grad
+
+
+def _cell_dtype(dtype):
+    """The dtype of a fused cell's gates and state: float32 for 16-bit compute dtypes, else the compute dtype."""
+    return tf.float32 if tf.as_dtype(dtype).size < 4 else dtype
+
+
+def _lstm_cell_state(x_t, hr, c_prev):
+    """Gates and cell state of one step in `_cell_dtype` (`hr` = h_{t-1} R, `c_prev` = c_{t-1}; None at t = 0)."""
+    a = tf.cast(x_t if hr is None else x_t + hr, _cell_dtype(x_t.dtype))
+    i, f, g, o = tf.split(a, 4, axis=-1)
+    i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+    c = i * g if c_prev is None else f * c_prev + i * g
+    return (i, f, g, o), c
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _lstm_cell_forward(x_t, hr, c_prev):
+    """One fused step: h_t (in `x_t`'s dtype) and c_t (in `_cell_dtype`)."""
+    (_, _, _, o), c = _lstm_cell_state(x_t, hr, c_prev)
+    return tf.cast(o * tf.tanh(c), x_t.dtype), c
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _lstm_cell_backward(x_t, hr, c_prev, dh_out, dh_next, dc_next):
+    """One fused backward step, recomputing the gates: da_t (in `x_t`'s dtype) and f_t dc_t for step t-1.
+
+    `dh_next` = da_{t+1} R^T and `dc_next` = f_{t+1} dc_{t+1} are None at t = T-1; `hr`, `c_prev` None at t = 0.
+    """
+    (i, f, g, o), c = _lstm_cell_state(x_t, hr, c_prev)
+    tanh_c = tf.tanh(c)
+    dh = tf.cast(dh_out if dh_next is None else dh_out + dh_next, c.dtype)
+    dc = dh * o * (1.0 - tf.square(tanh_c))
+    if dc_next is not None:
+        dc = dc + dc_next
+    da_f = tf.zeros_like(f) if c_prev is None else dc * c_prev * f * (1.0 - f)
+    da = tf.concat([dc * g * i * (1.0 - i), da_f, dc * i * (1.0 - tf.square(g)), dh * tanh_c * o * (1.0 - o)], -1)
+    return tf.cast(da, x_t.dtype), dc * f
+
+
+@tf.custom_gradient
+def fused_lstm_recurrence(projected, recurrent_kernel):
+    """`lstm_recurrence`'s maths with each step's element-wise work in one XLA-compiled cell.
+
+    The matmuls (h_{t-1} R forward; da_t R^T and the dR of `lstm_recurrence` backward) stay outside XLA, in the
+    graph's own (oneDNN) kernels, which are faster than XLA's CPU matmuls in bfloat16; each step's ~25 forward
+    and ~40 backward element-wise ops become one compiled cell. The cell computes its gates in float32 and keeps
+    the cell state c_t (and its gradient) in float32 when the compute dtype has 16 bits (a bfloat16 c_t in the
+    plain graph carries 8 mantissa bits through the recurrence), in the compute dtype otherwise; h_t and da_t
+    come out in the compute dtype, for the matmuls. The backward cell recomputes the gates from the saved
+    h_{t-1} R and c_{t-1} instead of saving them.
+
+    Args:
+      projected: `[T, batch, 4U]` input projections x_t W + b, time-major, gate order (i, f, g, o).
+      recurrent_kernel: `[U, 4U]` R.
+
+    Returns:
+      `[T, batch, U]` the hidden states h_t, in `projected`'s dtype.
+    """
+    steps = projected.shape[0]
+    units = recurrent_kernel.shape[0]
+    inputs = tf.unstack(projected, num=steps, axis=0)
+    hs, cs, hrs = [], [], []
+    h = c = hr = None
+    for t in range(steps):
+        if h is not None:
+            hr = tf.matmul(h, recurrent_kernel)
+        h, c = _lstm_cell_forward(inputs[t], hr, c)
+        hs.append(h)
+        cs.append(c)
+        hrs.append(hr)
+
+    def grad(upstream):
+        dhs = tf.unstack(upstream, num=steps, axis=0)
+        dh_next = dc_next = None
+        das = [None] * steps
+        for t in reversed(range(steps)):
+            c_prev = cs[t - 1] if t > 0 else None
+            das[t], dc_next = _lstm_cell_backward(inputs[t], hrs[t], c_prev, dhs[t], dh_next, dc_next)
+            if t > 0:
+                dh_next = tf.matmul(das[t], recurrent_kernel, transpose_b=True)
         if steps > 1:
             previous = tf.reshape(tf.stack(hs[:-1]), (-1, units))
             dr = tf.matmul(previous, tf.reshape(tf.stack(das[1:]), (-1, 4 * units)), transpose_a=True)
