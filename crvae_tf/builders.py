@@ -372,9 +372,11 @@ def build_latent_head(
       inference_batchnorm: BatchNorm after the inference LSTM (the 64x64 RGB code has one).
       generation_batchnorm: BatchNorm after the generation LSTM (not in the authors' code; the fix of the early
         posterior collapse that the crVAE recipes switch on, docs/crvae_collapse.md).
-      lstm_jit_compile: 'auto' (default), True or False: the crVAE LSTMs' training passes under XLA, 'auto' =
-        when they compute in float32 (faster on CPU there, slower in bfloat16; `blocks.StackedLSTM` has the
-        figures). Evaluation, sampling and exports never use XLA. Numbers differ from False by float rounding.
+      lstm_jit_compile: 'auto' (default), 'stack' (= True), 'cells' or False: how the crVAE LSTMs' training passes
+        use XLA. 'stack' compiles the whole stack (fastest in float32 on CPU), 'cells' only each step's element-wise
+        work, leaving the matmuls to oneDNN and keeping the cell state in float32 (fastest in bfloat16, where XLA's
+        CPU matmuls are slow); 'auto' = 'stack' in float32, 'cells' in mixed precision (`blocks.StackedLSTM` has
+        the figures). Evaluation, sampling and exports never use XLA. Numbers differ from False by rounding.
       batchnorm_momentum, batchnorm_epsilon: the BatchNorm at the decoder entry (crVAE, cVAE heads);
         recipes share one gin macro with encoder.* and decoder.*.
     """

@@ -1,5 +1,7 @@
 """Component contracts of the layers and networks: shapes, ordering, oracles, config round trips."""
 
+from unittest import mock
+
 import keras
 import numpy as np
 from scipy import special
@@ -181,6 +183,99 @@ class LayersTest(tf.test.TestCase):
         fused_errors, plain_errors = relative_errors(cells), relative_errors(plain)
         self.assertLess(max(fused_errors), 1.5e-2)  # bfloat16 matmuls: a few 1e-3
         self.assertLess(sum(fused_errors), 0.75 * sum(plain_errors))
+
+    def test_forward_filter_gradient_convolutions_are_keras_convolutions(self):
+        """`blocks.Conv2D` / `blocks.Conv2DTranspose` with `filter_gradient='forward_conv'` (the filter gradient as one
+        dilated forward convolution over swapped batch and channel axes) give Keras' layers' outputs and every gradient
+        (float64: equal to rounding), for 'same' (symmetric and asymmetric padding) and 'valid', strides 1 and 2,
+        odd and even kernels, non-square maps; evaluation calls are Keras' own."""
+        rng = np.random.default_rng(5)
+        cases = [
+            (blocks.Conv2D, keras.layers.Conv2D, (2, 7, 7, 3), 5, 3, 1, "same"),
+            (blocks.Conv2D, keras.layers.Conv2D, (2, 8, 8, 4), 6, 3, 2, "same"),  # pads (0, 1)
+            (blocks.Conv2D, keras.layers.Conv2D, (2, 9, 8, 4), 6, 4, 2, "valid"),
+            (blocks.Conv2D, keras.layers.Conv2D, (2, 15, 15, 3), 2, 3, 2, "same"),
+            (blocks.Conv2DTranspose, keras.layers.Conv2DTranspose, (2, 4, 4, 3), 5, 4, 2, "same"),
+            (blocks.Conv2DTranspose, keras.layers.Conv2DTranspose, (2, 5, 3, 3), 4, 4, 2, "valid"),
+            (blocks.Conv2DTranspose, keras.layers.Conv2DTranspose, (2, 4, 4, 3), 2, 3, 1, "same"),
+        ]
+        for ours_class, keras_class, shape, filters, kernel_size, stride, padding in cases:
+            x = tf.constant(rng.normal(size=shape), tf.float64)
+            args = dict(strides=stride, padding=padding, dtype="float64")
+            ours = ours_class(filters, kernel_size, filter_gradient="forward_conv", **args)
+            reference = keras_class(filters, kernel_size, **args)
+            ours.build(shape)
+            reference.build(shape)
+            for source, target in zip(reference.weights, ours.weights):
+                source.assign(source + rng.normal(size=source.shape) * 0.1)  # a non-zero bias too
+                target.assign(source)
+
+            def outputs_and_gradients(layer, x, training):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = layer(x, training=training)
+                    loss = tf.reduce_sum(y * tf.cos(y))
+                return [y] + tape.gradient(loss, [x, layer.kernel, layer.bias])
+
+            self.assertTrue(ours.forward_filter_gradient(shape))
+            case = f"{ours_class.__name__} {shape} k{kernel_size} s{stride} {padding}"
+            expected = outputs_and_gradients(reference, x, True)
+            for training in (True, False):
+                with mock.patch.object(blocks, "conv_filter_gradient", wraps=blocks.conv_filter_gradient) as spy:
+                    results = outputs_and_gradients(ours, x, training)
+                self.assertEqual(spy.called, training, msg=case)  # the forward convolution computed the gradient
+                for a, b in zip(results, expected):
+                    self.assertAllClose(a, b, atol=1e-12, rtol=1e-12, msg=case)
+            self.assertGreater(float(tf.reduce_max(tf.abs(expected[2]))), 1e-2)
+
+    def test_forward_filter_gradient_auto_rule_and_bfloat16(self):
+        """'auto' = the forward convolution in bfloat16 on gradient maps of side <= 8 with >= 128 channels (the input
+        channels of a convolution, the output channels of a transposed one), Keras' kernel otherwise; in bfloat16 the
+        gradients stay within bfloat16 rounding of the float32 ones; bad values fail; configs keep the setting."""
+        bf16 = "mixed_bfloat16"
+        rule = [
+            (blocks.Conv2D(128, 3, padding="same", dtype=bf16), (None, 8, 8, 128), True),  # the encoder's conv4
+            (blocks.Conv2D(128, 3, strides=2, padding="same", dtype=bf16), (None, 8, 8, 128), True),  # 8 -> 4
+            (blocks.Conv2D(64, 3, strides=2, padding="same", dtype=bf16), (None, 15, 15, 64), False),  # 64 channels
+            (blocks.Conv2D(128, 3, padding="same", dtype=bf16), (None, 16, 16, 128), False),  # 16x16 maps
+            (blocks.Conv2D(128, 3, padding="same"), (None, 8, 8, 128), False),  # float32
+            (blocks.Conv2D(128, 3, padding="same", dtype=bf16, filter_gradient="native"), (None, 8, 8, 128), False),
+            (blocks.Conv2D(8, 3, padding="same", filter_gradient="forward_conv"), (None, 30, 30, 8), True),
+            (blocks.Conv2DTranspose(256, 4, strides=2, padding="same", dtype=bf16), (None, 4, 4, 256), True),
+            (blocks.Conv2DTranspose(128, 4, strides=2, padding="same", dtype=bf16), (None, 8, 8, 256), True),
+            (blocks.Conv2DTranspose(64, 4, strides=2, padding="same", dtype=bf16), (None, 8, 8, 256), False),
+            (blocks.Conv2DTranspose(128, 4, strides=2, padding="same", dtype=bf16), (None, 16, 16, 256), False),
+            (blocks.Conv2DTranspose(128, 4, strides=2, padding="same"), (None, 8, 8, 256), False),
+        ]
+        for layer, shape, expected in rule:
+            self.assertEqual(layer.forward_filter_gradient(shape), expected, msg=f"{layer.name} {shape}")
+        with self.assertRaisesRegex(ValueError, "filter_gradient must be one of"):
+            blocks.Conv2D(4, 3, filter_gradient="fast")
+        with self.assertRaisesRegex(ValueError, "filter_gradient must be one of"):
+            blocks.Conv2DTranspose(4, 3, filter_gradient=None)
+        config = blocks.Conv2DTranspose(4, 3, filter_gradient="native").get_config()
+        self.assertEqual(blocks.Conv2DTranspose.from_config(config).filter_gradient, "native")
+
+        rng = np.random.default_rng(6)
+        x = tf.constant(rng.normal(size=(4, 8, 8, 128)), tf.float32)
+        fast = blocks.Conv2D(32, 3, padding="same", dtype=bf16)
+        exact = keras.layers.Conv2D(32, 3, padding="same")
+        fast.build(x.shape)
+        exact.build(x.shape)
+        for source, target in zip(exact.weights, fast.weights):
+            target.assign(source)
+        self.assertTrue(fast.forward_filter_gradient(x.shape))
+        results = []
+        for layer in (fast, exact):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = tf.cast(layer(x, training=True), tf.float32)
+                loss = tf.reduce_sum(y * y)
+            results.append([y] + tape.gradient(loss, [x, layer.kernel]))
+        for a, b in zip(*results):
+            self.assertEqual(a.dtype, tf.float32)
+            scale = float(tf.reduce_max(tf.abs(b)))
+            self.assertLess(float(tf.reduce_max(tf.abs(a - b))), 3e-2 * scale)
 
     def test_narrow_conv2d_is_conv2d(self):
         """`NarrowConv2D` computes what `keras.layers.Conv2D` computes with the same weights (outputs and gradients),

@@ -46,7 +46,7 @@ def _foldable_bn(layer) -> bool:
 
 def _plain_conv(layer) -> bool:
     return (
-        type(layer) in (keras.layers.Conv2D, blocks.NarrowConv2D)
+        type(layer) in (keras.layers.Conv2D, blocks.Conv2D, blocks.NarrowConv2D)
         and layer.data_format == "channels_last"
         and tuple(layer.dilation_rate) == (1, 1)
         and layer.groups == 1
@@ -56,7 +56,7 @@ def _plain_conv(layer) -> bool:
 
 def _transposed_conv(layer) -> bool:
     return (
-        type(layer) in (keras.layers.Conv2DTranspose, blocks.TorchConv2DTranspose)
+        type(layer) in (keras.layers.Conv2DTranspose, blocks.Conv2DTranspose, blocks.TorchConv2DTranspose)
         and layer.data_format == "channels_last"
         and tuple(layer.dilation_rate) == (1, 1)
         and layer.activation is keras.activations.linear
@@ -89,7 +89,9 @@ class _Block:
                 output_padding=conv.output_padding,
                 data_format="channels_last",
             )
-        elif self.padding is not None and type(conv) is keras.layers.Conv2D and conv.padding == "valid":
+        elif (
+            self.padding is not None and type(conv) in (keras.layers.Conv2D, blocks.Conv2D) and conv.padding == "valid"
+        ):
             (top, bottom), (left, right) = self.padding.padding
             y = tf.nn.conv2d(x, kernel, conv.strides, [[0, 0], [top, bottom], [left, right], [0, 0]])
         else:

@@ -265,8 +265,9 @@ class ChannelRecurrentHead(_BlockedHead):
     that path by T independent Dense layers (`BlockDense`), giving Table 1's "generation only" /
     "inference only" ablations. Both True is the paper's crVAE.
 
-    `lstm_jit_compile` ('auto', True, False): whether the LSTMs' training passes run under XLA
-    (`blocks.StackedLSTM`: 'auto' = in float32; evaluation and exports never).
+    `lstm_jit_compile` ('auto', 'stack', 'cells', True, False): how the LSTMs' training passes use XLA
+    (`blocks.StackedLSTM`: 'auto' = the whole stack in float32, per-step element-wise cells in mixed precision;
+    evaluation and exports never).
     """
 
     def __init__(

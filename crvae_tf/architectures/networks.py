@@ -76,7 +76,7 @@ def _conv_block(filters, kernel_size, stride, padding, activation, momentum, eps
     elif padding:
         block.append(keras.layers.ZeroPadding2D(padding, name=f"{name}_pad"))
     block += [
-        keras.layers.Conv2D(
+        blocks.Conv2D(
             filters,
             kernel_size,
             strides=stride,
@@ -126,7 +126,7 @@ def _deconv_block(filters, padding, momentum, epsilon, name):
     """Torch SpatialFullConvolution(k=4, s=2, p) -> BN -> LeakyReLU(0.1)."""
     if padding == 1:
         deconv = [
-            keras.layers.Conv2DTranspose(
+            blocks.Conv2DTranspose(
                 filters,
                 4,
                 strides=2,
