@@ -10,6 +10,7 @@ from crvae_tf import builders
 from crvae_tf import data
 from crvae_tf import models
 from crvae_tf import runs
+from crvae_tf.architectures import blocks
 from crvae_tf.architectures import heads
 
 import testing_utils
@@ -294,6 +295,56 @@ class BuildersTest(testing_utils.GinTestCase):
         parse("mnist_crvae", ["model.precision = 'float16'"])
         with self.assertRaisesRegex(ValueError, "model.precision"):
             builders.build_model(seed=0)
+
+    def test_filter_gradient_binding_reaches_every_convolution(self):
+        """`encoder.filter_gradient` / `decoder.filter_gradient` reach every `blocks.Conv2D` / `Conv2DTranspose` of the
+        MNIST and RGB networks; the default 'auto' fires in bfloat16 on exactly the small-map layers; bad values give
+        one clear error naming the binding."""
+        tiny = ["encoder.base_channels = 4", "decoder.base_channels = 4", "latent_head.latent_channels = 8"]
+        tiny += ["latent_head.hidden_units = 8"]
+
+        def convolutions(model):
+            kinds = (blocks.Conv2D, blocks.Conv2DTranspose)
+            return [layer for net in (model.encoder, model.decoder) for layer in net.layers if isinstance(layer, kinds)]
+
+        parse("mnist_crvae", tiny + ["encoder.filter_gradient = 'native'", "decoder.filter_gradient = 'forward_conv'"])
+        model = builders.build_model(seed=0)
+        self.assertLen(convolutions(model), 6 + 5)  # the encoder's 6 convolutions, the decoder's 3 + 2 transposed
+        self.assertEqual(
+            {layer.filter_gradient for layer in model.encoder.layers if hasattr(layer, "filter_gradient")}, {"native"}
+        )
+        self.assertEqual(
+            {layer.filter_gradient for layer in model.decoder.layers if hasattr(layer, "filter_gradient")},
+            {"forward_conv"},
+        )
+
+        # The paper's widths in bfloat16: 'auto' = the encoder's conv4-6, the decoder's deconv1, conv1, deconv2.
+        parse("mnist_crvae", ["model.precision = 'mixed_bfloat16'"])
+        model = builders.build_model(seed=0)
+        chosen = []
+        for net in (model.encoder, model.decoder):
+            shape = net.input_shape
+            for layer in net.layers:
+                if isinstance(layer, (blocks.Conv2D, blocks.Conv2DTranspose)) and layer.forward_filter_gradient(shape):
+                    chosen.append(layer.name)
+                shape = layer.compute_output_shape(shape)
+        self.assertEqual(
+            chosen, ["conv4_conv", "conv5_conv", "conv6_conv", "deconv1_deconv", "conv1_conv", "deconv2_deconv"]
+        )
+
+        # RGB networks: 'native' unless bound (the crVAE-GAN's bfloat16 step was slower with 'auto').
+        parse("celeba64", tiny + ["model.precision = 'mixed_bfloat16'", "decoder.filter_gradient = 'auto'"])
+        model = builders.build_model(image_shape=(64, 64, 3), seed=0)
+        self.assertEqual(
+            {layer.filter_gradient for layer in model.encoder.layers if hasattr(layer, "filter_gradient")}, {"native"}
+        )
+        self.assertEqual(
+            {layer.filter_gradient for layer in model.decoder.layers if hasattr(layer, "filter_gradient")}, {"auto"}
+        )
+        for scope in ("encoder", "decoder"):
+            parse("mnist_crvae", tiny + [f"{scope}.filter_gradient = 'fast'"])
+            with self.assertRaisesRegex(ValueError, f"{scope}.filter_gradient='fast' is not one of"):
+                builders.build_model(seed=0)
 
     def test_unused_head_arguments_are_rejected(self):
         parse("mnist_vae", ["latent_head.recurrent_inference = False"])

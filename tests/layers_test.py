@@ -249,6 +249,9 @@ class LayersTest(tf.test.TestCase):
         ]
         for layer, shape, expected in rule:
             self.assertEqual(layer.forward_filter_gradient(shape), expected, msg=f"{layer.name} {shape}")
+        with mock.patch.object(tf.config, "list_logical_devices", return_value=["/GPU:0"]):  # measured on CPUs only
+            self.assertFalse(rule[0][0].forward_filter_gradient(rule[0][1]))
+            self.assertTrue(rule[6][0].forward_filter_gradient(rule[6][1]))  # 'forward_conv' is always
         with self.assertRaisesRegex(ValueError, "filter_gradient must be one of"):
             blocks.Conv2D(4, 3, filter_gradient="fast")
         with self.assertRaisesRegex(ValueError, "filter_gradient must be one of"):

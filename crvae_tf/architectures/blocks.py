@@ -595,6 +595,7 @@ def _forward_filter_gradient_pays(filter_gradient, compute_dtype, gradient_side,
         and gradient_side is not None
         and gradient_side <= FORWARD_FILTER_GRADIENT_MAX_SIDE
         and channels >= FORWARD_FILTER_GRADIENT_MIN_CHANNELS
+        and not tf.config.list_logical_devices("GPU")  # measured on CPUs only: cuDNN keeps its own kernel
     )
 
 
@@ -614,7 +615,9 @@ class Conv2D(keras.layers.Conv2D):
     5.8 (8.0 -> 9.4), 4x4x256 34.7 -> 9.9 (18.8 -> 17.1); the decoder's 8x8x256 44-60 -> 31 (54 -> 74), and, through
     `Conv2DTranspose`, 4 -> 8 35-45 -> 15 (35 -> 29), 8 -> 16 40-50 -> 29-31 (58 -> 59); where it loses: 16x16x128
     33-58 -> 43-49 (58 -> 135), 30x30x64 32 -> 62 (57 -> 279), the encoder's 15 -> 8 from 64 channels 5.7 -> 7.5
-    (6.1 -> 11.8). Hence bfloat16, small maps, many channels. GPUs: not measured ('auto' is this CPU's rule).
+    (6.1 -> 11.8). Hence bfloat16, small maps, many channels; whole MNIST crVAE bfloat16 training step, both variants
+    stepped alternately in one process: 717-728 ms native, 683-686 ms 'auto'. GPUs: not measured, so 'auto' keeps
+    TensorFlow's kernel whenever a GPU is visible.
     """
 
     def __init__(self, *args, filter_gradient="auto", **kwargs):

@@ -57,7 +57,9 @@ def _same_is_torch_padding(size, kernel_size, stride, padding) -> bool:
     return outputs == (size + 2 * padding - kernel_size) // stride + 1 and total // 2 == padding
 
 
-def _conv_block(filters, kernel_size, stride, padding, activation, momentum, epsilon, name, size=None):
+def _conv_block(
+    filters, kernel_size, stride, padding, activation, momentum, epsilon, name, size=None, filter_gradient="auto"
+):
     """Torch `SpatialConvolution(k, s, p)` -> BN -> CReLU / LeakyReLU(0.1) on maps of side `size` (if known).
 
     Where Keras `same` computes the same convolution as Torch's padding p (`_same_is_torch_padding`: every
@@ -68,6 +70,7 @@ def _conv_block(filters, kernel_size, stride, padding, activation, momentum, eps
     explicit pad costs a copy forward and a slice of the larger input gradient backward; PyTorch: 30.1, 30.5,
     29.4, 10.2). A `same` block keeps an `Identity` where its `ZeroPadding2D` stood: checkpoints name a
     Sequential's layers by position, so every later layer keeps its name and runs trained before still restore.
+    The convolution is `blocks.Conv2D`, whose `filter_gradient` decides how training computes its filter gradient.
     """
     same = _same_is_torch_padding(size, kernel_size, stride, padding)
     block = []
@@ -83,6 +86,7 @@ def _conv_block(filters, kernel_size, stride, padding, activation, momentum, eps
             padding="same" if same else "valid",
             name=f"{name}_conv",
             kernel_initializer=blocks.conv_init(kernel_size, filters),
+            filter_gradient=filter_gradient,
         ),
         blocks.batch_norm(momentum, epsilon, name=f"{name}_bn"),
         blocks.CReLU(name=f"{name}_crelu")
@@ -98,6 +102,7 @@ def mnist_encoder(
     batchnorm_momentum: float = 0.9,
     batchnorm_epsilon: float = 1e-5,
     name: str = "encoder",
+    filter_gradient: str = "auto",
 ) -> keras.Sequential:
     """The authors' MNIST inference network: `[batch, 28, 28, 1] -> [batch, 4, 4, 8*base_channels]`.
 
@@ -108,22 +113,24 @@ def mnist_encoder(
         VAE/cVAE code: 0.1 (Torch 0.9, hard-coded there).
       batchnorm_epsilon: 1e-5 (crVAE code) or 1e-6 (VAE/cVAE code).
       name: Keras name.
+      filter_gradient: of every convolution (`blocks.Conv2D`): 'auto', 'native' or 'forward_conv'.
     """
     if last_stride2_kernel not in (3, 5):
         raise ValueError(f"last_stride2_kernel must be 3 or 5, got {last_stride2_kernel}")
-    b, bn = base_channels, (batchnorm_momentum, batchnorm_epsilon)
+    b, bn, fg = base_channels, (batchnorm_momentum, batchnorm_epsilon), {"filter_gradient": filter_gradient}
     net = [keras.Input((28, 28, 1))]
-    net += _conv_block(b, 5, 2, 3, "crelu", *bn, "conv1")
-    net += _conv_block(2 * b, 3, 1, 1, "leaky", *bn, "conv2")
-    net += _conv_block(2 * b, 3, 2, 1, "crelu", *bn, "conv3", size=15)
-    net += _conv_block(4 * b, 3, 1, 1, "leaky", *bn, "conv4")
-    net += _conv_block(4 * b, last_stride2_kernel, 2, last_stride2_kernel // 2, "crelu", *bn, "conv5")
-    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv6")
+    net += _conv_block(b, 5, 2, 3, "crelu", *bn, "conv1", **fg)
+    net += _conv_block(2 * b, 3, 1, 1, "leaky", *bn, "conv2", **fg)
+    net += _conv_block(2 * b, 3, 2, 1, "crelu", *bn, "conv3", size=15, **fg)
+    net += _conv_block(4 * b, 3, 1, 1, "leaky", *bn, "conv4", **fg)
+    net += _conv_block(4 * b, last_stride2_kernel, 2, last_stride2_kernel // 2, "crelu", *bn, "conv5", **fg)
+    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv6", **fg)
     return keras.Sequential(net, name=name)
 
 
-def _deconv_block(filters, padding, momentum, epsilon, name):
-    """Torch SpatialFullConvolution(k=4, s=2, p) -> BN -> LeakyReLU(0.1)."""
+def _deconv_block(filters, padding, momentum, epsilon, name, filter_gradient="auto"):
+    """Torch SpatialFullConvolution(k=4, s=2, p) -> BN -> LeakyReLU(0.1); p = 1 is `blocks.Conv2DTranspose` (with
+    `filter_gradient`), other p `blocks.TorchConv2DTranspose`."""
     if padding == 1:
         deconv = [
             blocks.Conv2DTranspose(
@@ -133,6 +140,7 @@ def _deconv_block(filters, padding, momentum, epsilon, name):
                 padding="same",
                 name=f"{name}_deconv",
                 kernel_initializer=blocks.conv_init(4, filters),
+                filter_gradient=filter_gradient,
             )
         ]
     else:  # (n-1)*2 - 2p + 4 (`blocks.TorchConv2DTranspose`)
@@ -151,17 +159,22 @@ def _deconv_block(filters, padding, momentum, epsilon, name):
 
 
 def mnist_decoder(
-    base_channels: int = 32, batchnorm_momentum: float = 0.9, batchnorm_epsilon: float = 1e-5, name: str = "decoder"
+    base_channels: int = 32,
+    batchnorm_momentum: float = 0.9,
+    batchnorm_epsilon: float = 1e-5,
+    name: str = "decoder",
+    filter_gradient: str = "auto",
 ) -> keras.Sequential:
-    """The authors' MNIST generation network: `[batch, 4, 4, 8b] -> [batch, 28, 28, 1]` Bernoulli logits."""
-    b, bn = base_channels, (batchnorm_momentum, batchnorm_epsilon)
+    """The authors' MNIST generation network: `[batch, 4, 4, 8b] -> [batch, 28, 28, 1]` Bernoulli logits.
+    `filter_gradient`: of the convolutions and p = 1 transposed convolutions (`blocks.Conv2D`)."""
+    b, bn, fg = base_channels, (batchnorm_momentum, batchnorm_epsilon), {"filter_gradient": filter_gradient}
     net = [keras.Input((4, 4, 8 * b))]
-    net += _deconv_block(8 * b, 1, *bn, "deconv1")
-    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv1")
-    net += _deconv_block(4 * b, 1, *bn, "deconv2")
-    net += _conv_block(4 * b, 3, 1, 1, "leaky", *bn, "conv2")
+    net += _deconv_block(8 * b, 1, *bn, "deconv1", **fg)
+    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv1", **fg)
+    net += _deconv_block(4 * b, 1, *bn, "deconv2", **fg)
+    net += _conv_block(4 * b, 3, 1, 1, "leaky", *bn, "conv2", **fg)
     net += _deconv_block(2 * b, 2, *bn, "deconv3")  # 16 -> 30
-    net += _conv_block(2 * b, 3, 1, 1, "leaky", *bn, "conv3")
+    net += _conv_block(2 * b, 3, 1, 1, "leaky", *bn, "conv3", **fg)
     net += [
         blocks.NarrowConv2D(
             1,
@@ -221,6 +234,7 @@ def rgb_encoder(
     batchnorm_momentum: float = 0.1,
     batchnorm_epsilon: float = 1e-6,
     name: str = "encoder",
+    filter_gradient: str = "native",
 ) -> keras.Sequential:
     """The authors' RGB inference network: `[batch, R, R, 3]` (pixels in [-1, 1]) -> `[batch, 4, 4, 8b]`.
 
@@ -253,18 +267,20 @@ def rgb_encoder(
       batchnorm_momentum: Keras momentum (= 1 - Torch momentum): the README's `-mom 0.9` is Keras 0.1.
       batchnorm_epsilon: the README's `-eps 1e-6`.
       name: Keras name.
+      filter_gradient: of every convolution (`blocks.Conv2D`): 'native' (default; 'auto' made the crVAE-GAN's
+        bfloat16 step slower), 'auto' or 'forward_conv'.
     """
     _check_resolution(resolution, "rgb_encoder")
-    b, bn = base_channels, (batchnorm_momentum, batchnorm_epsilon)
+    b, bn, fg = base_channels, (batchnorm_momentum, batchnorm_epsilon), {"filter_gradient": filter_gradient}
     net = [keras.Input((resolution, resolution, 3)), blocks.CReLU(name="input_crelu")]
     if resolution == 128:
-        net += _conv_block(b, 5, 2, 2, "crelu", *bn, "conv0")
-    net += _conv_block(b, 5, 2, 2, "crelu", *bn, "conv1")
-    net += _conv_block(2 * b, 3, 2, 1, "crelu", *bn, "conv2")
-    net += _conv_block(4 * b, 3, 2, 1, "crelu", *bn, "conv3")
-    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv4")
-    net += _conv_block(8 * b, 3, 2, 1, "crelu", *bn, "conv5")
-    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv6")
+        net += _conv_block(b, 5, 2, 2, "crelu", *bn, "conv0", **fg)
+    net += _conv_block(b, 5, 2, 2, "crelu", *bn, "conv1", **fg)
+    net += _conv_block(2 * b, 3, 2, 1, "crelu", *bn, "conv2", **fg)
+    net += _conv_block(4 * b, 3, 2, 1, "crelu", *bn, "conv3", **fg)
+    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv4", **fg)
+    net += _conv_block(8 * b, 3, 2, 1, "crelu", *bn, "conv5", **fg)
+    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv6", **fg)
     return keras.Sequential(net, name=name)
 
 
@@ -275,6 +291,7 @@ def rgb_decoder(
     batchnorm_momentum: float = 0.1,
     batchnorm_epsilon: float = 1e-6,
     name: str = "decoder",
+    filter_gradient: str = "native",
 ) -> keras.Sequential:
     """The authors' RGB generation network: `[batch, 4, 4, F]` -> `[batch, R, R, 3]`, tanh outputs in [-1, 1].
 
@@ -309,21 +326,22 @@ def rgb_decoder(
       feature_channels: channels of the input features; None means 8b.
       batchnorm_momentum, batchnorm_epsilon: as `rgb_encoder` (Keras 0.1 = Torch 0.9; 1e-6).
       name: Keras name.
+      filter_gradient: of the convolutions and transposed convolutions (`blocks.Conv2D`), 'native' by default.
     """
     _check_resolution(resolution, "rgb_decoder")
-    b, bn = base_channels, (batchnorm_momentum, batchnorm_epsilon)
+    b, bn, fg = base_channels, (batchnorm_momentum, batchnorm_epsilon), {"filter_gradient": filter_gradient}
     feature_channels = 8 * b if feature_channels is None else int(feature_channels)
     net = [keras.Input((4, 4, feature_channels))]
-    net += _deconv_block(8 * b, 1, *bn, "deconv1")
-    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv1")
-    net += _deconv_block(4 * b, 1, *bn, "deconv2")
-    net += _deconv_block(2 * b, 1, *bn, "deconv3")
-    net += _deconv_block(2 * b, 1, *bn, "deconv4")
+    net += _deconv_block(8 * b, 1, *bn, "deconv1", **fg)
+    net += _conv_block(8 * b, 3, 1, 1, "leaky", *bn, "conv1", **fg)
+    net += _deconv_block(4 * b, 1, *bn, "deconv2", **fg)
+    net += _deconv_block(2 * b, 1, *bn, "deconv3", **fg)
+    net += _deconv_block(2 * b, 1, *bn, "deconv4", **fg)
     last = 2 * b
     if resolution == 128:
         last = b
-        net += _deconv_block(last, 1, *bn, "deconv5")
-    net += _conv_block(last, 3, 1, 1, "leaky", *bn, "conv2")
+        net += _deconv_block(last, 1, *bn, "deconv5", **fg)
+    net += _conv_block(last, 3, 1, 1, "leaky", *bn, "conv2", **fg)
     net += [
         keras.layers.Conv2D(3, 3, padding="same", name="output_conv", kernel_initializer=blocks.conv_init(3, 3)),
         keras.layers.Activation("tanh", name="tanh"),
