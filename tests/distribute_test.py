@@ -193,8 +193,9 @@ def _free_ports(count):
 
 
 class MultiWorkerTest(testing_utils.GinTestCase):
-    """Two worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy, ring all-reduce on CPU): they train, are both
-    killed (SIGKILL) after the chief's first checkpoint, restart with the same config and resume from it."""
+    """Two worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy, ring all-reduce on CPU) train the crVAE with its
+    XLA-compiled LSTMs, are both killed (SIGKILL) after the chief's first checkpoint, restart with the same config and
+    resume from it."""
 
     TIMEOUT = 300  # per sitting, for both workers
 
@@ -207,7 +208,7 @@ class MultiWorkerTest(testing_utils.GinTestCase):
         for index in range(2):
             out = os.path.join(root, f"worker{index}-{sitting}.npz")
             spec = {
-                "gin_files": [os.path.join(testing_utils.GIN_DIR, "mnist_cvae.gin")],
+                "gin_files": [os.path.join(testing_utils.GIN_DIR, "mnist_crvae.gin")],
                 "bindings": bindings,
                 "model_dir": self.model_dir,
                 "out": out,
@@ -241,10 +242,13 @@ class MultiWorkerTest(testing_utils.GinTestCase):
         os.makedirs(root, exist_ok=True)
         self.model_dir = os.path.join(root, "run")
         mnist = testing_utils.write_fake_mnist(os.path.join(root, "mnist.npz"), num_train=120, num_test=10)
+        # The crVAE with its default XLA LSTMs ('auto': the whole stack compiled in float32 training) under
+        # MultiWorkerMirroredStrategy.
         bindings = (
             testing_utils.TINY_BINDINGS
-            + testing_utils.tiny_head_bindings("conv")
+            + testing_utils.tiny_head_bindings("channel_recurrent")
             + [
+                "latent_head.lstm_jit_compile = 'auto'",
                 f"dataset.local_path = '{mnist}'",
                 "dataset.validation_size = 40",
                 "train.distribution = 'multi_worker'",
@@ -285,6 +289,7 @@ class MultiWorkerTest(testing_utils.GinTestCase):
         for result in results:
             self.assertEqual(int(result["initial_step"]), killed_at)
             self.assertEqual(int(result["step"]), final)
+            self.assertEqual(int(result["xla_lstms"]), 2)  # both LSTMs trained as XLA stacks on every worker
         names = [str(n) for n in results[0]["names"]]
         for i, name in enumerate(names):  # the workers stayed in sync
             self.assertAllEqual(results[1][f"w{i}"], results[0][f"w{i}"], msg=name)

@@ -126,15 +126,20 @@ def _train(spec):
     import gin
 
     from crvae_tf import runs
+    from crvae_tf.architectures import blocks
     from crvae_tf.training import loop
 
     runs.parse_gin(spec["gin_files"], spec["bindings"], finalize=False)
     del gin
     result = loop.train(spec["model_dir"])
+    head = result["model"].latent_head
+    lstms = [getattr(head, name, None) for name in ("inference_lstm", "generation_lstm")]
     np.savez(
         spec["out"],
         step=result["step"],
         initial_step=result["initial_step"],
+        # The LSTMs whose training passes ran the XLA-compiled stack in this process.
+        xla_lstms=sum(lstm is not None and lstm in blocks._COMPILED_STACKS for lstm in lstms),
         names=np.array([v.path for v in result["model"].weights]),
         **{f"w{i}": v.numpy() for i, v in enumerate(result["model"].weights)},
     )
