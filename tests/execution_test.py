@@ -144,6 +144,14 @@ class GroupedRunsTest(testing_utils.GinTestCase):
         super().setUp()
         self.mnist = testing_utils.write_fake_mnist(os.path.join(self.get_temp_dir(), "mnist.npz"))
 
+    # The plain float32 tiny crVAE with four steps per call: the reference of three tests, trained once per process.
+    _plain_four = None
+
+    def _plain_four_run(self):
+        if GroupedRunsTest._plain_four is None:
+            GroupedRunsTest._plain_four = self._train("four", 4)
+        return GroupedRunsTest._plain_four
+
     def _train(self, name, steps_per_execution, recipe="mnist_crvae.gin", extra=()):
         gin.clear_config()
         bindings = testing_utils.TINY_BINDINGS + testing_utils.tiny_head_bindings(
@@ -176,7 +184,7 @@ class GroupedRunsTest(testing_utils.GinTestCase):
 
     def test_four_steps_per_call_give_the_numbers_of_one(self):
         one, sizes_one, _ = self._train("one", 1)
-        four, sizes_four, _ = self._train("four", 4)
+        four, sizes_four, _ = self._plain_four_run()
         self.assertEqual(sizes_one, [1] * 10)
         self.assertEqual(sizes_four, [4, 1, 1, 3, 1])  # steps 6 and 10 logged (alone); the run ends at 10
         self.assertAllClose(four["train"], one["train"], rtol=1e-6, atol=1e-6)
@@ -238,7 +246,7 @@ class GroupedRunsTest(testing_utils.GinTestCase):
         """The crVAE recipes' default `latent_head.lstm_jit_compile='auto'` (XLA LSTMs in float32 training), inside
         multi-step calls: the same run as the plain graph up to float32 rounding; evaluation never compiles."""
         xla, sizes, _ = self._train("xla_lstm", 4, extra=["latent_head.lstm_jit_compile = 'auto'"])
-        plain, _, _ = self._train("plain_lstm", 4)  # tiny_head_bindings: lstm_jit_compile = False
+        plain, _, _ = self._plain_four_run()  # tiny_head_bindings: lstm_jit_compile = False
         self.assertEqual(sizes, [4, 1, 1, 3, 1])
         head = xla["model"].latent_head
         for lstm in (head.inference_lstm, head.generation_lstm):
@@ -255,18 +263,18 @@ class GroupedRunsTest(testing_utils.GinTestCase):
     def test_mixed_precision_lstms_train_in_fused_cells(self):
         """Under `model.precision='mixed_bfloat16'` the default 'auto' runs the LSTMs' training passes as XLA cells
         (`blocks.fused_lstm_recurrence`: oneDNN matmuls, float32 cell state), inside multi-step calls; the run
-        follows the plain bfloat16 graph's to bfloat16 rounding (the cells are the more exact of the two)."""
+        follows the plain float32 run to bfloat16 rounding (measured: losses within 3e-5 after 10 steps)."""
         precision = "model.precision = 'mixed_bfloat16'"
         traced = blocks._lstm_cell_backward.experimental_get_tracing_count()
         fused, sizes, _ = self._train("cells", 4, extra=[precision, "latent_head.lstm_jit_compile = 'auto'"])
-        plain, _, _ = self._train("plain_bf16", 4, extra=[precision])
+        plain, _, _ = self._plain_four_run()
         self.assertEqual(sizes, [4, 1, 1, 3, 1])
+        self.assertEqual(fused["model"].latent_head.inference_lstm.compute_dtype, "bfloat16")
         for lstm in (fused["model"].latent_head.inference_lstm, fused["model"].latent_head.generation_lstm):
             self.assertEqual(lstm.xla_mode(True), "cells")
             self.assertNotIn(lstm, blocks._COMPILED_STACKS)
         self.assertGreater(blocks._lstm_cell_backward.experimental_get_tracing_count(), traced)  # the cells ran
-        self.assertIsNone(plain["model"].latent_head.inference_lstm.xla_mode(True))
-        self.assertAllClose(fused["train"]["loss"], plain["train"]["loss"], rtol=2e-2)
+        self.assertAllClose(fused["train"]["loss"], plain["train"]["loss"], rtol=2e-3)
         self.assertAllClose(fused["validation"], plain["validation"], rtol=2e-2, atol=2e-2)
 
     def test_multi_worker_takes_one_step_per_call_only(self):
