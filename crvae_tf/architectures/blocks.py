@@ -599,8 +599,30 @@ def _forward_filter_gradient_pays(filter_gradient, compute_dtype, gradient_side,
     )
 
 
+class _FilterGradientChoice:
+    """What `Conv2D` and `Conv2DTranspose` add to Keras' layers: the `filter_gradient` setting and training calls that
+    run `_forward_filter_gradient_op` (the layer's op with `conv_filter_gradient` as its filter gradient), plus bias
+    and activation, where `forward_filter_gradient(input_shape)` says so; every other call is Keras' own."""
+
+    def __init__(self, *args, filter_gradient="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.filter_gradient = _check_filter_gradient(filter_gradient)
+
+    def call(self, inputs, training=None):
+        if not (training and self.forward_filter_gradient(inputs.shape)):
+            return super().call(inputs)
+        # The kernel as a tensor (in the compute dtype under a mixed policy): a custom gradient takes no variables.
+        outputs = self._forward_filter_gradient_op(inputs, tf.convert_to_tensor(self.kernel))
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.bias)
+        return outputs if self.activation is None else self.activation(outputs)
+
+    def get_config(self):
+        return {**super().get_config(), "filter_gradient": self.filter_gradient}
+
+
 @keras.saving.register_keras_serializable(PACKAGE)
-class Conv2D(keras.layers.Conv2D):
+class Conv2D(_FilterGradientChoice, keras.layers.Conv2D):
     """`keras.layers.Conv2D` whose training calls may compute the filter gradient as a forward convolution.
 
     `filter_gradient`: 'native' (TensorFlow's `Conv2DBackpropFilter`), 'forward_conv' (`conv_filter_gradient`: the
@@ -620,10 +642,6 @@ class Conv2D(keras.layers.Conv2D):
     TensorFlow's kernel whenever a GPU is visible.
     """
 
-    def __init__(self, *args, filter_gradient="auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.filter_gradient = _check_filter_gradient(filter_gradient)
-
     def forward_filter_gradient(self, input_shape) -> bool:
         """Whether a training call on `input_shape` computes the filter gradient as a forward convolution."""
         supported = self.dilation_rate == (1, 1) and self.groups == 1 and self.data_format == "channels_last"
@@ -632,30 +650,16 @@ class Conv2D(keras.layers.Conv2D):
             self.filter_gradient, self.compute_dtype, output_side, input_shape[-1]
         )
 
-    def call(self, inputs, training=None):
-        if not (training and self.forward_filter_gradient(inputs.shape)):
-            return super().call(inputs)
-        # The kernel as a tensor (in the compute dtype under a mixed policy): a custom gradient takes no variables.
-        kernel = tf.convert_to_tensor(self.kernel)
-        outputs = conv2d_forward_filter_gradient(inputs, kernel, self.strides, self.padding)
-        if self.use_bias:
-            outputs = tf.nn.bias_add(outputs, self.bias)
-        return outputs if self.activation is None else self.activation(outputs)
-
-    def get_config(self):
-        return {**super().get_config(), "filter_gradient": self.filter_gradient}
+    def _forward_filter_gradient_op(self, inputs, kernel):
+        return conv2d_forward_filter_gradient(inputs, kernel, self.strides, self.padding)
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
-class Conv2DTranspose(keras.layers.Conv2DTranspose):
+class Conv2DTranspose(_FilterGradientChoice, keras.layers.Conv2DTranspose):
     """`keras.layers.Conv2DTranspose` with `Conv2D`'s `filter_gradient` ('auto': a forward convolution when computing
     in bfloat16 from input maps of side <= 8 to >= 128 output channels: the filter gradient of a transposed convolution
     is that of the convolution it transposes, whose output gradient is this layer's input). 'same' or 'valid'
     padding, no `output_padding`, no dilation; anything else is Keras' own."""
-
-    def __init__(self, *args, filter_gradient="auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.filter_gradient = _check_filter_gradient(filter_gradient)
 
     def forward_filter_gradient(self, input_shape) -> bool:
         supported = self.dilation_rate == (1, 1) and self.output_padding is None and self.data_format == "channels_last"
@@ -663,22 +667,9 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
             self.filter_gradient, self.compute_dtype, input_shape[1], self.filters
         )
 
-    def call(self, inputs, training=None):
-        if not (training and self.forward_filter_gradient(inputs.shape)):
-            return super().call(inputs)
-        outputs = conv2d_transpose_forward_filter_gradient(
-            inputs,
-            tf.convert_to_tensor(self.kernel),
-            self.compute_output_shape(inputs.shape),
-            self.strides,
-            self.padding,
-        )
-        if self.use_bias:
-            outputs = tf.nn.bias_add(outputs, self.bias)
-        return outputs if self.activation is None else self.activation(outputs)
-
-    def get_config(self):
-        return {**super().get_config(), "filter_gradient": self.filter_gradient}
+    def _forward_filter_gradient_op(self, inputs, kernel):
+        output_shape = self.compute_output_shape(inputs.shape)
+        return conv2d_transpose_forward_filter_gradient(inputs, kernel, output_shape, self.strides, self.padding)
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
