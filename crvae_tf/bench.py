@@ -37,7 +37,9 @@ estimator vs `nll --fast` (K = `--nll_samples`' first value, `--nll_images` imag
 both rates and `ratio` = ours / twin (>= 1.0 is the goal), `--twin_rounds` times, alternating which side runs first.
 Each row carries `ours_cpu_utilization` (our process's CPU seconds over wall seconds) and a `warning` when it is
 below 90% of the cores: on the 2-core machine the kernel now and then keeps both of TensorFlow's compute threads on
-one core for a whole run, and that row then measures the scheduler (rerun it):
+one core for a whole run, and that row then measures the scheduler (rerun it). After the rounds, one summary row per
+comparison (`twin_summaries`): the geometric mean of the unflagged rounds' ratios, their range, the means by which side
+ran first and `order_balanced` (use an even `--twin_rounds`: the side that runs first tends to measure faster):
 
     python -m crvae_tf.bench --twin=../shared/bench/torch_twin.py --twin_python=../.venv_torch/bin/python
 
