@@ -339,6 +339,15 @@ def _compiled_stack(layer):
     return _COMPILED_STACKS[layer]
 
 
+def _recurrent_kernel_gradient(hs, das, recurrent_kernel):
+    """dR = sum_{t>=1} h_{t-1}^T da_t as one matmul over the [(T-1) batch] rows (zeros for T = 1)."""
+    if len(hs) < 2:
+        return tf.zeros_like(recurrent_kernel)
+    units = recurrent_kernel.shape[0]
+    previous = tf.reshape(tf.stack(hs[:-1]), (-1, units))
+    return tf.matmul(previous, tf.reshape(tf.stack(das[1:]), (-1, 4 * units)), transpose_a=True)
+
+
 @tf.custom_gradient
 def lstm_recurrence(projected, recurrent_kernel):
     """The LSTM recurrence over precomputed input projections, with a hand-written backward pass.
@@ -361,7 +370,6 @@ def lstm_recurrence(projected, recurrent_kernel):
       `[T, batch, U]` the hidden states h_t.
     """
     steps = projected.shape[0]
-    units = recurrent_kernel.shape[0]
     inputs = tf.unstack(projected, num=steps, axis=0)
     h = c = None
     hs, cs, tanh_cs, gates = [], [], [], []
@@ -394,12 +402,7 @@ def lstm_recurrence(projected, recurrent_kernel):
             if t > 0:
                 dh_next = tf.matmul(das[t], recurrent_kernel, transpose_b=True)
                 dc_next = dc * f
-        if steps > 1:
-            previous = tf.reshape(tf.stack(hs[:-1]), (-1, units))
-            dr = tf.matmul(previous, tf.reshape(tf.stack(das[1:]), (-1, 4 * units)), transpose_a=True)
-        else:
-            dr = tf.zeros_like(recurrent_kernel)
-        return tf.stack(das), dr
+        return tf.stack(das), _recurrent_kernel_gradient(hs, das, recurrent_kernel)
 
     return tf.stack(hs), grad
 
@@ -462,7 +465,6 @@ def fused_lstm_recurrence(projected, recurrent_kernel):
       `[T, batch, U]` the hidden states h_t, in `projected`'s dtype.
     """
     steps = projected.shape[0]
-    units = recurrent_kernel.shape[0]
     inputs = tf.unstack(projected, num=steps, axis=0)
     hs, cs, hrs = [], [], []
     h = c = hr = None
@@ -483,12 +485,7 @@ def fused_lstm_recurrence(projected, recurrent_kernel):
             das[t], dc_next = _lstm_cell_backward(inputs[t], hrs[t], c_prev, dhs[t], dh_next, dc_next)
             if t > 0:
                 dh_next = tf.matmul(das[t], recurrent_kernel, transpose_b=True)
-        if steps > 1:
-            previous = tf.reshape(tf.stack(hs[:-1]), (-1, units))
-            dr = tf.matmul(previous, tf.reshape(tf.stack(das[1:]), (-1, 4 * units)), transpose_a=True)
-        else:
-            dr = tf.zeros_like(recurrent_kernel)
-        return tf.stack(das), dr
+        return tf.stack(das), _recurrent_kernel_gradient(hs, das, recurrent_kernel)
 
     return tf.stack(hs), grad
 
