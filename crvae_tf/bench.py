@@ -248,7 +248,9 @@ def _loop_step(model):
     """(the `tf.function` step the training loop runs between logging points, `train.diagnostics`) under the parsed
     gin config."""
     diagnostics = builders.train_settings(max_steps=1).diagnostics
-    return tf.function(execution.step_between_logs(model, diagnostics), reduce_retracing=True), diagnostics
+    return tf.function(
+        execution.step_between_logs(model, diagnostics), reduce_retracing=True, autograph=False
+    ), diagnostics
 
 
 def _random_binary_batches(batch_size):

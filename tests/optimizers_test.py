@@ -53,6 +53,23 @@ class FusedAdamTest(tf.test.TestCase):
             self.assertAllClose(results["FusedAdam"][i], results["Adam"][i], atol=1e-6, rtol=1e-6)
             self.assertGreater(float(np.max(np.abs(results["FusedAdam"][i] - x))), 1e-3)  # it did move
 
+    def test_step_scalars_are_built_once_per_apply_and_dtype(self):
+        """The bias-correction powers are shared by every variable of an `apply` (one pair per dtype), not rebuilt
+        per variable; each variable still gets its own fused kernel."""
+        variables = [keras.Variable(np.ones((i + 1, 3), np.float32)) for i in range(5)]
+        variables.append(keras.Variable(np.ones((2,), np.float64)))
+        optimizer = models.FusedAdam(1e-3)
+        optimizer.build(variables)
+        graph = (
+            tf.function(lambda grads: optimizer.apply(grads, variables))
+            .get_concrete_function([tf.TensorSpec(v.shape, v.dtype) for v in variables])
+            .graph
+        )
+        types = [op.type for op in graph.get_operations()]
+        self.assertEqual(types.count("ResourceApplyAdam"), 6)
+        self.assertEqual(types.count("Pow"), 4)  # beta_1^t and beta_2^t, for float32 and for float64
+        self.assertIsNone(optimizer._step_scalars)  # nothing kept past the apply
+
     def test_same_slots_and_checkpoint_keys_as_keras_adam(self):
         keys = {}
         for cls in (models.FusedAdam, keras.optimizers.Adam):

@@ -17,12 +17,43 @@ class FusedAdam(keras.optimizers.Adam):
     (IndexedSlices) gradients keep Keras' implementation.
     """
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """One `apply`: the step's scalars (bias-correction powers, rate, betas, epsilon) are built once per dtype
+        and shared by every variable's kernel (about 14 graph ops per variable before; a 76-variable model's
+        optimizer graph shrinks by ~900 ops, which is trace time and per-step executor work)."""
+        self._step_scalars = {}
+        try:
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self._step_scalars = None
+
+    def _scalars(self, dtype, learning_rate):
+        """(beta_1^t, beta_2^t, lr, beta_1, beta_2, epsilon) in `dtype`, t = iterations + 1 (read before any update
+        of this step; `iterations` is incremented after all of them)."""
+        cache = getattr(self, "_step_scalars", None)
+        key = tf.as_dtype(dtype).name
+        if cache is not None and key in cache:
+            return cache[key]
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        scalars = (
+            tf.pow(beta_1, step),
+            tf.pow(beta_2, step),
+            tf.cast(learning_rate, dtype),
+            beta_1,
+            beta_2,
+            tf.cast(self.epsilon, dtype),
+        )
+        if cache is not None:
+            cache[key] = scalars
+        return scalars
+
     def update_step(self, gradient, variable, learning_rate):
         if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
-        step = tf.cast(self.iterations + 1, dtype)
         index = self._get_variable_index(variable)
+        beta1_power, beta2_power, lr, beta1, beta2, epsilon = self._scalars(dtype, learning_rate)
 
         def handle(v):  # a Keras variable wraps a tf.Variable; under a strategy's update, v is the replica's copy
             return (v.value if isinstance(v, keras.Variable) else v).handle
@@ -31,12 +62,12 @@ class FusedAdam(keras.optimizers.Adam):
             var=handle(variable),
             m=handle(self._momentums[index]),
             v=handle(self._velocities[index]),
-            beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
-            beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
-            lr=tf.cast(learning_rate, dtype),
-            beta1=tf.cast(self.beta_1, dtype),
-            beta2=tf.cast(self.beta_2, dtype),
-            epsilon=tf.cast(self.epsilon, dtype),
+            beta1_power=beta1_power,
+            beta2_power=beta2_power,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            epsilon=epsilon,
             grad=tf.cast(gradient, dtype),
             use_locking=False,
         )

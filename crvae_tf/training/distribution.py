@@ -120,7 +120,7 @@ def replicated_step(strategy, step_fn, per_replica_batch: int, metrics=()):
         start = (tf.cast(context.replica_id_in_sync_group, tf.int32) % local) * per_replica_batch
         return step_fn(batch[start : start + per_replica_batch])
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(batch):
         logs = strategy.run(replica_fn, args=(batch,))
         results = {metric.name: metric.result() for metric in metrics}

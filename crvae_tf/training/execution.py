@@ -59,7 +59,7 @@ def multi_step(step_fn, element_spec):
     """
     batch_specs = tf.nest.flatten(element_spec)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def execute(iterator, n):
         output_spec = step_fn.get_concrete_function(element_spec).structured_outputs
         logs0 = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype), output_spec)

@@ -1,13 +1,16 @@
 """The training loop: builders -> compiled model -> train steps, with checkpoints and TensorBoard. Gin-free.
 
-`train(model_dir)` takes its settings from `builders.train_settings` (gin: `train.*`). It drives the model's
-own Keras `train_step` through `tf.function`, up to `train.steps_per_execution` steps per call but never past a
-step at which a periodic task is due (`training.execution`), which gives exact control over resumption: the
-data order and binarization noise are functions of (seed, epoch, batch index), and the checkpoint holds the
-weights, every optimizer's state, the step, the epoch and the model's RNG state, so a run that is killed and
-restarted with the same command continues as if it had never stopped. What it writes: `crvae_tf.runs`. The
-periodic parts (summaries, image grids, validation, checkpoints) are objects in `training.triggers`; the stops
-on a non-finite loss or a collapsed discriminator are in `training.monitors`.
+`train(model_dir)` takes its settings from `builders.train_settings` (gin: `train.*`). It drives the model's own
+Keras `train_step` through `tf.function` (without AutoGraph: the models' steps use explicit `tf.cond` /
+`tf.while_loop` and skip its source-to-source conversion, 10% of a tiny run's start-up; a subclass whose step
+branches in Python on a tensor gets TensorFlow's "using a `tf.Tensor` as a Python `bool`" error and should use
+`tf.cond`), up to `train.steps_per_execution` steps per call but never past a step at which a periodic task is due
+(`training.execution`), which gives exact control over resumption: the data order and binarization noise are
+functions of (seed, epoch, batch index), and the checkpoint holds the weights, every optimizer's state, the step,
+the epoch and the model's RNG state, so a run that is killed and restarted with the same command continues as if it
+had never stopped. What it writes: `crvae_tf.runs`. The periodic parts (summaries, image grids, validation,
+checkpoints) are objects in `training.triggers`; the stops on a
+non-finite loss or a collapsed discriminator are in `training.monitors`.
 """
 
 import contextlib
@@ -127,11 +130,14 @@ def _train(model_dir, settings, interrupts, strategy):
             strategy, execution.step_between_logs(model, settings.diagnostics), per_replica, model.metrics
         )
     else:
-        train_step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True)
+        train_step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
         plain_step = tf.function(
-            execution.step_between_logs(model, settings.diagnostics), jit_compile=jit_compile, reduce_retracing=True
+            execution.step_between_logs(model, settings.diagnostics),
+            jit_compile=jit_compile,
+            reduce_retracing=True,
+            autograph=False,
         )
-    test_step = tf.function(model.test_step, reduce_retracing=True)
+    test_step = tf.function(model.test_step, reduce_retracing=True, autograph=False)
 
     # Fixed inputs for the image grids: the first validation images (fixed binarization) and a fixed z.
     fixed_images = next(
