@@ -39,7 +39,10 @@ Each row carries `ours_cpu_utilization` (our process's CPU seconds over wall sec
 below 90% of the cores: on the 2-core machine the kernel now and then keeps both of TensorFlow's compute threads on
 one core for a whole run, and that row then measures the scheduler (rerun it). After the rounds, one summary row per
 comparison (`twin_summaries`): the geometric mean of the unflagged rounds' ratios, their range, the means by which side
-ran first and `order_balanced` (use an even `--twin_rounds`: the side that runs first tends to measure faster):
+ran first and `order_balanced` (use an even `--twin_rounds`: the side that runs first tends to measure faster). First of
+all it measures the machine's matmul peak in float32 and bfloat16 (`matmul_peak_gflop_per_s`, one line), and each
+training row carries both sides' achieved GFLOP/s (the same analytic FLOP count) and their `*_fraction_of_peak`:
+where both sides sit at the peak, the ratio cannot move past the host's noise:
 
     python -m crvae_tf.bench --twin=../shared/bench/torch_twin.py --twin_python=../.venv_torch/bin/python
 
@@ -545,9 +548,11 @@ def _last_json(command, what):
 FULL_UTILIZATION = 0.9  # --twin: a row whose process used less than this fraction of the cores gets a warning
 
 
-def twin_ratio(name, twin_args, our_args, our_key, twin_key, round_index=0):
+def twin_ratio(name, twin_args, our_args, our_key, twin_key, round_index=0, peaks=None):
     """One side-by-side comparison: the twin and our benchmark in fresh processes, back to back (the twin first on
-    even rounds), with the same steps, warm-up, batch and (for the NLL) K and images. Returns the JSON row."""
+    even rounds), with the same steps, warm-up, batch and (for the NLL) K and images. Returns the JSON row; with
+    `peaks` ({dtype: matmul GFLOP/s}, `matmul_peak_gflop_per_s`), a training row also carries each side's achieved
+    GFLOP/s and its fraction of the peak of the comparison's precision."""
     steps, warmup, batch = STEPS.value, WARMUP.value, BATCH.value
     k, images = int(NLL_SAMPLES.value[0]), NLL_IMAGES.value
     twin_command = [TWIN_PYTHON.value, TWIN.value] + twin_args + ["--threads", str(os.cpu_count())]
@@ -565,6 +570,7 @@ def twin_ratio(name, twin_args, our_args, our_key, twin_key, round_index=0):
         results[side] = _last_json(command, f"--twin: the {side} side of {name}")
     ours_rate, twin_rate = float(results["ours"][our_key]), float(results["twin"][twin_key])
     utilization = results["ours"].get("cpu_utilization")
+    achieved = {side: results[side].get(key) for side, key in (("ours", "gflop_per_s"), ("twin", "achieved_gflops"))}
     row = {
         "comparison": name,
         "round": round_index,
@@ -576,6 +582,13 @@ def twin_ratio(name, twin_args, our_args, our_key, twin_key, round_index=0):
         "threads": os.cpu_count(),
         "ours_cpu_utilization": utilization,
     }
+    dtype = TWIN_PEAK_DTYPES.get(name)
+    if peaks and dtype in peaks and None not in achieved.values():
+        # Both sides count the same analytic FLOPs (conv, transposed conv, Dense, LSTM gate matmuls; x3 for training):
+        # the fraction of the machine's matmul peak each reached, in the comparison's precision.
+        for side, gflop_per_s in achieved.items():
+            row[f"{side}_gflop_per_s"] = float(gflop_per_s)
+            row[f"{side}_fraction_of_peak"] = round(float(gflop_per_s) / peaks[dtype], 3)
     if utilization is not None and utilization < FULL_UTILIZATION * os.cpu_count():
         # Seen on a 2-core VM: now and then the kernel keeps both of TensorFlow's compute threads on one core for a
         # whole run (utilization ~1.0 or ~1.65 instead of ~1.93, throughput 233 or 390 instead of ~450 importance
@@ -592,13 +605,39 @@ def _twin_main():
             raise app.UsageError(f"{what}={path} is not a file.")
     if TWIN_ROUNDS.value < 1:
         raise app.UsageError("--twin_rounds must be >= 1.")
+    peaks = {dtype: matmul_peak_gflop_per_s(dtype) for dtype in dict.fromkeys(TWIN_PEAK_DTYPES.values())}
+    print(json.dumps({"matmul_peak_gflop_per_s": peaks, "side": PEAK_MATMUL_SIDE, "threads": os.cpu_count()}))
     rows = []
     for round_index in range(TWIN_ROUNDS.value):
         for comparison in TWIN_COMPARISONS:
-            rows.append(twin_ratio(*comparison, round_index=round_index))
+            rows.append(twin_ratio(*comparison, round_index=round_index, peaks=peaks))
             print(json.dumps(rows[-1]), flush=True)
     for row in twin_summaries(rows):
         print(json.dumps(row), flush=True)
+
+
+# --twin: the precision whose matmul peak a training comparison is measured against.
+TWIN_PEAK_DTYPES = {"train_float32": "float32", "train_mixed_bfloat16": "bfloat16"}
+PEAK_MATMUL_SIDE = 4096  # n of the [n, n] @ [n, n] products that measure the peak
+
+
+def matmul_peak_gflop_per_s(dtype="float32", side=None, repeats=6) -> float:
+    """The machine's matmul peak as TensorFlow reaches it: the best of `repeats` timed [n, n] @ [n, n] products
+    (n = `side`, default `PEAK_MATMUL_SIDE`; one untimed product first), 2 n^3 / seconds / 1e9, in `dtype` (oneDNN's
+    float32 or AVX512-BF16 kernels on an x86 CPU). The ceiling of training throughput: the MNIST crVAE's step is ~95%
+    matmul and convolution FLOPs (gin/README.md, "float32 at the machine's peak")."""
+    n = int(side or PEAK_MATMUL_SIDE)
+    a = tf.random.stateless_uniform([n, n], seed=[1, 2], dtype=tf.float32)
+    b = tf.random.stateless_uniform([n, n], seed=[3, 4], dtype=tf.float32)
+    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+    product = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.matmul(x, y)[:1, :1], tf.float32)), autograph=False)
+    float(product(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        float(product(a, b))
+        best = min(best, time.perf_counter() - start)
+    return round(2.0 * n**3 / best / 1e9, 1)
 
 
 def _geometric_mean(values):
@@ -611,7 +650,7 @@ def twin_summaries(rows):
     where the twin / our side ran first. On the 2-core VM the side that runs first in a pair was measured faster in
     bfloat16 (session 15, six rounds: the twin 182-196 img/s in the four it ran first, 176 in the two it ran second;
     ours 180-182 first, 169-179 second), so the mean is `order_balanced` only with as many rounds of each order, i.e.
-    an even `--twin_rounds`."""
+    an even `--twin_rounds`. Training rows measured against a peak add each side's mean fraction of it."""
     summaries = []
     for name in dict.fromkeys(row["comparison"] for row in rows):
         used = [row for row in rows if row["comparison"] == name and "warning" not in row]
@@ -631,6 +670,10 @@ def twin_summaries(rows):
                 "order_balanced": firsts.count("twin") == firsts.count("ours"),
             }
         )
+        for side in ("ours", "twin"):
+            fractions = [row[f"{side}_fraction_of_peak"] for row in used if f"{side}_fraction_of_peak" in row]
+            if fractions:
+                summaries[-1][f"{side}_fraction_of_peak_mean"] = round(sum(fractions) / len(fractions), 3)
     return summaries
 
 

@@ -23,12 +23,15 @@ with open(sys.argv[0] + ".log", "a") as log:
 mode = sys.argv[1]
 rate = 100.0 if "--bf16" not in sys.argv else 200.0
 print("diagnostics go to stderr", file=sys.stderr)
-print(json.dumps({"importance_samples_per_s": 400.0} if mode == "nll" else {"img_per_s": rate}))
+print(json.dumps({"importance_samples_per_s": 400.0} if mode == "nll" else {"img_per_s": rate,
+                  "achieved_gflops": rate * 1.76}))
 """
+PEAKS = {"float32": 200.0, "bfloat16": 400.0}
 
 OURS = {
-    "train_float32": {"img_per_s": 80.0, "cpu_utilization": 1.95},
-    "train_mixed_bfloat16": {"img_per_s": 190.0, "cpu_utilization": 1.0},  # our process kept to one of two cores
+    "train_float32": {"img_per_s": 80.0, "gflop_per_s": 140.8, "cpu_utilization": 1.95},
+    # our process kept to one of two cores
+    "train_mixed_bfloat16": {"img_per_s": 190.0, "gflop_per_s": 334.4, "cpu_utilization": 1.0},
     "nll": {"samples_per_s": 440.0},
 }
 
@@ -57,8 +60,11 @@ class TwinRatioTest(unittest.TestCase):
         argv += ["--warmup=2", "--batch_size=64", "--nll_samples=500", "--nll_images=8"]
         with mock.patch.object(bench, "_last_json", side_effect=self._last_json):
             with mock.patch.object(bench.os, "cpu_count", return_value=2):
-                stdout = testing_utils.run_main(bench.main, argv)
+                with mock.patch.object(bench, "matmul_peak_gflop_per_s", side_effect=PEAKS.get) as peak:
+                    stdout = testing_utils.run_main(bench.main, argv)
+        self.assertEqual([c.args for c in peak.call_args_list], [("float32",), ("bfloat16",)])  # once each, first
         rows = [json.loads(line) for line in stdout.strip().splitlines()]
+        self.assertEqual(rows.pop(0)["matmul_peak_gflop_per_s"], PEAKS)
         summaries = {r["comparison"]: r for r in rows[6:]}
         rows = rows[:6]
         self.assertEqual([r["comparison"] for r in rows], ["train_float32", "train_mixed_bfloat16", "nll"] * 2)
@@ -71,7 +77,15 @@ class TwinRatioTest(unittest.TestCase):
         # Every bfloat16 round was flagged (one core used): none enters the summary.
         self.assertEqual(summaries["train_mixed_bfloat16"]["rounds_used"], 0)
         self.assertIsNone(summaries["train_mixed_bfloat16"]["ratio_geomean"])
+        # Each training row: both sides' GFLOP/s over the peak of its precision; the NLL row has none.
+        self.assertAlmostEqual(summaries["train_float32"]["ours_fraction_of_peak_mean"], 0.704)  # 140.8 / 200
+        self.assertAlmostEqual(summaries["train_float32"]["twin_fraction_of_peak_mean"], 0.88)  # 176 / 200
+        self.assertNotIn("ours_fraction_of_peak_mean", summaries["nll"])
         by_name = {r["comparison"]: r for r in rows[:3]}
+        self.assertAlmostEqual(by_name["train_mixed_bfloat16"]["ours_fraction_of_peak"], 0.836)  # 334.4 / 400
+        self.assertAlmostEqual(by_name["train_mixed_bfloat16"]["twin_fraction_of_peak"], 0.88)  # 352 / 400
+        self.assertAlmostEqual(by_name["train_float32"]["twin_gflop_per_s"], 176.0)
+        self.assertNotIn("ours_fraction_of_peak", by_name["nll"])
         self.assertAlmostEqual(by_name["train_float32"]["ratio"], 0.8)
         self.assertAlmostEqual(by_name["train_mixed_bfloat16"]["ratio"], 0.95)
         self.assertAlmostEqual(by_name["nll"]["ratio"], 1.1)
@@ -112,6 +126,13 @@ class TwinRatioTest(unittest.TestCase):
         self.assertAlmostEqual(a["ratio_geomean_ours_first"], 1.1)
         self.assertFalse(a["order_balanced"])  # two twin-first rounds used, one ours-first
         self.assertEqual((b["comparison"], b["ratio_geomean"], b["ratio_geomean_ours_first"]), ("b", 2.0, None))
+
+    def test_matmul_peak_is_two_n_cubed_over_the_best_time(self):
+        clock = iter([0.0, 0.5, 1.0, 1.25, 2.0, 2.4])  # three timed products: 0.5 s, 0.25 s, 0.4 s
+        with mock.patch.object(bench.time, "perf_counter", side_effect=lambda: next(clock)):
+            peak = bench.matmul_peak_gflop_per_s("float32", side=1000, repeats=3)
+        self.assertEqual(peak, 8.0)  # 2 * 1000^3 / 0.25 s
+        self.assertGreater(bench.matmul_peak_gflop_per_s("bfloat16", side=64, repeats=2), 0.0)  # really runs
 
     def test_usage_errors(self):
         with self.assertRaisesRegex(app.UsageError, "--twin_python"):
