@@ -534,6 +534,10 @@ TWIN_COMPARISONS = (
     ),
 )
 
+# --twin: the precision whose matmul peak a training comparison is measured against.
+TWIN_PEAK_DTYPES = {"train_float32": "float32", "train_mixed_bfloat16": "bfloat16"}
+PEAK_MATMUL_SIDE = 4096  # n of the [n, n] @ [n, n] products that measure the peak
+
 
 def _last_json(command, what):
     """Runs `command` and returns the JSON object on its last stdout line; a failure names the command."""
@@ -614,11 +618,6 @@ def _twin_main():
             print(json.dumps(rows[-1]), flush=True)
     for row in twin_summaries(rows):
         print(json.dumps(row), flush=True)
-
-
-# --twin: the precision whose matmul peak a training comparison is measured against.
-TWIN_PEAK_DTYPES = {"train_float32": "float32", "train_mixed_bfloat16": "bfloat16"}
-PEAK_MATMUL_SIDE = 4096  # n of the [n, n] @ [n, n] products that measure the peak
 
 
 def matmul_peak_gflop_per_s(dtype="float32", side=None, repeats=6) -> float:

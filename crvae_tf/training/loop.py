@@ -9,8 +9,8 @@ branches in Python on a tensor gets TensorFlow's "using a `tf.Tensor` as a Pytho
 functions of (seed, epoch, batch index), and the checkpoint holds the weights, every optimizer's state, the step,
 the epoch and the model's RNG state, so a run that is killed and restarted with the same command continues as if it
 had never stopped. What it writes: `crvae_tf.runs`. The periodic parts (summaries, image grids, validation,
-checkpoints) are objects in `training.triggers`; the stops on a
-non-finite loss or a collapsed discriminator are in `training.monitors`.
+checkpoints) are objects in `training.triggers`; the stops on a non-finite loss or a collapsed discriminator are in
+`training.monitors`.
 """
 
 import contextlib
