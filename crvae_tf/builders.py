@@ -199,9 +199,9 @@ def build_encoder(
       batchnorm_epsilon: default 1e-5 for MNIST, 1e-6 for RGB (README `-eps 1e-6`).
       filter_gradient: how training computes the convolutions' filter gradients (`blocks.Conv2D`): 'auto' (as one
         forward convolution where that was measured faster: bfloat16, maps of side <= 8, >= 128 channels, no GPU; the
-        same maths, bfloat16 rounding), 'native' (TensorFlow's kernel) or 'forward_conv' (always). Default: 'auto'
-        for the MNIST networks (bfloat16 training step 5-6% faster), 'native' for the RGB ones (the crVAE-GAN
-        CelebA-64 bfloat16 step was 4% slower with 'auto': 4,695 against 4,503 ms).
+        same maths, bfloat16 rounding), 'native' (TensorFlow's kernel) or 'forward_conv' (always). Default 'auto' (the
+        MNIST crVAE's bfloat16 training step 5-6% faster; the CelebA-64 crVAE-GAN's 2.5-4.2%, every one of its 7
+        chosen layers faster alone; gin/README.md).
     """
     image_shape = tuple(image_shape)
     filter_gradient = _check_filter_gradient("encoder", filter_gradient, image_shape)
@@ -226,13 +226,13 @@ def build_encoder(
 
 
 def _check_filter_gradient(scope, filter_gradient, image_shape):
-    """The network's `filter_gradient`: the given one, or the default ('auto' at 28x28x1, else 'native')."""
+    """The network's `filter_gradient`: the given one, or the default 'auto'."""
     if filter_gradient is None:
-        return "auto" if image_shape == MNIST_SHAPE else "native"
+        return "auto"
     if filter_gradient not in blocks.FILTER_GRADIENTS:
         raise ValueError(
             f"{scope}.filter_gradient={filter_gradient!r} is not one of {blocks.FILTER_GRADIENTS}; set it to 'auto' "
-            "(MNIST's default), 'native' (RGB's) or 'forward_conv'."
+            "(the default), 'native' or 'forward_conv'."
         )
     return filter_gradient
 

@@ -234,7 +234,7 @@ def rgb_encoder(
     batchnorm_momentum: float = 0.1,
     batchnorm_epsilon: float = 1e-6,
     name: str = "encoder",
-    filter_gradient: str = "native",
+    filter_gradient: str = "auto",
 ) -> keras.Sequential:
     """The authors' RGB inference network: `[batch, R, R, 3]` (pixels in [-1, 1]) -> `[batch, 4, 4, 8b]`.
 
@@ -267,8 +267,7 @@ def rgb_encoder(
       batchnorm_momentum: Keras momentum (= 1 - Torch momentum): the README's `-mom 0.9` is Keras 0.1.
       batchnorm_epsilon: the README's `-eps 1e-6`.
       name: Keras name.
-      filter_gradient: of every convolution (`blocks.Conv2D`): 'native' (default; 'auto' made the crVAE-GAN's
-        bfloat16 step slower), 'auto' or 'forward_conv'.
+      filter_gradient: of every convolution (`blocks.Conv2D`): 'auto' (default), 'native' or 'forward_conv'.
     """
     _check_resolution(resolution, "rgb_encoder")
     b, bn, fg = base_channels, (batchnorm_momentum, batchnorm_epsilon), {"filter_gradient": filter_gradient}
@@ -291,7 +290,7 @@ def rgb_decoder(
     batchnorm_momentum: float = 0.1,
     batchnorm_epsilon: float = 1e-6,
     name: str = "decoder",
-    filter_gradient: str = "native",
+    filter_gradient: str = "auto",
 ) -> keras.Sequential:
     """The authors' RGB generation network: `[batch, 4, 4, F]` -> `[batch, R, R, 3]`, tanh outputs in [-1, 1].
 
@@ -326,7 +325,7 @@ def rgb_decoder(
       feature_channels: channels of the input features; None means 8b.
       batchnorm_momentum, batchnorm_epsilon: as `rgb_encoder` (Keras 0.1 = Torch 0.9; 1e-6).
       name: Keras name.
-      filter_gradient: of the convolutions and transposed convolutions (`blocks.Conv2D`), 'native' by default.
+      filter_gradient: of the convolutions and transposed convolutions (`blocks.Conv2D`), 'auto' by default.
     """
     _check_resolution(resolution, "rgb_decoder")
     b, bn, fg = base_channels, (batchnorm_momentum, batchnorm_epsilon), {"filter_gradient": filter_gradient}
