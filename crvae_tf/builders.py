@@ -204,7 +204,7 @@ def build_encoder(
         chosen layers faster alone; gin/README.md).
     """
     image_shape = tuple(image_shape)
-    filter_gradient = _check_filter_gradient("encoder", filter_gradient, image_shape)
+    filter_gradient = _check_filter_gradient("encoder", filter_gradient)
     if image_shape == MNIST_SHAPE:
         return networks.mnist_encoder(
             base_channels,
@@ -225,7 +225,7 @@ def build_encoder(
     )
 
 
-def _check_filter_gradient(scope, filter_gradient, image_shape):
+def _check_filter_gradient(scope, filter_gradient):
     """The network's `filter_gradient`: the given one, or the default 'auto'."""
     if filter_gradient is None:
         return "auto"
@@ -248,7 +248,7 @@ def build_decoder(
     """The generation network: `networks.mnist_decoder` (Bernoulli logits) or `networks.rgb_decoder`
     (tanh, [-1, 1]). Batch-norm defaults and `filter_gradient` as `encoder.*`."""
     image_shape = tuple(image_shape)
-    filter_gradient = _check_filter_gradient("decoder", filter_gradient, image_shape)
+    filter_gradient = _check_filter_gradient("decoder", filter_gradient)
     if image_shape == MNIST_SHAPE:
         return networks.mnist_decoder(
             base_channels,
