@@ -623,8 +623,8 @@ def _twin_main():
 def matmul_peak_gflop_per_s(dtype="float32", side=None, repeats=6) -> float:
     """The machine's matmul peak as TensorFlow reaches it: the best of `repeats` timed [n, n] @ [n, n] products
     (n = `side`, default `PEAK_MATMUL_SIDE`; one untimed product first), 2 n^3 / seconds / 1e9, in `dtype` (oneDNN's
-    float32 or AVX512-BF16 kernels on an x86 CPU). The ceiling of training throughput: the MNIST crVAE's step is ~95%
-    matmul and convolution FLOPs (gin/README.md, "float32 at the machine's peak")."""
+    float32 or AVX512-BF16 kernels on an x86 CPU). The ceiling of training throughput: ~90% of the MNIST crVAE's
+    float32 step time is matmuls and convolutions (gin/README.md, "float32 at the machine's peak")."""
     n = int(side or PEAK_MATMUL_SIDE)
     a = tf.random.stateless_uniform([n, n], seed=[1, 2], dtype=tf.float32)
     b = tf.random.stateless_uniform([n, n], seed=[3, 4], dtype=tf.float32)
