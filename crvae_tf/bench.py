@@ -12,6 +12,14 @@ step is the one the training loop runs between logging points (`training.executi
 per-group diagnostics, `train.diagnostics='logged_steps'`); `"diagnostics": "every_step"` in a row means they were
 recorded (`--gin_bindings="train.diagnostics='every_step'"`).
 
+Training and recipe rows also say what the step ran on and what the recipe's whole schedule would take at that
+speed: `device` ('GPU: <name>' or 'CPU: N cores'), `jit_compile` (the recipe's `train.jit_compile`, which the timed
+step honours as the training loop does), `schedule_steps` (the recipe's `train.max_steps`) and `schedule_step_hours`
+(= schedule_steps x the median step time: the training steps alone, without validation, image grids or checkpoints).
+On a machine with a GPU, TensorFlow places the steps on it; the step times and full-schedule figures of the paper's
+runs are then one command, e.g. `--recipes=gin/mnist_crvae.gin,gin/celeba64.gin
+--gin_bindings="model.precision='mixed_bfloat16'"`, once more with `--gin_bindings=train.jit_compile=True`.
+
 `flops_per_image` counts the multiply-accumulates of every conv, transposed conv, Dense and LSTM gate
 matmul of one forward pass (elementwise ops, BN, activations and the loss are ignored), times 2 for
 FLOPs and times 3 for forward + backward, the twin's convention.
@@ -248,12 +256,34 @@ def step_rates(batch_size: int, times, digits: int = 4) -> dict:
 
 
 def _loop_step(model):
-    """(the `tf.function` step the training loop runs between logging points, `train.diagnostics`) under the parsed
-    gin config."""
-    diagnostics = builders.train_settings(max_steps=1).diagnostics
-    return tf.function(
-        execution.step_between_logs(model, diagnostics), reduce_retracing=True, autograph=False
-    ), diagnostics
+    """(the `tf.function` step the training loop runs between logging points, the `train.*` settings) under the
+    parsed gin config: `train.diagnostics` and `train.jit_compile` as the loop builds it (one device)."""
+    settings = builders.train_settings(max_steps=1)
+    step = tf.function(
+        execution.step_between_logs(model, settings.diagnostics),
+        jit_compile=settings.jit_compile,
+        reduce_retracing=True,
+        autograph=False,
+    )
+    return step, settings
+
+
+def device_description() -> str:
+    """What the benchmark's steps ran on: 'GPU: <name>' (TensorFlow places them on the first visible GPU) or
+    'CPU: N cores'."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
+        return f"GPU: {name}" + (f" (1 of {len(gpus)})" if len(gpus) > 1 else "")
+    return f"CPU: {os.cpu_count()} cores"
+
+
+def schedule_fields(step_s_median: float) -> dict:
+    """The recipe's full schedule at the measured step time, from the parsed gin config: `schedule_steps`
+    (`train.max_steps`) and `schedule_step_hours` = schedule_steps * step_s_median / 3600, the training steps alone
+    (validation passes, image grids and checkpoints come on top; a recipe header gives the whole run's wall time)."""
+    schedule_steps = int(gin.query_parameter("train.max_steps"))
+    return {"schedule_steps": schedule_steps, "schedule_step_hours": round(schedule_steps * step_s_median / 3600.0, 2)}
 
 
 def _random_binary_batches(batch_size):
@@ -269,7 +299,7 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
     model = builders.build_model(image_shape=(28, 28, 1), seed=0)
     optimizers, clips = builders.build_optimizers(model, steps_per_epoch=390)
     model.compile(optimizers=optimizers, clip_values=clips)
-    step, diagnostics = _loop_step(model)
+    step, settings = _loop_step(model)
     batches = _random_binary_batches(batch_size)
     times, cpu_utilization = time_steps(step, batches, warmup, steps)
     median = statistics.median(times)
@@ -279,8 +309,11 @@ def bench_variant(name, steps, warmup, batch_size, gin_dir, bindings):
         "model": name,
         "batch_size": batch_size,
         "precision": model.dtype_policy.name,
-        "diagnostics": diagnostics,
+        "diagnostics": settings.diagnostics,
+        "jit_compile": settings.jit_compile,
+        "device": device_description(),
         **step_rates(batch_size, times),
+        **schedule_fields(median),
         "flops_per_image": flops,
         "gflop_per_s": round(flops * batch_size / median / 1e9, 1),
         "params": params,
@@ -307,7 +340,7 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
     model = builders.build_model(image_shape=image_shape, seed=0)
     optimizers, clips = builders.build_optimizers(model, steps_per_epoch=1000)
     model.compile(optimizers=optimizers, clip_values=clips)
-    step, diagnostics = _loop_step(model)
+    step, settings = _loop_step(model)
     rng = np.random.default_rng(0)
     batches = [tf.constant(rng.random((batch_size,) + image_shape).astype(np.float32)) for _ in range(2)]
     if hasattr(model, "class_logits"):  # semi-supervised (STL-10): (pool, labeled, labels), labeled batch = batch
@@ -319,8 +352,11 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
         "image_shape": list(image_shape),
         "batch_size": batch_size,
         "precision": model.dtype_policy.name,
-        "diagnostics": diagnostics,
+        "diagnostics": settings.diagnostics,
+        "jit_compile": settings.jit_compile,
+        "device": device_description(),
         **step_rates(batch_size, times, digits=3),
+        **schedule_fields(statistics.median(times)),
         "params": models.parameter_counts(model),
         "steps": steps,
         "cpu_utilization": cpu_utilization,

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from crvae_tf import builders
 from crvae_tf import runs
 from crvae_tf.evaluation import likelihood as eval_lib
 from crvae_tf.training import loop
@@ -152,6 +153,35 @@ class RecipeBenchmarkTest(testing_utils.GinTestCase):
         self.assertEqual(result["batch_size"], 4)
         self.assertGreater(result["step_s_median"], 0.0)
         self.assertGreater(result["params"]["discriminator"], 0)
+        # What it ran on, and the recipe's whole schedule (birds128.gin: 450,000 steps) at the measured step time.
+        self.assertFalse(result["jit_compile"])
+        self.assertRegex(result["device"], r"^(CPU: \d+ cores|GPU: .+)$")
+        self.assertEqual(result["schedule_steps"], 450000)
+        # step_s_median is rounded to 1 ms: the hours agree within 450,000 * 0.5 ms.
+        self.assertAllClose(result["schedule_step_hours"], 450000 * result["step_s_median"] / 3600, atol=0.07)
+        self.assertGreater(result["schedule_step_hours"], 0.0)
+
+    def test_the_timed_step_honours_train_jit_compile_as_the_loop_does(self):
+        """The benchmark times the loop's step: with `train.jit_compile=True` its function must be XLA-compiled
+        (checked on the traced function's attributes, without paying for an XLA compile of the model)."""
+        from crvae_tf import bench
+
+        for jit_compile in (False, True):
+            gin.clear_config()
+            runs.parse_gin(
+                [os.path.join(testing_utils.GIN_DIR, "mnist_vae.gin")],
+                testing_utils.TINY_BINDINGS + [f"train.jit_compile = {jit_compile}"],
+                finalize=False,
+            )
+            model = builders.build_model(image_shape=(28, 28, 1), seed=0)
+            optimizers, clips = builders.build_optimizers(model, steps_per_epoch=10)
+            model.compile(optimizers=optimizers, clip_values=clips)
+            step, settings = bench._loop_step(model)
+            self.assertEqual(settings.jit_compile, jit_compile)
+            function_def = step.get_concrete_function(tf.zeros([8, 28, 28, 1])).function_def
+            compiled = "_XlaMustCompile" in function_def.attr and function_def.attr["_XlaMustCompile"].b
+            self.assertEqual(compiled, jit_compile)
+            self.assertEqual(bench.schedule_fields(0.5), {"schedule_steps": 78000, "schedule_step_hours": 10.83})
 
 
 class CollapseMonitorTest(tf.test.TestCase):
