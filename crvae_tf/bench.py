@@ -281,8 +281,14 @@ def device_description() -> str:
 def schedule_fields(step_s_median: float) -> dict:
     """The recipe's full schedule at the measured step time, from the parsed gin config: `schedule_steps`
     (`train.max_steps`) and `schedule_step_hours` = schedule_steps * step_s_median / 3600, the training steps alone
-    (validation passes, image grids and checkpoints come on top; a recipe header gives the whole run's wall time)."""
-    schedule_steps = int(gin.query_parameter("train.max_steps"))
+    (validation passes, image grids and checkpoints come on top; a recipe header gives the whole run's wall time).
+    Both None where the config gives no positive integer `train.max_steps` (the benchmark itself does not need one)."""
+    try:
+        schedule_steps = gin.query_parameter("train.max_steps")
+    except ValueError:  # not bound
+        schedule_steps = None
+    if not (isinstance(schedule_steps, int) and schedule_steps >= 1):
+        return {"schedule_steps": None, "schedule_step_hours": None}
     return {"schedule_steps": schedule_steps, "schedule_step_hours": round(schedule_steps * step_s_median / 3600.0, 2)}
 
 

@@ -182,6 +182,13 @@ class RecipeBenchmarkTest(testing_utils.GinTestCase):
             compiled = "_XlaMustCompile" in function_def.attr and function_def.attr["_XlaMustCompile"].b
             self.assertEqual(compiled, jit_compile)
             self.assertEqual(bench.schedule_fields(0.5), {"schedule_steps": 78000, "schedule_step_hours": 10.83})
+        # A config without a usable schedule still benchmarks: the schedule fields are None.
+        for binding in ("train.max_steps = None", "train.max_steps = 'long'"):
+            gin.clear_config()
+            gin.parse_config([binding])
+            self.assertEqual(bench.schedule_fields(0.5), {"schedule_steps": None, "schedule_step_hours": None})
+        gin.clear_config()
+        self.assertEqual(bench.schedule_fields(0.5), {"schedule_steps": None, "schedule_step_hours": None})
 
 
 class CollapseMonitorTest(tf.test.TestCase):
