@@ -353,6 +353,7 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
         labels = tf.constant(rng.integers(0, 10, batch_size))
         batches = [(images, images, labels) for images in batches]
     times, cpu_utilization = time_steps(step, batches, warmup, steps)
+    median = statistics.median(times)
     return {
         "recipe": os.path.basename(path),
         "image_shape": list(image_shape),
@@ -362,7 +363,7 @@ def bench_recipe(path, steps, warmup, batch_size, bindings):
         "jit_compile": settings.jit_compile,
         "device": device_description(),
         **step_rates(batch_size, times, digits=3),
-        **schedule_fields(statistics.median(times)),
+        **schedule_fields(median),
         "params": models.parameter_counts(model),
         "steps": steps,
         "cpu_utilization": cpu_utilization,
